@@ -1,0 +1,190 @@
+package protocol
+
+import (
+	"maps"
+)
+
+// DeviceState is everything a device persists. It is written before any
+// message that depends on it is sent, so a restart never sends a clock
+// backwards or forgets a write it already announced.
+type DeviceState struct {
+	Replica *Replica `json:"replica"`
+	// Rejoining is true from a start with no stored state until the device
+	// has caught up with what the controller and the broker remember.
+	Rejoining bool `json:"rejoining,omitempty"`
+	// Pending holds local writes made while rejoining; they are stamped when
+	// the wait ends, after every merge, so they win over older state.
+	Pending    map[string]any `json:"pending,omitempty"`
+	PendingSrc string         `json:"pending_src,omitempty"`
+}
+
+// Device is the device side of the protocol for one thermostat: it decides
+// how clocks move and when an Event is sent. It does no I/O and is not safe
+// for concurrent use; the firmware serialises calls and persists State()
+// after each one that returns a message or changes state.
+type Device struct {
+	st     DeviceState
+	online bool
+}
+
+// NewDevice starts a device that has no stored state (first boot, a
+// re-imaged card). defaults are the values it runs with until it learns
+// better; they carry the zero stamp, so any real write supersedes them.
+func NewDevice(defaults map[string]any) (*Device, error) {
+	r := NewReplica(DeviceSide)
+	norm := map[string]any{}
+	if len(defaults) > 0 {
+		var err error
+		if norm, err = normalizeAll(defaults); err != nil {
+			return nil, err
+		}
+	}
+	for name, v := range norm {
+		r.Props[name] = Prop{Val: v}
+	}
+	r.Src = SrcBoot
+	return &Device{st: DeviceState{Replica: r, Rejoining: true}}, nil
+}
+
+// RestoreDevice resumes from stored state.
+func RestoreDevice(st DeviceState) *Device {
+	st = cloneState(st)
+	if st.Replica == nil {
+		st.Replica = NewReplica(DeviceSide)
+	}
+	st.Replica.Side = DeviceSide
+	if st.Replica.Props == nil {
+		st.Replica.Props = Props{}
+	}
+	return &Device{st: st}
+}
+
+func cloneState(st DeviceState) DeviceState {
+	if st.Replica != nil {
+		st.Replica = st.Replica.Clone()
+	}
+	if st.Pending != nil {
+		st.Pending = maps.Clone(st.Pending)
+	}
+	return st
+}
+
+// State returns a copy of the state to persist.
+func (d *Device) State() DeviceState { return cloneState(d.st) }
+
+// Clock returns the device's clock.
+func (d *Device) Clock() Clock { return d.st.Replica.VC }
+
+// Rejoining reports whether the device still waits to catch up after a
+// start with no stored state; it sends no Event meanwhile.
+func (d *Device) Rejoining() bool { return d.st.Rejoining }
+
+// Props returns the stamped properties, without pending writes.
+func (d *Device) Props() Props { return d.st.Replica.Props.Clone() }
+
+// Effective returns the values the thermostat should run with now: the
+// stamped properties with any pending local writes on top.
+func (d *Device) Effective() map[string]any {
+	out := make(map[string]any, len(d.st.Replica.Props)+len(d.st.Pending))
+	for name, p := range d.st.Replica.Props {
+		out[name] = p.Val
+	}
+	maps.Copy(out, d.st.Pending)
+	return out
+}
+
+// Connect is called once connected and subscribed. It returns the Event to
+// send, so that an Event lost in an outage is repaired, or nil while
+// rejoining.
+func (d *Device) Connect() *Message {
+	d.online = true
+	if d.st.Rejoining {
+		return nil
+	}
+	m := d.st.Replica.Send()
+	return &m
+}
+
+// Disconnect records that the connection is gone: local writes now wait.
+func (d *Device) Disconnect() { d.online = false }
+
+// LocalWrite applies a change made on the device (button, local interface).
+// Connected, write and send are one event and the Event is returned; offline
+// the write waits and goes out with the Event sent on the next Connect.
+func (d *Device) LocalWrite(changes map[string]any, src string) (*Message, error) {
+	if d.st.Rejoining {
+		norm, err := normalizeAll(changes)
+		if err != nil {
+			return nil, err
+		}
+		if d.st.Pending == nil {
+			d.st.Pending = map[string]any{}
+		}
+		maps.Copy(d.st.Pending, norm)
+		d.st.PendingSrc = src
+		return nil, nil
+	}
+	if !d.online {
+		return nil, d.st.Replica.Write(changes, src)
+	}
+	m, err := d.st.Replica.WriteAndSend(changes, src)
+	if err != nil {
+		return nil, err
+	}
+	return &m, nil
+}
+
+// ReceiveCommand applies a Command. retained is the MQTT RETAIN flag of the
+// delivery. It returns the Event to send: after a Command that changed a
+// property, or when a live Command ends a rejoin. A discarded or duplicate
+// Command sends nothing.
+func (d *Device) ReceiveCommand(m Message, retained bool) (Outcome, *Message) {
+	out := d.st.Replica.Receive(m)
+	if d.st.Rejoining {
+		// A retained Command may predate the device's own later Events, so
+		// only a live one (such as the controller's greeting) ends the wait.
+		if retained {
+			return out, nil
+		}
+		return out, d.endRejoin()
+	}
+	if len(out.Applied) == 0 {
+		return out, nil
+	}
+	e := d.st.Replica.Send()
+	return out, &e
+}
+
+// ReceiveOwnEvent handles the device's own Event topic, which it reads only
+// while rejoining: its retained Event restores what it last announced and
+// ends the wait. Afterwards such messages are echoes and duplicates.
+func (d *Device) ReceiveOwnEvent(m Message) (Outcome, *Message) {
+	out := d.st.Replica.Receive(m)
+	if !d.st.Rejoining {
+		return out, nil
+	}
+	return out, d.endRejoin()
+}
+
+// SyncTimeout ends a rejoin that heard nothing in time.
+func (d *Device) SyncTimeout() *Message {
+	if !d.st.Rejoining {
+		return nil
+	}
+	return d.endRejoin()
+}
+
+func (d *Device) endRejoin() *Message {
+	d.st.Rejoining = false
+	if len(d.st.Pending) > 0 {
+		// Validated when they were made; stamping after every merge makes
+		// them supersede whatever the rejoin brought in.
+		_ = d.st.Replica.Write(d.st.Pending, d.st.PendingSrc)
+		d.st.Pending, d.st.PendingSrc = nil, ""
+	}
+	if !d.online {
+		return nil
+	}
+	m := d.st.Replica.Send()
+	return &m
+}

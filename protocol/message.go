@@ -1,0 +1,304 @@
+package protocol
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"sort"
+	"strconv"
+	"time"
+	"unicode/utf8"
+)
+
+// Version is the protocol version every payload carries in "v".
+const Version = 1
+
+// MaxPayload is the largest payload accepted, in bytes.
+const MaxPayload = 4096
+
+// MaxCounter is the largest clock counter accepted: the largest integer a
+// JSON number holds exactly in every language (2^53-1), so peers written in
+// JavaScript read the same clock we do.
+const MaxCounter = 1<<53 - 1
+
+// Sources of a write, carried in "src". Informational: no rule reads them.
+const (
+	SrcController = "controller"
+	SrcButton     = "button"
+	SrcLocal      = "local"
+	SrcSchedule   = "schedule"
+	SrcBoot       = "boot"
+)
+
+// ErrInvalid is wrapped by every error for a message rejected whole.
+var ErrInvalid = errors.New("invalid message")
+
+// Message is a Command (controller to device) or an Event (device to
+// controller); both have this shape.
+type Message struct {
+	V     int    `json:"v"`
+	VC    Clock  `json:"vc"`
+	Props Props  `json:"props"`
+	Src   string `json:"src,omitempty"`
+}
+
+// Encode renders a message as its JSON payload.
+func (m Message) Encode() ([]byte, error) {
+	if m.Props == nil {
+		m.Props = Props{}
+	}
+	m.V = Version
+	b, err := json.Marshal(m)
+	if err != nil {
+		return nil, fmt.Errorf("encode message: %w", err)
+	}
+	if len(b) > MaxPayload {
+		return nil, fmt.Errorf("encode message: %d bytes, over the %d byte limit", len(b), MaxPayload)
+	}
+	return b, nil
+}
+
+// PropIssue is a property of an accepted message that was not applied: it
+// was rejected (bad value or stamp) or ignored (unknown to this version).
+type PropIssue struct {
+	Name    string
+	Reason  string
+	Unknown bool // ignored as unknown, rather than rejected
+}
+
+func (p PropIssue) String() string { return p.Name + ": " + p.Reason }
+
+// DecodeMessage parses and validates a Command or Event payload.
+//
+// A message that fails the rules of PROTOCOL.md "Bad input" is rejected
+// whole with an error wrapping ErrInvalid. A property that is invalid on its
+// own is left out of the returned message and reported as a PropIssue; the
+// message itself still stands and counts as a receive.
+func DecodeMessage(payload []byte) (Message, []PropIssue, error) {
+	top, err := decodeTop(payload)
+	if err != nil {
+		return Message{}, nil, err
+	}
+	var m Message
+	m.V = Version
+	raw, ok := top["vc"]
+	if !ok {
+		return Message{}, nil, invalid("no vc")
+	}
+	if m.VC, err = decodeClock(raw); err != nil {
+		return Message{}, nil, invalid("vc: %v", err)
+	}
+	m.Props = Props{}
+	var issues []PropIssue
+	if raw, ok := top["props"]; ok {
+		var props map[string]json.RawMessage
+		if err := json.Unmarshal(raw, &props); err != nil || props == nil {
+			return Message{}, nil, invalid("props is not an object")
+		}
+		names := make([]string, 0, len(props))
+		for name := range props {
+			names = append(names, name)
+		}
+		sort.Strings(names)
+		for _, name := range names {
+			p, err := decodeProp(name, props[name], m.VC)
+			if err != nil {
+				issues = append(issues, PropIssue{Name: name, Reason: err.Error(), Unknown: !Known(name)})
+				continue
+			}
+			m.Props[name] = p
+		}
+	}
+	if raw, ok := top["src"]; ok {
+		_ = json.Unmarshal(raw, &m.Src) // informational: a src that is not a string is dropped
+	}
+	return m, issues, nil
+}
+
+func invalid(format string, args ...any) error {
+	return fmt.Errorf("%w: %s", ErrInvalid, fmt.Sprintf(format, args...))
+}
+
+// decodeTop checks size, JSON syntax, the single object and "v".
+func decodeTop(payload []byte) (map[string]json.RawMessage, error) {
+	if len(payload) > MaxPayload {
+		return nil, invalid("%d bytes, over the %d byte limit", len(payload), MaxPayload)
+	}
+	if !utf8.Valid(payload) {
+		return nil, invalid("not UTF-8")
+	}
+	dec := json.NewDecoder(bytes.NewReader(payload))
+	var top map[string]json.RawMessage
+	if err := dec.Decode(&top); err != nil {
+		return nil, invalid("not a JSON object: %v", err)
+	}
+	if top == nil {
+		return nil, invalid("not a JSON object")
+	}
+	if _, err := dec.Token(); err == nil {
+		return nil, invalid("data after the JSON object")
+	}
+	raw, ok := top["v"]
+	if !ok {
+		return nil, invalid("no v")
+	}
+	v, err := decodeCounter(raw)
+	if err != nil || v != Version {
+		return nil, invalid("v is %s, want %d", bytes.TrimSpace(raw), Version)
+	}
+	return top, nil
+}
+
+func decodeProp(name string, raw json.RawMessage, vc Clock) (Prop, error) {
+	if !Known(name) {
+		return Prop{}, errors.New("unknown property, ignored")
+	}
+	var obj map[string]json.RawMessage
+	if err := json.Unmarshal(raw, &obj); err != nil || obj == nil {
+		return Prop{}, errors.New(`not an object with "val" and "w"`)
+	}
+	rawW, ok := obj["w"]
+	if !ok {
+		return Prop{}, errors.New("no write stamp w")
+	}
+	w, err := decodeClock(rawW)
+	if err != nil {
+		return Prop{}, fmt.Errorf("w: %v", err)
+	}
+	// A stamp is the clock of an earlier write of the sender, so it never
+	// exceeds the clock of the message that carries it; one that does would
+	// plant a stamp beyond the receiver's clock.
+	if !w.LessEq(vc) {
+		return Prop{}, fmt.Errorf("w %v is beyond the message clock %v", w, vc)
+	}
+	rawVal, ok := obj["val"]
+	if !ok {
+		return Prop{}, errors.New("no val")
+	}
+	dec := json.NewDecoder(bytes.NewReader(rawVal))
+	dec.UseNumber()
+	var val any
+	if err := dec.Decode(&val); err != nil {
+		return Prop{}, fmt.Errorf("val: %v", err)
+	}
+	norm, err := Normalize(name, val)
+	if err != nil {
+		return Prop{}, err
+	}
+	return Prop{Val: norm, W: w}, nil
+}
+
+// decodeClock parses a clock: exactly two non-negative integers. A number
+// written with a fraction or an exponent (2.0, 2e0) is not an integer.
+func decodeClock(raw json.RawMessage) (Clock, error) {
+	var parts []json.RawMessage
+	if err := json.Unmarshal(raw, &parts); err != nil || parts == nil {
+		return Clock{}, errors.New("not an array of two integers")
+	}
+	if len(parts) != 2 {
+		return Clock{}, fmt.Errorf("%d elements, want 2", len(parts))
+	}
+	var c Clock
+	for i, p := range parts {
+		n, err := decodeCounter(p)
+		if err != nil {
+			return Clock{}, err
+		}
+		c[i] = n
+	}
+	return c, nil
+}
+
+func decodeCounter(raw json.RawMessage) (uint64, error) {
+	s := string(bytes.TrimSpace(raw))
+	if s == "" || (len(s) > 1 && s[0] == '0') {
+		return 0, fmt.Errorf("%q is not a non-negative integer", s)
+	}
+	for _, r := range s {
+		if r < '0' || r > '9' {
+			return 0, fmt.Errorf("%s is not a non-negative integer", s)
+		}
+	}
+	n, err := strconv.ParseUint(s, 10, 64)
+	if err != nil || n > MaxCounter {
+		return 0, fmt.Errorf("%s is over the largest counter %d", s, uint64(MaxCounter))
+	}
+	return n, nil
+}
+
+// Telemetry is a device's periodic report. It is not clocked.
+type Telemetry struct {
+	V           int       `json:"v"`
+	TS          time.Time `json:"ts"`
+	TempC       *float64  `json:"temp_c,omitempty"` // absent while no valid reading exists
+	HumidityPct *float64  `json:"humidity_pct,omitempty"`
+	Heat        bool      `json:"heat"`
+	Cool        bool      `json:"cool"`
+	Fan         *bool     `json:"fan,omitempty"`
+	SensorOK    bool      `json:"sensor_ok"`
+}
+
+// Encode renders telemetry as its JSON payload.
+func (t Telemetry) Encode() ([]byte, error) {
+	t.V = Version
+	t.TS = t.TS.UTC().Truncate(time.Millisecond)
+	b, err := json.Marshal(t)
+	if err != nil {
+		return nil, fmt.Errorf("encode telemetry: %w", err)
+	}
+	return b, nil
+}
+
+// DecodeTelemetry parses and validates a telemetry payload.
+func DecodeTelemetry(payload []byte) (Telemetry, error) {
+	top, err := decodeTop(payload)
+	if err != nil {
+		return Telemetry{}, err
+	}
+	var t Telemetry
+	if err := json.Unmarshal(payload, &t); err != nil {
+		return Telemetry{}, invalid("telemetry: %v", err)
+	}
+	if _, ok := top["ts"]; !ok || t.TS.IsZero() {
+		return Telemetry{}, invalid("telemetry: no ts")
+	}
+	if t.TempC != nil && (*t.TempC < -100 || *t.TempC > 200) {
+		return Telemetry{}, invalid("telemetry: temp_c %v out of range", *t.TempC)
+	}
+	if t.HumidityPct != nil && (*t.HumidityPct < 0 || *t.HumidityPct > 100) {
+		return Telemetry{}, invalid("telemetry: humidity_pct %v out of range", *t.HumidityPct)
+	}
+	return t, nil
+}
+
+// Status says whether a device is online; its offline form is the MQTT will.
+type Status struct {
+	V      int  `json:"v"`
+	Online bool `json:"online"`
+}
+
+// Encode renders a status as its JSON payload.
+func (s Status) Encode() []byte {
+	if s.Online {
+		return []byte(`{"v":1,"online":true}`)
+	}
+	return []byte(`{"v":1,"online":false}`)
+}
+
+// DecodeStatus parses and validates a status payload.
+func DecodeStatus(payload []byte) (Status, error) {
+	top, err := decodeTop(payload)
+	if err != nil {
+		return Status{}, err
+	}
+	raw, ok := top["online"]
+	if !ok {
+		return Status{}, invalid("status: no online")
+	}
+	s := Status{V: Version}
+	if err := json.Unmarshal(raw, &s.Online); err != nil {
+		return Status{}, invalid("status: online is not a boolean")
+	}
+	return s, nil
+}

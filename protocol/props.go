@@ -1,0 +1,129 @@
+package protocol
+
+import (
+	"encoding/json"
+	"fmt"
+	"math"
+	"slices"
+)
+
+// Property names of version 1.
+const (
+	PropSetpoint = "setpoint_c"
+	PropMode     = "mode"
+)
+
+// Modes a thermostat runs in.
+const (
+	ModeOff  = "off"
+	ModeHeat = "heat"
+	ModeCool = "cool"
+	ModeAuto = "auto"
+)
+
+// Setpoint limits in degrees Celsius.
+const (
+	MinSetpoint = 5.0
+	MaxSetpoint = 35.0
+)
+
+// Modes lists the valid modes in the order a mode button cycles them.
+var Modes = []string{ModeOff, ModeHeat, ModeCool, ModeAuto}
+
+// Known reports whether name is a property of this protocol version.
+func Known(name string) bool { return name == PropSetpoint || name == PropMode }
+
+// Normalize validates a property value and returns it in canonical form: a
+// float64 rounded to 0.1 for setpoint_c, a string for mode. The error says
+// why a value is refused, in words a user can act on.
+func Normalize(name string, val any) (any, error) {
+	switch name {
+	case PropSetpoint:
+		f, ok := toFloat(val)
+		if !ok {
+			return nil, fmt.Errorf("%s must be a number, got %s", name, describe(val))
+		}
+		if math.IsNaN(f) || f < MinSetpoint || f > MaxSetpoint {
+			return nil, fmt.Errorf("%s %v out of range %.1f to %.1f", name, f, MinSetpoint, MaxSetpoint)
+		}
+		return RoundSetpoint(f), nil
+	case PropMode:
+		s, ok := val.(string)
+		if !ok {
+			return nil, fmt.Errorf("%s must be a string, got %s", name, describe(val))
+		}
+		if !slices.Contains(Modes, s) {
+			return nil, fmt.Errorf("%s %q is not one of off, heat, cool, auto", name, s)
+		}
+		return s, nil
+	}
+	return nil, fmt.Errorf("unknown property %q", name)
+}
+
+// RoundSetpoint rounds a temperature to the protocol's 0.1 °C resolution.
+func RoundSetpoint(f float64) float64 { return math.Round(f*10) / 10 }
+
+func toFloat(v any) (float64, bool) {
+	switch n := v.(type) {
+	case float64:
+		return n, true
+	case float32:
+		return float64(n), true
+	case int:
+		return float64(n), true
+	case int64:
+		return float64(n), true
+	case json.Number:
+		f, err := n.Float64()
+		return f, err == nil
+	}
+	return 0, false
+}
+
+func describe(v any) string {
+	switch v.(type) {
+	case nil:
+		return "null"
+	case string:
+		return "a string"
+	case bool:
+		return "a boolean"
+	case []any:
+		return "an array"
+	case map[string]any:
+		return "an object"
+	}
+	return fmt.Sprintf("%T", v)
+}
+
+// Prop is one property value with its write stamp: the clock of the write
+// that produced it.
+type Prop struct {
+	Val any   `json:"val"`
+	W   Clock `json:"w"`
+}
+
+// Props maps property names to values. Messages carry every property the
+// sender knows.
+type Props map[string]Prop
+
+// Clone returns a copy that shares nothing mutable with p.
+func (p Props) Clone() Props {
+	c := make(Props, len(p))
+	for k, v := range p {
+		c[k] = v
+	}
+	return c
+}
+
+// Setpoint returns setpoint_c and whether it is set.
+func (p Props) Setpoint() (float64, bool) {
+	f, ok := p[PropSetpoint].Val.(float64)
+	return f, ok
+}
+
+// Mode returns mode and whether it is set.
+func (p Props) Mode() (string, bool) {
+	s, ok := p[PropMode].Val.(string)
+	return s, ok
+}
