@@ -136,7 +136,7 @@ func decodeTop(payload []byte) (map[string]json.RawMessage, error) {
 	if top == nil {
 		return nil, invalid("not a JSON object")
 	}
-	if _, err := dec.Token(); err == nil {
+	if len(bytes.TrimSpace(payload[dec.InputOffset():])) > 0 {
 		return nil, invalid("data after the JSON object")
 	}
 	raw, ok := top["v"]
