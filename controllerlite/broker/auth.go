@@ -1,0 +1,206 @@
+package broker
+
+import (
+	"bytes"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+	"sync"
+	"sync/atomic"
+
+	mqtt "github.com/mochi-mqtt/server/v2"
+	"github.com/mochi-mqtt/server/v2/packets"
+
+	"github.com/thermofleet/thermo/provisioning"
+)
+
+// controllerID is the certificate CN of the controller: it may use the
+// whole topic root.
+const controllerID = provisioning.ControllerCN
+
+// validDevice reports whether id is a device id of PROTOCOL.md.
+func validDevice(id string) bool { return provisioning.ValidateDeviceID(id) == nil }
+
+// reservedIDs are ids no certificate may claim: mochi's in-process client
+// is registered under "inline", and a network client with that id would
+// take over its session.
+var reservedIDs = map[string]bool{mqtt.InlineClientId: true}
+
+// authHook identifies clients by their certificate and enforces the ACL.
+// It is the broker's only authentication and ACL hook.
+type authHook struct {
+	mqtt.HookBase
+	root string
+	log  *slog.Logger
+
+	onClient atomic.Pointer[func(id string, connected bool)]
+
+	mu      sync.Mutex
+	current map[string]*mqtt.Client // the live session of each client id
+}
+
+func newAuthHook(root string, log *slog.Logger) *authHook {
+	return &authHook{root: root, log: log, current: make(map[string]*mqtt.Client)}
+}
+
+func (h *authHook) ID() string { return "thermo-auth" }
+
+func (h *authHook) Provides(b byte) bool {
+	return bytes.Contains([]byte{
+		mqtt.OnConnectAuthenticate,
+		mqtt.OnACLCheck,
+		mqtt.OnPublish,
+		mqtt.OnSessionEstablish,
+		mqtt.OnSessionEstablished,
+		mqtt.OnDisconnect,
+		mqtt.OnWill,
+	}, []byte{b})
+}
+
+func (h *authHook) setOnClient(fn func(id string, connected bool)) {
+	if fn == nil {
+		h.onClient.Store(nil)
+		return
+	}
+	h.onClient.Store(&fn)
+}
+
+// OnConnectAuthenticate admits a client whose verified certificate CN is a
+// valid id equal to its MQTT client id, and whose will (if any) stays in its
+// own topics. The TLS listener has already verified the certificate chain.
+func (h *authHook) OnConnectAuthenticate(cl *mqtt.Client, pk packets.Packet) bool {
+	id, err := h.identify(cl, pk)
+	if err != nil {
+		h.log.Warn("connection refused", "remote", cl.Net.Remote, "client_id", pk.Connect.ClientIdentifier, "reason", err)
+		return false
+	}
+	h.log.Debug("client authenticated", "client", id, "remote", cl.Net.Remote)
+	return true
+}
+
+func (h *authHook) identify(cl *mqtt.Client, pk packets.Packet) (string, error) {
+	tc, ok := cl.Net.Conn.(*tls.Conn)
+	if !ok {
+		return "", errors.New("not a TLS connection")
+	}
+	cn, err := provisioning.PeerCommonName(tc.ConnectionState())
+	if err != nil {
+		return "", err
+	}
+	switch {
+	case reservedIDs[cn]:
+		return "", fmt.Errorf("certificate CN %q is reserved", cn)
+	case cn != controllerID && !validDevice(cn):
+		return "", fmt.Errorf("certificate CN %q is not a valid device id", cn)
+	case pk.Connect.ClientIdentifier != cn:
+		return "", fmt.Errorf("client id %q does not match certificate CN %q", pk.Connect.ClientIdentifier, cn)
+	case pk.Connect.WillFlag && !h.mayAccess(cn, pk.Connect.WillTopic):
+		// mochi sends wills without an ACL check: stop them here.
+		return "", fmt.Errorf("will topic %q is outside the topics of %q", pk.Connect.WillTopic, cn)
+	}
+	return cn, nil
+}
+
+// OnACLCheck answers for subscriptions and deliveries (write false). For
+// publishes (write true) it always allows: mochi disconnects an MQTT 3.1.1
+// client whose QoS 1 publish is denied here, and paho then resends that
+// publish after every reconnect, forever. OnPublish enforces the ACL for
+// publishes instead, acknowledging and dropping as Mosquitto does.
+func (h *authHook) OnACLCheck(cl *mqtt.Client, topic string, write bool) bool {
+	if write {
+		return true
+	}
+	if cl.Net.Inline {
+		return true
+	}
+	return h.mayAccess(cl.ID, topic)
+}
+
+// OnPublish drops (after acknowledging) a publish outside the client's
+// topics. It sees the topic after alias resolution, so an MQTT 5 topic
+// alias cannot get around it.
+func (h *authHook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
+	if cl.Net.Inline || h.mayAccess(cl.ID, pk.TopicName) {
+		return pk, nil
+	}
+	h.log.Warn("publish dropped: topic outside the client's topics", "client", cl.ID, "topic", pk.TopicName, "qos", pk.FixedHeader.Qos, "retain", pk.FixedHeader.Retain)
+	return pk, packets.CodeSuccessIgnore
+}
+
+// mayAccess reports whether id may read and write topic, a topic name or a
+// filter. The controller gets <root> and everything under it; a device gets
+// <root>/<id> and everything under it. A filter passes only if its first
+// levels are exactly that prefix, so no wildcard reaches another device.
+func (h *authHook) mayAccess(id, topic string) bool {
+	if id == controllerID {
+		return underRoot(h.root, topic)
+	}
+	if reservedIDs[id] || !validDevice(id) {
+		return false
+	}
+	return underRoot(h.root+"/"+id, topic)
+}
+
+// underRoot reports whether topic is prefix or below it.
+func underRoot(prefix, topic string) bool {
+	return topic == prefix || strings.HasPrefix(topic, prefix+"/")
+}
+
+func (h *authHook) OnSessionEstablish(cl *mqtt.Client, _ packets.Packet) {
+	// Recorded before mochi disconnects an older session of the same id,
+	// so the older one's OnDisconnect sees it was replaced.
+	h.mu.Lock()
+	h.current[cl.ID] = cl
+	h.mu.Unlock()
+}
+
+// replaced reports whether a newer connection with cl's id has taken over
+// its session.
+func (h *authHook) replaced(cl *mqtt.Client) bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	cur, ok := h.current[cl.ID]
+	return ok && cur != cl
+}
+
+// OnWill suppresses the will of a connection whose client has already
+// reconnected: mochi sends it when it disconnects the old connection on
+// takeover, and it could then land after the new connection's "online".
+// An empty will topic makes mochi's publish of it go nowhere.
+func (h *authHook) OnWill(cl *mqtt.Client, will mqtt.Will) (mqtt.Will, error) {
+	if h.replaced(cl) {
+		h.log.Info("will suppressed: the client has reconnected", "client", cl.ID, "topic", will.TopicName)
+		return mqtt.Will{}, nil
+	}
+	return will, nil
+}
+
+func (h *authHook) OnSessionEstablished(cl *mqtt.Client, _ packets.Packet) {
+	h.log.Info("client connected", "client", cl.ID, "remote", cl.Net.Remote, "clean_session", cl.Properties.Clean)
+	if fn := h.onClient.Load(); fn != nil {
+		(*fn)(cl.ID, true)
+	}
+}
+
+func (h *authHook) OnDisconnect(cl *mqtt.Client, err error, _ bool) {
+	if cl.Net.Inline {
+		return
+	}
+	h.mu.Lock()
+	live := h.current[cl.ID] == cl
+	if live {
+		delete(h.current, cl.ID)
+	}
+	h.mu.Unlock()
+	if !live {
+		// Restored from the store at start, or replaced by a newer
+		// connection of the same client.
+		return
+	}
+	h.log.Info("client disconnected", "client", cl.ID, "remote", cl.Net.Remote, "cause", err)
+	if fn := h.onClient.Load(); fn != nil {
+		(*fn)(cl.ID, false)
+	}
+}

@@ -1,0 +1,177 @@
+package broker
+
+import (
+	"log/slog"
+	"sync"
+
+	mqtt "github.com/mochi-mqtt/server/v2"
+	"github.com/mochi-mqtt/server/v2/hooks/storage"
+	"github.com/mochi-mqtt/server/v2/hooks/storage/bolt"
+	"github.com/mochi-mqtt/server/v2/packets"
+)
+
+// storeHook is mochi's bolt storage hook with two repairs for a store left
+// behind by a broker that did not shut down cleanly:
+//
+//   - mochi drops a stored clean-session client when it loads the store, but
+//     then loads that client's stored subscriptions into the topic index
+//     anyway. They stay there for good, and the client receives messages
+//     for filters it never subscribed to on its next connection. Such
+//     subscriptions (and queued messages) are dropped and deleted here.
+//   - the wills of clients that were connected at the crash are collected,
+//     so the broker can publish them (their connection did end abruptly).
+type storeHook struct {
+	*bolt.Hook
+	log *slog.Logger
+
+	// replaced reports whether a newer connection of the same client id
+	// has taken over cl's session: the stored record is then the newer
+	// connection's, and cl must not overwrite or delete it.
+	replaced func(cl *mqtt.Client) bool
+	recMu    sync.Mutex // orders record writes against that check
+
+	mu         sync.Mutex
+	persistent map[string]bool // stored client id -> its session outlives a disconnect
+	wills      []restoredWill
+}
+
+// restoredWill is the will of a client whose connection the broker's last
+// crash cut.
+type restoredWill struct {
+	client, topic string
+	payload       []byte
+	qos           byte
+	retain        bool
+}
+
+func newStoreHook(log *slog.Logger, replaced func(*mqtt.Client) bool) *storeHook {
+	return &storeHook{Hook: new(bolt.Hook), log: log, replaced: replaced}
+}
+
+func (h *storeHook) ID() string { return "thermo-store" }
+
+// OnSessionEstablished stores the new connection's client record (its will
+// included).
+func (h *storeHook) OnSessionEstablished(cl *mqtt.Client, pk packets.Packet) {
+	h.recMu.Lock()
+	defer h.recMu.Unlock()
+	h.Hook.OnSessionEstablished(cl, pk)
+}
+
+// OnDisconnect deletes the record of an ended clean session, as mochi's
+// hook does, and rewrites the record of a persistent one so it no longer
+// holds the will: mochi's hook leaves it there after a clean disconnect,
+// and the will would be taken for a crash's after the next restart.
+func (h *storeHook) OnDisconnect(cl *mqtt.Client, err error, expire bool) {
+	h.recMu.Lock()
+	defer h.recMu.Unlock()
+	if h.replaced(cl) {
+		return
+	}
+	if expire {
+		h.Hook.OnDisconnect(cl, err, expire)
+		return
+	}
+	h.Hook.OnWillSent(cl, packets.Packet{}) // rewrites the record as cl is now
+}
+
+// OnWillSent records that the will went out, unless the session has
+// already passed to a newer connection.
+func (h *storeHook) OnWillSent(cl *mqtt.Client, pk packets.Packet) {
+	h.recMu.Lock()
+	defer h.recMu.Unlock()
+	if h.replaced(cl) {
+		return
+	}
+	h.Hook.OnWillSent(cl, pk)
+}
+
+// StoredClients is called first when mochi loads the store.
+func (h *storeHook) StoredClients() ([]storage.Client, error) {
+	clients, err := h.Hook.StoredClients()
+	if err != nil {
+		return clients, err
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.persistent = make(map[string]bool, len(clients))
+	for _, c := range clients {
+		// The same rule mochi applies to decide a session ends with its
+		// connection.
+		h.persistent[c.ID] = (c.ProtocolVersion == 5 && c.Properties.SessionExpiryInterval > 0) ||
+			(c.ProtocolVersion < 5 && !c.Clean)
+		// mochi clears a will's flag in the store once the will is sent
+		// (or the client disconnects cleanly), so a set flag means the
+		// client was connected when the broker died.
+		if c.Will.Flag != 0 && c.Will.TopicName != "" {
+			h.wills = append(h.wills, restoredWill{
+				client:  c.ID,
+				topic:   c.Will.TopicName,
+				payload: c.Will.Payload,
+				qos:     c.Will.Qos,
+				retain:  c.Will.Retain,
+			})
+		}
+	}
+	return clients, nil
+}
+
+// StoredSubscriptions drops the subscriptions of clients whose session did
+// not survive (see storeHook), and deletes them from the store.
+func (h *storeHook) StoredSubscriptions() ([]storage.Subscription, error) {
+	subs, err := h.Hook.StoredSubscriptions()
+	if err != nil {
+		return subs, err
+	}
+	h.mu.Lock()
+	persistent := h.persistent
+	h.mu.Unlock()
+	if persistent == nil { // clients not loaded first: nothing to judge by
+		return subs, nil
+	}
+	kept := subs[:0]
+	for _, s := range subs {
+		if persistent[s.Client] {
+			kept = append(kept, s)
+			continue
+		}
+		h.log.Debug("dropping stored subscription of an ended session", "client", s.Client, "filter", s.Filter)
+		h.Hook.OnUnsubscribed(&mqtt.Client{ID: s.Client}, packets.Packet{
+			Filters: packets.Subscriptions{{Filter: s.Filter}},
+		})
+	}
+	return kept, nil
+}
+
+// StoredInflightMessages drops and deletes messages queued for sessions
+// that did not survive.
+func (h *storeHook) StoredInflightMessages() ([]storage.Message, error) {
+	msgs, err := h.Hook.StoredInflightMessages()
+	if err != nil {
+		return msgs, err
+	}
+	h.mu.Lock()
+	persistent := h.persistent
+	h.mu.Unlock()
+	if persistent == nil {
+		return msgs, nil
+	}
+	kept := msgs[:0]
+	for _, m := range msgs {
+		if persistent[m.Client] {
+			kept = append(kept, m)
+			continue
+		}
+		h.Hook.OnQosComplete(&mqtt.Client{ID: m.Client}, packets.Packet{PacketID: m.PacketID})
+	}
+	return kept, nil
+}
+
+// takeWills returns the collected wills once.
+func (h *storeHook) takeWills() []restoredWill {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	w := h.wills
+	h.wills = nil
+	return w
+}
