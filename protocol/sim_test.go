@@ -80,7 +80,7 @@ type sim struct {
 	retained  map[string][]byte
 	inflight  []simMsg
 	lossy     bool
-	wipes     bool // sides may lose their stores
+	wipes     bool                             // sides may lose their stores
 	writes    map[string]map[string][]writeRec // device id, property
 	conflicts int
 	log       []string
