@@ -110,6 +110,9 @@ type Board interface {
 	// both are switched off. On error the board has tried to reach the safe
 	// state.
 	SetOutputs(Outputs) error
+	// Wired reports which outputs the board has (a heat-only house has no
+	// cool relay); the control loop never drives the others.
+	Wired() Outputs
 	// Buttons delivers debounced presses; nil when the board has none. It is
 	// closed when the board is closed.
 	Buttons() <-chan ButtonEvent

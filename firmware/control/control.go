@@ -132,6 +132,7 @@ type Loop struct {
 	log      *slog.Logger
 	sensors  []hal.Sensor
 	ctrl     int // index of the control sensor in sensors
+	wired    hal.Outputs
 	onOutput func(Snapshot)
 	onLocal  func(Settings)
 	wake     chan struct{}
@@ -195,6 +196,7 @@ func New(cfg Config, board hal.Board, opts ...Option) (*Loop, error) {
 		return nil, fmt.Errorf("control: initial settings: %w", err)
 	}
 	l.settings.SetpointC = round1(l.settings.SetpointC)
+	l.wired = board.Wired()
 	l.sensors = board.Sensors()
 	if len(l.sensors) == 0 {
 		return nil, errors.New("control: the board has no sensor to control with")
@@ -555,6 +557,9 @@ func (l *Loop) decideLocked(now time.Time) (hal.Outputs, string) {
 		why = append(why, "never heat and cool together")
 	}
 	o := hal.Outputs{Heat: heat, Cool: cool, Fan: cool || (heat && c.FanWithHeat)}
+	o.Heat = o.Heat && l.wired.Heat
+	o.Cool = o.Cool && l.wired.Cool
+	o.Fan = o.Fan && l.wired.Fan
 	if frost && heat {
 		why = append(why, "frost protection")
 	}

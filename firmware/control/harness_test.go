@@ -66,10 +66,11 @@ type fakeBoard struct {
 	calls   []hal.Outputs
 	failN   int // fail this many upcoming SetOutputs calls
 	failAll bool
+	wired   hal.Outputs
 }
 
 func newFakeBoard(t *testing.T, clk hal.Clock, sensors ...*fakeSensor) *fakeBoard {
-	b := &fakeBoard{t: t, buttons: make(chan hal.ButtonEvent, 16), out: hal.Outputs{Heat: true, Fan: true}}
+	b := &fakeBoard{t: t, buttons: make(chan hal.ButtonEvent, 16), out: hal.Outputs{Heat: true, Fan: true}, wired: hal.Outputs{Heat: true, Cool: true, Fan: true}}
 	for _, s := range sensors {
 		s.clk = clk
 		b.sensors = append(b.sensors, s)
@@ -80,6 +81,7 @@ func newFakeBoard(t *testing.T, clk hal.Clock, sensors ...*fakeSensor) *fakeBoar
 func (b *fakeBoard) Sensors() []hal.Sensor           { return b.sensors }
 func (b *fakeBoard) Buttons() <-chan hal.ButtonEvent { return b.buttons }
 func (b *fakeBoard) Close() error                    { return nil }
+func (b *fakeBoard) Wired() hal.Outputs              { return b.wired }
 func (b *fakeBoard) SetOutputs(o hal.Outputs) error {
 	b.mu.Lock()
 	defer b.mu.Unlock()

@@ -260,3 +260,19 @@ func TestNewRefusesUnknownControlSensor(t *testing.T) {
 		t.Fatalf("New = %v, control sensor %q", err, l.ControlSensor())
 	}
 }
+
+func TestOutputsTheBoardLacksAreNeverDriven(t *testing.T) {
+	h := newHarness(t, testConfig(), Settings{20, ModeCool}, 30)
+	h.board.wired = hal.Outputs{Heat: true} // a heat-only house
+	h.loop.wired = h.board.wired           // New read it before the test changed it
+	h.start()
+	h.at(mins(10))
+	if got := h.board.outputs(); got != off {
+		t.Fatalf("outputs %v on a board without cool and fan, want off", got)
+	}
+	for _, c := range h.board.calls {
+		if c.Cool || c.Fan {
+			t.Fatalf("SetOutputs(%v) on a board without cool and fan", c)
+		}
+	}
+}

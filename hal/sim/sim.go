@@ -144,6 +144,9 @@ func (b *Board) SetOutputs(o hal.Outputs) error {
 	return err
 }
 
+// Wired reports heat and cool, and fan when Options.Fan is set.
+func (b *Board) Wired() hal.Outputs { return hal.Outputs{Heat: true, Cool: true, Fan: b.opts.Fan} }
+
 // Buttons delivers the presses made with Press.
 func (b *Board) Buttons() <-chan hal.ButtonEvent { return b.buttons }
 
