@@ -66,6 +66,17 @@ func (r *logRecorder) WithAttrs(as []slog.Attr) slog.Handler {
 
 func (r *logRecorder) WithGroup(string) slog.Handler { return r }
 
+// add records a line that did not come through slog (a child's output).
+func (r *logSink) add(line string) {
+	r.mu.Lock()
+	r.lines = append(r.lines, line)
+	r.mu.Unlock()
+	select {
+	case r.notify <- struct{}{}:
+	default:
+	}
+}
+
 func (r *logSink) all() []string {
 	r.mu.Lock()
 	defer r.mu.Unlock()

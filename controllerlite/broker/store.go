@@ -1,25 +1,37 @@
 package broker
 
 import (
+	"fmt"
 	"log/slog"
+	"strconv"
+	"strings"
 	"sync"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/hooks/storage"
 	"github.com/mochi-mqtt/server/v2/hooks/storage/bolt"
 	"github.com/mochi-mqtt/server/v2/packets"
+	"github.com/mochi-mqtt/server/v2/system"
 )
 
-// storeHook is mochi's bolt storage hook with two repairs for a store left
-// behind by a broker that did not shut down cleanly:
+// storeHook is mochi's bolt storage hook (v2.7.9) with these repairs:
 //
+//   - Messages queued for a persistent session are stored without their
+//     packet id, and restored with id 0: mochi then fails the session's
+//     next connection ("resend inflight: protocol violation: missing packet
+//     id"), and every one after it. The id is restored from the record key.
 //   - mochi drops a stored clean-session client when it loads the store, but
 //     then loads that client's stored subscriptions into the topic index
 //     anyway. They stay there for good, and the client receives messages
 //     for filters it never subscribed to on its next connection. Such
 //     subscriptions (and queued messages) are dropped and deleted here.
-//   - the wills of clients that were connected at the crash are collected,
-//     so the broker can publish them (their connection did end abruptly).
+//   - A persistent session's record keeps its will after a clean
+//     disconnect; it is rewritten without it here.
+//   - The wills of clients that were connected when the broker died are
+//     collected, so the broker can publish them (their connection did end
+//     abruptly).
+//   - mochi stops the hook (closing the database) while its housekeeping
+//     loop may still call it; calls after Stop are ignored here.
 type storeHook struct {
 	*bolt.Hook
 	log *slog.Logger
@@ -29,6 +41,9 @@ type storeHook struct {
 	// connection's, and cl must not overwrite or delete it.
 	replaced func(cl *mqtt.Client) bool
 	recMu    sync.Mutex // orders record writes against that check
+
+	stopMu  sync.RWMutex // held for reading by every call into the database
+	stopped bool
 
 	mu         sync.Mutex
 	persistent map[string]bool // stored client id -> its session outlives a disconnect
@@ -50,12 +65,71 @@ func newStoreHook(log *slog.Logger, replaced func(*mqtt.Client) bool) *storeHook
 
 func (h *storeHook) ID() string { return "thermo-store" }
 
+// open runs f unless the hook has been stopped, and keeps Stop waiting
+// until f returns.
+func (h *storeHook) open(f func()) {
+	h.stopMu.RLock()
+	defer h.stopMu.RUnlock()
+	if !h.stopped {
+		f()
+	}
+}
+
+// Stop closes the database once no call is using it.
+func (h *storeHook) Stop() error {
+	h.stopMu.Lock()
+	defer h.stopMu.Unlock()
+	if h.stopped {
+		return nil
+	}
+	h.stopped = true
+	return h.Hook.Stop()
+}
+
+func (h *storeHook) OnSubscribed(cl *mqtt.Client, pk packets.Packet, codes []byte) {
+	h.open(func() { h.Hook.OnSubscribed(cl, pk, codes) })
+}
+
+func (h *storeHook) OnUnsubscribed(cl *mqtt.Client, pk packets.Packet) {
+	h.open(func() { h.Hook.OnUnsubscribed(cl, pk) })
+}
+
+func (h *storeHook) OnRetainMessage(cl *mqtt.Client, pk packets.Packet, r int64) {
+	h.open(func() { h.Hook.OnRetainMessage(cl, pk, r) })
+}
+
+func (h *storeHook) OnQosPublish(cl *mqtt.Client, pk packets.Packet, sent int64, resends int) {
+	h.open(func() { h.Hook.OnQosPublish(cl, pk, sent, resends) })
+}
+
+func (h *storeHook) OnQosComplete(cl *mqtt.Client, pk packets.Packet) {
+	h.open(func() { h.Hook.OnQosComplete(cl, pk) })
+}
+
+func (h *storeHook) OnQosDropped(cl *mqtt.Client, pk packets.Packet) {
+	h.open(func() { h.Hook.OnQosDropped(cl, pk) })
+}
+
+func (h *storeHook) OnSysInfoTick(info *system.Info) {
+	h.open(func() { h.Hook.OnSysInfoTick(info) })
+}
+
+func (h *storeHook) OnClientExpired(cl *mqtt.Client) {
+	h.open(func() { h.Hook.OnClientExpired(cl) })
+}
+
+func (h *storeHook) OnRetainedExpired(filter string) {
+	h.open(func() { h.Hook.OnRetainedExpired(filter) })
+}
+
 // OnSessionEstablished stores the new connection's client record (its will
 // included).
 func (h *storeHook) OnSessionEstablished(cl *mqtt.Client, pk packets.Packet) {
-	h.recMu.Lock()
-	defer h.recMu.Unlock()
-	h.Hook.OnSessionEstablished(cl, pk)
+	h.open(func() {
+		h.recMu.Lock()
+		defer h.recMu.Unlock()
+		h.Hook.OnSessionEstablished(cl, pk)
+	})
 }
 
 // OnDisconnect deletes the record of an ended clean session, as mochi's
@@ -63,27 +137,32 @@ func (h *storeHook) OnSessionEstablished(cl *mqtt.Client, pk packets.Packet) {
 // holds the will: mochi's hook leaves it there after a clean disconnect,
 // and the will would be taken for a crash's after the next restart.
 func (h *storeHook) OnDisconnect(cl *mqtt.Client, err error, expire bool) {
-	h.recMu.Lock()
-	defer h.recMu.Unlock()
-	if h.replaced(cl) {
-		return
-	}
-	if expire {
-		h.Hook.OnDisconnect(cl, err, expire)
-		return
-	}
-	h.Hook.OnWillSent(cl, packets.Packet{}) // rewrites the record as cl is now
+	h.open(func() {
+		h.recMu.Lock()
+		defer h.recMu.Unlock()
+		if h.replaced(cl) {
+			return
+		}
+		if expire {
+			h.Hook.OnDisconnect(cl, err, expire)
+		} else {
+			h.Hook.OnWillSent(cl, packets.Packet{}) // rewrites the record as cl is now
+		}
+		h.log.Debug("stored session ended", "client", cl.ID, "session_kept", !expire)
+	})
 }
 
 // OnWillSent records that the will went out, unless the session has
 // already passed to a newer connection.
 func (h *storeHook) OnWillSent(cl *mqtt.Client, pk packets.Packet) {
-	h.recMu.Lock()
-	defer h.recMu.Unlock()
-	if h.replaced(cl) {
-		return
-	}
-	h.Hook.OnWillSent(cl, pk)
+	h.open(func() {
+		h.recMu.Lock()
+		defer h.recMu.Unlock()
+		if h.replaced(cl) {
+			return
+		}
+		h.Hook.OnWillSent(cl, pk)
+	})
 }
 
 // StoredClients is called first when mochi loads the store.
@@ -143,8 +222,8 @@ func (h *storeHook) StoredSubscriptions() ([]storage.Subscription, error) {
 	return kept, nil
 }
 
-// StoredInflightMessages drops and deletes messages queued for sessions
-// that did not survive.
+// StoredInflightMessages restores the packet ids of queued messages, and
+// drops and deletes those queued for sessions that did not survive.
 func (h *storeHook) StoredInflightMessages() ([]storage.Message, error) {
 	msgs, err := h.Hook.StoredInflightMessages()
 	if err != nil {
@@ -153,18 +232,35 @@ func (h *storeHook) StoredInflightMessages() ([]storage.Message, error) {
 	h.mu.Lock()
 	persistent := h.persistent
 	h.mu.Unlock()
-	if persistent == nil {
-		return msgs, nil
-	}
 	kept := msgs[:0]
 	for _, m := range msgs {
-		if persistent[m.Client] {
-			kept = append(kept, m)
+		id, err := inflightID(m.ID)
+		if err != nil {
+			h.log.Warn("dropping a stored queued message with an unreadable key", "key", m.ID, "error", err)
 			continue
 		}
-		h.Hook.OnQosComplete(&mqtt.Client{ID: m.Client}, packets.Packet{PacketID: m.PacketID})
+		m.PacketID = id
+		if persistent != nil && !persistent[m.Client] {
+			h.Hook.OnQosComplete(&mqtt.Client{ID: m.Client}, packets.Packet{PacketID: m.PacketID})
+			continue
+		}
+		kept = append(kept, m)
 	}
 	return kept, nil
+}
+
+// inflightID reads the packet id from the key of a stored queued message:
+// "IFM_<client id>:<packet id>".
+func inflightID(key string) (uint16, error) {
+	i := strings.LastIndexByte(key, ':')
+	if i < 0 {
+		return 0, fmt.Errorf("no packet id in key %q", key)
+	}
+	id, err := strconv.ParseUint(key[i+1:], 10, 16)
+	if err != nil || id == 0 {
+		return 0, fmt.Errorf("bad packet id in key %q", key)
+	}
+	return uint16(id), nil
 }
 
 // takeWills returns the collected wills once.
