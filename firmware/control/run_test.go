@@ -264,7 +264,7 @@ func TestNewRefusesUnknownControlSensor(t *testing.T) {
 func TestOutputsTheBoardLacksAreNeverDriven(t *testing.T) {
 	h := newHarness(t, testConfig(), Settings{20, ModeCool}, 30)
 	h.board.wired = hal.Outputs{Heat: true} // a heat-only house
-	h.loop.wired = h.board.wired           // New read it before the test changed it
+	h.loop.wired = h.board.wired            // New read it before the test changed it
 	h.start()
 	h.at(mins(10))
 	if got := h.board.outputs(); got != off {
