@@ -1,0 +1,191 @@
+// A mutual-TLS MQTT broker on aedes, with the identity rules and ACL of
+// the sync protocol (shared/PROTOCOL.md), for the mean-time-to-recover
+// harness (mttr --broker aedes) and interop tests.
+//
+//   node server.js --port P --ca FILE --cert FILE --key FILE
+//                  [--host 127.0.0.1] [--topic-root thermo]
+//
+// - Clients must present a certificate issued by --ca; its Common Name is
+//   the client's identity and the MQTT client id must equal it.
+// - "controller" may read and write <root>/#; a device only <root>/<id>/#.
+// - A publish outside the client's topics is acknowledged and dropped (as
+//   Mosquitto does), not answered by closing the connection, which would
+//   make paho resend it after every reconnect.
+// - When listening it prints one line on stdout: "aedes ready port=<P>".
+//   Logs go to stderr. SIGTERM and SIGINT close it cleanly.
+//
+// State (retained messages, sessions) is in memory: a restart loses it,
+// which is what the harness's kill mode exercises.
+
+import fs from 'node:fs'
+import tls from 'node:tls'
+import process from 'node:process'
+import { parseArgs } from 'node:util'
+import { Aedes } from 'aedes'
+
+const CONTROLLER = 'controller'
+const DEVICE_ID = /^[a-z0-9][a-z0-9_-]{0,62}$/
+// Forbidden publishes are moved to this topic: no client may subscribe to
+// it (it is outside every topic root, and '#' does not match '$' topics),
+// so the publish is acknowledged and reaches nobody.
+const DROP_TOPIC = '$thermo/dropped'
+
+function usage (msg) {
+  process.stderr.write(`aedes broker: ${msg}\n` +
+    'usage: node server.js --port P --ca FILE --cert FILE --key FILE [--host 127.0.0.1] [--topic-root thermo]\n')
+  process.exit(2)
+}
+
+function parseFlags () {
+  let values
+  try {
+    ({ values } = parseArgs({
+      options: {
+        port: { type: 'string' },
+        host: { type: 'string', default: '127.0.0.1' },
+        ca: { type: 'string' },
+        cert: { type: 'string' },
+        key: { type: 'string' },
+        'topic-root': { type: 'string', default: 'thermo' }
+      },
+      strict: true
+    }))
+  } catch (err) {
+    usage(err.message)
+  }
+  for (const f of ['port', 'ca', 'cert', 'key']) {
+    if (!values[f]) usage(`--${f} is required`)
+  }
+  const port = Number(values.port)
+  if (!Number.isInteger(port) || port < 0 || port > 65535) usage(`--port ${values.port}: not a port number`)
+  const root = values['topic-root']
+  if (root === '' || root.startsWith('$') || /[+#%\s\u0000]/.test(root) || root.split('/').includes('')) {
+    usage(`--topic-root ${JSON.stringify(root)}: not a valid topic root`)
+  }
+  return { ...values, port, root }
+}
+
+function log (msg, fields = {}) {
+  const kv = Object.entries(fields).map(([k, v]) => `${k}=${JSON.stringify(String(v))}`).join(' ')
+  process.stderr.write(`${new Date().toISOString()} ${msg}${kv ? ' ' + kv : ''}\n`)
+}
+
+// underPrefix reports whether topic (a name or a filter) is prefix or below
+// it. A filter passes only if its first levels are exactly the prefix, so
+// no wildcard reaches another device.
+function underPrefix (prefix, topic) {
+  return topic === prefix || topic.startsWith(prefix + '/')
+}
+
+function mayAccess (root, id, topic) {
+  if (id === CONTROLLER) return underPrefix(root, topic)
+  if (!DEVICE_ID.test(id)) return false
+  return underPrefix(`${root}/${id}`, topic)
+}
+
+function readFile (flag, path) {
+  try {
+    return fs.readFileSync(path)
+  } catch (err) {
+    usage(`--${flag}: ${err.message}`)
+  }
+}
+
+async function main () {
+  const opts = parseFlags()
+  const root = opts.root
+
+  const aedes = await Aedes.createBroker({
+    id: 'thermo-aedes',
+    // Device ids are up to 63 characters; aedes' default allows 23 (MQTT 3.1).
+    maxClientsIdLength: 64
+  })
+
+  aedes.authenticate = (client, _username, _password, callback) => {
+    const fail = (reason) => {
+      log('connection refused', { client_id: client.id, reason })
+      const err = new Error(reason)
+      err.returnCode = 5 // not authorized
+      callback(err, false)
+    }
+    const sock = client.conn
+    if (!sock || !sock.authorized) return fail('no verified client certificate')
+    const cert = sock.getPeerCertificate()
+    const cn = cert && cert.subject && cert.subject.CN
+    if (typeof cn !== 'string') return fail('certificate has no single Common Name')
+    if (cn !== CONTROLLER && !DEVICE_ID.test(cn)) return fail(`certificate CN ${JSON.stringify(cn)} is not a valid device id`)
+    if (client.id !== cn) return fail(`client id ${JSON.stringify(client.id)} does not match certificate CN ${JSON.stringify(cn)}`)
+    // client._will is the CONNECT packet's will, set before authenticate
+    // runs; aedes sends wills after authorizePublish, but refusing here
+    // tells a misconfigured device at once.
+    const will = client._will
+    if (will && !mayAccess(root, cn, will.topic)) return fail(`will topic ${JSON.stringify(will.topic)} is outside the topics of ${JSON.stringify(cn)}`)
+    callback(null, true)
+  }
+
+  aedes.authorizePublish = (client, packet, callback) => {
+    if (client && mayAccess(root, client.id, packet.topic)) return callback(null)
+    log('publish dropped: topic outside the client\'s topics', {
+      client: client ? client.id : '(none)', topic: packet.topic, qos: packet.qos, retain: packet.retain
+    })
+    packet.topic = DROP_TOPIC
+    packet.retain = false
+    callback(null)
+  }
+
+  aedes.authorizeSubscribe = (client, sub, callback) => {
+    if (mayAccess(root, client.id, sub.topic)) return callback(null, sub)
+    log('subscription refused', { client: client.id, filter: sub.topic })
+    callback(null, null) // SUBACK 0x80
+  }
+
+  // Deliveries, retained ones included, go only where the ACL allows.
+  aedes.authorizeForward = (client, packet) => {
+    if (packet.topic === DROP_TOPIC || !mayAccess(root, client.id, packet.topic)) return null
+    return packet
+  }
+
+  aedes.on('client', (client) => log('client connected', { client: client.id }))
+  aedes.on('clientDisconnect', (client) => log('client disconnected', { client: client.id }))
+  aedes.on('clientError', (client, err) => log('client error', { client: client.id, error: err.message }))
+  aedes.on('connectionError', (client, err) => log('connection error', { client: client.id, error: err.message }))
+
+  const server = tls.createServer({
+    ca: readFile('ca', opts.ca),
+    cert: readFile('cert', opts.cert),
+    key: readFile('key', opts.key),
+    requestCert: true,
+    rejectUnauthorized: true,
+    minVersion: 'TLSv1.2',
+    noDelay: true
+  }, aedes.handle)
+  server.on('tlsClientError', (err, sock) => {
+    log('connection refused: TLS handshake failed', { remote: `${sock.remoteAddress}:${sock.remotePort}`, error: err.message })
+  })
+  server.on('error', (err) => {
+    log('server error', { error: err.message })
+    process.exit(1)
+  })
+
+  let closing = false
+  const shutdown = (sig) => {
+    if (closing) return
+    closing = true
+    log('shutting down', { signal: sig })
+    server.close()
+    aedes.close(() => process.exit(0))
+  }
+  process.on('SIGTERM', () => shutdown('SIGTERM'))
+  process.on('SIGINT', () => shutdown('SIGINT'))
+
+  server.listen(opts.port, opts.host, () => {
+    const addr = server.address()
+    log('listening', { host: addr.address, port: addr.port, topic_root: root })
+    process.stdout.write(`aedes ready port=${addr.port}\n`)
+  })
+}
+
+main().catch((err) => {
+  log('fatal', { error: err.stack || err.message })
+  process.exit(1)
+})
