@@ -1,0 +1,258 @@
+// Package state keeps a thermostat's sync state (its vector clock, its
+// stamped properties, and whether it is rejoining with writes pending) in a
+// state directory, written atomically before any message that depends on it
+// is sent.
+//
+// The file is the device's memory of which clock values it has already used.
+// Losing it silently would make the device reuse them, and the controller
+// would then take its next writes for duplicates. So a file that cannot be
+// read is an error that stops the firmware, with instructions, never a
+// reason to start fresh; and a state directory with no file at all is a
+// first boot, after which the device rejoins as PROTOCOL.md describes.
+//
+// Only one process may use a state directory at a time: Open takes an
+// exclusive lock on it, which the kernel releases when the process dies.
+package state
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+
+	"github.com/thermofleet/thermo/protocol"
+)
+
+// FileName is the state file inside the state directory.
+const FileName = "state.json"
+
+// lockName is the lock file inside the state directory.
+const lockName = "lock"
+
+// tmpPrefix starts the name of a temporary file being written; leftovers
+// of a crash are removed by Open.
+const tmpPrefix = ".state.json.tmp-"
+
+// Format is the version of the file layout written by Save.
+const Format = 1
+
+// ErrNoState is returned by Load when the directory holds no state file: a
+// first boot, or a state directory that was wiped on purpose.
+var ErrNoState = errors.New("no stored state")
+
+// ErrCorrupt is wrapped by Load's error for a state file that exists but
+// cannot be used.
+var ErrCorrupt = errors.New("state file is corrupt")
+
+// ErrLocked is wrapped by Open's error when another process holds the
+// state directory.
+var ErrLocked = errors.New("state directory in use by another process")
+
+// file is the JSON layout of the state file.
+type file struct {
+	Format int                  `json:"format"`
+	Device protocol.DeviceState `json:"device"`
+}
+
+// Store is an open state directory. Its methods are not safe for
+// concurrent use: the firmware's agent goroutine owns it.
+type Store struct {
+	dir  string
+	lock *os.File
+}
+
+// Open creates dir (0700) if needed, locks it against other processes and
+// removes temporary files left by a crash in the middle of a Save.
+func Open(dir string) (*Store, error) {
+	if dir == "" {
+		return nil, errors.New("open state: no state directory given")
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("open state: %w", err)
+	}
+	lock, err := os.OpenFile(filepath.Join(dir, lockName), os.O_CREATE|os.O_RDWR, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("open state: %w", err)
+	}
+	if err := syscall.Flock(int(lock.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		lock.Close()
+		if errors.Is(err, syscall.EWOULDBLOCK) {
+			return nil, fmt.Errorf("open state %s: %w (is another thermostat running with this --state-dir?)", dir, ErrLocked)
+		}
+		return nil, fmt.Errorf("open state %s: lock: %w", dir, err)
+	}
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		lock.Close()
+		return nil, fmt.Errorf("open state: %w", err)
+	}
+	for _, e := range entries {
+		if strings.HasPrefix(e.Name(), tmpPrefix) {
+			// A Save that never reached its rename: the old file stands.
+			_ = os.Remove(filepath.Join(dir, e.Name()))
+		}
+	}
+	return &Store{dir: dir, lock: lock}, nil
+}
+
+// Dir is the state directory.
+func (s *Store) Dir() string { return s.dir }
+
+// Path is the state file.
+func (s *Store) Path() string { return filepath.Join(s.dir, FileName) }
+
+// Close releases the lock.
+func (s *Store) Close() error {
+	if s.lock == nil {
+		return nil
+	}
+	err := s.lock.Close()
+	s.lock = nil
+	return err
+}
+
+// Load reads the stored state. It returns ErrNoState when there is none,
+// and an error wrapping ErrCorrupt, saying how to reset, when the file
+// cannot be used.
+func (s *Store) Load() (protocol.DeviceState, error) {
+	data, err := os.ReadFile(s.Path())
+	if errors.Is(err, fs.ErrNotExist) {
+		return protocol.DeviceState{}, ErrNoState
+	}
+	if err != nil {
+		return protocol.DeviceState{}, fmt.Errorf("load state: %w", err)
+	}
+	st, err := Decode(data)
+	if err != nil {
+		return protocol.DeviceState{}, fmt.Errorf("load state %s: %w: %v\n"+
+			"The device will not start from a fresh state on its own: it would reuse clock values the controller has already seen.\n"+
+			"To reset it, move the file away (mv %s %s.bad) and start again; the device then rejoins the controller as PROTOCOL.md describes.",
+			s.Path(), ErrCorrupt, err, s.Path(), s.Path())
+	}
+	return st, nil
+}
+
+// Decode parses and checks the contents of a state file.
+func Decode(data []byte) (protocol.DeviceState, error) {
+	dec := json.NewDecoder(bytes.NewReader(data))
+	dec.DisallowUnknownFields()
+	var f file
+	if err := dec.Decode(&f); err != nil {
+		return protocol.DeviceState{}, fmt.Errorf("not a state file: %v", err)
+	}
+	if dec.More() {
+		return protocol.DeviceState{}, errors.New("data after the state object")
+	}
+	if f.Format != Format {
+		return protocol.DeviceState{}, fmt.Errorf("format %d, this firmware reads format %d", f.Format, Format)
+	}
+	if err := check(f.Device); err != nil {
+		return protocol.DeviceState{}, err
+	}
+	return f.Device, nil
+}
+
+// check refuses state the protocol could not have produced, so a damaged
+// file is not mistaken for a valid one.
+func check(st protocol.DeviceState) error {
+	r := st.Replica
+	if r == nil {
+		return errors.New("no replica")
+	}
+	if r.Side != protocol.DeviceSide {
+		return fmt.Errorf("replica side %v, want device", r.Side)
+	}
+	for _, c := range r.VC {
+		if c > protocol.MaxCounter {
+			return fmt.Errorf("clock %v over the largest counter", r.VC)
+		}
+	}
+	for name, p := range r.Props {
+		v, err := protocol.Normalize(name, p.Val)
+		if err != nil {
+			return fmt.Errorf("property %s: %v", name, err)
+		}
+		if v != p.Val {
+			return fmt.Errorf("property %s: value %v is not in canonical form", name, p.Val)
+		}
+		if !p.W.LessEq(r.VC) {
+			return fmt.Errorf("property %s: stamp %v beyond the clock %v", name, p.W, r.VC)
+		}
+	}
+	if len(st.Pending) > 0 && !st.Rejoining {
+		return errors.New("pending writes outside a rejoin")
+	}
+	for name, v := range st.Pending {
+		if _, err := protocol.Normalize(name, v); err != nil {
+			return fmt.Errorf("pending %s: %v", name, err)
+		}
+	}
+	return nil
+}
+
+// Encode renders state as the contents of a state file.
+func Encode(st protocol.DeviceState) ([]byte, error) {
+	if err := check(st); err != nil {
+		return nil, fmt.Errorf("encode state: %w", err)
+	}
+	b, err := json.MarshalIndent(file{Format: Format, Device: st}, "", "  ")
+	if err != nil {
+		return nil, fmt.Errorf("encode state: %w", err)
+	}
+	return append(b, '\n'), nil
+}
+
+// Save replaces the state file atomically: a temporary file is written and
+// synced, renamed over the old one, and the directory is synced, so after a
+// crash at any moment the file holds either the old or the new state, and
+// once Save returns the new state survives a power cut.
+func (s *Store) Save(st protocol.DeviceState) error {
+	data, err := Encode(st)
+	if err != nil {
+		return fmt.Errorf("save state: %w", err)
+	}
+	if err := writeAtomic(s.dir, FileName, data); err != nil {
+		return fmt.Errorf("save state: %w", err)
+	}
+	return nil
+}
+
+func writeAtomic(dir, name string, data []byte) (err error) {
+	f, err := os.CreateTemp(dir, tmpPrefix+"*")
+	if err != nil {
+		return err
+	}
+	tmp := f.Name()
+	defer func() {
+		if err != nil {
+			f.Close()
+			os.Remove(tmp)
+		}
+	}()
+	if err = f.Chmod(0o600); err != nil {
+		return err
+	}
+	if _, err = f.Write(data); err != nil {
+		return err
+	}
+	if err = f.Sync(); err != nil {
+		return err
+	}
+	if err = f.Close(); err != nil {
+		return err
+	}
+	if err = os.Rename(tmp, filepath.Join(dir, name)); err != nil {
+		return err
+	}
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	return d.Sync()
+}
