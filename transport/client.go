@@ -1,0 +1,482 @@
+package transport
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/url"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	mqtt "github.com/eclipse/paho.mqtt.golang"
+
+	"github.com/thermofleet/thermo/provisioning"
+)
+
+// ErrNotConnected is returned by Publish while the client is not connected.
+// Nothing is queued: the sync protocol repairs what an outage lost by
+// sending its full state on every connect.
+var ErrNotConnected = errors.New("not connected to the broker")
+
+// Message is an MQTT message, received or to publish.
+type Message struct {
+	Topic    string
+	Payload  []byte
+	QoS      byte
+	Retained bool
+}
+
+// Defaults of Options.
+const (
+	DefaultKeepAlive      = 15 * time.Second
+	DefaultConnectTimeout = 10 * time.Second
+	DefaultReconnectMin   = 100 * time.Millisecond
+	DefaultReconnectMax   = time.Second
+	DefaultPublishTimeout = 10 * time.Second
+)
+
+// Options configure a Client. Broker, CAFile, CertFile and KeyFile are
+// required; everything else has a default.
+type Options struct {
+	// Broker is the broker's address, mqtts://HOST:PORT (port 8883 when
+	// omitted). Only TLS is supported; HOST is verified against the
+	// broker's certificate.
+	Broker string
+	// CAFile is the CA that issued the broker's certificate; CertFile and
+	// KeyFile are this client's certificate, whose Common Name is its id.
+	CAFile, CertFile, KeyFile string
+	// ClientID defaults to the certificate's Common Name; brokers of this
+	// product refuse any other.
+	ClientID string
+	// KeepAlive is the MQTT keep-alive sent to the broker; a broker silent
+	// for this long is dropped. Default 15s.
+	KeepAlive time.Duration
+	// ConnectTimeout bounds one connection attempt: TCP, TLS and CONNACK.
+	ConnectTimeout time.Duration
+	// PublishTimeout bounds the wait for a QoS 1 acknowledgement.
+	PublishTimeout time.Duration
+	// Backoff between reconnect attempts; zero fields take DefaultReconnectMin
+	// and DefaultReconnectMax.
+	Backoff Backoff
+	// Will is published by the broker if the connection dies; QoS and Retained apply.
+	Will *Message
+	// Farewell is published (and awaited briefly) before a clean
+	// disconnect, since the broker sends no will then.
+	Farewell *Message
+	// OnConnect runs after each successful connection, before any message
+	// of the new session is handed to Handler.
+	OnConnect func(ctx context.Context, c *Client)
+	// OnDisconnect runs after a connection is lost.
+	OnDisconnect func(err error)
+	// Handler receives every message of every subscription, in order.
+	Handler func(Message)
+	// Logger defaults to slog.Default().
+	Logger *slog.Logger
+}
+
+// Stats are counters of a Client's connection history.
+type Stats struct {
+	Connects      int       // successful connections
+	Losses        int       // connections lost
+	Attempts      int       // connection attempts, successful or not
+	LastConnected time.Time // when the last connection succeeded
+	LastLost      time.Time // when the last loss was noticed
+}
+
+// Client is a self-healing MQTT connection. Create it with New, start it
+// with Run.
+type Client struct {
+	opts   Options
+	id     string
+	tls    *tls.Config
+	broker *url.URL
+	log    *slog.Logger
+
+	connected atomic.Bool
+	queue     *queue
+
+	mu    sync.Mutex
+	subs  map[string]byte
+	pc    mqtt.Client
+	stats Stats
+}
+
+// New checks the options, loads the certificates and returns a Client that
+// has not connected yet.
+func New(o Options) (*Client, error) {
+	u, err := ParseBroker(o.Broker)
+	if err != nil {
+		return nil, err
+	}
+	conf, err := provisioning.LoadClientTLS(o.CAFile, o.CertFile, o.KeyFile)
+	if err != nil {
+		return nil, fmt.Errorf("transport: %w", err)
+	}
+	conf.ServerName = u.Hostname()
+	// Resumed TLS sessions skip the certificate exchange and signatures on
+	// reconnect: cheaper for the broker when a whole fleet comes back.
+	conf.ClientSessionCache = tls.NewLRUClientSessionCache(1)
+	id := o.ClientID
+	if id == "" {
+		if id, err = provisioning.CommonName(o.CertFile); err != nil {
+			return nil, fmt.Errorf("transport: %w", err)
+		}
+	}
+	if o.KeepAlive <= 0 {
+		o.KeepAlive = DefaultKeepAlive
+	}
+	if o.KeepAlive < time.Second {
+		return nil, fmt.Errorf("transport: keep-alive %v is under the MQTT minimum of 1s", o.KeepAlive)
+	}
+	if o.ConnectTimeout <= 0 {
+		o.ConnectTimeout = DefaultConnectTimeout
+	}
+	if o.PublishTimeout <= 0 {
+		o.PublishTimeout = DefaultPublishTimeout
+	}
+	if o.Backoff.Min <= 0 {
+		o.Backoff.Min = DefaultReconnectMin
+	}
+	if o.Backoff.Max <= 0 {
+		o.Backoff.Max = max(DefaultReconnectMax, o.Backoff.Min)
+	}
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+	return &Client{
+		opts: o, id: id, tls: conf, broker: u,
+		log:   o.Logger.With("broker", u.Host, "client", id),
+		queue: newQueue(),
+		subs:  map[string]byte{},
+	}, nil
+}
+
+// ParseBroker checks a broker address: mqtts://HOST[:PORT] (also ssl:// or
+// tls://), with port 8883 by default. Plain-text schemes are refused.
+func ParseBroker(s string) (*url.URL, error) {
+	u, err := url.Parse(s)
+	if err != nil {
+		return nil, fmt.Errorf("broker address %q: %w", s, err)
+	}
+	switch u.Scheme {
+	case "mqtts", "ssl", "tls":
+	case "mqtt", "tcp":
+		return nil, fmt.Errorf("broker address %q: plain-text MQTT is not supported, use mqtts://", s)
+	default:
+		return nil, fmt.Errorf("broker address %q: want mqtts://HOST:PORT", s)
+	}
+	if u.Hostname() == "" {
+		return nil, fmt.Errorf("broker address %q: no host", s)
+	}
+	if u.Port() == "" {
+		u.Host = net.JoinHostPort(u.Hostname(), "8883")
+	}
+	u.Scheme = "mqtts"
+	return u, nil
+}
+
+// ID is the MQTT client id: the Common Name of the client certificate.
+func (c *Client) ID() string { return c.id }
+
+// Connected reports whether a connection is up now.
+func (c *Client) Connected() bool { return c.connected.Load() }
+
+// Stats returns the connection counters.
+func (c *Client) Stats() Stats {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.stats
+}
+
+// Subscribe adds a filter that every connection subscribes to. While
+// connected it subscribes at once and waits for the broker's answer.
+func (c *Client) Subscribe(filter string, qos byte) error {
+	c.mu.Lock()
+	c.subs[filter] = qos
+	pc := c.pc
+	c.mu.Unlock()
+	if pc == nil || !c.Connected() {
+		return nil
+	}
+	return c.subscribe(pc, map[string]byte{filter: qos})
+}
+
+// Unsubscribe removes a filter.
+func (c *Client) Unsubscribe(filter string) error {
+	c.mu.Lock()
+	delete(c.subs, filter)
+	pc := c.pc
+	c.mu.Unlock()
+	if pc == nil || !c.Connected() {
+		return nil
+	}
+	t := pc.Unsubscribe(filter)
+	if !t.WaitTimeout(c.opts.PublishTimeout) {
+		return fmt.Errorf("unsubscribe %s: no answer in %v", filter, c.opts.PublishTimeout)
+	}
+	return t.Error()
+}
+
+func (c *Client) subscribe(pc mqtt.Client, filters map[string]byte) error {
+	if len(filters) == 0 {
+		return nil
+	}
+	t := pc.SubscribeMultiple(filters, c.receive)
+	if !t.WaitTimeout(c.opts.PublishTimeout) {
+		return fmt.Errorf("subscribe: no answer in %v", c.opts.PublishTimeout)
+	}
+	if err := t.Error(); err != nil {
+		return fmt.Errorf("subscribe: %w", err)
+	}
+	if st, ok := t.(*mqtt.SubscribeToken); ok {
+		for f, code := range st.Result() {
+			if code == 0x80 {
+				return fmt.Errorf("subscribe %s: refused by the broker", f)
+			}
+		}
+	}
+	return nil
+}
+
+// Publish sends a message and, for QoS 1, waits for the broker's
+// acknowledgement. It fails with ErrNotConnected when there is no
+// connection rather than queueing.
+func (c *Client) Publish(ctx context.Context, topic string, payload []byte, qos byte, retain bool) error {
+	c.mu.Lock()
+	pc := c.pc
+	c.mu.Unlock()
+	if pc == nil || !c.Connected() {
+		return ErrNotConnected
+	}
+	t := pc.Publish(topic, qos, retain, payload)
+	ctx, cancel := context.WithTimeout(ctx, c.opts.PublishTimeout)
+	defer cancel()
+	select {
+	case <-t.Done():
+	case <-ctx.Done():
+		return fmt.Errorf("publish %s: %w", topic, ctx.Err())
+	}
+	if err := t.Error(); err != nil {
+		return fmt.Errorf("publish %s: %w", topic, err)
+	}
+	if !c.Connected() && qos > 0 {
+		return ErrNotConnected
+	}
+	return nil
+}
+
+// receive is paho's message callback. It only queues: the handler runs on
+// the dispatcher goroutine.
+func (c *Client) receive(_ mqtt.Client, m mqtt.Message) {
+	msg := Message{Topic: m.Topic(), Payload: append([]byte(nil), m.Payload()...), QoS: m.Qos(), Retained: m.Retained()}
+	c.queue.push(func(context.Context) {
+		if c.opts.Handler != nil {
+			c.opts.Handler(msg)
+		}
+	})
+}
+
+// Run connects and keeps reconnecting until ctx is done, then publishes
+// the farewell and disconnects cleanly. It returns nil on cancellation.
+func (c *Client) Run(ctx context.Context) error {
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() { defer wg.Done(); c.queue.run(ctx) }()
+	defer wg.Wait()
+
+	attempt := 0
+	for {
+		lost, err := c.connect(ctx)
+		if err == nil {
+			attempt = 0
+			select {
+			case <-ctx.Done():
+				c.shutdown()
+				return nil
+			case err = <-lost:
+			}
+			c.connected.Store(false)
+			c.mu.Lock()
+			c.stats.Losses++
+			c.stats.LastLost = time.Now()
+			c.mu.Unlock()
+			c.log.Warn("connection lost", "err", err)
+			c.queue.push(func(context.Context) {
+				if c.opts.OnDisconnect != nil {
+					c.opts.OnDisconnect(err)
+				}
+			})
+		} else if ctx.Err() == nil {
+			c.log.Debug("connect failed", "attempt", attempt, "err", err)
+		}
+		if ctx.Err() != nil {
+			return nil
+		}
+		t := time.NewTimer(c.opts.Backoff.Delay(attempt))
+		attempt++
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return nil
+		case <-t.C:
+		}
+	}
+}
+
+// connect makes one attempt: TLS connection, CONNECT, subscriptions. On
+// success it returns the channel that reports the connection's loss.
+func (c *Client) connect(ctx context.Context) (<-chan error, error) {
+	lost := make(chan error, 1)
+	var conn *liveConn
+	o := mqtt.NewClientOptions().
+		AddBroker(c.broker.String()).
+		SetClientID(c.id).
+		SetCleanSession(true).
+		SetAutoReconnect(false).
+		SetConnectRetry(false).
+		SetResumeSubs(false).
+		SetOrderMatters(true).
+		SetKeepAlive(c.opts.KeepAlive).
+		SetPingTimeout(c.opts.KeepAlive).
+		SetConnectTimeout(c.opts.ConnectTimeout).
+		SetWriteTimeout(c.opts.PublishTimeout).
+		SetConnectionLostHandler(func(_ mqtt.Client, err error) {
+			select {
+			case lost <- err:
+			default:
+			}
+		}).
+		SetCustomOpenConnectionFn(func(u *url.URL, _ mqtt.ClientOptions) (net.Conn, error) {
+			cn, err := c.dial(ctx, u)
+			if err != nil {
+				return nil, err
+			}
+			conn = cn
+			return cn, nil
+		})
+	if w := c.opts.Will; w != nil {
+		o.SetBinaryWill(w.Topic, w.Payload, w.QoS, w.Retained)
+	}
+	pc := mqtt.NewClient(o)
+	c.mu.Lock()
+	c.stats.Attempts++
+	c.mu.Unlock()
+	t := pc.Connect()
+	if !t.WaitTimeout(c.opts.ConnectTimeout + time.Second) {
+		pc.Disconnect(0)
+		return nil, fmt.Errorf("connect: no CONNACK in %v", c.opts.ConnectTimeout)
+	}
+	if err := t.Error(); err != nil {
+		return nil, fmt.Errorf("connect: %w", err)
+	}
+	go conn.monitor(c.opts.KeepAlive, func(silent time.Duration) {
+		c.log.Warn("broker silent, dropping the connection", "silent", silent.Round(time.Millisecond))
+	})
+
+	c.mu.Lock()
+	c.pc = pc
+	subs := make(map[string]byte, len(c.subs))
+	for f, q := range c.subs {
+		subs[f] = q
+	}
+	c.stats.Connects++
+	c.stats.LastConnected = time.Now()
+	c.mu.Unlock()
+	c.connected.Store(true)
+	c.log.Info("connected")
+	// OnConnect is queued before subscribing, so it runs before any message
+	// of this session, retained ones included.
+	c.queue.push(func(ctx context.Context) {
+		if c.opts.OnConnect != nil && c.Connected() {
+			c.opts.OnConnect(ctx, c)
+		}
+	})
+	if err := c.subscribe(pc, subs); err != nil {
+		c.connected.Store(false)
+		pc.Disconnect(0)
+		return nil, err
+	}
+	return lost, nil
+}
+
+// dial opens the TLS connection paho runs MQTT over, verifying the broker's
+// certificate against the CA and the host name.
+func (c *Client) dial(ctx context.Context, u *url.URL) (*liveConn, error) {
+	ctx, cancel := context.WithTimeout(ctx, c.opts.ConnectTimeout)
+	defer cancel()
+	d := net.Dialer{KeepAlive: c.opts.KeepAlive}
+	raw, err := d.DialContext(ctx, "tcp", u.Host)
+	if err != nil {
+		return nil, err
+	}
+	if tc, ok := raw.(*net.TCPConn); ok {
+		tc.SetNoDelay(true)
+	}
+	tc := tls.Client(raw, c.tls.Clone())
+	if err := tc.HandshakeContext(ctx); err != nil {
+		raw.Close()
+		return nil, fmt.Errorf("tls: %w", err)
+	}
+	return newLiveConn(tc, time.Now()), nil
+}
+
+func (c *Client) shutdown() {
+	c.mu.Lock()
+	pc := c.pc
+	c.mu.Unlock()
+	if pc == nil {
+		return
+	}
+	if f := c.opts.Farewell; f != nil && c.Connected() {
+		t := pc.Publish(f.Topic, f.QoS, f.Retained, f.Payload)
+		t.WaitTimeout(time.Second)
+	}
+	c.connected.Store(false)
+	pc.Disconnect(250)
+}
+
+// queue runs functions in order on one goroutine; push never blocks.
+type queue struct {
+	mu    sync.Mutex
+	items []func(context.Context)
+	wake  chan struct{}
+}
+
+func newQueue() *queue { return &queue{wake: make(chan struct{}, 1)} }
+
+func (q *queue) push(f func(context.Context)) {
+	q.mu.Lock()
+	q.items = append(q.items, f)
+	q.mu.Unlock()
+	select {
+	case q.wake <- struct{}{}:
+	default:
+	}
+}
+
+func (q *queue) run(ctx context.Context) {
+	for {
+		q.mu.Lock()
+		items := q.items
+		q.items = nil
+		q.mu.Unlock()
+		for _, f := range items {
+			if ctx.Err() != nil {
+				return
+			}
+			f(ctx)
+		}
+		if len(items) > 0 {
+			continue
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-q.wake:
+		}
+	}
+}

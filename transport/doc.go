@@ -1,0 +1,16 @@
+// Package transport connects a thermostat or the controller to an MQTT
+// 3.1.1 broker with paho.mqtt.golang over mutual TLS, and keeps it connected.
+//
+// It exists because paho's own recovery is slow where it matters most for a
+// fleet: its reconnect backoff doubles up to ten minutes and is remembered
+// across outages, and a broker that hangs with its sockets open is noticed
+// only after keep-alive plus the ping timeout, on a five-second tick. Here
+// reconnects use a short, capped, jittered backoff that restarts at every
+// outage, and a liveness monitor on the connection probes a silent broker
+// after half the keep-alive and drops it after a full one.
+//
+// Messages and connection events are handed to the caller in order on one
+// goroutine of their own, so a handler may block, persist state and publish
+// without stalling paho's reader (which with OrderMatters would otherwise
+// wait for the handler and miss its ping responses).
+package transport
