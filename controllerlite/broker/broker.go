@@ -149,7 +149,7 @@ func New(opts Options) (*Broker, error) {
 
 // Start opens the store, restores what it holds, publishes the wills of
 // clients that were connected when the broker last died, and then starts
-// accepting connections.
+// accepting connections. A broker whose Start failed is closed.
 func (b *Broker) Start() error {
 	b.mu.Lock()
 	defer b.mu.Unlock()
@@ -249,8 +249,9 @@ func (b *Broker) Addr() net.Addr {
 	return b.ln.Addr()
 }
 
-// Close disconnects every client (their wills are sent), waits for their
-// goroutines, and closes the store. It is safe to call more than once.
+// Close disconnects every client, waits for their goroutines, and closes
+// the store. The wills of the disconnected clients are sent (and retained),
+// as for any connection the broker ends. It is safe to call more than once.
 func (b *Broker) Close() error {
 	b.mu.Lock()
 	defer b.mu.Unlock()
