@@ -302,4 +302,4 @@ func (d *device) waitCmd(t *testing.T, what string, cond func(m protocol.Message
 }
 
 func setpoint(p protocol.Props) float64 { v, _ := p.Setpoint(); return v }
-func mode(p protocol.Props) string       { v, _ := p.Mode(); return v }
+func mode(p protocol.Props) string      { v, _ := p.Mode(); return v }
