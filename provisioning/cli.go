@@ -1,0 +1,449 @@
+package provisioning
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+)
+
+// Layout of a PKI directory managed by RunPKI.
+const (
+	ServerCertFile     = "server.crt"
+	ServerKeyFile      = "server.key"
+	ControllerCertFile = "controller.crt"
+	ControllerKeyFile  = "controller.key"
+	// DevicesDir holds one bundle directory per device: ca.crt, device.crt
+	// and (unless the device made its own key) device.key.
+	DevicesDir     = "devices"
+	DeviceCertFile = "device.crt"
+	DeviceKeyFile  = "device.key"
+	// DefaultPKIDir is the PKI directory when --dir is not given.
+	DefaultPKIDir = "pki"
+)
+
+const pkiUsage = `Usage: controllerlite pki COMMAND [flags]
+
+Manage the fleet's certificates. Every command takes --dir DIR, the PKI
+directory (default ./pki), and flags may come before or after arguments.
+
+Commands:
+  init                      create the CA (ca.crt, ca.key); --force replaces an existing one
+  server --host NAME ...    issue the broker certificate (server.crt, server.key) for every
+                            host name and IP address given (one --host each, or comma-separated)
+  device ID                 issue a device bundle in DIR/devices/ID: ca.crt, device.crt (CN=ID),
+                            device.key (0600)
+  controller                issue the controller's client certificate (CN=controller)
+  sign CSRFILE              sign a request made on a device by 'thermostat csr' (the key stays
+                            on the device); writes DIR/devices/ID/device.crt, or --out FILE
+  mosquitto                 write mosquitto.conf and mosquitto.acl for this PKI
+                            [--port 8883] [--topic-root thermo] [--bind ADDR] [--cert-dir DIR]
+
+Run 'controllerlite pki COMMAND -h' for a command's flags.
+`
+
+// RunPKI runs `controllerlite pki ARGS...`: args are what follows "pki".
+// Results and instructions go to stdout, usage to stderr; the error says what
+// went wrong (and is not printed here).
+func RunPKI(args []string, stdout, stderr io.Writer) error {
+	if len(args) == 0 {
+		fmt.Fprint(stderr, pkiUsage)
+		return errors.New("pki: a command is required")
+	}
+	cmd, rest := args[0], args[1:]
+	run, ok := map[string]func([]string, io.Writer, io.Writer) error{
+		"init":       pkiInit,
+		"server":     pkiServer,
+		"device":     pkiDevice,
+		"controller": pkiController,
+		"sign":       pkiSign,
+		"mosquitto":  pkiMosquitto,
+	}[cmd]
+	switch {
+	case ok:
+		if err := run(rest, stdout, stderr); err != nil {
+			return fmt.Errorf("pki %s: %w", cmd, err)
+		}
+		return nil
+	case cmd == "help" || cmd == "-h" || cmd == "--help" || cmd == "-help":
+		fmt.Fprint(stdout, pkiUsage)
+		return nil
+	default:
+		fmt.Fprint(stderr, pkiUsage)
+		return fmt.Errorf("pki: unknown command %q", cmd)
+	}
+}
+
+// errHelp is returned by parse after -h printed the usage: not a failure.
+var errHelp = flag.ErrHelp
+
+// newFlags makes a flag set whose usage line is usage, printing to stderr.
+func newFlags(name, usage string, stderr io.Writer) *flag.FlagSet {
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.Usage = func() {
+		fmt.Fprintf(stderr, "Usage: %s\n\nFlags:\n", usage)
+		fs.PrintDefaults()
+	}
+	return fs
+}
+
+// parse parses flags anywhere among the arguments ("device d1 --dir x" as
+// well as "device --dir x d1"); everything after "--" is positional.
+func parse(fs *flag.FlagSet, args []string) ([]string, error) {
+	var pos []string
+	for {
+		if err := fs.Parse(args); err != nil {
+			return nil, err
+		}
+		rest := fs.Args()
+		if consumed := len(args) - len(rest); consumed > 0 && args[consumed-1] == "--" {
+			return append(pos, rest...), nil
+		}
+		if len(rest) == 0 {
+			return pos, nil
+		}
+		pos = append(pos, rest[0])
+		args = rest[1:]
+	}
+}
+
+// parseN parses and requires exactly n positional arguments named names.
+func parseN(fs *flag.FlagSet, args []string, names ...string) ([]string, error) {
+	pos, err := parse(fs, args)
+	if err != nil {
+		return nil, err
+	}
+	if len(pos) != len(names) {
+		fs.Usage()
+		if len(pos) < len(names) {
+			return nil, fmt.Errorf("missing %s", names[len(pos)])
+		}
+		return nil, fmt.Errorf("unexpected argument %q", pos[len(names)])
+	}
+	return pos, nil
+}
+
+// helpOK turns the -h "error" into success: the usage was printed.
+func helpOK(err error) error {
+	if errors.Is(err, errHelp) {
+		return nil
+	}
+	return err
+}
+
+// stringList is a repeatable flag; each value may also be comma-separated.
+type stringList []string
+
+func (s *stringList) String() string { return strings.Join(*s, ",") }
+func (s *stringList) Set(v string) error {
+	for _, part := range strings.Split(v, ",") {
+		if part = strings.TrimSpace(part); part != "" {
+			*s = append(*s, part)
+		}
+	}
+	return nil
+}
+
+func dirFlag(fs *flag.FlagSet) *string {
+	return fs.String("dir", DefaultPKIDir, "PKI directory")
+}
+
+func pkiInit(args []string, stdout, stderr io.Writer) error {
+	fs := newFlags("init", "controllerlite pki init [--dir DIR] [--force] [--cn NAME]", stderr)
+	dir := dirFlag(fs)
+	force := fs.Bool("force", false, "replace an existing CA: every certificate it issued stops being trusted")
+	cn := fs.String("cn", "Thermofleet CA", "Common Name of the CA certificate")
+	if _, err := parseN(fs, args); err != nil {
+		return helpOK(err)
+	}
+	ca, err := InitCA(*dir, CAOptions{CommonName: *cn, Force: *force})
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "CA created: %s (certificate), %s (private key, 0600: keep it secret and backed up)\n",
+		ca.CertFile(), filepath.Join(*dir, CAKeyFile))
+	fmt.Fprintf(stdout, "Next: controllerlite pki server --dir %s --host BROKER_HOSTNAME\n", *dir)
+	return nil
+}
+
+func pkiServer(args []string, stdout, stderr io.Writer) error {
+	fs := newFlags("server", "controllerlite pki server --host NAME [--host NAME ...] [--dir DIR] [--force]", stderr)
+	dir := dirFlag(fs)
+	var hosts stringList
+	fs.Var(&hosts, "host", "host name or IP address clients use to reach the broker (repeatable; the first is also the CN)")
+	force := fs.Bool("force", false, "replace an existing server certificate")
+	if _, err := parseN(fs, args); err != nil {
+		return helpOK(err)
+	}
+	if len(hosts) == 0 {
+		fs.Usage()
+		return errors.New("at least one --host is required: the name or address clients connect to")
+	}
+	ca, err := LoadCA(*dir)
+	if err != nil {
+		return err
+	}
+	certFile, keyFile := filepath.Join(*dir, ServerCertFile), filepath.Join(*dir, ServerKeyFile)
+	if err := refuseExisting(*force, certFile); err != nil {
+		return err
+	}
+	certPEM, keyPEM, err := ca.IssueServer(hosts, nil)
+	if err != nil {
+		return err
+	}
+	if err := WriteCertKey(certFile, keyFile, certPEM, keyPEM); err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "Server certificate for %s: %s, key %s (0600)\n", strings.Join(hosts, ", "), certFile, keyFile)
+	fmt.Fprintf(stdout, "Embedded broker: controllerlite serve --ca %s --cert %s --key %s ...\n",
+		filepath.Join(*dir, CACertFile), certFile, keyFile)
+	fmt.Fprintf(stdout, "Mosquitto:       controllerlite pki mosquitto --dir %s\n", *dir)
+	return nil
+}
+
+func pkiDevice(args []string, stdout, stderr io.Writer) error {
+	fs := newFlags("device", "controllerlite pki device ID [--dir DIR] [--force]", stderr)
+	dir := dirFlag(fs)
+	force := fs.Bool("force", false, "replace an existing bundle for this device")
+	pos, err := parseN(fs, args, "device ID")
+	if err != nil {
+		return helpOK(err)
+	}
+	id := pos[0]
+	if id == ControllerCN {
+		return fmt.Errorf("%w: use `controllerlite pki controller --dir %s`", ErrReservedID, *dir)
+	}
+	if err := ValidateDeviceID(id); err != nil {
+		return err
+	}
+	ca, err := LoadCA(*dir)
+	if err != nil {
+		return err
+	}
+	bundle := filepath.Join(*dir, DevicesDir, id)
+	certFile, keyFile := filepath.Join(bundle, DeviceCertFile), filepath.Join(bundle, DeviceKeyFile)
+	if err := refuseExisting(*force, certFile); err != nil {
+		return err
+	}
+	certPEM, keyPEM, err := ca.IssueClient(id, nil)
+	if err != nil {
+		return err
+	}
+	if err := os.MkdirAll(bundle, 0o700); err != nil {
+		return err
+	}
+	if err := writeFileAtomic(filepath.Join(bundle, CACertFile), ca.CertPEM, CertFileMode); err != nil {
+		return err
+	}
+	if err := WriteCertKey(certFile, keyFile, certPEM, keyPEM); err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "Device bundle for %s: %s (%s, %s, %s 0600)\n", id, bundle, CACertFile, DeviceCertFile, DeviceKeyFile)
+	printThermostatHint(stdout, bundle)
+	return nil
+}
+
+func printThermostatHint(stdout io.Writer, bundle string) {
+	fmt.Fprintf(stdout, "Copy %s to the device (e.g. /etc/thermostat, key kept 0600) and run:\n", bundle)
+	fmt.Fprintf(stdout, "  thermostat run --broker mqtts://BROKER_HOST:8883 --ca /etc/thermostat/%s --cert /etc/thermostat/%s --key /etc/thermostat/%s\n",
+		CACertFile, DeviceCertFile, DeviceKeyFile)
+}
+
+func pkiController(args []string, stdout, stderr io.Writer) error {
+	fs := newFlags("controller", "controllerlite pki controller [--dir DIR] [--force]", stderr)
+	dir := dirFlag(fs)
+	force := fs.Bool("force", false, "replace an existing controller certificate")
+	if _, err := parseN(fs, args); err != nil {
+		return helpOK(err)
+	}
+	ca, err := LoadCA(*dir)
+	if err != nil {
+		return err
+	}
+	certFile, keyFile := filepath.Join(*dir, ControllerCertFile), filepath.Join(*dir, ControllerKeyFile)
+	if err := refuseExisting(*force, certFile); err != nil {
+		return err
+	}
+	certPEM, keyPEM, err := ca.IssueClient(ControllerCN, nil)
+	if err != nil {
+		return err
+	}
+	if err := WriteCertKey(certFile, keyFile, certPEM, keyPEM); err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "Controller client certificate (CN=%s): %s, key %s (0600)\n", ControllerCN, certFile, keyFile)
+	fmt.Fprintf(stdout, "With an external broker: controllerlite serve --broker mqtts://BROKER_HOST:8883 --ca %s --cert %s --key %s ...\n",
+		filepath.Join(*dir, CACertFile), certFile, keyFile)
+	return nil
+}
+
+func pkiSign(args []string, stdout, stderr io.Writer) error {
+	fs := newFlags("sign", "controllerlite pki sign CSRFILE [--dir DIR] [--out FILE] [--force]", stderr)
+	dir := dirFlag(fs)
+	out := fs.String("out", "", "write the certificate here instead of DIR/devices/ID/device.crt")
+	force := fs.Bool("force", false, "replace an existing certificate for this device")
+	pos, err := parseN(fs, args, "CSRFILE")
+	if err != nil {
+		return helpOK(err)
+	}
+	f, err := os.Open(pos[0])
+	if err != nil {
+		return err
+	}
+	csrPEM, err := io.ReadAll(io.LimitReader(f, maxCSRSize+1))
+	f.Close()
+	if err != nil {
+		return fmt.Errorf("read %s: %w", pos[0], err)
+	}
+	ca, err := LoadCA(*dir)
+	if err != nil {
+		return err
+	}
+	certPEM, id, err := ca.SignCSR(csrPEM, nil)
+	if err != nil {
+		return fmt.Errorf("%s: %w", pos[0], err)
+	}
+	if *out != "" {
+		if err := refuseExisting(*force, *out); err != nil {
+			return err
+		}
+		if err := writeFileAtomic(*out, certPEM, CertFileMode); err != nil {
+			return err
+		}
+		fmt.Fprintf(stdout, "Certificate for device %s: %s (CA certificate: %s)\n", id, *out, ca.CertFile())
+		return nil
+	}
+	bundle := filepath.Join(*dir, DevicesDir, id)
+	certFile := filepath.Join(bundle, DeviceCertFile)
+	if err := refuseExisting(*force, certFile); err != nil {
+		return err
+	}
+	if err := os.MkdirAll(bundle, 0o700); err != nil {
+		return err
+	}
+	// A key left by an earlier `pki device` does not match this certificate.
+	if err := os.Remove(filepath.Join(bundle, DeviceKeyFile)); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return err
+	}
+	if err := writeFileAtomic(filepath.Join(bundle, CACertFile), ca.CertPEM, CertFileMode); err != nil {
+		return err
+	}
+	if err := writeFileAtomic(certFile, certPEM, CertFileMode); err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "Certificate for device %s: %s (with %s)\n", id, certFile, CACertFile)
+	fmt.Fprintf(stdout, "Copy %s and %s to the device, beside the %s made by 'thermostat csr', and run:\n", DeviceCertFile, CACertFile, DeviceKeyFile)
+	fmt.Fprintf(stdout, "  thermostat run --broker mqtts://BROKER_HOST:8883 --ca /etc/thermostat/%s --cert /etc/thermostat/%s --key /etc/thermostat/%s\n",
+		CACertFile, DeviceCertFile, DeviceKeyFile)
+	return nil
+}
+
+func pkiMosquitto(args []string, stdout, stderr io.Writer) error {
+	fs := newFlags("mosquitto", "controllerlite pki mosquitto [--dir DIR] [--port 8883] [--topic-root thermo] [--bind ADDR] [--cert-dir DIR]", stderr)
+	dir := dirFlag(fs)
+	port := fs.Int("port", DefaultMQTTSPort, "TLS listener port")
+	root := fs.String("topic-root", DefaultTopicRoot, "first topic level of every protocol topic")
+	bind := fs.String("bind", "", "listen on this address only (default: every interface)")
+	certDir := fs.String("cert-dir", "", "directory Mosquitto reads ca.crt, server.crt, server.key and the ACL from,\nwhen you install them elsewhere (e.g. /etc/mosquitto/certs); default the PKI directory")
+	if _, err := parseN(fs, args); err != nil {
+		return helpOK(err)
+	}
+	for _, f := range []string{CACertFile, ServerCertFile, ServerKeyFile} {
+		if !exists(filepath.Join(*dir, f)) {
+			return fmt.Errorf("%s missing: run `controllerlite pki init` and `controllerlite pki server --host NAME` with --dir %s first", filepath.Join(*dir, f), *dir)
+		}
+	}
+	from := *certDir
+	if from == "" {
+		abs, err := filepath.Abs(*dir)
+		if err != nil {
+			return err
+		}
+		from = abs
+	}
+	confFile, aclFile, err := WriteMosquittoConfig(*dir, MosquittoOptions{
+		Port:        *port,
+		BindAddress: *bind,
+		CAFile:      filepath.Join(from, CACertFile),
+		CertFile:    filepath.Join(from, ServerCertFile),
+		KeyFile:     filepath.Join(from, ServerKeyFile),
+		ACLFile:     filepath.Join(from, MosquittoACLFile),
+		TopicRoot:   *root,
+	})
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "Wrote %s and %s (listener %d, topic root %q).\n", confFile, aclFile, *port, *root)
+	if *certDir != "" {
+		fmt.Fprintf(stdout, "Install ca.crt, server.crt, server.key and %s into %s.\n", MosquittoACLFile, *certDir)
+	}
+	fmt.Fprintf(stdout, "Mosquitto drops to user \"mosquitto\": that user must be able to read %s, e.g.\n", filepath.Join(from, ServerKeyFile))
+	fmt.Fprintf(stdout, "  chown mosquitto %s\n", filepath.Join(from, ServerKeyFile))
+	fmt.Fprintf(stdout, "Then run: mosquitto -c %s\n", confFile)
+	fmt.Fprintf(stdout, "(or copy it to /etc/mosquitto/conf.d/ and restart the mosquitto service)\n")
+	return nil
+}
+
+// refuseExisting keeps a certificate that is probably in use unless forced.
+func refuseExisting(force bool, path string) error {
+	if !force && exists(path) {
+		return fmt.Errorf("%s already exists (use --force to replace it)", path)
+	}
+	return nil
+}
+
+const csrUsage = "thermostat csr [--id ID] [--out DIR] [--force]"
+
+// RunCSR runs `thermostat csr ARGS...` on a device: it makes the device's
+// private key (DIR/device.key, 0600) and a certificate request (DIR/ID.csr)
+// for `controllerlite pki sign`. The key never leaves the device. The id
+// defaults to the host name.
+func RunCSR(args []string, stdout, stderr io.Writer) error {
+	fs := newFlags("csr", csrUsage, stderr)
+	id := fs.String("id", "", "device id, the certificate's CN (default: this host's name)")
+	out := fs.String("out", ".", "directory for the key and the request")
+	force := fs.Bool("force", false, "replace an existing device.key (the certificate issued for it stops working)")
+	if _, err := parseN(fs, args); err != nil {
+		if errors.Is(err, errHelp) {
+			return nil
+		}
+		return fmt.Errorf("csr: %w", err)
+	}
+	if *id == "" {
+		host, err := os.Hostname()
+		if err != nil {
+			return fmt.Errorf("csr: no --id and no host name: %w", err)
+		}
+		*id = strings.ToLower(host)
+		if err := ValidateDeviceID(*id); err != nil {
+			return fmt.Errorf("csr: the host name is not a valid device id, give one with --id: %w", err)
+		}
+	}
+	keyFile, csrFile := filepath.Join(*out, DeviceKeyFile), filepath.Join(*out, *id+".csr")
+	if !*force && exists(keyFile) {
+		return fmt.Errorf("csr: %s already exists: its certificate would stop working (use --force to replace it)", keyFile)
+	}
+	csrPEM, keyPEM, err := NewCSR(*id)
+	if err != nil {
+		return fmt.Errorf("csr: %w", err)
+	}
+	if err := os.MkdirAll(*out, 0o700); err != nil {
+		return fmt.Errorf("csr: %w", err)
+	}
+	if err := writeFileAtomic(keyFile, keyPEM, KeyFileMode); err != nil {
+		return fmt.Errorf("csr: %w", err)
+	}
+	if err := writeFileAtomic(csrFile, csrPEM, CertFileMode); err != nil {
+		return fmt.Errorf("csr: %w", err)
+	}
+	fmt.Fprintf(stdout, "Key %s (0600, stays on this device) and request %s for device %q.\n", keyFile, csrFile, *id)
+	fmt.Fprintf(stdout, "Copy %s to the controller host and run: controllerlite pki sign %s\n", csrFile, filepath.Base(csrFile))
+	fmt.Fprintf(stdout, "Bring back %s and %s into %s, then run:\n", DeviceCertFile, CACertFile, *out)
+	fmt.Fprintf(stdout, "  thermostat run --broker mqtts://BROKER_HOST:8883 --ca %s --cert %s --key %s\n",
+		filepath.Join(*out, CACertFile), filepath.Join(*out, DeviceCertFile), keyFile)
+	return nil
+}

@@ -1,0 +1,217 @@
+package provisioning_test
+
+import (
+	"bytes"
+	"crypto/tls"
+	"crypto/x509"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/thermofleet/thermo/provisioning"
+)
+
+// runPKI runs the CLI and returns its output.
+func runPKI(t *testing.T, args ...string) (stdout, stderr string, err error) {
+	t.Helper()
+	var o, e bytes.Buffer
+	err = provisioning.RunPKI(args, &o, &e)
+	return o.String(), e.String(), err
+}
+
+func mustPKI(t *testing.T, args ...string) string {
+	t.Helper()
+	out, errOut, err := runPKI(t, args...)
+	if err != nil {
+		t.Fatalf("pki %s: %v\nstderr: %s", strings.Join(args, " "), err, errOut)
+	}
+	return out
+}
+
+func readCert(t *testing.T, path string) *x509.Certificate {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return parseCert(t, b)
+}
+
+func TestPKICommands(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "pki")
+	mustPKI(t, "init", "--dir", dir)
+	out := mustPKI(t, "server", "--dir", dir, "--host", "broker.lan", "--host", "192.168.1.10,localhost")
+	if !strings.Contains(out, filepath.Join(dir, "server.crt")) {
+		t.Errorf("server output does not say where the certificate went:\n%s", out)
+	}
+	srv := readCert(t, filepath.Join(dir, "server.crt"))
+	if srv.Subject.CommonName != "broker.lan" || strings.Join(srv.DNSNames, ",") != "broker.lan,localhost" ||
+		len(srv.IPAddresses) != 1 || srv.IPAddresses[0].String() != "192.168.1.10" {
+		t.Errorf("server certificate CN %q DNS %v IP %v", srv.Subject.CommonName, srv.DNSNames, srv.IPAddresses)
+	}
+
+	// Flags after the positional argument.
+	out = mustPKI(t, "device", "d1", "--dir", dir)
+	bundle := filepath.Join(dir, "devices", "d1")
+	for _, want := range []string{bundle, "thermostat run", "--cert", "--key", "--ca"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("device output lacks %q:\n%s", want, out)
+		}
+	}
+	if cn := readCert(t, filepath.Join(bundle, "device.crt")).Subject.CommonName; cn != "d1" {
+		t.Errorf("device CN %q", cn)
+	}
+	if _, err := tls.LoadX509KeyPair(filepath.Join(bundle, "device.crt"), filepath.Join(bundle, "device.key")); err != nil {
+		t.Errorf("bundle key pair: %v", err)
+	}
+	caInBundle, _ := os.ReadFile(filepath.Join(bundle, "ca.crt"))
+	caInDir, _ := os.ReadFile(filepath.Join(dir, "ca.crt"))
+	if !bytes.Equal(caInBundle, caInDir) {
+		t.Error("bundle ca.crt differs from the CA")
+	}
+	mustPKI(t, "device", "--dir", dir, "d2") // flags first work too
+	mustPKI(t, "controller", "--dir", dir)
+	if cn := readCert(t, filepath.Join(dir, "controller.crt")).Subject.CommonName; cn != "controller" {
+		t.Errorf("controller CN %q", cn)
+	}
+	out = mustPKI(t, "mosquitto", "--dir", dir, "--port", "18883", "--topic-root", "site")
+	conf, err := os.ReadFile(filepath.Join(dir, "mosquitto.conf"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	abs, _ := filepath.Abs(dir)
+	assertLinesInOrder(t, "mosquitto.conf", string(conf), []string{
+		"acl_file " + filepath.Join(abs, "mosquitto.acl"), "listener 18883", "cafile " + filepath.Join(abs, "ca.crt"),
+		"certfile " + filepath.Join(abs, "server.crt"), "keyfile " + filepath.Join(abs, "server.key"), "require_certificate true",
+	})
+	acl, _ := os.ReadFile(filepath.Join(dir, "mosquitto.acl"))
+	assertLinesInOrder(t, "mosquitto.acl", string(acl), []string{"pattern readwrite site/%u/#", "user controller", "topic readwrite site/#"})
+	if !strings.Contains(out, "mosquitto -c "+filepath.Join(dir, "mosquitto.conf")) {
+		t.Errorf("mosquitto output does not say how to run it:\n%s", out)
+	}
+	mustPKI(t, "mosquitto", "--dir", dir, "--cert-dir", "/etc/mosquitto/certs")
+	conf, _ = os.ReadFile(filepath.Join(dir, "mosquitto.conf"))
+	assertLinesInOrder(t, "mosquitto.conf", string(conf), []string{"acl_file /etc/mosquitto/certs/mosquitto.acl", "keyfile /etc/mosquitto/certs/server.key"})
+
+	// Every private key is 0600.
+	keys, _ := filepath.Glob(filepath.Join(dir, "*.key"))
+	more, _ := filepath.Glob(filepath.Join(dir, "devices", "*", "*.key"))
+	keys = append(keys, more...)
+	if len(keys) != 5 {
+		t.Errorf("keys %v, want ca, server, controller, d1, d2", keys)
+	}
+	for _, k := range keys {
+		if m := fileMode(t, k); m != 0o600 {
+			t.Errorf("%s mode %v, want 0600", k, m)
+		}
+	}
+	for _, c := range []string{"ca.crt", "server.crt", "controller.crt", "devices/d1/device.crt", "devices/d1/ca.crt"} {
+		if m := fileMode(t, filepath.Join(dir, c)); m != 0o644 {
+			t.Errorf("%s mode %v, want 0644", c, m)
+		}
+	}
+}
+
+func TestPKIErrors(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "pki")
+	empty := filepath.Join(t.TempDir(), "empty")
+	mustPKI(t, "init", "--dir", dir)
+	mustPKI(t, "device", "d1", "--dir", dir)
+	tests := []struct {
+		name string
+		args []string
+		want string // in the error
+	}{
+		{"no command", nil, "command is required"},
+		{"unknown command", []string{"frobnicate"}, `unknown command "frobnicate"`},
+		{"init twice", []string{"init", "--dir", dir}, "--force"},
+		{"no CA", []string{"device", "d1", "--dir", empty}, "pki init"},
+		{"device controller", []string{"device", "controller", "--dir", dir}, "pki controller"},
+		{"bad device id", []string{"device", "Bad/ID", "--dir", dir}, "invalid id"},
+		{"device exists", []string{"device", "d1", "--dir", dir}, "--force"},
+		{"no device id", []string{"device", "--dir", dir}, "missing device ID"},
+		{"two device ids", []string{"device", "d2", "d3", "--dir", dir}, `unexpected argument "d3"`},
+		{"server without host", []string{"server", "--dir", dir}, "--host"},
+		{"server host with port", []string{"server", "--host", "b:8883", "--dir", dir}, "without a port"},
+		{"unknown flag", []string{"device", "d2", "--nope", "--dir", dir}, "nope"},
+		{"mosquitto without server", []string{"mosquitto", "--dir", dir}, "pki server"},
+		{"sign missing file", []string{"sign", filepath.Join(dir, "none.csr"), "--dir", dir}, "none.csr"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, _, err := runPKI(t, tt.args...)
+			if err == nil || !strings.Contains(err.Error(), tt.want) {
+				t.Fatalf("pki %q: %v, want an error containing %q", tt.args, err, tt.want)
+			}
+		})
+	}
+	// A forced re-issue replaces the bundle.
+	before, _ := os.ReadFile(filepath.Join(dir, "devices", "d1", "device.key"))
+	mustPKI(t, "device", "d1", "--dir", dir, "--force")
+	after, _ := os.ReadFile(filepath.Join(dir, "devices", "d1", "device.key"))
+	if bytes.Equal(before, after) {
+		t.Error("--force kept the old key")
+	}
+}
+
+func TestPKIHelp(t *testing.T) {
+	for _, args := range [][]string{{"help"}, {"-h"}, {"device", "-h"}, {"server", "--help"}} {
+		out, errOut, err := runPKI(t, args...)
+		if err != nil {
+			t.Errorf("pki %q: %v", args, err)
+		}
+		if !strings.Contains(out+errOut, "Usage: controllerlite pki") {
+			t.Errorf("pki %q printed no usage:\n%s%s", args, out, errOut)
+		}
+	}
+}
+
+// TestCSRFlow is the key-never-leaves-the-board path: thermostat csr on the
+// device, pki sign on the controller host.
+func TestCSRFlow(t *testing.T) {
+	pkiDir, board := filepath.Join(t.TempDir(), "pki"), t.TempDir()
+	mustPKI(t, "init", "--dir", pkiDir)
+
+	var o, e bytes.Buffer
+	if err := provisioning.RunCSR([]string{"--out", board, "--id", "kitchen"}, &o, &e); err != nil {
+		t.Fatalf("csr: %v\n%s", err, e.String())
+	}
+	keyFile, csrFile := filepath.Join(board, "device.key"), filepath.Join(board, "kitchen.csr")
+	if m := fileMode(t, keyFile); m != 0o600 {
+		t.Errorf("device.key mode %v, want 0600", m)
+	}
+	if !strings.Contains(o.String(), "pki sign") {
+		t.Errorf("csr output does not say what to do next:\n%s", o.String())
+	}
+	// A second csr would orphan the key: refused.
+	if err := provisioning.RunCSR([]string{"--out", board, "--id", "kitchen"}, &o, &e); err == nil || !strings.Contains(err.Error(), "--force") {
+		t.Errorf("second csr: %v, want a refusal naming --force", err)
+	}
+	if err := provisioning.RunCSR([]string{"--out", board, "--id", "controller"}, &o, &e); err == nil {
+		t.Error("csr for controller succeeded")
+	}
+
+	out := mustPKI(t, "sign", csrFile, "--dir", pkiDir)
+	certFile := filepath.Join(pkiDir, "devices", "kitchen", "device.crt")
+	if !strings.Contains(out, certFile) {
+		t.Errorf("sign output does not name %s:\n%s", certFile, out)
+	}
+	if _, err := tls.LoadX509KeyPair(certFile, keyFile); err != nil {
+		t.Fatalf("signed certificate does not pair with the board's key: %v", err)
+	}
+	if id, err := provisioning.DeviceID(certFile); err != nil || id != "kitchen" {
+		t.Errorf("DeviceID = %q, %v", id, err)
+	}
+	if _, err := os.Stat(filepath.Join(pkiDir, "devices", "kitchen", "device.key")); !os.IsNotExist(err) {
+		t.Errorf("a key appeared on the controller host: %v", err)
+	}
+	if _, _, err := runPKI(t, "sign", csrFile, "--dir", pkiDir); err == nil || !strings.Contains(err.Error(), "--force") {
+		t.Errorf("second sign: %v, want a refusal naming --force", err)
+	}
+	outFile := filepath.Join(t.TempDir(), "kitchen.crt")
+	mustPKI(t, "sign", "--out", outFile, csrFile, "--dir", pkiDir)
+	if cn := readCert(t, outFile).Subject.CommonName; cn != "kitchen" {
+		t.Errorf("--out certificate CN %q", cn)
+	}
+}
