@@ -125,3 +125,24 @@ func TestOptionsValidation(t *testing.T) {
 		}
 	}
 }
+
+func TestScaledClock(t *testing.T) {
+	clk := ScaledClock(1000)
+	start := clk.Now()
+	tm := clk.NewTimer(2 * time.Second) // 2 ms of real time
+	select {
+	case <-tm.C():
+	case <-time.After(5 * time.Second):
+		t.Fatal("scaled timer did not fire")
+	}
+	if el := clk.Now().Sub(start); el < 2*time.Second {
+		t.Fatalf("scaled clock advanced %v after a 2s timer", el)
+	}
+	b, err := New(Options{Speed: 1000})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := b.Clock().(*scaledClock); !ok {
+		t.Fatalf("Speed 1000 gave clock %T", b.Clock())
+	}
+}
