@@ -1,0 +1,98 @@
+// Command controllerlite is the thermostat fleet controller: it runs (or
+// connects to) the MQTT broker, keeps every device's state by the sync
+// protocol, serves an HTTP API, and manages the fleet's certificates.
+//
+//	controllerlite serve --ca FILE --cert FILE --key FILE --data-dir DIR [--http ADDR]
+//	                     [--listen ADDR | --broker mqtts://HOST:PORT] [--topic-root thermo]
+//	controllerlite devices [--http ADDR] [--json]
+//	controllerlite set [--http ADDR] DEVICE --setpoint 21 [--mode heat]
+//	controllerlite pki init|server|device|controller|sign|mosquitto ...
+//	controllerlite version
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/thermofleet/thermo/provisioning"
+)
+
+// Set at build time: -ldflags "-X main.version=1.2.3 -X main.commit=abc -X main.date=2026-11-24".
+var (
+	version = "dev"
+	commit  = "none"
+	date    = "unknown"
+)
+
+const usage = `Usage: controllerlite COMMAND [flags]
+
+Commands:
+  serve      run the controller: embedded MQTT broker (or --broker), fleet state, HTTP API
+  devices    list the devices of a running controller
+  set        set a device's setpoint and/or mode through a running controller
+  pki        manage the fleet's certificates (controllerlite pki help)
+  version    print the version
+
+Run 'controllerlite COMMAND -h' for a command's flags.
+`
+
+// errUsage marks an error in the command line itself: exit status 2.
+var errUsage = errors.New("usage")
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	err := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
+	stop()
+	switch {
+	case err == nil, errors.Is(err, flag.ErrHelp): // -h printed the usage
+	case errors.Is(err, errUsage):
+		fmt.Fprintf(os.Stderr, "controllerlite: %v\n", err)
+		os.Exit(2)
+	default:
+		fmt.Fprintf(os.Stderr, "controllerlite: %v\n", err)
+		os.Exit(1)
+	}
+}
+
+// run runs one command. Cancelling ctx (SIGINT, SIGTERM) stops serve
+// cleanly; that is not an error.
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	if len(args) == 0 {
+		fmt.Fprint(stderr, usage)
+		return fmt.Errorf("%w: a command is required", errUsage)
+	}
+	cmd, rest := args[0], args[1:]
+	switch cmd {
+	case "serve":
+		return runServe(ctx, rest, stdout, stderr)
+	case "devices":
+		return runDevices(ctx, rest, stdout, stderr)
+	case "set":
+		return runSet(ctx, rest, stdout, stderr)
+	case "pki":
+		return provisioning.RunPKI(rest, stdout, stderr)
+	case "version":
+		fmt.Fprintf(stdout, "controllerlite %s (commit %s, built %s)\n", version, commit, date)
+		return nil
+	case "install", "uninstall", "start", "stop", "restart", "status":
+		return runService(ctx, cmd, rest, stdout, stderr)
+	case "help", "-h", "-help", "--help":
+		fmt.Fprint(stdout, usage)
+		return nil
+	}
+	fmt.Fprint(stderr, usage)
+	return fmt.Errorf("%w: unknown command %q", errUsage, cmd)
+}
+
+// runService is the place for managing controllerlite as a system service
+// (install, uninstall, start, stop, restart, status) with
+// kardianos/service and systemd/controllerlite.service: issue 4.
+func runService(_ context.Context, cmd string, _ []string, _, _ io.Writer) error {
+	return fmt.Errorf("%s: service management is not part of this build yet", cmd)
+}

@@ -1,0 +1,107 @@
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"strings"
+
+	"github.com/thermofleet/thermo/controllerlite/api"
+	"github.com/thermofleet/thermo/controllerlite/server"
+	"github.com/thermofleet/thermo/protocol"
+)
+
+func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := newFlags("serve", "controllerlite serve --ca FILE --cert FILE --key FILE --data-dir DIR [--http ADDR] [--listen ADDR | --broker mqtts://HOST:PORT]", stderr)
+	var cfg server.Config
+	var tokenFile, level string
+	fs.StringVar(&cfg.CAFile, "ca", "", "fleet CA certificate `FILE`")
+	fs.StringVar(&cfg.CertFile, "cert", "", "certificate `FILE`: the embedded broker's server certificate, or with --broker the controller's client certificate (CN controller)")
+	fs.StringVar(&cfg.KeyFile, "key", "", "private key `FILE` of --cert")
+	fs.StringVar(&cfg.DataDir, "data-dir", "", "`DIR` of the controller's store (and the embedded broker's, in DIR/broker)")
+	fs.StringVar(&cfg.BrokerDataDir, "broker-data-dir", "", "`DIR` of the embedded broker's store (default DATA-DIR/broker)")
+	fs.StringVar(&cfg.HTTPAddr, "http", api.DefaultAddr, "HTTP API listen `ADDR`; off loopback it requires --http-token-file")
+	fs.StringVar(&tokenFile, "http-token-file", "", "`FILE` holding the API's bearer token")
+	fs.StringVar(&cfg.Listen, "listen", "", "embedded broker's TLS listen `ADDR` (default :8883 unless --broker)")
+	fs.StringVar(&cfg.Broker, "broker", "", "external broker mqtts://HOST:PORT instead of the embedded one")
+	fs.StringVar(&cfg.TopicRoot, "topic-root", protocol.DefaultRoot, "first topic level")
+	fs.StringVar(&level, "log-level", "info", "log level: debug, info, warn or error")
+	if pos, err := parseArgs(fs, args); err != nil {
+		return err
+	} else if len(pos) > 0 {
+		fs.Usage()
+		return fmt.Errorf("%w: serve takes no arguments, got %q", errUsage, pos[0])
+	}
+
+	var lv slog.Level
+	if err := lv.UnmarshalText([]byte(level)); err != nil {
+		return fmt.Errorf("%w: --log-level %q: want debug, info, warn or error", errUsage, level)
+	}
+	cfg.Logger = slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: lv}))
+	if tokenFile != "" {
+		tok, err := api.ReadTokenFile(tokenFile)
+		if err != nil {
+			return err
+		}
+		cfg.HTTPToken = tok
+	}
+
+	s, err := server.Start(ctx, cfg)
+	if err != nil {
+		return fmt.Errorf("serve: %w", err)
+	}
+	// These lines are read by scripts and tests: keep their shape.
+	if a := s.BrokerAddr(); a != nil {
+		fmt.Fprintf(stdout, "controllerlite: mqtt broker listening on %s\n", a)
+	} else {
+		fmt.Fprintf(stdout, "controllerlite: mqtt broker %s (external)\n", strings.TrimSpace(cfg.Broker))
+	}
+	fmt.Fprintf(stdout, "controllerlite: http listening on %s\n", s.HTTPAddr())
+	select {
+	case <-s.Fleet().Ready():
+		fmt.Fprintln(stdout, "controllerlite: ready")
+	case <-s.Done():
+	}
+	if err := s.Wait(); err != nil {
+		return fmt.Errorf("serve: %w", err)
+	}
+	return nil
+}
+
+// newFlags makes a flag set for a command that reports errors instead of
+// exiting, with usage on stderr.
+func newFlags(name, synopsis string, stderr io.Writer) *flag.FlagSet {
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.Usage = func() {
+		fmt.Fprintf(stderr, "Usage: %s\n\nFlags:\n", synopsis)
+		fs.PrintDefaults()
+	}
+	return fs
+}
+
+// parseArgs parses flags placed anywhere among the positional arguments
+// ("set d1 --setpoint 21" as well as "set --setpoint 21 d1"); everything
+// after "--" is positional. A flag error is a usage error.
+func parseArgs(fs *flag.FlagSet, args []string) ([]string, error) {
+	var pos []string
+	for {
+		if err := fs.Parse(args); err != nil {
+			if err == flag.ErrHelp {
+				return nil, err
+			}
+			return nil, fmt.Errorf("%w: %v", errUsage, err)
+		}
+		rest := fs.Args()
+		if n := len(args) - len(rest); n > 0 && args[n-1] == "--" {
+			return append(pos, rest...), nil
+		}
+		if len(rest) == 0 {
+			return pos, nil
+		}
+		pos = append(pos, rest[0])
+		args = rest[1:]
+	}
+}

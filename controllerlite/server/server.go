@@ -1,0 +1,266 @@
+// Package server is `controllerlite serve` as a library: it opens the
+// store, starts the embedded broker (or connects to an external one),
+// runs the fleet and serves the HTTP API, and shuts them down in order.
+// The controllerlite binary is a thin layer of flags over Start; tests
+// and the demo start a controller in-process with it.
+package server
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/thermofleet/thermo/controllerlite/api"
+	"github.com/thermofleet/thermo/controllerlite/broker"
+	"github.com/thermofleet/thermo/controllerlite/fleet"
+	"github.com/thermofleet/thermo/controllerlite/store"
+	"github.com/thermofleet/thermo/protocol"
+	"github.com/thermofleet/thermo/provisioning"
+	"github.com/thermofleet/thermo/transport"
+)
+
+// BrokerDir is where the embedded broker keeps its store inside the data
+// directory unless Config.BrokerDataDir says otherwise. The controller's
+// own store (store.FileName) sits beside it, so either can be wiped alone.
+const BrokerDir = "broker"
+
+// shutdownGrace bounds how long HTTP requests in flight may take at stop.
+const shutdownGrace = 5 * time.Second
+
+// Config is what `controllerlite serve` takes.
+type Config struct {
+	// CAFile is the fleet CA. With the embedded broker CertFile/KeyFile
+	// are its server credentials; with Broker they are the controller's
+	// client certificate, whose CN must be "controller".
+	CAFile, CertFile, KeyFile string
+	// DataDir holds the controller's store and, by default, the embedded
+	// broker's (in DataDir/broker).
+	DataDir string
+	// BrokerDataDir overrides where the embedded broker keeps its store.
+	BrokerDataDir string
+	// HTTPAddr is the API's listen address, api.DefaultAddr if empty.
+	HTTPAddr string
+	// HTTPToken, if set, is required on the API; it must be set when
+	// HTTPAddr is not a loopback address.
+	HTTPToken string
+	// Listen is the embedded broker's TLS listen address
+	// (broker.DefaultListen if empty). Mutually exclusive with Broker.
+	Listen string
+	// Broker is an external broker, mqtts://HOST:PORT: no broker is
+	// embedded.
+	Broker string
+	// TopicRoot defaults to protocol.DefaultRoot.
+	TopicRoot string
+	// Logger defaults to slog.Default().
+	Logger *slog.Logger
+}
+
+// Server is a running controller.
+type Server struct {
+	cfg    Config
+	log    *slog.Logger
+	st     *store.Store
+	fl     *fleet.Fleet
+	br     *broker.Broker
+	tc     *transport.Client
+	ln     net.Listener
+	http   *http.Server
+	cancel context.CancelFunc
+	wg     sync.WaitGroup // the fleet and transport goroutines
+	errc   chan error     // a fatal error of a part
+	done   chan struct{}  // closed when everything has stopped
+	err    error
+}
+
+// Start checks cfg, starts every part and returns once the broker and the
+// API accept connections. The controller runs until ctx is done or Close
+// is called; Wait returns when it has stopped. Nothing is left open when
+// Start fails.
+func Start(ctx context.Context, cfg Config) (s *Server, err error) {
+	if err := check(&cfg); err != nil {
+		return nil, err
+	}
+	s = &Server{cfg: cfg, log: cfg.Logger, errc: make(chan error, 2), done: make(chan struct{})}
+	defer func() {
+		if err != nil {
+			s.shutdown()
+		}
+	}()
+
+	// The API's listener first: a refused address or a missing token is
+	// the likeliest mistake, and nothing else has been opened yet.
+	if s.ln, err = api.Listen(cfg.HTTPAddr, cfg.HTTPToken); err != nil {
+		return nil, err
+	}
+	if s.st, err = store.Open(cfg.DataDir); err != nil {
+		return nil, err
+	}
+	if s.fl, err = fleet.New(fleet.Options{Store: s.st, TopicRoot: cfg.TopicRoot, Logger: s.log.With("part", "fleet")}); err != nil {
+		return nil, err
+	}
+
+	runCtx, cancel := context.WithCancel(context.Background())
+	s.cancel = cancel
+	if cfg.Broker == "" {
+		s.br, err = broker.New(broker.Options{
+			Listen: cfg.Listen, CAFile: cfg.CAFile, CertFile: cfg.CertFile, KeyFile: cfg.KeyFile,
+			DataDir: cfg.BrokerDataDir, TopicRoot: cfg.TopicRoot, Logger: s.log.With("part", "broker"),
+		})
+		if err != nil {
+			return nil, err
+		}
+		if err = s.br.Start(); err != nil {
+			return nil, err
+		}
+		if err = fleet.AttachBroker(s.fl, s.br); err != nil {
+			return nil, err
+		}
+	} else {
+		s.tc, err = fleet.Connect(s.fl, transport.Options{
+			Broker: cfg.Broker, CAFile: cfg.CAFile, CertFile: cfg.CertFile, KeyFile: cfg.KeyFile,
+			Logger: s.log.With("part", "transport"),
+		})
+		if err != nil {
+			return nil, err
+		}
+		s.wg.Add(1)
+		go func() { defer s.wg.Done(); s.tc.Run(runCtx) }()
+	}
+	s.wg.Add(1)
+	go func() { defer s.wg.Done(); s.fl.Run(runCtx) }()
+
+	s.http = &http.Server{
+		Handler:           api.NewHandler(s.fl, api.Options{Token: cfg.HTTPToken, Logger: s.log.With("part", "api")}),
+		ReadHeaderTimeout: 10 * time.Second,
+		ReadTimeout:       30 * time.Second,
+		IdleTimeout:       2 * time.Minute,
+		ErrorLog:          slog.NewLogLogger(s.log.With("part", "http").Handler(), slog.LevelWarn),
+	}
+	go func() {
+		if err := s.http.Serve(s.ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			s.errc <- fmt.Errorf("http: %w", err)
+		}
+	}()
+
+	go func() {
+		select {
+		case <-ctx.Done():
+		case s.err = <-s.errc:
+			s.log.Error("stopping on a fatal error", "error", s.err)
+		}
+		s.shutdown()
+		close(s.done)
+	}()
+	return s, nil
+}
+
+func check(cfg *Config) error {
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	if cfg.CAFile == "" || cfg.CertFile == "" || cfg.KeyFile == "" {
+		return errors.New("--ca, --cert and --key are all required")
+	}
+	if cfg.DataDir == "" {
+		return errors.New("--data-dir is required")
+	}
+	if cfg.TopicRoot == "" {
+		cfg.TopicRoot = protocol.DefaultRoot
+	}
+	if err := protocol.CheckRoot(cfg.TopicRoot); err != nil {
+		return fmt.Errorf("--topic-root: %w", err)
+	}
+	if cfg.Broker != "" {
+		if cfg.Listen != "" {
+			return errors.New("--listen and --broker exclude each other: --listen runs the embedded broker, --broker connects to another")
+		}
+		if _, err := transport.ParseBroker(cfg.Broker); err != nil {
+			return fmt.Errorf("--broker: %w", err)
+		}
+		cn, err := provisioning.CommonName(cfg.CertFile)
+		if err != nil {
+			return fmt.Errorf("--cert: %w", err)
+		}
+		if cn != protocol.ControllerID {
+			return fmt.Errorf("--cert %s has CN %q: with --broker, --cert and --key must be the controller's client certificate (CN %q), made by 'controllerlite pki controller'", cfg.CertFile, cn, protocol.ControllerID)
+		}
+		return nil
+	}
+	if cfg.Listen == "" {
+		cfg.Listen = broker.DefaultListen
+	}
+	if cfg.BrokerDataDir == "" {
+		cfg.BrokerDataDir = filepath.Join(cfg.DataDir, BrokerDir)
+	}
+	return nil
+}
+
+// shutdown stops the parts in order: no new API requests, then the fleet
+// (which writes what it has not yet stored), then the broker (its clients'
+// wills go out), then the store.
+func (s *Server) shutdown() {
+	if s.http != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), shutdownGrace)
+		if err := s.http.Shutdown(ctx); err != nil {
+			s.log.Warn("http shutdown", "error", err)
+		}
+		cancel()
+	} else if s.ln != nil {
+		s.ln.Close()
+	}
+	if s.cancel != nil {
+		s.cancel()
+	}
+	s.wg.Wait()
+	if s.br != nil {
+		if err := s.br.Close(); err != nil {
+			s.log.Warn("broker close", "error", err)
+		}
+	}
+	if s.st != nil {
+		if err := s.st.Close(); err != nil {
+			s.log.Warn("store close", "error", err)
+		}
+	}
+	s.log.Info("controller stopped")
+}
+
+// HTTPAddr is the address the API listens on.
+func (s *Server) HTTPAddr() net.Addr { return s.ln.Addr() }
+
+// BrokerAddr is the embedded broker's listen address, nil with an
+// external broker.
+func (s *Server) BrokerAddr() net.Addr {
+	if s.br == nil {
+		return nil
+	}
+	return s.br.Addr()
+}
+
+// Fleet is the running fleet, for reading state and waiting on Ready.
+func (s *Server) Fleet() *fleet.Fleet { return s.fl }
+
+// Wait blocks until the controller has stopped and returns the fatal error
+// that stopped it, or nil if it was asked to stop.
+func (s *Server) Wait() error {
+	<-s.done
+	return s.err
+}
+
+// Done is closed when the controller has stopped.
+func (s *Server) Done() <-chan struct{} { return s.done }
+
+// Close stops the controller (if its context has not already) and waits.
+func (s *Server) Close() error {
+	select {
+	case s.errc <- nil:
+	default:
+	}
+	return s.Wait()
+}
