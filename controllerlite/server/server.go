@@ -82,11 +82,11 @@ type Server struct {
 // API accept connections. The controller runs until ctx is done or Close
 // is called; Wait returns when it has stopped. Nothing is left open when
 // Start fails.
-func Start(ctx context.Context, cfg Config) (s *Server, err error) {
+func Start(ctx context.Context, cfg Config) (_ *Server, err error) {
 	if err := check(&cfg); err != nil {
 		return nil, err
 	}
-	s = &Server{cfg: cfg, log: cfg.Logger, errc: make(chan error, 2), done: make(chan struct{})}
+	s := &Server{cfg: cfg, log: cfg.Logger, errc: make(chan error, 2), done: make(chan struct{})}
 	defer func() {
 		if err != nil {
 			s.shutdown()

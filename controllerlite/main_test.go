@@ -1,0 +1,315 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"net"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/thermofleet/thermo/controllerlite/fleet"
+	"github.com/thermofleet/thermo/internal/testenv"
+	"github.com/thermofleet/thermo/protocol"
+)
+
+// syncBuffer is an output a running command writes while the test reads.
+type syncBuffer struct {
+	mu     sync.Mutex
+	b      bytes.Buffer
+	notify chan struct{}
+}
+
+func newSyncBuffer() *syncBuffer { return &syncBuffer{notify: make(chan struct{}, 1)} }
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	n, err := s.b.Write(p)
+	s.mu.Unlock()
+	select {
+	case s.notify <- struct{}{}:
+	default:
+	}
+	return n, err
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// waitMatch waits until the output matches re and returns the first
+// submatch.
+func (s *syncBuffer) waitMatch(t *testing.T, re *regexp.Regexp, done <-chan error) string {
+	t.Helper()
+	deadline := time.After(testenv.WaitTimeout)
+	for {
+		if m := re.FindStringSubmatch(s.String()); m != nil {
+			return m[1]
+		}
+		select {
+		case <-s.notify:
+		case err := <-done:
+			t.Fatalf("serve returned %v before printing %s; output:\n%s", err, re, s.String())
+		case <-deadline:
+			t.Fatalf("no %s in the output:\n%s", re, s.String())
+		}
+	}
+}
+
+var (
+	httpLine   = regexp.MustCompile(`(?m)^controllerlite: http listening on (\S+)$`)
+	brokerLine = regexp.MustCompile(`(?m)^controllerlite: mqtt broker listening on (\S+)$`)
+	readyLine  = regexp.MustCompile(`(?m)^controllerlite: (ready)$`)
+)
+
+// serving is `controllerlite serve` run in-process.
+type serving struct {
+	httpAddr, brokerURL string
+	stdout, stderr      *syncBuffer
+}
+
+func serve(t *testing.T, pki *testenv.PKI, extra ...string) *serving {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	s := &serving{stdout: newSyncBuffer(), stderr: newSyncBuffer()}
+	args := append([]string{"serve", "--ca", pki.CAFile, "--cert", pki.ServerCert, "--key", pki.ServerKey,
+		"--data-dir", t.TempDir(), "--http", "127.0.0.1:0", "--listen", "127.0.0.1:0", "--log-level", "debug"}, extra...)
+	done := make(chan error, 1)
+	go func() { done <- run(ctx, args, s.stdout, s.stderr) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("serve: %v", err)
+		}
+		if t.Failed() {
+			t.Logf("serve stderr:\n%s", s.stderr.String())
+		}
+	})
+	s.httpAddr = s.stdout.waitMatch(t, httpLine, done)
+	_, port, _ := net.SplitHostPort(s.stdout.waitMatch(t, brokerLine, done))
+	s.brokerURL = "mqtts://localhost:" + port
+	s.stdout.waitMatch(t, readyLine, done)
+	return s
+}
+
+// cli runs a client command and returns its output.
+func cli(t *testing.T, args ...string) (string, error) {
+	t.Helper()
+	var out, errb bytes.Buffer
+	err := run(context.Background(), args, &out, &errb)
+	return out.String() + errb.String(), err
+}
+
+func TestCLIAgainstRunningController(t *testing.T) {
+	pki := testenv.NewPKI(t)
+	s := serve(t, pki)
+
+	out, err := cli(t, "devices", "--http", s.httpAddr)
+	if err != nil || !strings.Contains(out, "no devices yet") {
+		t.Fatalf("devices with none: %v\n%s", err, out)
+	}
+
+	d1 := pki.Connect(t, s.brokerURL, "d1")
+	d1.Subscribe(t, "thermo/d1/cmd", 1)
+	d1.Publish(t, "thermo/d1/event", 1, true, []byte(`{"v":1,"vc":[0,1],"props":{"setpoint_c":{"val":20,"w":[0,1]},"mode":{"val":"heat","w":[0,1]}}}`))
+	d1.Publish(t, "thermo/d1/status", 1, true, []byte(`{"v":1,"online":true}`))
+	d1.Publish(t, "thermo/d1/telemetry", 0, false, []byte(`{"v":1,"ts":"2026-11-24T17:00:00Z","temp_c":19.87,"heat":true,"cool":false,"sensor_ok":true}`))
+
+	// Wait through the CLI itself until the controller has it all.
+	var devs []fleet.Device
+	deadline := time.After(testenv.WaitTimeout)
+	tick := time.NewTicker(5 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		out, err = cli(t, "devices", "--http", s.httpAddr, "--json")
+		if err == nil && json.Unmarshal([]byte(out), &devs) == nil && len(devs) == 1 && devs[0].Online && devs[0].Telemetry != nil {
+			break
+		}
+		select {
+		case <-tick.C:
+		case <-deadline:
+			t.Fatalf("devices --json never showed d1 online with telemetry: %v\n%s", err, out)
+		}
+	}
+
+	out, err = cli(t, "devices", "--http", s.httpAddr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lines := strings.Split(strings.TrimSpace(out), "\n")
+	if len(lines) != 2 || strings.Join(strings.Fields(lines[0]), " ") != "ID ONLINE SETPOINT MODE TEMP HEAT/COOL CLOCK LAST SEEN" {
+		t.Fatalf("table:\n%s", out)
+	}
+	// The greeting made the clock [2,1].
+	if f := strings.Fields(lines[1]); len(f) < 8 || strings.Join(f[:7], " ") != "d1 yes 20.0 heat 19.9 on/off [2,1]" {
+		t.Fatalf("row: %q", lines[1])
+	}
+
+	// Flags after the device, as the usage shows.
+	out, err = cli(t, "set", "d1", "--setpoint", "21", "--mode", "cool", "--http", s.httpAddr)
+	if err != nil || !strings.Contains(out, "21.0") || !strings.Contains(out, "cool") || !strings.Contains(out, "[3,1]") {
+		t.Fatalf("set: %v\n%s", err, out)
+	}
+	d1.WaitMatch(t, "the command", func(m testenv.Message) bool {
+		cm, _, err := protocol.DecodeMessage(m.Payload)
+		sp, _ := cm.Props.Setpoint()
+		return err == nil && cm.VC == protocol.Clock{3, 1} && sp == 21
+	})
+	out, err = cli(t, "set", "--http", s.httpAddr, "--json", "--setpoint", "22.5", "d1")
+	var d fleet.Device
+	if err != nil || json.Unmarshal([]byte(out), &d) != nil || d.VC != (protocol.Clock{4, 1}) {
+		t.Fatalf("set --json: %v\n%s", err, out)
+	}
+
+	errs := []struct {
+		name string
+		args []string
+		want string
+	}{
+		{"out of range", []string{"set", "d1", "--setpoint", "40"}, "out of range 5.0 to 35.0 (HTTP 400)"},
+		{"bad mode", []string{"set", "d1", "--mode", "warm"}, `mode "warm" is not one of`},
+		{"unknown device", []string{"set", "d9", "--mode", "off"}, `unknown device "d9" (HTTP 404)`},
+		{"not a number", []string{"set", "d1", "--setpoint", "warm"}, "not a number"},
+		{"nothing to set", []string{"set", "d1"}, "nothing to set"},
+		{"no device", []string{"set", "--mode", "off"}, "one DEVICE"},
+	}
+	for _, tc := range errs {
+		t.Run(tc.name, func(t *testing.T) {
+			out, err := cli(t, append(tc.args, "--http", s.httpAddr)...)
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("err %v, want %q\n%s", err, tc.want, out)
+			}
+		})
+	}
+}
+
+func TestCLIToken(t *testing.T) {
+	pki := testenv.NewPKI(t)
+	tokFile := filepath.Join(t.TempDir(), "token")
+	if err := os.WriteFile(tokFile, []byte("tok-123\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	s := serve(t, pki, "--http-token-file", tokFile)
+
+	if _, err := cli(t, "devices", "--http", s.httpAddr); err == nil || !strings.Contains(err.Error(), "HTTP 401") {
+		t.Fatalf("without token: %v", err)
+	}
+	if out, err := cli(t, "devices", "--http", s.httpAddr, "--http-token-file", tokFile); err != nil {
+		t.Fatalf("with --http-token-file: %v\n%s", err, out)
+	}
+	t.Setenv(envToken, "tok-123")
+	if out, err := cli(t, "devices", "--http", s.httpAddr); err != nil {
+		t.Fatalf("with %s: %v\n%s", envToken, err, out)
+	}
+	t.Setenv(envToken, "wrong")
+	if _, err := cli(t, "devices", "--http", s.httpAddr); err == nil {
+		t.Fatal("a wrong token was accepted")
+	}
+}
+
+func TestCLINotRunning(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+	for _, args := range [][]string{{"devices"}, {"set", "d1", "--mode", "off"}} {
+		_, err := cli(t, append(args, "--http", addr)...)
+		if err == nil || !strings.Contains(err.Error(), "is 'controllerlite serve' running") {
+			t.Errorf("%v: %v", args, err)
+		}
+	}
+}
+
+func TestServeRefuses(t *testing.T) {
+	pki := testenv.NewPKI(t)
+	d1Cert, d1Key := pki.Client(t, "d1")
+	base := []string{"serve", "--ca", pki.CAFile, "--data-dir", t.TempDir()}
+	tests := []struct {
+		name string
+		args []string
+		want string
+	}{
+		{"open API without token", []string{"--cert", pki.ServerCert, "--key", pki.ServerKey, "--listen", "127.0.0.1:0", "--http", "0.0.0.0:0"}, "needs a token"},
+		{"device cert for --broker", []string{"--cert", d1Cert, "--key", d1Key, "--broker", "mqtts://localhost:8883", "--http", "127.0.0.1:0"}, `CN "controller"`},
+		{"empty token file", []string{"--cert", pki.ServerCert, "--key", pki.ServerKey, "--http-token-file", os.DevNull}, "is empty"},
+		{"bad log level", []string{"--cert", pki.ServerCert, "--key", pki.ServerKey, "--log-level", "loud"}, "--log-level"},
+		{"argument", []string{"--cert", pki.ServerCert, "--key", pki.ServerKey, "extra"}, "no arguments"},
+		{"unknown flag", []string{"--cert", pki.ServerCert, "--key", pki.ServerKey, "--nope"}, "not defined"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			var out, errb bytes.Buffer
+			err := run(context.Background(), append(base, tc.args...), &out, &errb)
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("err %v, want %q\n%s%s", err, tc.want, out.String(), errb.String())
+			}
+			if strings.Contains(out.String(), "listening") {
+				t.Fatalf("printed a listening line:\n%s", out.String())
+			}
+		})
+	}
+}
+
+func TestCommands(t *testing.T) {
+	tests := []struct {
+		args  []string
+		usage bool   // a usage error (exit 2)
+		want  string // in the output or the error
+	}{
+		{[]string{}, true, "a command is required"},
+		{[]string{"frobnicate"}, true, `unknown command "frobnicate"`},
+		{[]string{"version"}, false, "controllerlite dev (commit none"},
+		{[]string{"help"}, false, "Commands:"},
+		{[]string{"install"}, false, "not part of this build"},
+		{[]string{"pki"}, false, "a command is required"},
+		{[]string{"devices", "extra"}, true, "no arguments"},
+	}
+	for _, tc := range tests {
+		var out, errb bytes.Buffer
+		err := run(context.Background(), tc.args, &out, &errb)
+		text := out.String() + errb.String()
+		if err != nil {
+			text += err.Error()
+		}
+		if !strings.Contains(text, tc.want) || errors.Is(err, errUsage) != tc.usage {
+			t.Errorf("%v: err %v, output %q; want %q, usage error %v", tc.args, err, text, tc.want, tc.usage)
+		}
+	}
+}
+
+func TestTable(t *testing.T) {
+	now := time.Date(2026, 11, 24, 17, 0, 0, 0, time.UTC)
+	seen := now.Add(-90 * time.Second)
+	devs := []fleet.Device{
+		{ID: "d1", Online: true, VC: protocol.Clock{4, 2}, Pending: true, LastSeen: &seen,
+			Props:     protocol.Props{"setpoint_c": {Val: 21.5, W: protocol.Clock{4, 2}}, "mode": {Val: "heat", W: protocol.Clock{0, 1}}},
+			Telemetry: json.RawMessage(`{"v":1,"ts":"2026-11-24T17:00:00Z","heat":false,"cool":true,"sensor_ok":false}`)},
+		{ID: "d2", Props: protocol.Props{}},
+	}
+	var b bytes.Buffer
+	if err := writeTable(&b, devs, now); err != nil {
+		t.Fatal(err)
+	}
+	want := []string{
+		"ID ONLINE SETPOINT MODE TEMP HEAT/COOL CLOCK LAST SEEN",
+		"d1 yes 21.5 heat - (sensor fault) off/on [4,2] (pending) 1m ago",
+		"d2 no - - - - [0,0] never",
+	}
+	got := strings.Split(strings.TrimSpace(b.String()), "\n")
+	for i := range got {
+		got[i] = strings.Join(strings.Fields(got[i]), " ")
+	}
+	if strings.Join(got, "\n") != strings.Join(want, "\n") {
+		t.Fatalf("table:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+	}
+}

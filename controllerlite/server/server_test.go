@@ -1,0 +1,233 @@
+package server
+
+import (
+	"context"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/thermofleet/thermo/controllerlite/api"
+	"github.com/thermofleet/thermo/controllerlite/store"
+	"github.com/thermofleet/thermo/internal/testenv"
+	"github.com/thermofleet/thermo/protocol"
+)
+
+var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
+
+func start(t *testing.T, cfg Config) *Server {
+	t.Helper()
+	if cfg.Logger == nil {
+		cfg.Logger = quiet
+	}
+	s, err := Start(context.Background(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	select {
+	case <-s.Fleet().Ready():
+	case <-time.After(testenv.WaitTimeout):
+		t.Fatal("controller not ready")
+	}
+	return s
+}
+
+func embedded(pki *testenv.PKI, dir string) Config {
+	return Config{
+		CAFile: pki.CAFile, CertFile: pki.ServerCert, KeyFile: pki.ServerKey,
+		DataDir: dir, HTTPAddr: "127.0.0.1:0", Listen: "127.0.0.1:0",
+	}
+}
+
+func brokerURL(a net.Addr) string {
+	_, port, _ := net.SplitHostPort(a.String())
+	return "mqtts://localhost:" + port
+}
+
+// roundTrip: a device's event shows in the API; a set through the API
+// reaches the device.
+func roundTrip(t *testing.T, s *Server, pki *testenv.PKI, url, id string) {
+	t.Helper()
+	ctx := context.Background()
+	dev := pki.Connect(t, url, id)
+	dev.Subscribe(t, "thermo/"+id+"/cmd", 1)
+	dev.Publish(t, "thermo/"+id+"/event", 1, true, []byte(`{"v":1,"vc":[0,1],"props":{"mode":{"val":"heat","w":[0,1]}}}`))
+
+	c, err := api.NewClient(s.HTTPAddr().String(), "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.After(testenv.WaitTimeout)
+	tick := time.NewTicker(2 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		d, err := c.Device(ctx, id)
+		if err == nil && d.VC[1] >= 1 {
+			break
+		}
+		select {
+		case <-tick.C:
+		case <-deadline:
+			t.Fatalf("the event never showed in the API: %+v, %v", d, err)
+		}
+	}
+	d, err := c.Set(ctx, id, map[string]any{"setpoint_c": 19.5})
+	if err != nil {
+		t.Fatal(err)
+	}
+	dev.WaitMatch(t, "the command", func(m testenv.Message) bool {
+		cm, _, err := protocol.DecodeMessage(m.Payload)
+		return err == nil && cm.VC == d.VC
+	})
+}
+
+func TestEmbedded(t *testing.T) {
+	pki := testenv.NewPKI(t)
+	dir := t.TempDir()
+	s := start(t, embedded(pki, dir))
+	if s.BrokerAddr() == nil {
+		t.Fatal("no broker address")
+	}
+	roundTrip(t, s, pki, brokerURL(s.BrokerAddr()), "d1")
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range []string{store.FileName, filepath.Join(BrokerDir, "broker.db")} {
+		if _, err := os.Stat(filepath.Join(dir, f)); err != nil {
+			t.Errorf("data dir: %v", err)
+		}
+	}
+
+	// Restarted on the same data directory: the device is still known.
+	s = start(t, embedded(pki, dir))
+	if d, ok := s.Fleet().Device("d1"); !ok || d.Props[protocol.PropSetpoint].Val != 19.5 {
+		t.Fatalf("after restart: %+v", d)
+	}
+}
+
+func TestExternal(t *testing.T) {
+	pki := testenv.NewPKI(t)
+	m := testenv.StartMosquitto(t, pki, nil)
+	cert, key := pki.Client(t, protocol.ControllerID)
+	s := start(t, Config{CAFile: pki.CAFile, CertFile: cert, KeyFile: key, DataDir: t.TempDir(), HTTPAddr: "127.0.0.1:0", Broker: m.URL()})
+	if s.BrokerAddr() != nil {
+		t.Fatal("a broker address with an external broker")
+	}
+	roundTrip(t, s, pki, m.URL(), "d1")
+}
+
+func TestConfigErrors(t *testing.T) {
+	pki := testenv.NewPKI(t)
+	d1Cert, d1Key := pki.Client(t, "d1")
+	ok := embedded(pki, t.TempDir())
+	tests := []struct {
+		name string
+		edit func(c *Config)
+		want string
+	}{
+		{"no CA", func(c *Config) { c.CAFile = "" }, "--ca, --cert and --key"},
+		{"no data dir", func(c *Config) { c.DataDir = "" }, "--data-dir"},
+		{"listen and broker", func(c *Config) { c.Broker = "mqtts://localhost:1" }, "exclude each other"},
+		{"plain broker", func(c *Config) { c.Listen = ""; c.Broker = "mqtt://localhost:1883" }, "plain-text"},
+		{"server cert as client", func(c *Config) { c.Listen = ""; c.Broker = "mqtts://localhost:1" }, `has CN "localhost"`},
+		{"device cert as client", func(c *Config) {
+			c.Listen, c.Broker, c.CertFile, c.KeyFile = "", "mqtts://localhost:1", d1Cert, d1Key
+		}, `CN "controller"`},
+		{"open API without token", func(c *Config) { c.HTTPAddr = "0.0.0.0:0" }, "needs a token"},
+		{"bad topic root", func(c *Config) { c.TopicRoot = "thermo/#" }, "--topic-root"},
+		{"missing key", func(c *Config) { c.KeyFile = filepath.Join(t.TempDir(), "none") }, "broker TLS"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg := ok
+			tc.edit(&cfg)
+			cfg.Logger = quiet
+			s, err := Start(context.Background(), cfg)
+			if err == nil {
+				s.Close()
+				t.Fatalf("started")
+			}
+			if !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("error %q, want %q", err, tc.want)
+			}
+		})
+	}
+}
+
+// TestFailedStartLeavesNothingOpen: a start that fails late (the broker's
+// port is taken) releases the API's port and the store.
+func TestFailedStartLeavesNothingOpen(t *testing.T) {
+	pki := testenv.NewPKI(t)
+	taken, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer taken.Close()
+	httpLn, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	httpAddr := httpLn.Addr().String()
+	httpLn.Close()
+
+	cfg := embedded(pki, t.TempDir())
+	cfg.Listen, cfg.HTTPAddr, cfg.Logger = taken.Addr().String(), httpAddr, quiet
+	if _, err := Start(context.Background(), cfg); err == nil || !strings.Contains(err.Error(), "listen") {
+		t.Fatalf("Start on a taken port: %v", err)
+	}
+	ln, err := net.Listen("tcp", httpAddr)
+	if err != nil {
+		t.Fatalf("the API's port was not released: %v", err)
+	}
+	ln.Close()
+	st, err := store.Open(cfg.DataDir)
+	if err != nil {
+		t.Fatalf("the store was not released: %v", err)
+	}
+	st.Close()
+}
+
+// TestDataDirInUse: a second controller on the same data directory is
+// refused with a clear reason; the first keeps running.
+func TestDataDirInUse(t *testing.T) {
+	pki := testenv.NewPKI(t)
+	dir := t.TempDir()
+	s := start(t, embedded(pki, dir))
+	cfg := embedded(pki, dir)
+	cfg.Logger = quiet
+	if _, err := Start(context.Background(), cfg); err == nil || !strings.Contains(err.Error(), "another controllerlite") {
+		t.Fatalf("second Start: %v", err)
+	}
+	roundTrip(t, s, pki, brokerURL(s.BrokerAddr()), "d1")
+}
+
+// TestStopByContext: cancelling the context stops the controller cleanly.
+func TestStopByContext(t *testing.T) {
+	pki := testenv.NewPKI(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	cfg := embedded(pki, t.TempDir())
+	cfg.Logger = quiet
+	s, err := Start(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := s.HTTPAddr().String()
+	cancel()
+	select {
+	case <-s.Done():
+	case <-time.After(testenv.WaitTimeout):
+		t.Fatal("not stopped")
+	}
+	if err := s.Wait(); err != nil {
+		t.Fatal(err)
+	}
+	if c, err := net.Dial("tcp", addr); err == nil {
+		c.Close()
+		t.Fatal("the API still accepts connections")
+	}
+}
