@@ -351,14 +351,21 @@ func (a *Agent) persist() error {
 	return nil
 }
 
-// after finishes an operation on the device: it saves the state, then
-// queues the message the device wants sent, then brings the thermostat and
-// the status view up to date. The order is the protocol's rule: nothing is
-// sent that a restart could contradict.
+// after finishes an operation on the device: it saves the state, brings
+// the thermostat and the status view up to date, and only then queues the
+// message the device wants sent. That order is the protocol's rule (nothing
+// is sent that a restart could contradict) and means that whoever sees the
+// message finds the device already running with what it says.
 func (a *Agent) after(m *protocol.Message) error {
 	wasRejoining := a.view.rejoining
 	if err := a.persist(); err != nil {
 		return err
+	}
+	a.updateView()
+	eff := settingsOf(a.dev.Effective())
+	if err := a.cfg.Thermostat.SetSettings(eff); err != nil {
+		// Only valid values are ever stored, so this is a bug, not input.
+		a.log.Error("the control loop refused the stored settings", "settings", eff, "err", err)
 	}
 	if m != nil {
 		if err := a.queueEvent(*m); err != nil {
@@ -368,12 +375,6 @@ func (a *Agent) after(m *protocol.Message) error {
 	if wasRejoining && !a.dev.Rejoining() {
 		a.log.Info("rejoin finished", "vc", a.dev.Clock(), "props", propsLog(a.dev.Props()))
 		a.out.push(action{kind: actUnsubscribe, topic: a.Topic(protocol.KindEvent)})
-	}
-	a.updateView()
-	eff := settingsOf(a.dev.Effective())
-	if err := a.cfg.Thermostat.SetSettings(eff); err != nil {
-		// Only valid values are ever stored, so this is a bug, not input.
-		a.log.Error("the control loop refused the stored settings", "settings", eff, "err", err)
 	}
 	return nil
 }

@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -65,12 +66,18 @@ func newLogger(t *testing.T) *slog.Logger {
 
 // env is one broker under test, with its PKI.
 type env struct {
+	t    *testing.T // of the broker's lifetime; subtests share it
 	name string
 	pki  *testenv.PKI
 	url  string
 	// down takes the broker away abruptly; up brings it back on the same
 	// port with what it had stored.
 	down, up func()
+	// ctl is the one controller connection, shared by every test on this
+	// broker: the embedded broker loses the subscriptions of a client that
+	// reconnects under the same id while its previous session is still being
+	// torn down (reported to its owner), so tests do not churn it.
+	ctl *testenv.Client
 }
 
 // forEachBroker runs f against a real Mosquitto and the embedded broker.
@@ -82,7 +89,7 @@ func forEachBroker(t *testing.T, f func(t *testing.T, e *env)) {
 func mosquittoEnv(t *testing.T) *env {
 	pki := testenv.NewPKI(t)
 	m := testenv.StartMosquitto(t, pki, &testenv.MosquittoOptions{Persistence: true})
-	return &env{name: "mosquitto", pki: pki, url: m.URL(), down: m.Kill, up: m.Start}
+	return &env{t: t, name: "mosquitto", pki: pki, url: m.URL(), down: m.Kill, up: m.Start}
 }
 
 func embeddedEnv(t *testing.T) *env {
@@ -109,7 +116,7 @@ func embeddedEnv(t *testing.T) *env {
 			b.Close()
 		}
 	})
-	e := &env{name: "embedded", pki: pki, url: "mqtts://localhost:" + strconv.Itoa(port)}
+	e := &env{t: t, name: "embedded", pki: pki, url: "mqtts://localhost:" + strconv.Itoa(port)}
 	e.down = func() {
 		mu.Lock()
 		defer mu.Unlock()
@@ -131,10 +138,25 @@ type controller struct {
 	id string
 }
 
+// newController returns the controller's view of device id. The
+// connection subscribes to every device; a test reads only id's topics.
 func newController(t *testing.T, e *env, id string) *controller {
-	c := e.pki.Connect(t, e.url, protocol.ControllerID)
-	c.Subscribe(t, protocol.Topic(root, id, "+"), 1)
-	return &controller{Client: c, t: t, id: id}
+	if e.ctl == nil || !e.ctl.Paho.IsConnectionOpen() {
+		e.ctl = e.pki.Connect(e.t, e.url, protocol.ControllerID)
+		e.ctl.Subscribe(e.t, root+"/#", 1)
+	}
+	return &controller{Client: e.ctl, t: t, id: id}
+}
+
+// Messages returns the messages received on the device's topics.
+func (c *controller) Messages() []testenv.Message {
+	var out []testenv.Message
+	for _, m := range c.Client.Messages() {
+		if strings.HasPrefix(m.Topic, root+"/"+c.id+"/") {
+			out = append(out, m)
+		}
+	}
+	return out
 }
 
 // command publishes a Command payload on the device's cmd topic.
@@ -280,7 +302,7 @@ func startDevice(t *testing.T, e *env, id, dir string, seed *protocol.DeviceStat
 		o.syncTimeout = time.Hour // fires only when the test advances the clock
 	}
 	d := &device{t: t, id: id, dir: dir, therm: newFakeThermostat(), store: store, done: make(chan error, 2),
-		clock: haltest.NewClock(time.Date(2026, 11, 24, 17, 0, 0, 0, time.UTC))}
+		clock: haltest.NewClock(testStart)}
 	log := newLogger(t)
 	d.agent, err = New(Config{ID: id, Store: store, Thermostat: d.therm, Clock: d.clock,
 		SyncTimeout: o.syncTimeout, Logger: log}, stored)
@@ -336,3 +358,5 @@ func (d *device) waitConnected(want bool) {
 	d.t.Helper()
 	waitFor(d.t, fmt.Sprintf("connected=%v", want), func() bool { return d.status().Connected == want })
 }
+
+var testStart = time.Date(2026, 11, 24, 17, 0, 0, 0, time.UTC)
