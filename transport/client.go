@@ -85,6 +85,9 @@ type Stats struct {
 	Attempts      int       // connection attempts, successful or not
 	LastConnected time.Time // when the last connection succeeded
 	LastLost      time.Time // when the last loss was noticed
+	// LastSubscribed is when the last connection's subscriptions were
+	// acknowledged: from then on the client receives what it is owed.
+	LastSubscribed time.Time
 }
 
 // Client is a self-healing MQTT connection. Create it with New, start it
@@ -400,6 +403,9 @@ func (c *Client) connect(ctx context.Context) (<-chan error, error) {
 		pc.Disconnect(0)
 		return nil, err
 	}
+	c.mu.Lock()
+	c.stats.LastSubscribed = time.Now()
+	c.mu.Unlock()
 	return lost, nil
 }
 

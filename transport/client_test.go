@@ -130,6 +130,11 @@ func TestPublishSubscribe(t *testing.T) {
 			if m := rec.msgs[0]; m.Topic != "thermo/d1/cmd" || string(m.Payload) != "retained-cmd" || !m.Retained {
 				t.Fatalf("got %+v", m)
 			}
+			// The retained command came through the subscription, so it
+			// was acknowledged, after the connection and no later than now.
+			if s := c.Stats(); s.LastSubscribed.IsZero() || s.LastSubscribed.Before(s.LastConnected) || s.LastSubscribed.After(time.Now()) {
+				t.Fatalf("stats %+v: LastSubscribed not between the connection and now", s)
+			}
 			if err := c.Publish(ctx, "thermo/d1/event", []byte("hello"), 1, true); err != nil {
 				t.Fatal(err)
 			}
