@@ -559,7 +559,7 @@ func (a *Agent) queueTelemetry(s control.Snapshot) {
 	if !a.connected.Load() {
 		return // QoS 0 and not queued: the next one after connecting is fresh
 	}
-	t := TelemetryOf(s)
+	t := TelemetryOf(s, a.clock.Now())
 	payload, err := t.Encode()
 	if err != nil {
 		a.log.Error("telemetry", "err", err)
@@ -568,13 +568,14 @@ func (a *Agent) queueTelemetry(s control.Snapshot) {
 	a.out.push(action{kind: actTelemetry, topic: a.Topic(protocol.KindTelemetry), payload: payload})
 }
 
-// TelemetryOf renders a control loop snapshot as the telemetry payload. The
+// TelemetryOf renders a control loop snapshot as the telemetry payload,
+// stamped now (the wall clock: a simulated room's clock may run fast). The
 // temperature is left out while the sensor is not ok: a stale value must
 // not pass for a reading.
-func TelemetryOf(s control.Snapshot) protocol.Telemetry {
+func TelemetryOf(s control.Snapshot, now time.Time) protocol.Telemetry {
 	t := protocol.Telemetry{
 		V:        protocol.Version,
-		TS:       s.Time,
+		TS:       now,
 		Heat:     s.Outputs.Heat,
 		Cool:     s.Outputs.Cool,
 		SensorOK: s.SensorOK,

@@ -296,7 +296,7 @@ func RegisterFlags(fs *flag.FlagSet) *Flags {
 	fs.StringVar(&s.Key, "key", s.Key, "device private key")
 	fs.StringVar(&s.StateDir, "state-dir", s.StateDir, "directory of the sync state (clock, properties)")
 	fs.StringVar(&s.HAL, "hal", s.HAL, "board: rpi (wired as in the hardware: section) or sim (a simulated room)")
-	fs.StringVar(&s.ControlSocket, "control-socket", s.ControlSocket, "unix socket for `thermostat set` and `thermostat status`")
+	fs.StringVar(&s.ControlSocket, "control-socket", s.ControlSocket, "unix socket of 'thermostat set' and 'thermostat status'")
 	fs.StringVar(&s.TopicRoot, "topic-root", s.TopicRoot, "first level of every MQTT topic")
 	fs.DurationVar(&s.TelemetryInterval, "telemetry-interval", s.TelemetryInterval, "time between telemetry reports")
 	fs.DurationVar(&s.SyncTimeout, "sync-timeout", s.SyncTimeout, "how long a device with lost state waits to hear from the controller")
