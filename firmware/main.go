@@ -123,4 +123,3 @@ func helpOK(err error) error {
 	}
 	return err
 }
-

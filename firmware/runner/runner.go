@@ -170,7 +170,7 @@ func New(cfg config.Config, o Options) (_ *Thermostat, err error) {
 type lazyLoop struct{ l **control.Loop }
 
 func (z lazyLoop) SetSettings(s control.Settings) error { return (*z.l).SetSettings(s) }
-func (z lazyLoop) Snapshot() control.Snapshot          { return (*z.l).Snapshot() }
+func (z lazyLoop) Snapshot() control.Snapshot           { return (*z.l).Snapshot() }
 
 // Agent is the sync agent (status, local writes).
 func (t *Thermostat) Agent() *agent.Agent { return t.agent }
