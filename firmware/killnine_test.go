@@ -19,8 +19,8 @@ import (
 // in flight when the process died.
 type setter struct {
 	mu       sync.Mutex
-	next     int // sequence number of the next change
-	acked    int // last acknowledged change, 0 for none
+	next     int            // sequence number of the next change
+	acked    int            // last acknowledged change, 0 for none
 	ackedW   protocol.Clock // stamp of the acknowledged change; zero while rejoining (not stamped yet)
 	inflight int
 	statuses []protocol.Clock // clocks of acknowledged changes, in order
