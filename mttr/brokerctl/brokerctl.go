@@ -233,7 +233,7 @@ func (p *Process) PID() int {
 // with the user's shell commands, for example `docker stop NAME` and
 // `docker start NAME`, or `docker pause`/`docker unpause` for a hang.
 type External struct {
-	Address                      string
+	Address                             string
 	DownCmd, UpCmd, PauseCmd, ResumeCmd string
 	// Log receives the commands' output.
 	Log io.Writer
