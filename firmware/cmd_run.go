@@ -2,6 +2,8 @@ package main
 
 import (
 	"context"
+	"flag"
+	"fmt"
 	"io"
 	"log/slog"
 	"os"
@@ -10,6 +12,7 @@ import (
 
 	"github.com/thermofleet/thermo/firmware/config"
 	"github.com/thermofleet/thermo/firmware/runner"
+	"github.com/thermofleet/thermo/systemd"
 )
 
 // runCmd is `thermostat run`: it runs until SIGINT or SIGTERM, then stops
@@ -37,5 +40,33 @@ func runCmd(args []string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	return t.Run(ctx)
+	// Under systemd: READY=1 once the control loop has the outputs in a
+	// known state, then watchdog pings only while it stays healthy.
+	ctx, cancel := context.WithCancel(ctx)
+	supervised := make(chan struct{})
+	go func() {
+		defer close(supervised)
+		if err := systemd.Supervise(ctx, t.Loop().Healthy, log); err != nil {
+			log.Error("systemd supervision off", "err", err)
+		}
+	}()
+	err = t.Run(ctx)
+	cancel()
+	<-supervised
+	return err
+}
+
+// checkRunArgs parses the flags given to `thermostat install` as run
+// would, so a typo fails at install time rather than in a restart loop.
+func checkRunArgs(args []string) error {
+	fs := flag.NewFlagSet("run", flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	config.RegisterFlags(fs)
+	if err := fs.Parse(args); err != nil {
+		return fmt.Errorf("run flags: %w", err)
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("run flags: unexpected argument %q", fs.Arg(0))
+	}
+	return nil
 }

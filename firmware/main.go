@@ -7,6 +7,7 @@
 //	thermostat status
 //	thermostat csr --id ID
 //	thermostat version
+//	thermostat install|uninstall|start|stop|restart [run flags]
 //
 // main parses the command line and calls run; everything else lives in
 // packages under firmware/.
@@ -21,6 +22,7 @@ import (
 	"runtime"
 
 	"github.com/thermofleet/thermo/provisioning"
+	"github.com/thermofleet/thermo/svcctl"
 )
 
 // Set at build time: -ldflags "-X main.version=... -X main.commit=... -X main.date=...".
@@ -39,6 +41,12 @@ Commands:
   csr       make this device's key and a certificate request for 'controllerlite pki sign'
   version   print the version
   help      print this help
+
+Service (systemd, as root):
+  install [run flags]   install and enable the thermostat service, recording the run flags
+  uninstall             remove it
+  start|stop|restart    control it
+  service status        its state as systemd sees it
 
 Run 'thermostat COMMAND -h' for a command's flags.
 `
@@ -63,6 +71,9 @@ func run(args []string, stdout, stderr io.Writer) error {
 	if len(args) == 0 {
 		fmt.Fprint(stderr, usage)
 		return errUsage
+	}
+	if handled, err := svcctl.Handle(svcctl.Thermostat, args, checkRunArgs); handled {
+		return err
 	}
 	cmd, rest := args[0], args[1:]
 	switch cmd {

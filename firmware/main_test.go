@@ -127,12 +127,19 @@ func (d device) args(extra ...string) []string {
 
 func start(t *testing.T, args ...string) *proc {
 	t.Helper()
+	return startEnv(t, nil, args...)
+}
+
+// startEnv is start with extra environment variables.
+func startEnv(t *testing.T, env []string, args ...string) *proc {
+	t.Helper()
 	logf, err := os.CreateTemp(t.TempDir(), "thermostat-*.log")
 	if err != nil {
 		t.Fatal(err)
 	}
 	p := &proc{t: t, cmd: exec.Command(bin, args...), done: make(chan struct{}), stderr: logf.Name()}
 	p.cmd.Stdout, p.cmd.Stderr = logf, logf
+	p.cmd.Env = append(os.Environ(), env...)
 	if err := p.cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
@@ -317,5 +324,22 @@ func TestRunRefusesCorruptState(t *testing.T) {
 	}
 	if b, _ := os.ReadFile(stateFile); string(b) != `{"format":1,"device":{"replica":` {
 		t.Error("the corrupt file was changed")
+	}
+}
+
+func TestCheckRunArgs(t *testing.T) {
+	for _, tc := range []struct {
+		args []string
+		ok   bool
+	}{
+		{[]string{"--broker", "mqtts://b:8883", "--hal=sim", "--keep-alive", "5s"}, true},
+		{[]string{"--config", "/etc/thermostat/config.yaml"}, true},
+		{[]string{"--brokr", "mqtts://b"}, false},
+		{[]string{"--keep-alive", "soon"}, false},
+		{[]string{"stray"}, false},
+	} {
+		if err := checkRunArgs(tc.args); (err == nil) != tc.ok {
+			t.Errorf("checkRunArgs(%q) = %v, want ok=%v", tc.args, err, tc.ok)
+		}
 	}
 }
