@@ -187,3 +187,24 @@ func TestArgsReproduceTheFlags(t *testing.T) {
 		}
 	}
 }
+
+// The example configuration shipped in the packages must load as it is,
+// strictly, and show the defaults where it says so.
+func TestExampleConfig(t *testing.T) {
+	c, err := Load("../thermostat.example.yaml", true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	d := Default()
+	if c.CA != d.CA || c.Cert != d.Cert || c.Key != d.Key || c.StateDir != d.StateDir || c.HAL != d.HAL ||
+		c.ControlSocket != d.ControlSocket || c.TopicRoot != d.TopicRoot || c.TelemetryInterval != d.TelemetryInterval ||
+		c.SyncTimeout != d.SyncTimeout || c.KeepAlive != d.KeepAlive || c.LogLevel != d.LogLevel {
+		t.Errorf("the example's device keys differ from the defaults it claims:\n%+v\n%+v", c, d)
+	}
+	if len(c.Hardware.Sensors) == 0 || c.Control.BandC == 0 {
+		t.Errorf("the example's hardware and control sections did not load: %+v", c)
+	}
+}
