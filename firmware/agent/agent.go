@@ -229,12 +229,15 @@ func (a *Agent) Farewell() *transport.Message { return a.Will() }
 func (a *Agent) Run(ctx context.Context, conn Conn) error {
 	a.conn = conn
 	defer close(a.stopped)
-	if err := conn.Subscribe(a.Topic(protocol.KindCmd), 1); err != nil {
-		return fmt.Errorf("agent: subscribe: %w", err)
-	}
+	// The connection keeps these across reconnects; one that fails now is
+	// made again by the next connect.
+	filters := []string{a.Topic(protocol.KindCmd)}
 	if a.dev.Rejoining() {
-		if err := conn.Subscribe(a.Topic(protocol.KindEvent), 1); err != nil {
-			return fmt.Errorf("agent: subscribe: %w", err)
+		filters = append(filters, a.Topic(protocol.KindEvent))
+	}
+	for _, f := range filters {
+		if err := conn.Subscribe(f, 1); err != nil {
+			a.log.Warn("subscribe failed; retried on the next connect", "filter", f, "err", err)
 		}
 	}
 	pubCtx, stopPub := context.WithCancel(ctx)
@@ -282,12 +285,11 @@ func (a *Agent) Run(ctx context.Context, conn Conn) error {
 	}
 }
 
-// fail records why Run stopped and fails every queued operation.
+// fail records why Run stopped and drops every queued operation; their
+// waiters see stopped.
 func (a *Agent) fail(err error) {
 	a.fatal = err
-	for _, op := range a.ops.close() {
-		_ = op // dropped: their waiters see stopped
-	}
+	a.ops.close()
 }
 
 // do runs f on the Run goroutine and waits for it.

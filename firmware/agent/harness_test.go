@@ -259,10 +259,16 @@ type device struct {
 	store  *state.Store
 	cancel context.CancelFunc
 	done   chan error
+	// agentDone gets the agent's Run result too.
+	agentDone chan error
+	// fatalOK: the test expects the agent to stop with an error.
+	fatalOK bool
 }
 
 type devOpts struct {
 	syncTimeout time.Duration
+	// wrap, when set, wraps the state store (to make saves fail).
+	wrap func(Store) Store
 }
 
 // fresh returns the stored state of a device that has finished a rejoin
@@ -304,7 +310,11 @@ func startDevice(t *testing.T, e *env, id, dir string, seed *protocol.DeviceStat
 	d := &device{t: t, id: id, dir: dir, therm: newFakeThermostat(), store: store, done: make(chan error, 2),
 		clock: haltest.NewClock(testStart)}
 	log := newLogger(t)
-	d.agent, err = New(Config{ID: id, Store: store, Thermostat: d.therm, Clock: d.clock,
+	var st Store = store
+	if o.wrap != nil {
+		st = o.wrap(store)
+	}
+	d.agent, err = New(Config{ID: id, Store: st, Thermostat: d.therm, Clock: d.clock,
 		SyncTimeout: o.syncTimeout, Logger: log}, stored)
 	if err != nil {
 		t.Fatal(err)
@@ -322,7 +332,12 @@ func startDevice(t *testing.T, e *env, id, dir string, seed *protocol.DeviceStat
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	d.cancel = cancel
-	go func() { d.done <- d.agent.Run(ctx, d.client) }()
+	d.agentDone = make(chan error, 1)
+	go func() {
+		err := d.agent.Run(ctx, d.client)
+		d.agentDone <- err
+		d.done <- err
+	}()
 	go func() { d.done <- d.client.Run(ctx) }()
 	t.Cleanup(d.stop)
 	return d
@@ -336,7 +351,7 @@ func (d *device) stop() {
 	d.cancel()
 	d.cancel = nil
 	for range 2 {
-		if err := <-d.done; err != nil {
+		if err := <-d.done; err != nil && !d.fatalOK {
 			d.t.Errorf("device %s stopped with %v", d.id, err)
 		}
 	}

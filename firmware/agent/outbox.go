@@ -45,13 +45,11 @@ func (q *opQueue) take() []func() error {
 	return items
 }
 
-func (q *opQueue) close() []func() error {
+func (q *opQueue) close() {
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	q.closed = true
-	items := q.items
 	q.items = nil
-	return items
 }
 
 type actionKind int
