@@ -95,8 +95,8 @@ var Controllerlite = Spec{
 		{"key", "/etc/controllerlite/server.key"},
 		{"data-dir", "/var/lib/controllerlite"},
 	},
-	PathFlags:  []string{"ca", "cert", "key", "data-dir", "http-token-file"},
-	Writable:   map[string]string{"data-dir": "/var/lib/controllerlite"},
+	PathFlags:  []string{"ca", "cert", "key", "data-dir", "broker-data-dir", "http-token-file"},
+	Writable:   map[string]string{"data-dir": "/var/lib/controllerlite", "broker-data-dir": "/var/lib/controllerlite"},
 	StatusVerb: true,
 }
 
