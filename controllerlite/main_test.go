@@ -7,13 +7,16 @@ import (
 	"errors"
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
+	"github.com/thermofleet/thermo/controllerlite/api"
 	"github.com/thermofleet/thermo/controllerlite/fleet"
 	"github.com/thermofleet/thermo/internal/testenv"
 	"github.com/thermofleet/thermo/protocol"
@@ -312,4 +315,117 @@ func TestTable(t *testing.T) {
 	if strings.Join(got, "\n") != strings.Join(want, "\n") {
 		t.Fatalf("table:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
 	}
+}
+
+// TestMain lets the test binary play `controllerlite serve` as a child
+// process, for TestKill9.
+func TestMain(m *testing.M) {
+	if args := os.Getenv("CONTROLLERLITE_TEST_CHILD"); args != "" {
+		err := run(context.Background(), strings.Split(args, "\x1f"), os.Stdout, os.Stderr)
+		if err != nil {
+			os.Stderr.WriteString(err.Error() + "\n")
+			os.Exit(1)
+		}
+		os.Exit(0)
+	}
+	os.Exit(m.Run())
+}
+
+// TestKill9: a controller killed with SIGKILL while remote writes stream
+// in restarts with every acknowledged write and a clock that never went
+// backwards, and the device still gets the latest write.
+func TestKill9(t *testing.T) {
+	pki := testenv.NewPKI(t)
+	dataDir := t.TempDir()
+	args := []string{"serve", "--ca", pki.CAFile, "--cert", pki.ServerCert, "--key", pki.ServerKey,
+		"--data-dir", dataDir, "--http", "127.0.0.1:0", "--listen", "127.0.0.1:0"}
+	cmd := exec.Command(os.Args[0])
+	cmd.Env = append(os.Environ(), "CONTROLLERLITE_TEST_CHILD="+strings.Join(args, "\x1f"))
+	stdout, stderr := newSyncBuffer(), newSyncBuffer()
+	cmd.Stdout, cmd.Stderr = stdout, stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan error) // closed when the child has exited
+	go func() { cmd.Wait(); close(exited) }()
+	defer func() {
+		cmd.Process.Kill()
+		<-exited
+		if t.Failed() {
+			t.Logf("child stderr:\n%s", stderr.String())
+		}
+	}()
+	httpAddr := stdout.waitMatch(t, httpLine, exited)
+	_, port, _ := net.SplitHostPort(stdout.waitMatch(t, brokerLine, exited))
+	stdout.waitMatch(t, readyLine, exited)
+
+	d1 := pki.Connect(t, "mqtts://localhost:"+port, "d1")
+	d1.Publish(t, "thermo/d1/event", 1, true, []byte(`{"v":1,"vc":[0,1],"props":{"setpoint_c":{"val":20,"w":[0,1]}}}`))
+	c, err := api.NewClient(httpAddr, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	waitUntilDevice := time.After(testenv.WaitTimeout)
+	for {
+		if _, err := c.Device(ctx, "d1"); err == nil {
+			break
+		}
+		select {
+		case <-waitUntilDevice:
+			t.Fatal("d1 never appeared")
+		case <-time.After(2 * time.Millisecond):
+		}
+	}
+	d1.Close()
+
+	// Writes stream in; the child is killed after the 20th is
+	// acknowledged, with the next one likely in flight.
+	type ack struct {
+		sp float64
+		vc protocol.Clock
+	}
+	acks := make(chan ack, 100)
+	go func() {
+		defer close(acks)
+		for i := 0; ; i++ {
+			sp := 10 + float64(i%200)/10
+			d, err := c.Set(ctx, "d1", map[string]any{"setpoint_c": sp})
+			if err != nil {
+				return
+			}
+			acks <- ack{sp, d.VC}
+		}
+	}()
+	var last ack
+	for n := 0; n < 20; n++ {
+		last = <-acks
+	}
+	cmd.Process.Signal(syscall.SIGKILL)
+	<-exited
+	for a := range acks { // acknowledged before the kill landed
+		last = a
+	}
+
+	s := serve(t, pki, "--data-dir", dataDir)
+	dev, err := mustClient(t, s.httpAddr).Device(ctx, "d1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if o := dev.VC.Compare(last.vc); o != protocol.Equal && o != protocol.After {
+		t.Fatalf("clock after kill -9: %v, last acknowledged %v", dev.VC, last.vc)
+	}
+	sp, _ := dev.Props.Setpoint()
+	if w := dev.Props[protocol.PropSetpoint].W; sp != last.sp && w.Compare(last.vc) != protocol.After {
+		t.Fatalf("setpoint %v stamped %v after kill -9: the acknowledged %v at %v was lost", sp, w, last.sp, last.vc)
+	}
+}
+
+func mustClient(t *testing.T, addr string) *api.Client {
+	t.Helper()
+	c, err := api.NewClient(addr, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
 }
