@@ -30,6 +30,15 @@ import (
 // own store (store.FileName) sits beside it, so either can be wiped alone.
 const BrokerDir = "broker"
 
+// LinkBackoff spaces the controller's reconnects to an external broker:
+// shorter than a device's (transport's default, capped at 1 s). After a
+// broker restart no device's changes reach the controller before the
+// controller is back, so its reconnect delay adds to every device's
+// recovery (the mttr harness measured resync p50 0.69 s with the default,
+// gated by the controller); and it is a single client, so retrying five
+// times a second costs the broker nothing.
+var LinkBackoff = transport.Backoff{Min: 20 * time.Millisecond, Max: 200 * time.Millisecond}
+
 // shutdownGrace bounds how long HTTP requests in flight may take at stop.
 const shutdownGrace = 5 * time.Second
 
@@ -124,7 +133,8 @@ func Start(ctx context.Context, cfg Config) (_ *Server, err error) {
 	} else {
 		s.tc, err = fleet.Connect(s.fl, transport.Options{
 			Broker: cfg.Broker, CAFile: cfg.CAFile, CertFile: cfg.CertFile, KeyFile: cfg.KeyFile,
-			Logger: s.log.With("part", "transport"),
+			Backoff: LinkBackoff,
+			Logger:  s.log.With("part", "transport"),
 		})
 		if err != nil {
 			return nil, err
