@@ -1,0 +1,163 @@
+package harness
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/thermofleet/thermo/controllerlite/api"
+	"github.com/thermofleet/thermo/controllerlite/fleet"
+	"github.com/thermofleet/thermo/controllerlite/server"
+)
+
+// controller is the real controllerlite the devices sync with, as the
+// harness sees it: the devices it holds, and remote users' writes.
+type controller interface {
+	// devices returns what the controller holds, by device id.
+	devices(ctx context.Context) (map[string]fleet.Device, error)
+	// set is a remote user's write; it retries while the controller is
+	// unreachable (its process killed with the embedded broker) until
+	// ctx is done.
+	set(ctx context.Context, id string, changes map[string]any) (fleet.Device, error)
+	// firstFlip reports when the controller's own broker connection
+	// first went up (or down) at or after t; never for a controller with
+	// no link of its own (the embedded broker is in its process).
+	firstFlip(up bool, t time.Time) (time.Time, bool)
+	close()
+}
+
+// localController is controllerlite (package server, what `controllerlite
+// serve --broker` runs) in the harness's process, on an external broker.
+type localController struct {
+	s    *server.Server
+	stop context.CancelFunc
+
+	mu    sync.Mutex
+	up    bool
+	flips []flip // every change of the link state
+	done  chan struct{}
+}
+
+// flip is a change of the controller's link state.
+type flip struct {
+	up bool
+	at time.Time
+}
+
+func startLocalController(brokerURL, ca, cert, key, dataDir string, log *slog.Logger) (*localController, error) {
+	ctx, cancel := context.WithCancel(context.Background())
+	s, err := server.Start(ctx, server.Config{
+		CAFile: ca, CertFile: cert, KeyFile: key, DataDir: dataDir,
+		Broker: brokerURL, HTTPAddr: "127.0.0.1:0", Logger: log.With("part", "controllerlite"),
+	})
+	if err != nil {
+		cancel()
+		return nil, fmt.Errorf("controllerlite: %w", err)
+	}
+	c := &localController{s: s, stop: cancel, done: make(chan struct{})}
+	go c.watch()
+	return c, nil
+}
+
+// watch follows the controller's link state, to time its own detection
+// and reconnection.
+func (c *localController) watch() {
+	t := time.NewTicker(pollEvery)
+	defer t.Stop()
+	for {
+		select {
+		case <-c.done:
+			return
+		case now := <-t.C:
+			up := c.s.Fleet().Status().Connected
+			c.mu.Lock()
+			if up != c.up {
+				c.up = up
+				c.flips = append(c.flips, flip{up, now})
+			}
+			c.mu.Unlock()
+		}
+	}
+}
+
+// firstFlip returns when the link first went up (or down) at or after t.
+func (c *localController) firstFlip(up bool, t time.Time) (time.Time, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, f := range c.flips {
+		if f.up == up && !f.at.Before(t) {
+			return f.at, true
+		}
+	}
+	return time.Time{}, false
+}
+
+func (c *localController) devices(context.Context) (map[string]fleet.Device, error) {
+	out := map[string]fleet.Device{}
+	for _, d := range c.s.Fleet().Devices() {
+		out[d.ID] = d
+	}
+	return out, nil
+}
+
+func (c *localController) set(ctx context.Context, id string, changes map[string]any) (fleet.Device, error) {
+	return c.s.Fleet().Set(ctx, id, changes)
+}
+
+func (c *localController) close() {
+	close(c.done)
+	c.stop()
+	c.s.Wait()
+}
+
+// remoteController is controllerlite running with its embedded broker in
+// the broker's process, reached through its HTTP API.
+type remoteController struct {
+	c *api.Client
+}
+
+func newRemoteController(httpAddr string) (*remoteController, error) {
+	c, err := api.NewClient(httpAddr, "")
+	if err != nil {
+		return nil, err
+	}
+	return &remoteController{c: c}, nil
+}
+
+func (r *remoteController) devices(ctx context.Context) (map[string]fleet.Device, error) {
+	ds, err := r.c.Devices(ctx)
+	if err != nil {
+		return nil, err
+	}
+	out := make(map[string]fleet.Device, len(ds))
+	for _, d := range ds {
+		out[d.ID] = d
+	}
+	return out, nil
+}
+
+func (r *remoteController) set(ctx context.Context, id string, changes map[string]any) (fleet.Device, error) {
+	for {
+		d, err := r.c.Set(ctx, id, changes)
+		var ae *api.Error
+		notReady := errors.As(err, &ae) && ae.Status == http.StatusServiceUnavailable
+		if err == nil || !errors.Is(err, api.ErrUnreachable) && !notReady {
+			return d, err
+		}
+		t := time.NewTimer(50 * time.Millisecond)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return fleet.Device{}, fmt.Errorf("set %s: controller unreachable: %w", id, err)
+		case <-t.C:
+		}
+	}
+}
+
+func (r *remoteController) firstFlip(bool, time.Time) (time.Time, bool) { return time.Time{}, false }
+
+func (r *remoteController) close() {}
