@@ -54,7 +54,8 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-// snapshots returns two snapshot releases of the repository's work tree, an older and a newer version, built once per test run with the
+// snapshots returns two snapshot releases of the repository's work tree,
+// an older and a newer version, built once per test run with the
 // repository's .goreleaser.yaml. To keep `make test` fast, the copy builds
 // only linux/amd64 (what dpkg can install here) and, for the older one,
 // linux/arm_6 (the armhf .deb); `make release-snapshot` builds every target.
