@@ -311,6 +311,12 @@ func (h *host) installPackaged(spec Spec, unitPath, line string) error {
 	if err != nil {
 		return fmt.Errorf("%s install: %w", spec.Name, err)
 	}
+	// A unit an earlier install wrote before the package came hides the
+	// packaged one (and its upgrades).
+	if stale := filepath.Join(h.etcDir, spec.Name+".service"); fileExists(stale) {
+		return fmt.Errorf("%s install: %s (from an install before the package) hides the packaged %s: run `sudo %s uninstall`, then install again",
+			spec.Name, stale, unitPath, spec.Name)
+	}
 	dropIn := h.dropIn(spec)
 	if line == unitExecStart(string(shipped)) {
 		if err := os.Remove(dropIn); err != nil && !errors.Is(err, os.ErrNotExist) {
@@ -345,6 +351,12 @@ func (h *host) uninstall(spec Spec) error {
 	}
 	if pkg := h.packagedUnit(spec); pkg != "" {
 		if err := os.Remove(h.dropIn(spec)); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return fmt.Errorf("%s uninstall: %w", spec.Name, err)
+		}
+		// A unit written by an install from before the package.
+		if err := os.Remove(filepath.Join(h.etcDir, spec.Name+".service")); err == nil {
+			fmt.Fprintf(h.stdout, "removed %s, which hid the packaged unit\n", filepath.Join(h.etcDir, spec.Name+".service"))
+		} else if !errors.Is(err, os.ErrNotExist) {
 			return fmt.Errorf("%s uninstall: %w", spec.Name, err)
 		}
 		_ = os.Remove(filepath.Dir(h.dropIn(spec))) // only if empty
@@ -397,6 +409,11 @@ func Status(name string) (string, error) {
 		return "stopped", nil
 	}
 	return "", fmt.Errorf("%s status: unknown", name)
+}
+
+func fileExists(p string) bool {
+	_, err := os.Lstat(p)
+	return err == nil
 }
 
 func systemctl(args ...string) error {

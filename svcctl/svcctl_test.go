@@ -297,6 +297,21 @@ func TestInstallPackaged(t *testing.T) {
 		t.Errorf("drop-in kept: %v", err)
 	}
 
+	// A unit from an install before the package hides the packaged one:
+	// install refuses, uninstall removes it.
+	if err := os.WriteFile(etcUnit, []byte(shipped), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := h.handle(Thermostat, []string{"install"}, nil); err == nil || !strings.Contains(err.Error(), "hides the packaged") {
+		t.Errorf("install with a stale /etc unit: %v", err)
+	}
+	if _, err := h.handle(Thermostat, []string{"uninstall"}, nil); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(etcUnit); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("uninstall kept the stale unit: %v", err)
+	}
+
 	// Uninstall stops and disables, leaving the package's unit alone.
 	if _, err := h.handle(Thermostat, []string{"install", "--hal", "sim"}, nil); err != nil {
 		t.Fatal(err)
