@@ -296,7 +296,8 @@ func TestRunSetStatusStop(t *testing.T) {
 
 	// The state survived: a restart resumes with the setpoint and no rejoin.
 	p = start(t, d.args()...)
-	st2 := waitStatus(t, p, d.socket, "restarted", func(s agent.Status) bool { return s.Connected })
+	// Connected and its reconnect Event sent (the send moves the clock).
+	st2 := waitStatus(t, p, d.socket, "restarted", func(s agent.Status) bool { return s.Connected && s.Counters.EventsSent > 0 })
 	if st2.Rejoining || st2.Effective["setpoint_c"] != 22.5 || !st.VC.LessEq(st2.VC) || st2.VC == st.VC {
 		t.Errorf("after restart %+v, before %+v", st2, st)
 	}

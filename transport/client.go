@@ -67,8 +67,9 @@ type Options struct {
 	// Farewell is published (and awaited briefly) before a clean
 	// disconnect, since the broker sends no will then.
 	Farewell *Message
-	// OnConnect runs after each successful connection, before any message
-	// of the new session is handed to Handler.
+	// OnConnect runs after each successful connection, once the broker has
+	// acknowledged the subscriptions, and before any message of the new
+	// session is handed to Handler.
 	OnConnect func(ctx context.Context, c *Client)
 	// OnDisconnect runs after a connection is lost.
 	OnDisconnect func(err error)
@@ -390,15 +391,26 @@ func (c *Client) connect(ctx context.Context) (<-chan error, error) {
 	c.stats.LastConnected = time.Now()
 	c.mu.Unlock()
 	c.connected.Store(true)
-	c.log.Info("connected")
 	// OnConnect is queued before subscribing, so it runs before any message
-	// of this session, retained ones included.
+	// of this session, retained ones included; and it waits for the broker
+	// to acknowledge the subscriptions, so that when it runs "connected"
+	// also means "subscribed".
+	subscribed := make(chan bool, 1)
 	c.queue.push(func(ctx context.Context) {
+		select {
+		case ok := <-subscribed:
+			if !ok {
+				return
+			}
+		case <-ctx.Done():
+			return
+		}
 		if c.opts.OnConnect != nil && c.Connected() {
 			c.opts.OnConnect(ctx, c)
 		}
 	})
 	if err := c.subscribe(pc, subs); err != nil {
+		subscribed <- false
 		c.connected.Store(false)
 		pc.Disconnect(0)
 		return nil, err
@@ -406,6 +418,8 @@ func (c *Client) connect(ctx context.Context) (<-chan error, error) {
 	c.mu.Lock()
 	c.stats.LastSubscribed = time.Now()
 	c.mu.Unlock()
+	c.log.Info("connected")
+	subscribed <- true
 	return lost, nil
 }
 
