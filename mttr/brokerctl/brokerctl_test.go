@@ -174,23 +174,23 @@ func TestOptionsRequired(t *testing.T) {
 		if _, err := Mosquitto(o); err == nil {
 			t.Errorf("case %d: no error for %+v", i, o)
 		}
-		if _, err := Embedded([]string{"x"}, "127.0.0.1:1", o); err == nil {
+		if _, err := Embedded([]string{"x"}, "127.0.0.1:1", "tok", o); err == nil {
 			t.Errorf("case %d: embedded: no error", i)
 		}
 	}
 	ok := Options{Dir: t.TempDir(), Host: "127.0.0.1", Port: 1, CAFile: "a", CertFile: "b", KeyFile: "c"}
-	if _, err := Embedded(nil, "127.0.0.1:1", ok); err == nil {
+	if _, err := Embedded(nil, "127.0.0.1:1", "tok", ok); err == nil {
 		t.Error("embedded without a command")
 	}
 	if _, err := Aedes(t.TempDir(), ok); err == nil || !strings.Contains(err.Error(), "server.js") {
 		t.Errorf("aedes without server.js: %v", err)
 	}
-	e, err := Embedded([]string{"controllerlite", "serve"}, "127.0.0.1:9", ok)
+	e, err := Embedded([]string{"controllerlite", "serve"}, "127.0.0.1:9", "/t/token", ok)
 	if err != nil {
 		t.Fatal(err)
 	}
 	got := strings.Join(e.Argv, " ")
-	for _, want := range []string{"controllerlite serve --listen 127.0.0.1:1", "--http 127.0.0.1:9", "--data-dir " + filepath.Join(ok.Dir, "data")} {
+	for _, want := range []string{"controllerlite serve --listen 127.0.0.1:1", "--http 127.0.0.1:9 --http-token-file /t/token", "--data-dir " + filepath.Join(ok.Dir, "data")} {
 		if !strings.Contains(got, want) {
 			t.Errorf("argv %q lacks %q", got, want)
 		}

@@ -116,11 +116,12 @@ func Aedes(dir string, o Options) (*Process, error) {
 
 // Embedded returns controllerlite with its embedded broker, run as
 // `argv... --listen HOST:PORT --ca --cert --key --data-dir DIR/data --http
-// httpAddr`: argv is a command that takes the flags of `controllerlite
-// serve`, such as the controllerlite binary with "serve", or the mttr
-// binary's own embedded-serve command. The controller lives in the
-// broker's process, so a kill or a hang takes both.
-func Embedded(argv []string, httpAddr string, o Options) (*Process, error) {
+// httpAddr --http-token-file tokenFile`: argv is a command that takes the
+// flags of `controllerlite serve`, such as the controllerlite binary with
+// "serve", or the mttr binary's own embedded-serve command. The
+// controller lives in the broker's process, so a kill or a hang takes
+// both.
+func Embedded(argv []string, httpAddr, tokenFile string, o Options) (*Process, error) {
 	if err := o.check(); err != nil {
 		return nil, err
 	}
@@ -129,7 +130,7 @@ func Embedded(argv []string, httpAddr string, o Options) (*Process, error) {
 	}
 	args := append(append([]string(nil), argv...),
 		"--listen", o.addr(), "--ca", o.CAFile, "--cert", o.CertFile, "--key", o.KeyFile,
-		"--data-dir", filepath.Join(o.Dir, "data"), "--http", httpAddr)
+		"--data-dir", filepath.Join(o.Dir, "data"), "--http", httpAddr, "--http-token-file", tokenFile)
 	if o.TopicRoot != "" {
 		args = append(args, "--topic-root", o.TopicRoot)
 	}

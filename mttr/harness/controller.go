@@ -120,8 +120,8 @@ type remoteController struct {
 	c *api.Client
 }
 
-func newRemoteController(httpAddr string) (*remoteController, error) {
-	c, err := api.NewClient(httpAddr, "")
+func newRemoteController(httpAddr, token string) (*remoteController, error) {
+	c, err := api.NewClient(httpAddr, token)
 	if err != nil {
 		return nil, err
 	}

@@ -55,9 +55,8 @@ type deviceOptions struct {
 	Logger                    *slog.Logger
 }
 
-// noteLoss records a connection loss.
-func (d *device) noteLoss() {
-	now := time.Now()
+// noteLoss records a connection loss noticed at now.
+func (d *device) noteLoss(now time.Time) {
 	d.mu.Lock()
 	d.losses = append(d.losses, now)
 	d.mu.Unlock()
@@ -130,13 +129,16 @@ func startDevice(o deviceOptions) (*device, error) {
 	var runConn func(context.Context)
 	switch o.Client {
 	case report.ClientOurs:
-		tc, err := transport.New(transport.Options{
+		var tc *transport.Client
+		tc, err = transport.New(transport.Options{
 			Broker: o.BrokerURL, CAFile: o.CAFile, CertFile: o.CertFile, KeyFile: o.KeyFile,
 			KeepAlive: o.KeepAlive,
 			Will:      a.Will(), Farewell: a.Farewell(),
 			OnConnect: a.Connected,
 			OnDisconnect: func(err error) {
-				d.noteLoss()
+				// When transport noticed, not when its dispatcher got
+				// round to telling us.
+				d.noteLoss(tc.Stats().LastLost)
 				a.Disconnected(err)
 			},
 			Handler: a.Handle,
@@ -236,7 +238,7 @@ func newPahoConn(o deviceOptions, a *agent.Agent, d *device) (*pahoConn, error) 
 			a.Connected(context.Background(), nil)
 		}).
 		SetConnectionLostHandler(func(_ mqtt.Client, err error) {
-			d.noteLoss()
+			d.noteLoss(time.Now())
 			a.Disconnected(err)
 		})
 	p.c = mqtt.NewClient(opts)

@@ -329,7 +329,7 @@ func (r *run) setup(ctx context.Context) error {
 	case BrokerAedes:
 		r.broker, err = brokerctl.Aedes(cfg.AedesDir, bo)
 	case BrokerEmbedded:
-		r.broker, err = brokerctl.Embedded(cfg.EmbeddedCmd, httpAddr, bo)
+		r.broker, err = brokerctl.Embedded(cfg.EmbeddedCmd, httpAddr, r.pki.tokenFile, bo)
 	case BrokerExternal:
 		ext := cfg.External
 		u, perr := transport.ParseBroker(ext.Address)
@@ -355,7 +355,7 @@ func (r *run) setup(ctx context.Context) error {
 	}
 
 	if cfg.Broker == BrokerEmbedded {
-		r.ctrl, err = newRemoteController(httpAddr)
+		r.ctrl, err = newRemoteController(httpAddr, r.pki.token)
 		r.poll = 2 * pollEvery
 	} else {
 		cert, key, cerr := r.pki.client(protocol.ControllerID)

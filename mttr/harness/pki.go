@@ -1,6 +1,8 @@
 package harness
 
 import (
+	"crypto/rand"
+	"encoding/hex"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -15,6 +17,8 @@ type pki struct {
 	dir                   string
 	caFile                string
 	serverCert, serverKey string
+	// token is the bearer token of controllerlite's API, in tokenFile.
+	token, tokenFile string
 }
 
 // newPKI issues a throwaway CA and a server certificate for the broker's
@@ -36,6 +40,14 @@ func newPKI(dir, host string) (*pki, error) {
 	}
 	if err := provisioning.WriteCertKey(p.serverCert, p.serverKey, certPEM, keyPEM); err != nil {
 		return nil, fmt.Errorf("pki: %w", err)
+	}
+	tok := make([]byte, 16)
+	if _, err := rand.Read(tok); err != nil {
+		return nil, fmt.Errorf("pki: token: %w", err)
+	}
+	p.token, p.tokenFile = hex.EncodeToString(tok), filepath.Join(dir, "api.token")
+	if err := os.WriteFile(p.tokenFile, []byte(p.token+"\n"), 0o600); err != nil {
+		return nil, fmt.Errorf("pki: token: %w", err)
 	}
 	return p, nil
 }

@@ -15,7 +15,7 @@ import (
 // Chart geometry, in SVG user units.
 const (
 	svgW, svgH                         = 960, 480
-	padLeft, padRight, padTop, padBott = 72, 24, 56, 64
+	padLeft, padRight, padTop, padBott = 72, 24, 68, 64
 )
 
 var (
@@ -98,8 +98,13 @@ func (r *Result) WriteSVG(w io.Writer) error {
 
 	p(`<svg xmlns="http://www.w3.org/2000/svg" width="%d" height="%d" viewBox="0 0 %d %d" font-family="sans-serif" font-size="12">`+"\n", svgW, svgH, svgW, svgH)
 	p(`<rect width="%d" height="%d" fill="white"/>`+"\n", svgW, svgH)
-	title := fmt.Sprintf("mttr: recovery time per cycle (broker back → controller holds every local change), %s broker, %d devices", r.Config.Broker, r.Config.Devices)
-	p(`<text x="%d" y="22" font-size="15" font-weight="bold">%s</text>`+"\n", padLeft, esc(title))
+	title := fmt.Sprintf("mttr: recovery time per cycle, %s broker, %d devices", r.Config.Broker, r.Config.Devices)
+	if r.Config.BaselineDevices > 0 {
+		title += fmt.Sprintf(" + %d baseline", r.Config.BaselineDevices)
+	}
+	p(`<text x="%d" y="20" font-size="15" font-weight="bold">%s</text>`+"\n", padLeft, esc(title))
+	p(`<text x="%d" y="36" font-size="11" fill="#555">%s</text>`+"\n", padLeft, esc(fmt.Sprintf(
+		"resync: broker accepting again → controller holds every local change made in the outage · keep-alive %s", FormatSeconds(r.Config.KeepAliveS))))
 
 	// Fault mode bands.
 	for i, c := range r.Cycles {
@@ -168,7 +173,7 @@ func (r *Result) WriteSVG(w io.Writer) error {
 		if cl == ClientBaseline {
 			name = "baseline (" + r.Config.BaselineClient + ")"
 		}
-		p(`<circle cx="%.1f" cy="40" r="5" fill="%s"/><text x="%.1f" y="44">%s</text>`+"\n", lx+5, clientColor[cl], lx+14, esc(name))
+		p(`<circle cx="%.1f" cy="52" r="5" fill="%s"/><text x="%.1f" y="56">%s</text>`+"\n", lx+5, clientColor[cl], lx+14, esc(name))
 		lx += 24 + 7*float64(len([]rune(name)))
 	}
 	legend := "dot p50 · box p50–p99 · line fastest–slowest device · ▲ some devices not recovered in the cycle"
