@@ -1,0 +1,346 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"encoding/xml"
+	"errors"
+	"flag"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/thermofleet/thermo/mttr/brokerctl"
+	"github.com/thermofleet/thermo/mttr/harness"
+	"github.com/thermofleet/thermo/mttr/report"
+)
+
+// TestMain lets the test binary stand in for the mttr binary when the
+// harness runs the embedded broker as a child process
+// (`<self> embedded-serve ...`).
+func TestMain(m *testing.M) {
+	if len(os.Args) > 1 && os.Args[1] == harness.ServeCommand {
+		os.Exit(serveMain(os.Args[2:]))
+	}
+	os.Exit(m.Run())
+}
+
+func needMosquitto(t *testing.T) {
+	t.Helper()
+	if _, err := os.Stat(brokerctl.MosquittoBinary); errors.Is(err, os.ErrNotExist) {
+		t.Skipf("%s not installed (apt-get install mosquitto)", brokerctl.MosquittoBinary)
+	}
+}
+
+// harnessRun runs mttr with args plus a JSON and an SVG file, and returns
+// the error, the result, the terminal output and the SVG.
+func harnessRun(t *testing.T, args ...string) (error, *report.Result, string, []byte) {
+	t.Helper()
+	dir := t.TempDir()
+	jsonFile, svgFile := filepath.Join(dir, "out.json"), filepath.Join(dir, "out.svg")
+	args = append(args, "--json", jsonFile, "--svg", svgFile, "--work-dir", filepath.Join(dir, "work"))
+	var stdout, stderr bytes.Buffer
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	defer cancel()
+	err := run(ctx, args, &stdout, &stderr)
+	t.Logf("mttr %s\n%s%s", strings.Join(args, " "), stderr.String(), stdout.String())
+	if err != nil {
+		if b, rerr := os.ReadFile(filepath.Join(dir, "work", "mttr.log")); rerr == nil {
+			lines := strings.Split(string(b), "\n")
+			t.Logf("last log lines:\n%s", strings.Join(lines[max(0, len(lines)-60):], "\n"))
+		}
+	}
+	b, jerr := os.ReadFile(jsonFile)
+	if jerr != nil {
+		t.Fatalf("no JSON written: %v (run: %v)", jerr, err)
+	}
+	var res report.Result
+	if err := json.Unmarshal(b, &res); err != nil {
+		t.Fatalf("JSON: %v", err)
+	}
+	svg, serr := os.ReadFile(svgFile)
+	if serr != nil {
+		t.Fatalf("no SVG written: %v", serr)
+	}
+	return err, &res, stdout.String(), svg
+}
+
+// checkNoLoss asserts what must hold of every run: every cycle played,
+// every one of our devices recovered within the cycle, no lost event, no
+// wrong winner, nobody out of sync, and the conflict path really taken.
+func checkNoLoss(t *testing.T, res *report.Result, cycles, devices int) {
+	t.Helper()
+	if len(res.Cycles) != cycles {
+		t.Fatalf("%d cycles, want %d", len(res.Cycles), cycles)
+	}
+	for _, c := range res.Cycles {
+		n := 0
+		for _, s := range c.Samples {
+			if s.Client != report.ClientOurs {
+				continue
+			}
+			n++
+			if !s.Recovered || s.LostEvents != 0 || s.WrongWinners != 0 || s.Diverged || s.LocalChanges != 2 {
+				t.Errorf("cycle %d (%s), %s: %+v", c.N, c.Fault, s.Device, s)
+			}
+		}
+		if n != devices {
+			t.Errorf("cycle %d: %d samples of ours, want %d", c.N, n, devices)
+		}
+	}
+	s := res.Summary
+	if s.LostEvents != 0 || s.WrongWinners != 0 || s.Diverged != 0 || s.Unrecovered != 0 {
+		t.Errorf("summary: %d lost, %d wrong winners, %d out of sync, %d unrecovered", s.LostEvents, s.WrongWinners, s.Diverged, s.Unrecovered)
+	}
+	if s.LocalChanges != 2*cycles*devices {
+		t.Errorf("%d local changes, want %d", s.LocalChanges, 2*cycles*devices)
+	}
+	if s.Conflicts == 0 {
+		t.Error("no concurrent conflict was played")
+	}
+}
+
+// TestShortRun is the short run `make test` plays: 3 kill and 2 hang
+// cycles of Mosquitto with 10 devices and a 2 s keep-alive, plus two
+// baseline devices. It fails on any lost event, wrong winner or device
+// left out of sync, and on a hang noticed later than 1.5 × keep-alive.
+func TestShortRun(t *testing.T) {
+	needMosquitto(t)
+	const keepAlive = 2 * time.Second
+	err, res, out, svg := harnessRun(t, "--broker", "mosquitto", "--fault", "kill:3,hang:2",
+		"--keep-alive", keepAlive.String(), "--keep-running", "2s", "--max-recovery", "6s",
+		"--devices", "10", "--baseline-devices", "2", "--quiet")
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkNoLoss(t, res, 5, 10)
+	for i, c := range res.Cycles {
+		want := "kill"
+		if i >= 3 {
+			want = "hang"
+		}
+		if c.Fault != want {
+			t.Errorf("cycle %d is %s, want %s", c.N, c.Fault, want)
+		}
+		if c.Fault == "kill" && (float64(c.DownS) < keepAlive.Seconds() || c.Controller == nil || !c.Controller.ReconnectS.Valid()) {
+			t.Errorf("kill cycle %d: down %v s (want ≥ factor × keep-alive), controller link %+v", c.N, c.DownS, c.Controller)
+		}
+	}
+	// A hang is noticed by keep-alive alone, within 1.5 × keep-alive.
+	h := res.ByFault["hang"]
+	if h.Undetected != 0 || !h.DetectMax.Valid() || float64(h.DetectMax) > 1.5*keepAlive.Seconds() {
+		t.Errorf("hang detection: max %v s, %d undetected; want every device within %v", h.DetectMax, h.Undetected, 1.5*keepAlive.Seconds())
+	}
+	// A kill is noticed at once: the socket closes.
+	if k := res.ByFault["kill"]; !k.DetectMax.Valid() || k.DetectMax > 1 {
+		t.Errorf("kill detection max %v s", k.DetectMax)
+	}
+	// The baseline ran in the same cycles, and the ratio is reported.
+	if res.Baseline == nil || res.Baseline.Summary.Samples != 5*2 || res.Ratio == nil {
+		t.Fatalf("baseline %+v, ratio %+v", res.Baseline, res.Ratio)
+	}
+	for _, want := range []string{"kill (30 samples)", "hang (20 samples)", "ours ÷ baseline", "targets"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("terminal output lacks %q", want)
+		}
+	}
+	if err := xml.Unmarshal(svg, new(struct{})); err != nil || !bytes.Contains(svg, []byte("kill target p50")) {
+		t.Errorf("SVG: %v", err)
+	}
+}
+
+// TestBrokers runs one kill and one hang cycle on aedes and on
+// controllerlite's embedded broker (a child process of this test binary,
+// see TestMain).
+func TestBrokers(t *testing.T) {
+	cases := []struct {
+		broker string
+		skip   func() string
+	}{
+		{"aedes", func() string {
+			if _, err := exec.LookPath("node"); err != nil {
+				return "node is not installed"
+			}
+			if _, err := os.Stat(filepath.Join(findAedes(), "node_modules", "aedes")); err != nil {
+				return "aedes's node modules are not installed: run make aedes"
+			}
+			return ""
+		}},
+		{"embedded", func() string { return "" }},
+	}
+	for _, c := range cases {
+		t.Run(c.broker, func(t *testing.T) {
+			if why := c.skip(); why != "" {
+				t.Skip(why)
+			}
+			err, res, _, _ := harnessRun(t, "--broker", c.broker, "--fault", "kill:1,hang:1",
+				"--keep-alive", "1s", "--keep-running", "1s", "--max-recovery", "5s",
+				"--devices", "3", "--baseline-devices", "1", "--quiet")
+			if err != nil {
+				t.Fatal(err)
+			}
+			checkNoLoss(t, res, 2, 3)
+			if res.Config.Broker != c.broker {
+				t.Errorf("broker %q", res.Config.Broker)
+			}
+		})
+	}
+}
+
+// TestPartition cuts Mosquitto off in a network namespace, where the
+// machine allows it (root); elsewhere the harness skips the mode with a
+// reason and still succeeds.
+func TestPartition(t *testing.T) {
+	needMosquitto(t)
+	err, res, out, _ := harnessRun(t, "--broker", "mosquitto", "--fault", "partition:1",
+		"--keep-alive", "1s", "--keep-running", "1s", "--max-recovery", "10s",
+		"--devices", "3", "--baseline-devices", "0", "--quiet")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if brokerctl.NetNSAvailable() != nil {
+		if len(res.Cycles) != 0 || len(res.Skipped) != 1 || !strings.Contains(out, "skipped: partition") {
+			t.Fatalf("partition not possible here, yet cycles %d, skipped %q", len(res.Cycles), res.Skipped)
+		}
+		return
+	}
+	checkNoLoss(t, res, 1, 3)
+	if p := res.ByFault["partition"]; p.Undetected != 0 || float64(p.DetectMax) > 1.5 {
+		t.Errorf("partition: detection max %v s, %d undetected", p.DetectMax, p.Undetected)
+	}
+}
+
+func TestParseFlags(t *testing.T) {
+	cases := []struct {
+		name    string
+		args    []string
+		wantErr string
+		check   func(*options) string
+	}{
+		{"defaults", nil, "", func(o *options) string {
+			c := o.cfg
+			if c.Broker != "mosquitto" || c.KeepAlive != 15*time.Second || c.FactorOfKeepAlive != 1 || c.KeepDead != 30*time.Second ||
+				c.Devices != 100 || c.BaselineDevices != 100 || len(c.Faults) != 1 || c.Faults[0] != (report.Plan{Fault: "kill", Cycles: 5}) {
+				return "unexpected defaults"
+			}
+			return ""
+		}},
+		{"seed knobs", []string{"--keep-alive", "5s", "--factor-of-keep-alive", "2.5", "--keep-running", "7s", "--keep-dead", "9s", "--restart-count", "50", "--fault", "hang"}, "", func(o *options) string {
+			c := o.cfg
+			if c.KeepAlive != 5*time.Second || c.DownTime() != 12500*time.Millisecond || c.KeepRunning != 7*time.Second || c.KeepDead != 9*time.Second ||
+				c.Faults[0] != (report.Plan{Fault: "hang", Cycles: 50}) {
+				return "knobs not taken"
+			}
+			return ""
+		}},
+		{"fault list", []string{"--fault", "kill:3, hang:2,partition", "--restart-count", "4"}, "", func(o *options) string {
+			want := []report.Plan{{Fault: "kill", Cycles: 3}, {Fault: "hang", Cycles: 2}, {Fault: "partition", Cycles: 4}}
+			for i, p := range o.cfg.Faults {
+				if i >= len(want) || p != want[i] {
+					return "plans wrong"
+				}
+			}
+			return ""
+		}},
+		{"no baseline", []string{"--baseline-devices", "0", "--devices", "7"}, "", func(o *options) string {
+			if o.cfg.BaselineDevices != 0 || o.cfg.Devices != 7 {
+				return "baseline count"
+			}
+			return ""
+		}},
+		{"keep-dead follows keep-alive", []string{"--keep-alive", "3s"}, "", func(o *options) string {
+			if o.cfg.KeepDead != 6*time.Second {
+				return "keep-dead not 2 × keep-alive"
+			}
+			return ""
+		}},
+		{"unknown fault", []string{"--fault", "explode"}, `"explode" is not kill, hang or partition`, nil},
+		{"bad cycles", []string{"--fault", "kill:0"}, "not a number of cycles", nil},
+		{"bad restart count", []string{"--restart-count", "0"}, "--restart-count 0", nil},
+		{"positional", []string{"extra"}, "takes no arguments", nil},
+		{"unknown flag", []string{"--nope"}, "flag provided but not defined", nil},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			o, err := parseFlags(c.args, io.Discard)
+			if c.wantErr != "" {
+				if err == nil || !errors.Is(err, errUsage) || !strings.Contains(err.Error(), c.wantErr) {
+					t.Fatalf("err %v, want a usage error with %q", err, c.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if msg := c.check(o); msg != "" {
+				t.Fatalf("%s: %+v", msg, o.cfg)
+			}
+		})
+	}
+	if _, err := parseFlags([]string{"-h"}, io.Discard); !errors.Is(err, flag.ErrHelp) {
+		t.Fatalf("-h: %v", err)
+	}
+}
+
+// TestBadConfigRefused: values the harness cannot play are refused before
+// anything starts, with the reason.
+func TestBadConfigRefused(t *testing.T) {
+	cases := []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--keep-alive", "500ms"}, "at least 1s"},
+		{[]string{"--keep-alive", "1500ms"}, "whole seconds"},
+		{[]string{"--broker", "hivemq"}, "want mosquitto, aedes, embedded or external"},
+		{[]string{"--devices", "0"}, "--devices 0"},
+		{[]string{"--broker", "external"}, "--external-addr"},
+		{[]string{"--factor-of-keep-alive", "0"}, "--factor-of-keep-alive"},
+	}
+	for _, c := range cases {
+		var out bytes.Buffer
+		err := run(context.Background(), append(c.args, "--work-dir", t.TempDir()), &out, &out)
+		if err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%v: err %v, want %q", c.args, err, c.want)
+		}
+	}
+}
+
+func TestExitCode(t *testing.T) {
+	cases := []struct {
+		err  error
+		want int
+	}{
+		{nil, exitOK},
+		{flag.ErrHelp, exitOK},
+		{errUsage, exitUsage},
+		{errors.Join(errTargets), exitTargets},
+		{errLoss, exitFailed},
+		{errors.New("broker did not start"), exitFailed},
+	}
+	for _, c := range cases {
+		if got := exitCode(c.err, io.Discard); got != c.want {
+			t.Errorf("exitCode(%v) = %d, want %d", c.err, got, c.want)
+		}
+	}
+}
+
+func TestWriteFile(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "out.json")
+	if err := writeFile(path, func(w io.Writer) error { _, err := io.WriteString(w, "first"); return err }); err != nil {
+		t.Fatal(err)
+	}
+	// A failing writer leaves the old file whole and no temporary file.
+	if err := writeFile(path, func(w io.Writer) error { io.WriteString(w, "half"); return errors.New("boom") }); err == nil {
+		t.Fatal("no error")
+	}
+	b, _ := os.ReadFile(path)
+	entries, _ := os.ReadDir(filepath.Dir(path))
+	if string(b) != "first" || len(entries) != 1 {
+		t.Fatalf("content %q, %d entries", b, len(entries))
+	}
+}
