@@ -40,6 +40,9 @@ const (
 	exitTargets = 3 // --strict and a recovery target was missed
 )
 
+// Set by the Makefile's -ldflags.
+var version, commit = "dev", "none"
+
 // errUsage marks command-line mistakes.
 var errUsage = errors.New("usage")
 
@@ -239,6 +242,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) (err erro
 	}
 	cfg := o.cfg
 	cfg.Command = "mttr " + strings.Join(args, " ")
+	cfg.Version = version + " (" + commit + ")"
 	if cfg.AedesDir == "" {
 		cfg.AedesDir = findAedes()
 	}

@@ -105,8 +105,8 @@ type Config struct {
 	// Logger receives the components' logs (agents, transport,
 	// controllerlite).
 	Logger *slog.Logger
-	// Command is recorded in the result.
-	Command string
+	// Command and Version are recorded in the result.
+	Command, Version string
 }
 
 // DownTime is how long a killed broker stays down.
@@ -206,7 +206,7 @@ func Run(ctx context.Context, cfg Config) (res *report.Result, err error) {
 	}
 	r := &run{cfg: cfg, log: cfg.Logger, out: &progress{w: cfg.Progress, tty: cfg.TTY}, poll: pollEvery}
 	r.res = &report.Result{
-		Tool:    "mttr",
+		Tool:    strings.TrimSpace("mttr " + cfg.Version),
 		Command: cfg.Command,
 		Machine: fmt.Sprintf("%s/%s, %d CPUs, %s", runtime.GOOS, runtime.GOARCH, runtime.NumCPU(), runtime.Version()),
 		Started: time.Now().UTC(),
