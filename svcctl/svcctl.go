@@ -103,6 +103,17 @@ var Controllerlite = Spec{
 // Verbs are the service commands, as in `thermostat service VERB`.
 var Verbs = []string{"install", "uninstall", "start", "stop", "restart", "status"}
 
+const usage = `Usage: %[1]s install [flags of '%[1]s %[2]s']
+       %[1]s uninstall|start|stop|restart
+       %[1]s service install|uninstall|start|stop|restart|status
+
+install makes %[1]s a systemd service that runs '%[1]s %[2]s' with the
+flags given here, as user %[1]s (created if missing), and enables it;
+start starts it. With the .deb installed, install enables the packaged
+unit and records other flags in a drop-in. uninstall stops and disables
+it and keeps the state and the configuration. All but status need root.
+`
+
 // ErrNotRoot and ErrNoSystemd are the refusals, for errors.Is.
 var (
 	ErrNotRoot   = errors.New("must be run as root")
@@ -157,6 +168,10 @@ func (h *host) handle(spec Spec, args []string, check func([]string) error) (boo
 	}
 	if !slices.Contains(Verbs, verb) || (verb == "status" && !spec.StatusVerb && !explicit) {
 		return false, nil
+	}
+	if slices.ContainsFunc(rest, func(a string) bool { return a == "-h" || a == "-help" || a == "--help" }) {
+		fmt.Fprintf(h.stdout, usage, spec.Name, spec.RunCommand)
+		return true, nil
 	}
 	if verb != "install" && len(rest) > 0 {
 		return true, fmt.Errorf("%s %s takes no arguments (got %q); flags belong to install", spec.Name, verb, rest)

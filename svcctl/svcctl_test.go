@@ -166,6 +166,8 @@ func TestRouting(t *testing.T) {
 		{Thermostat, []string{"start", "--now"}, true, "takes no arguments"},
 		{Controllerlite, []string{"status", "-v"}, true, "takes no arguments"},
 		{Thermostat, []string{"service", "stop", "x"}, true, "takes no arguments"},
+		{Thermostat, []string{"install", "--broker", "x", "-h"}, true, ""},
+		{Controllerlite, []string{"service", "status", "--help"}, true, ""},
 	} {
 		t.Run(strings.Join(append([]string{tc.spec.Name}, tc.args...), " "), func(t *testing.T) {
 			h, _ := testHost(t, "/nonexistent")
