@@ -174,7 +174,7 @@ func (h *host) handle(spec Spec, args []string, check func([]string) error) (boo
 		return true, nil
 	}
 	if verb != "install" && len(rest) > 0 {
-		return true, fmt.Errorf("%s %s takes no arguments (got %q); flags belong to install", spec.Name, verb, rest)
+		return true, fmt.Errorf("%s takes no arguments (got %q); flags belong to install", verb, rest)
 	}
 	if err := h.refuse(spec, verb); err != nil {
 		return true, err
@@ -193,7 +193,7 @@ func (h *host) handle(spec Spec, args []string, check func([]string) error) (boo
 	}
 	action := map[string]func() error{"start": svc.Start, "stop": svc.Stop, "restart": svc.Restart}[verb]
 	if err := action(); err != nil {
-		return true, fmt.Errorf("%s %s: %w", spec.Name, verb, err)
+		return true, fmt.Errorf("%s: %w", verb, err)
 	}
 	fmt.Fprintf(h.stdout, "%s: %s done\n", spec.Name, verb)
 	return true, nil
@@ -202,17 +202,17 @@ func (h *host) handle(spec Spec, args []string, check func([]string) error) (boo
 // refuse says why verb cannot run here, or nil.
 func (h *host) refuse(spec Spec, verb string) error {
 	if verb != "status" && h.euid() != 0 {
-		return fmt.Errorf("%s %s: %w (try: sudo %s %s ...)", spec.Name, verb, ErrNotRoot, spec.Name, verb)
+		return fmt.Errorf("%s: %w (try: sudo %s %s ...)", verb, ErrNotRoot, spec.Name, verb)
 	}
 	switch p := h.platform(); p {
 	case "linux-systemd":
 		return nil
 	case "":
-		return fmt.Errorf("%s %s: %w: no service manager found; run `%s %s` under your own supervisor",
-			spec.Name, verb, ErrNoSystemd, spec.Name, spec.RunCommand)
+		return fmt.Errorf("%s: %w: no service manager found; run `%s %s` under your own supervisor",
+			verb, ErrNoSystemd, spec.Name, spec.RunCommand)
 	default:
-		return fmt.Errorf("%s %s: %w (found %s); the unit needs systemd's watchdog and sandbox: run `%s %s` under your own supervisor",
-			spec.Name, verb, ErrNoSystemd, p, spec.Name, spec.RunCommand)
+		return fmt.Errorf("%s: %w (found %s); the unit needs systemd's watchdog and sandbox: run `%s %s` under your own supervisor",
+			verb, ErrNoSystemd, p, spec.Name, spec.RunCommand)
 	}
 }
 
@@ -278,25 +278,25 @@ func (h *host) dropIn(spec Spec) string {
 func (h *host) install(spec Spec, flags []string, check func([]string) error) error {
 	if check != nil {
 		if err := check(flags); err != nil {
-			return fmt.Errorf("%s install: flags for `%s %s`: %w", spec.Name, spec.Name, spec.RunCommand, err)
+			return fmt.Errorf("install: flags for `%s %s`: %w", spec.Name, spec.RunCommand, err)
 		}
 	}
 	args, warnings, err := recordedArgs(spec, flags)
 	if err != nil {
-		return fmt.Errorf("%s install: %w", spec.Name, err)
+		return fmt.Errorf("install: %w", err)
 	}
 	exe, err := h.executable()
 	if err != nil {
-		return fmt.Errorf("%s install: find own executable: %w", spec.Name, err)
+		return fmt.Errorf("install: find own executable: %w", err)
 	}
 	if exe, err = filepath.EvalSymlinks(exe); err != nil {
-		return fmt.Errorf("%s install: find own executable: %w", spec.Name, err)
+		return fmt.Errorf("install: find own executable: %w", err)
 	}
 	for _, w := range warnings {
 		fmt.Fprintf(h.stdout, "warning: %s\n", w)
 	}
 	if err := ensureAccount(h.stdout, spec); err != nil {
-		return fmt.Errorf("%s install: %w", spec.Name, err)
+		return fmt.Errorf("install: %w", err)
 	}
 	line := execLine(exe, args)
 
@@ -305,14 +305,14 @@ func (h *host) install(spec Spec, flags []string, check func([]string) error) er
 	}
 	svc, err := h.service(spec, escapeWords(args), exe)
 	if err != nil {
-		return fmt.Errorf("%s install: %w", spec.Name, err)
+		return fmt.Errorf("install: %w", err)
 	}
 	if err := svc.Install(); err != nil {
 		if strings.Contains(err.Error(), "already exists") {
-			return fmt.Errorf("%s install: already installed (%s); run `%s uninstall` first: %w",
-				spec.Name, filepath.Join(h.etcDir, spec.Name+".service"), spec.Name, err)
+			return fmt.Errorf("install: already installed (%s); run `%s uninstall` first: %w",
+				filepath.Join(h.etcDir, spec.Name+".service"), spec.Name, err)
 		}
-		return fmt.Errorf("%s install: %w", spec.Name, err)
+		return fmt.Errorf("install: %w", err)
 	}
 	fmt.Fprintf(h.stdout, "installed and enabled %s.service:\n  ExecStart=%s\nstart it with: sudo %s start\n",
 		spec.Name, line, spec.Name)
@@ -324,34 +324,34 @@ func (h *host) install(spec Spec, flags []string, check func([]string) error) er
 func (h *host) installPackaged(spec Spec, unitPath, line string) error {
 	shipped, err := os.ReadFile(unitPath)
 	if err != nil {
-		return fmt.Errorf("%s install: %w", spec.Name, err)
+		return fmt.Errorf("install: %w", err)
 	}
 	// A unit an earlier install wrote before the package came hides the
 	// packaged one (and its upgrades).
 	if stale := filepath.Join(h.etcDir, spec.Name+".service"); fileExists(stale) {
-		return fmt.Errorf("%s install: %s (from an install before the package) hides the packaged %s: run `sudo %s uninstall`, then install again",
-			spec.Name, stale, unitPath, spec.Name)
+		return fmt.Errorf("install: %s (from an install before the package) hides the packaged %s: run `sudo %s uninstall`, then install again",
+			stale, unitPath, spec.Name)
 	}
 	dropIn := h.dropIn(spec)
 	if line == unitExecStart(string(shipped)) {
 		if err := os.Remove(dropIn); err != nil && !errors.Is(err, os.ErrNotExist) {
-			return fmt.Errorf("%s install: remove old drop-in: %w", spec.Name, err)
+			return fmt.Errorf("install: remove old drop-in: %w", err)
 		}
 		fmt.Fprintf(h.stdout, "using the packaged unit %s\n", unitPath)
 	} else {
 		conf := "# Written by `" + spec.Name + " install`; `" + spec.Name + " uninstall` removes it.\n" +
 			"[Service]\nExecStart=\nExecStart=" + line + "\n"
 		if err := os.MkdirAll(filepath.Dir(dropIn), 0o755); err != nil {
-			return fmt.Errorf("%s install: %w", spec.Name, err)
+			return fmt.Errorf("install: %w", err)
 		}
 		if err := writeFileAtomic(dropIn, []byte(conf), 0o644); err != nil {
-			return fmt.Errorf("%s install: %w", spec.Name, err)
+			return fmt.Errorf("install: %w", err)
 		}
 		fmt.Fprintf(h.stdout, "using the packaged unit %s with your flags in %s:\n  ExecStart=%s\n", unitPath, dropIn, line)
 	}
 	for _, a := range [][]string{{"daemon-reload"}, {"enable", spec.Name + ".service"}} {
 		if err := systemctl(a...); err != nil {
-			return fmt.Errorf("%s install: %w", spec.Name, err)
+			return fmt.Errorf("install: %w", err)
 		}
 	}
 	fmt.Fprintf(h.stdout, "enabled %s.service; start it with: sudo %s start\n", spec.Name, spec.Name)
@@ -366,18 +366,18 @@ func (h *host) uninstall(spec Spec) error {
 	}
 	if pkg := h.packagedUnit(spec); pkg != "" {
 		if err := os.Remove(h.dropIn(spec)); err != nil && !errors.Is(err, os.ErrNotExist) {
-			return fmt.Errorf("%s uninstall: %w", spec.Name, err)
+			return fmt.Errorf("uninstall: %w", err)
 		}
 		// A unit written by an install from before the package.
 		if err := os.Remove(filepath.Join(h.etcDir, spec.Name+".service")); err == nil {
 			fmt.Fprintf(h.stdout, "removed %s, which hid the packaged unit\n", filepath.Join(h.etcDir, spec.Name+".service"))
 		} else if !errors.Is(err, os.ErrNotExist) {
-			return fmt.Errorf("%s uninstall: %w", spec.Name, err)
+			return fmt.Errorf("uninstall: %w", err)
 		}
 		_ = os.Remove(filepath.Dir(h.dropIn(spec))) // only if empty
 		for _, a := range [][]string{{"disable", spec.Name + ".service"}, {"daemon-reload"}} {
 			if err := systemctl(a...); err != nil {
-				return fmt.Errorf("%s uninstall: %w", spec.Name, err)
+				return fmt.Errorf("uninstall: %w", err)
 			}
 		}
 		fmt.Fprintf(h.stdout, "stopped and disabled %s.service; the package still ships %s (apt remove %s to remove it)\n",
@@ -386,10 +386,10 @@ func (h *host) uninstall(spec Spec) error {
 	}
 	svc, err := h.service(spec, nil, "")
 	if err != nil {
-		return fmt.Errorf("%s uninstall: %w", spec.Name, err)
+		return fmt.Errorf("uninstall: %w", err)
 	}
 	if err := svc.Uninstall(); err != nil {
-		return fmt.Errorf("%s uninstall: %w", spec.Name, err)
+		return fmt.Errorf("uninstall: %w", err)
 	}
 	fmt.Fprintf(h.stdout, "stopped and removed %s.service (state and configuration are kept)\n", spec.Name)
 	return nil
@@ -410,20 +410,20 @@ func (h *host) status(spec Spec) error {
 func Status(name string) (string, error) {
 	svc, err := service.New(program{}, &service.Config{Name: name})
 	if err != nil {
-		return "", fmt.Errorf("%s status: %w", name, err)
+		return "", fmt.Errorf("service status: %w", err)
 	}
 	st, err := svc.Status()
 	switch {
 	case errors.Is(err, service.ErrNotInstalled):
-		return "", fmt.Errorf("%s status: not installed (sudo %s install)", name, name)
+		return "", fmt.Errorf("service status: %s is not installed (sudo %s install)", name, name)
 	case err != nil:
-		return "", fmt.Errorf("%s status: %w (journalctl -u %s)", name, err, name)
+		return "", fmt.Errorf("service status: %w (journalctl -u %s)", err, name)
 	case st == service.StatusRunning:
 		return "running", nil
 	case st == service.StatusStopped:
 		return "stopped", nil
 	}
-	return "", fmt.Errorf("%s status: unknown", name)
+	return "", fmt.Errorf("service status: %s: unknown", name)
 }
 
 func fileExists(p string) bool {
