@@ -157,6 +157,10 @@ type world struct {
 	pki  *testenv.PKI
 	logs *logBook
 
+	// serverCert and serverKey are the broker's credentials, the PKI's
+	// server certificate unless a test says otherwise.
+	serverCert, serverKey string
+
 	port   int
 	mq     *testenv.Mosquitto // kind mosquitto
 	bare   *broker.Broker     // kind embedded without a controller
@@ -175,12 +179,20 @@ func newWorld(t *testing.T, kind brokerKind) *world {
 // newBareWorld starts a broker of kind with no controller: the embedded
 // broker alone (package broker, as controllerlite embeds it), or Mosquitto.
 // A test client may then act as the controller.
-func newBareWorld(t *testing.T, kind brokerKind) *world {
+// Options run in order before anything starts.
+func newBareWorld(t *testing.T, kind brokerKind, opts ...func(*world)) *world {
 	t.Helper()
 	w := &world{t: t, kind: kind, pki: testenv.NewPKI(t), logs: newLogBook(t), ctlDir: filepath.Join(t.TempDir(), "controller")}
+	w.serverCert, w.serverKey = w.pki.ServerCert, w.pki.ServerKey
+	for _, o := range opts {
+		o(w)
+	}
 	switch kind {
 	case mosquitto:
-		w.mq = testenv.StartMosquitto(t, w.pki, &testenv.MosquittoOptions{Persistence: true})
+		// The broker's own certificate may differ from the PKI's; the CA
+		// its clients' certificates must chain to does not.
+		pki := &testenv.PKI{CAFile: w.pki.CAFile, ServerCert: w.serverCert, ServerKey: w.serverKey}
+		w.mq = testenv.StartMosquitto(t, pki, &testenv.MosquittoOptions{Persistence: true})
 		w.port = w.mq.Port()
 	case embedded:
 		w.port = testenv.FreePort(t)
@@ -195,7 +207,7 @@ func (w *world) startBareBroker() {
 		return
 	}
 	b, err := broker.New(broker.Options{
-		Listen: w.brokerAddr(), CAFile: w.pki.CAFile, CertFile: w.pki.ServerCert, KeyFile: w.pki.ServerKey,
+		Listen: w.brokerAddr(), CAFile: w.pki.CAFile, CertFile: w.serverCert, KeyFile: w.serverKey,
 		DataDir: filepath.Join(w.t.TempDir(), "broker"), Logger: w.logs.logger("broker"),
 	})
 	if err != nil {
@@ -224,7 +236,7 @@ func (w *world) controllerConfig() server.Config {
 	}
 	switch w.kind {
 	case embedded:
-		cfg.CertFile, cfg.KeyFile = w.pki.ServerCert, w.pki.ServerKey
+		cfg.CertFile, cfg.KeyFile = w.serverCert, w.serverKey
 		cfg.Listen = w.brokerAddr()
 	case mosquitto:
 		cfg.CertFile, cfg.KeyFile = w.pki.Client(w.t, protocol.ControllerID)
