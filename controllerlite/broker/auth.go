@@ -37,6 +37,10 @@ type authHook struct {
 
 	onClient atomic.Pointer[func(id string, connected bool)]
 
+	// gate, if set, holds a new session back until the previous
+	// connection of its client id is torn down (see sessionGate).
+	gate *sessionGate
+
 	mu      sync.Mutex
 	current map[string]*mqtt.Client // the live session of each client id
 }
@@ -149,11 +153,14 @@ func underRoot(prefix, topic string) bool {
 }
 
 func (h *authHook) OnSessionEstablish(cl *mqtt.Client, _ packets.Packet) {
-	// Recorded before mochi disconnects an older session of the same id,
-	// so the older one's OnDisconnect sees it was replaced.
+	// Recorded before the older connection of the same id is disconnected,
+	// so its OnWill and OnDisconnect see it was replaced.
 	h.mu.Lock()
 	h.current[cl.ID] = cl
 	h.mu.Unlock()
+	if h.gate != nil {
+		h.gate.establish(cl)
+	}
 }
 
 // replaced reports whether a newer connection with cl's id has taken over

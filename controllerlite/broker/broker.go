@@ -6,7 +6,9 @@
 // ACL that confines a device to <root>/<id>/# and gives the controller
 // <root>/#, and a bolt store in the data directory so that retained messages
 // and persistent sessions survive restarts, kill -9 included, and are never
-// expired by age. The controller itself talks to the broker in-process
+// expired by age. A client that reconnects under its id, however quickly,
+// starts its new session only once its old connection is torn down (see
+// sessionGate). The controller itself talks to the broker in-process
 // through Publish and Subscribe, with no certificate of its own.
 package broker
 
@@ -80,6 +82,7 @@ type Broker struct {
 	tls  *tls.Config
 	srv  *mqtt.Server
 	auth *authHook
+	gate *sessionGate
 
 	mu      sync.Mutex
 	started bool
@@ -137,7 +140,9 @@ func New(opts Options) (*Broker, error) {
 		tls:  tlsConf,
 		srv:  srv,
 		auth: newAuthHook(opts.TopicRoot, opts.Logger),
+		gate: newSessionGate(opts.Logger, disconnectTakenOver(srv)),
 	}
+	b.auth.gate = b.gate
 	// The only hook that answers OnConnectAuthenticate and OnACLCheck. mochi
 	// ORs auth hooks, so an allow-all hook added anywhere would open the
 	// broker to everyone.
@@ -196,7 +201,9 @@ func (b *Broker) serve() error {
 	if err := b.srv.AddListener(b.ln); err != nil {
 		return fmt.Errorf("broker: add listener: %w", err)
 	}
-	b.srv.Listeners.Serve(listenerID, b.srv.EstablishConnection)
+	// Through the gate: mochi must be done with a client's old connection
+	// before its new one starts a session.
+	b.srv.Listeners.Serve(listenerID, b.gate.attach(b.srv.EstablishConnection))
 	return nil
 }
 
