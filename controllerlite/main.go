@@ -21,6 +21,7 @@ import (
 	"syscall"
 
 	"github.com/thermofleet/thermo/provisioning"
+	"github.com/thermofleet/thermo/svcctl"
 )
 
 // Set at build time: -ldflags "-X main.version=1.2.3 -X main.commit=abc -X main.date=2026-11-24".
@@ -38,6 +39,12 @@ Commands:
   set        set a device's setpoint and/or mode through a running controller
   pki        manage the fleet's certificates (controllerlite pki help)
   version    print the version
+
+Service (systemd, as root):
+  install [serve flags]   install and enable the controllerlite service, recording the serve flags
+  uninstall               remove it
+  start|stop|restart      control it
+  status                  its state as systemd sees it
 
 Run 'controllerlite COMMAND -h' for a command's flags.
 `
@@ -73,6 +80,13 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		fmt.Fprint(stderr, usage)
 		return fmt.Errorf("%w: a command is required", errUsage)
 	}
+	// install|uninstall|start|stop|restart|status, as a systemd service.
+	if handled, err := svcctl.Handle(svcctl.Controllerlite, args, func(serveArgs []string) error {
+		_, err := parseServe(serveArgs, stderr)
+		return err
+	}); handled {
+		return err
+	}
 	cmd, rest := args[0], args[1:]
 	switch cmd {
 	case "serve":
@@ -86,19 +100,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	case "version":
 		fmt.Fprintf(stdout, "controllerlite %s (commit %s, built %s)\n", version, commit, date)
 		return nil
-	case "install", "uninstall", "start", "stop", "restart", "status":
-		return runService(ctx, cmd, rest, stdout, stderr)
 	case "help", "-h", "-help", "--help":
 		fmt.Fprint(stdout, usage)
 		return nil
 	}
 	fmt.Fprint(stderr, usage)
 	return fmt.Errorf("%w: unknown command %q", errUsage, cmd)
-}
-
-// runService is the place for managing controllerlite as a system service
-// (install, uninstall, start, stop, restart, status) with
-// kardianos/service and systemd/controllerlite.service: issue 4.
-func runService(_ context.Context, cmd string, _ []string, _, _ io.Writer) error {
-	return fmt.Errorf("%s: service management is not part of this build yet", cmd)
 }

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -11,34 +12,54 @@ import (
 	"github.com/thermofleet/thermo/controllerlite/api"
 	"github.com/thermofleet/thermo/controllerlite/server"
 	"github.com/thermofleet/thermo/protocol"
+	"github.com/thermofleet/thermo/systemd"
 )
 
-func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+// serveOptions are the parsed flags of serve.
+type serveOptions struct {
+	cfg       server.Config
+	tokenFile string
+	level     string
+}
+
+// parseServe parses serve's flags; `install` checks its flags with it too,
+// so a typo fails at install time instead of in a restart loop.
+func parseServe(args []string, stderr io.Writer) (serveOptions, error) {
+	var o serveOptions
+	cfg, tokenFile, level := &o.cfg, &o.tokenFile, &o.level
 	fs := newFlags("serve", "controllerlite serve --ca FILE --cert FILE --key FILE --data-dir DIR [--http ADDR] [--listen ADDR | --broker mqtts://HOST:PORT]", stderr)
-	var cfg server.Config
-	var tokenFile, level string
 	fs.StringVar(&cfg.CAFile, "ca", "", "fleet CA certificate `FILE`")
 	fs.StringVar(&cfg.CertFile, "cert", "", "certificate `FILE`: the embedded broker's server certificate, or with --broker the controller's client certificate (CN controller)")
 	fs.StringVar(&cfg.KeyFile, "key", "", "private key `FILE` of --cert")
 	fs.StringVar(&cfg.DataDir, "data-dir", "", "`DIR` of the controller's store (and the embedded broker's, in DIR/broker)")
 	fs.StringVar(&cfg.BrokerDataDir, "broker-data-dir", "", "`DIR` of the embedded broker's store (default DATA-DIR/broker)")
 	fs.StringVar(&cfg.HTTPAddr, "http", api.DefaultAddr, "HTTP API listen `ADDR`; off loopback it requires --http-token-file")
-	fs.StringVar(&tokenFile, "http-token-file", "", "`FILE` holding the API's bearer token")
+	fs.StringVar(tokenFile, "http-token-file", "", "`FILE` holding the API's bearer token")
 	fs.StringVar(&cfg.Listen, "listen", "", "embedded broker's TLS listen `ADDR` (default :8883 unless --broker)")
 	fs.StringVar(&cfg.Broker, "broker", "", "external broker mqtts://HOST:PORT instead of the embedded one")
 	fs.StringVar(&cfg.TopicRoot, "topic-root", protocol.DefaultRoot, "first topic level")
-	fs.StringVar(&level, "log-level", "info", "log level: debug, info, warn or error")
+	fs.StringVar(level, "log-level", "info", "log level: debug, info, warn or error")
 	if pos, err := parseArgs(fs, args); err != nil {
-		return err
+		return o, err
 	} else if len(pos) > 0 {
 		fs.Usage()
-		return fmt.Errorf("%w: serve takes no arguments, got %q", errUsage, pos[0])
+		return o, fmt.Errorf("%w: serve takes no arguments, got %q", errUsage, pos[0])
 	}
-
 	var lv slog.Level
-	if err := lv.UnmarshalText([]byte(level)); err != nil {
-		return fmt.Errorf("%w: --log-level %q: want debug, info, warn or error", errUsage, level)
+	if err := lv.UnmarshalText([]byte(*level)); err != nil {
+		return o, fmt.Errorf("%w: --log-level %q: want debug, info, warn or error", errUsage, *level)
 	}
+	return o, nil
+}
+
+func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	o, err := parseServe(args, stderr)
+	if err != nil {
+		return err
+	}
+	cfg, tokenFile := o.cfg, o.tokenFile
+	var lv slog.Level
+	lv.UnmarshalText([]byte(o.level)) // checked by parseServe
 	cfg.Logger = slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: lv}))
 	if tokenFile != "" {
 		tok, err := api.ReadTokenFile(tokenFile)
@@ -59,6 +80,29 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		fmt.Fprintf(stdout, "controllerlite: mqtt broker %s (external)\n", strings.TrimSpace(cfg.Broker))
 	}
 	fmt.Fprintf(stdout, "controllerlite: http listening on %s\n", s.HTTPAddr())
+	// Under systemd (Type=notify): READY=1 once the fleet has read the
+	// retained state, WATCHDOG=1 only while it is running; no-op elsewhere.
+	supervised := make(chan struct{})
+	go func() {
+		defer close(supervised)
+		health := func() error {
+			select {
+			case <-s.Done():
+				return errors.New("controller stopped")
+			default:
+			}
+			select {
+			case <-s.Fleet().Ready():
+				return nil
+			default:
+				return errors.New("fleet not ready: reading retained state")
+			}
+		}
+		if err := systemd.Supervise(ctx, health, cfg.Logger); err != nil {
+			cfg.Logger.Error("systemd supervision off", "err", err)
+		}
+	}()
+	defer func() { <-supervised }()
 	select {
 	case <-s.Fleet().Ready():
 		fmt.Fprintln(stdout, "controllerlite: ready")
