@@ -12,6 +12,7 @@ import (
 	"github.com/thermofleet/thermo/firmware/config"
 	"github.com/thermofleet/thermo/firmware/localctl"
 	"github.com/thermofleet/thermo/protocol"
+	"github.com/thermofleet/thermo/svcctl"
 )
 
 // localTimeout bounds a request to the running agent.
@@ -119,7 +120,13 @@ func statusCmd(args []string, stdout, stderr io.Writer) error {
 	defer cancel()
 	resp, err := localctl.Do(ctx, path, localctl.Request{Op: localctl.OpStatus})
 	if err != nil {
-		return fmt.Errorf("status: %w", err)
+		// No agent to ask: say what the service manager knows instead, so
+		// `thermostat status` answers "is it running?" either way.
+		svc, serr := svcctl.Status(svcctl.Thermostat.Name)
+		if serr != nil {
+			svc = serr.Error()
+		}
+		return fmt.Errorf("status: %w\n(%s)", err, svc)
 	}
 	var out bytes.Buffer
 	if err := json.Indent(&out, resp.Status, "", "  "); err != nil {
