@@ -3,6 +3,7 @@ package e2e
 import (
 	"context"
 	"fmt"
+	"regexp"
 	"testing"
 
 	"github.com/thermofleet/thermo/protocol"
@@ -36,6 +37,15 @@ func TestDeviceRejoinsAfterLostState(t *testing.T) {
 			// The broker still retains d1's last Event: d1 reads it back
 			// as it subscribes, and that ends the rejoin.
 			w.logs.wait(t, mark, "who=d1", `msg="rejoin: own retained event received"`, "retained=true")
+			// The controller greets d1 when its status "online" arrives;
+			// the greeting changes no value of d1's (it merely repeats
+			// them), so d1 answers nothing. Once d1 has it, nothing is in
+			// flight and d1's clock can be read before its next write.
+			greeting := logClock(t, w.logs.wait(t, mark, "who=controller", "msg=greeting", "device=d1"), "vc")
+			eventually(t, "d1 to receive the greeting", func() (bool, string) {
+				st := d1.status()
+				return st.VC[ctlSide] >= greeting[ctlSide], fmt.Sprint(st.VC)
+			})
 			st, _ := d1.waitSynced()
 			if !sameProps(st.Props, old.Props) {
 				t.Errorf("after the rejoin d1 has %v, want what it had before the wipe, %v", st.Props, old.Props)
@@ -60,8 +70,13 @@ func TestDeviceRejoinsAfterLostState(t *testing.T) {
 		})
 
 		t.Run("state directory and the broker's retained messages wiped", func(t *testing.T) {
-			_, oldCtl := d1.waitSynced()
+			d1.waitSynced()
 			d1.stop()
+			eventually(t, "the controller to see d1 offline", func() (bool, string) {
+				c, err := w.ctl("d1")
+				return err == nil && !c.Online, fmt.Sprintf("%+v %v", c, err)
+			})
+			oldCtl := w.mustCtl("d1")
 			d1.wipeState()
 			w.wipeBroker()
 
@@ -197,4 +212,17 @@ func TestControllerRebuildsFromRetained(t *testing.T) {
 			tc.d.waitSynced()
 		}
 	})
+}
+
+// logClock reads the clock logged as key=[c,d] in a log line.
+func logClock(t *testing.T, line, key string) protocol.Clock {
+	t.Helper()
+	m := regexp.MustCompile(regexp.QuoteMeta(key) + `=\[(\d+),(\d+)\]`).FindStringSubmatch(line)
+	var c protocol.Clock
+	if m == nil {
+		t.Fatalf("no %s=[c,d] in %q", key, line)
+	}
+	fmt.Sscan(m[1], &c[0])
+	fmt.Sscan(m[2], &c[1])
+	return c
 }
