@@ -162,7 +162,10 @@ func Start(ctx context.Context, cfg Config) (_ *Server, err error) {
 		select {
 		case <-ctx.Done():
 		case s.err = <-s.errc:
-			s.log.Error("stopping on a fatal error", "error", s.err)
+			// Close sends nil: a requested stop, not an error.
+			if s.err != nil {
+				s.log.Error("stopping on a fatal error", "error", s.err)
+			}
 		}
 		s.shutdown()
 		close(s.done)
