@@ -277,10 +277,15 @@ func (w *world) stopController() {
 	if w.srv == nil {
 		return
 	}
+	mark := w.logs.mark()
 	if err := w.srv.Close(); err != nil {
 		w.t.Fatalf("controller stopped with %v", err)
 	}
 	w.srv = nil
+	// A clean stop is not an error, and must not be logged as one.
+	if line, ok := w.logs.find(mark, "level=ERROR", "who=controller"); ok {
+		w.t.Errorf("a clean stop of the controller logged an error: %s", line)
+	}
 }
 
 // brokerDown takes the broker away: Mosquitto is killed (SIGKILL), the
