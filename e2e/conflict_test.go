@@ -140,3 +140,45 @@ func TestWorkedExampleOverTheWire(t *testing.T) {
 		}
 	})
 }
+
+// TestConcurrentBursts: while d1's traffic is held, a person changes the
+// setpoint three times on the device and a remote user sets the setpoint
+// and then the mode at the controller. When the traffic flows again both
+// sides settle on the same values: the device's last setpoint (its writes
+// are concurrent with the controller's, and the device wins) and the
+// controller's mode (the device never wrote it, and properties are
+// independent registers), each with the stamp of the write that made it.
+func TestConcurrentBursts(t *testing.T) {
+	eachBroker(t, func(t *testing.T, kind brokerKind) {
+		w := newWorld(t, kind)
+		d1 := w.newThermostat("d1", thermostatOptions{proxy: true})
+		d1.start()
+		d1.waitSynced()
+
+		d1.proxy.Hold()
+		w.set("d1", map[string]any{protocol.PropSetpoint: 18.0})
+		for _, sp := range []float64{21, 22, 23} {
+			d1.set(map[string]any{protocol.PropSetpoint: sp})
+		}
+		c := w.set("d1", map[string]any{protocol.PropMode: protocol.ModeCool})
+		_, devStamp := setpoint(d1.status().Props)
+		ctlMode := c.Props[protocol.PropMode]
+		if _, ctlStamp := setpoint(c.Props); ctlStamp.Compare(devStamp) != protocol.Concurrent {
+			t.Fatalf("setpoint stamps %v and %v are not concurrent", ctlStamp, devStamp)
+		}
+		d1.proxy.Release()
+
+		st, ctl := d1.waitSynced()
+		for side, p := range map[string]protocol.Props{"device": st.Props, "controller": ctl.Props} {
+			if sp, w := setpoint(p); sp != 23 || w != devStamp {
+				t.Errorf("the %s has setpoint %v@%v, want the device's last write 23@%v", side, sp, w, devStamp)
+			}
+			if p[protocol.PropMode] != ctlMode {
+				t.Errorf("the %s has mode %v, want the controller's %v", side, p[protocol.PropMode], ctlMode)
+			}
+		}
+		if st.Effective[protocol.PropSetpoint] != 23.0 || st.Effective[protocol.PropMode] != protocol.ModeCool {
+			t.Errorf("the thermostat runs with %v, want setpoint 23 in mode cool", st.Effective)
+		}
+	})
+}

@@ -82,10 +82,12 @@ type logBook struct {
 	lines []string
 }
 
+// newLogBook returns a book whose lines are printed when the test fails,
+// or always with E2E_LOGS=1 in the environment.
 func newLogBook(t *testing.T) *logBook {
 	b := &logBook{}
 	t.Cleanup(func() {
-		if t.Failed() {
+		if t.Failed() || os.Getenv("E2E_LOGS") == "1" {
 			b.mu.Lock()
 			defer b.mu.Unlock()
 			t.Logf("logs:\n%s", strings.Join(b.lines, "\n"))

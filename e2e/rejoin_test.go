@@ -3,8 +3,10 @@ package e2e
 import (
 	"context"
 	"fmt"
+	"os"
 	"regexp"
 	"testing"
+	"time"
 
 	"github.com/thermofleet/thermo/protocol"
 )
@@ -67,6 +69,27 @@ func TestDeviceRejoinsAfterLostState(t *testing.T) {
 				return err == nil && sp == 22 && w == stamp, fmt.Sprintf("%v %v %v", c.VC, c.Props, err)
 			})
 			d1.waitSynced()
+		})
+
+		t.Run("state directory wiped while a command waited", func(t *testing.T) {
+			// d1 is away; a remote user changes its setpoint; d1 comes back
+			// with no state. Its retained Event is older than the retained
+			// Command: the Command is merged (it does not end the wait), the
+			// Event ends it, and the Command's value stands.
+			d1.waitSynced()
+			d1.stop()
+			c := w.set("d1", map[string]any{protocol.PropSetpoint: 18.5})
+			d1.wipeState()
+			mark := w.logs.mark()
+			d1.start()
+			w.logs.wait(t, mark, "who=d1", `msg="rejoin: own retained event received"`)
+			st, _ := d1.waitSynced()
+			if sp, w := setpoint(st.Props); sp != 18.5 || w != c.VC {
+				t.Fatalf("d1 rejoined with setpoint %v@%v, want the waiting command's 18.5@%v", sp, w, c.VC)
+			}
+			if st.Effective[protocol.PropSetpoint] != 18.5 {
+				t.Fatalf("the thermostat runs with %v, want setpoint 18.5", st.Effective)
+			}
 		})
 
 		t.Run("state directory and the broker's retained messages wiped", func(t *testing.T) {
@@ -225,4 +248,61 @@ func logClock(t *testing.T, line, key string) protocol.Clock {
 	fmt.Sscan(m[1], &c[0])
 	fmt.Sscan(m[2], &c[1])
 	return c
+}
+
+// TestRejoinTimeoutWithControllerAway: a thermostat with no state on a
+// broker that lost its retained messages, while the controller is away for
+// longer than sync_timeout. Only possible with an external broker: the
+// embedded one is away whenever its controller is.
+//
+// The device hears nothing and ends its rejoin at the timeout, with its
+// clock restarting from [0,0]; a change made on it then is stamped [0,1]
+// or so. When the controller comes back that Event is below the clock the
+// controller kept for the device, so it is taken for a duplicate; the
+// controller's greeting then carries its older values with stamps that
+// dominate the device's, and the device takes them: the person's change
+// is silently undone on both sides. PROTOCOL.md promises that after a
+// rejoin "its next write is never taken for a duplicate, even when the
+// broker lost its retained messages too"; the sync_timeout path breaks it.
+func TestRejoinTimeoutWithControllerAway(t *testing.T) {
+	knownBug(t, "BUG (PROTOCOL.md, rejoining after lost state): a local write made after sync_timeout ended a rejoin that heard nothing "+
+		"(device state and broker retained messages lost, controller away) is taken for a duplicate by the controller and then "+
+		"undone on the device by the greeting; see the test's comment and the e2e report")
+	w := newWorld(t, mosquitto)
+	d1 := w.newThermostat("d1", thermostatOptions{syncTimeout: 300 * time.Millisecond})
+	d1.start()
+	d1.waitSynced()
+	for i, mode := range []string{protocol.ModeHeat, protocol.ModeCool, protocol.ModeAuto} {
+		d1.set(map[string]any{protocol.PropSetpoint: 20.0 + float64(i)})
+		w.set("d1", map[string]any{protocol.PropMode: mode})
+	}
+	d1.waitSynced()
+
+	d1.stop()
+	w.stopController()
+	d1.wipeState()
+	w.wipeBroker()
+	d1.start()
+	eventually(t, "d1 to give up waiting (sync_timeout)", func() (bool, string) {
+		st := d1.status()
+		return st.Connected && !st.Rejoining, fmt.Sprintf("%v connected=%v rejoining=%v", st.VC, st.Connected, st.Rejoining)
+	})
+	d1.set(map[string]any{protocol.PropSetpoint: 30.0})
+	w.startController()
+	eventually(t, "both sides to keep the person's change", func() (bool, string) {
+		c, err := w.ctl("d1")
+		st := d1.status()
+		sp, _ := setpoint(c.Props)
+		dsp, _ := setpoint(st.Props)
+		return err == nil && sp == 30 && dsp == 30, fmt.Sprintf("controller %v %v, device %v %v", c.VC, c.Props, st.VC, st.Props)
+	})
+}
+
+// knownBug skips a test that reproduces a reported bug, unless
+// E2E_KNOWN_BUGS=1 asks to run it.
+func knownBug(t *testing.T, why string) {
+	t.Helper()
+	if os.Getenv("E2E_KNOWN_BUGS") != "1" {
+		t.Skip(why + " (E2E_KNOWN_BUGS=1 runs it)")
+	}
 }
