@@ -16,6 +16,7 @@ import (
 
 	"github.com/thermofleet/thermo/controllerlite/api"
 	"github.com/thermofleet/thermo/controllerlite/fleet"
+	"github.com/thermofleet/thermo/controllerlite/store"
 	"github.com/thermofleet/thermo/firmware/agent"
 	"github.com/thermofleet/thermo/protocol"
 )
@@ -302,6 +303,28 @@ func TestBinariesSurviveKill9(t *testing.T) {
 		}
 		if st.VC[devSide] <= stamp[devSide] {
 			t.Errorf("thermostat clock %v: its reconnect Event should have been a send after %v", st.VC, stamp)
+		}
+		// Telemetry from the simulated room shows in the API.
+		eventually(t, "d1's telemetry in the API", func() (bool, string) {
+			c, err := w.ctl("d1")
+			if err != nil || c.Telemetry == nil || c.LastSeen == nil {
+				return false, fmt.Sprintf("%+v %v", c, err)
+			}
+			tel, err := protocol.DecodeTelemetry(c.Telemetry)
+			return err == nil && tel.SensorOK && tel.TempC != nil, fmt.Sprintf("%s %v", c.Telemetry, err)
+		})
+
+		// SIGKILL controllerlite and wipe its store: it rebuilds d1 from
+		// what the broker retained (with the embedded broker, what its own
+		// store kept through the SIGKILL).
+		ctl.kill9()
+		if err := os.Remove(filepath.Join(dataDir, store.FileName)); err != nil {
+			t.Fatal(err)
+		}
+		serve()
+		_, rebuilt := synced()
+		if !sameProps(rebuilt.Props, c.Props) {
+			t.Errorf("controller rebuilt after SIGKILL and a wiped store with %v, want %v", rebuilt.Props, c.Props)
 		}
 	})
 }
