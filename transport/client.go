@@ -315,7 +315,15 @@ func (c *Client) Run(ctx context.Context) error {
 				}
 			})
 		} else if ctx.Err() == nil {
-			c.log.Debug("connect failed", "attempt", attempt, "err", err)
+			// The first failure of an outage (or of the start) is a warning,
+			// so the reason shows at the default level: a broker certificate
+			// that fails verification, a wrong address. The retries, one a
+			// second or so, are debug.
+			level := slog.LevelDebug
+			if attempt == 0 {
+				level = slog.LevelWarn
+			}
+			c.log.Log(ctx, level, "connect failed", "attempt", attempt, "err", err)
 		}
 		if ctx.Err() != nil {
 			return nil
