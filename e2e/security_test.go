@@ -186,8 +186,10 @@ func TestServerCertificateVerified(t *testing.T) {
 
 				d1 := w.newThermostat("d1", thermostatOptions{})
 				d1.start()
+				// The reason is logged where a user running at the default
+				// level (info) sees it.
 				mark := 0
-				w.logs.wait(t, mark, "who=d1", `msg="connect failed"`, tc.reason)
+				w.logs.wait(t, mark, "who=d1", "level=WARN", `msg="connect failed"`, tc.reason)
 				eventually(t, "d1 to try again", func() (bool, string) {
 					s := d1.th.Client().Stats()
 					return s.Attempts >= 2, fmt.Sprintf("%+v", s)
@@ -196,7 +198,7 @@ func TestServerCertificateVerified(t *testing.T) {
 					t.Errorf("d1 connected to a broker it should refuse: %+v", s)
 				}
 				if kind == mosquitto {
-					w.logs.wait(t, mark, "who=controller", `msg="connect failed"`, tc.reason)
+					w.logs.wait(t, mark, "who=controller", "level=WARN", `msg="connect failed"`, tc.reason)
 					if st := srv.Fleet().Status(); st.Connected || st.Ready {
 						t.Errorf("controllerlite --broker connected to a broker it should refuse: %+v", st)
 					}
