@@ -3,10 +3,12 @@ package rpi
 import (
 	"context"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/thermofleet/thermo/firmware/control"
+	"github.com/thermofleet/thermo/hal"
 	"github.com/thermofleet/thermo/hal/haltest"
 	"periph.io/x/conn/v3/gpio"
 	"periph.io/x/conn/v3/i2c/i2ctest"
@@ -34,10 +36,65 @@ func bmeRawFor(c float64) (byte, byte, byte) {
 	return byte(lo >> 12), byte(lo >> 4), byte(lo<<4) & 0xf0
 }
 
+// loopClock is the control loop's clock in TestControlLoopOnRpiBoard: the
+// fake clock, counting the timers the loop arms. The loop arms one timer
+// each time it goes back to waiting, so once a timer armed after an event
+// is pending, the loop has handled the event and waits on the clock.
+//
+// Pending timers alone cannot tell that: a button press reaches the loop
+// while it waits on a timer, and between handling the press and arming
+// its next timer the old one is still counted. Advancing the fake clock in
+// that gap fires nothing, and the loop then arms its timer relative to the
+// advanced time, so the window of the press never ends.
+type loopClock struct {
+	*haltest.Clock
+	armed  atomic.Int64
+	notify chan struct{}
+}
+
+func newLoopClock(start time.Time) *loopClock {
+	return &loopClock{Clock: haltest.NewClock(start), notify: make(chan struct{}, 1)}
+}
+
+func (c *loopClock) NewTimer(d time.Duration) hal.Timer {
+	t := c.Clock.NewTimer(d) // pending before it is counted
+	c.armed.Add(1)
+	select {
+	case c.notify <- struct{}{}:
+	default:
+	}
+	return t
+}
+
+// settled reports whether the loop has armed a timer since armed was n0
+// and waits on it.
+func (c *loopClock) settled(n0 int64) bool {
+	// Arming stops the previous timer first, so a pending timer once the
+	// count moved is one armed after n0 (a timer of zero length is never
+	// pending: the loop goes round again and arms another).
+	return c.armed.Load() > n0 && c.Pending() == 1
+}
+
+// waitSettled waits until the loop has handled what happened after the
+// count was n0 and is waiting on the clock again.
+func (c *loopClock) waitSettled(t *testing.T, n0 int64, what string) {
+	t.Helper()
+	deadline := time.NewTimer(5 * time.Second)
+	defer deadline.Stop()
+	for !c.settled(n0) {
+		select {
+		case <-c.notify:
+		case <-deadline.C:
+			t.Fatalf("%s: the loop did not go back to waiting (timers armed %d, before %d; pending %d)", what, c.armed.Load(), n0, c.Pending())
+		}
+	}
+}
+
 // TestControlLoopOnRpiBoard runs the firmware's control loop on the
 // periph board, every part through periph's doubles: the BME280 on
 // i2ctest.Playback, the DS18B20 on a sysfs fixture, relays and buttons on
-// gpiotest pins. Time is a fake clock.
+// gpiotest pins. Time is a fake clock; the test moves it only while the
+// loop waits on it.
 func TestControlLoopOnRpiBoard(t *testing.T) {
 	msb, lsb, xlsb := bmeRawFor(18)
 	ops := bmeOpen(0x76)
@@ -48,9 +105,9 @@ func TestControlLoopOnRpiBoard(t *testing.T) {
 	// transaction fails.
 	bus := &i2ctest.Playback{Ops: ops, DontPanic: true}
 	registerI2C(t, "pb-typical", bus)
-	clk := haltest.NewClock(t0)
+	clk := newLoopClock(t0)
 	setLevel("GPIO5", gpio.High)
-	b, err := open(parse(t, typical), quiet(), clk, 50*time.Millisecond)
+	b, err := open(parse(t, typical), quiet(), clk.Clock, 50*time.Millisecond)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -73,15 +130,14 @@ func TestControlLoopOnRpiBoard(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- loop.Run(ctx) }()
-	if !clk.WaitPending(1, 5*time.Second) {
-		t.Fatal("loop did not start")
-	}
+	clk.waitSettled(t, 0, "start")
+	// step moves the time on by d, which must fire the loop's timer, and
+	// waits for the loop to react.
 	step := func(d time.Duration) {
 		t.Helper()
+		n0 := clk.armed.Load()
 		clk.Advance(d)
-		if !clk.WaitPending(1, 5*time.Second) {
-			t.Fatal("loop did not go back to waiting")
-		}
+		clk.waitSettled(t, n0, "step of "+d.String())
 	}
 	heatOn := func() bool { return level("GPIO17") == gpio.Low } // active low
 
@@ -111,18 +167,19 @@ func TestControlLoopOnRpiBoard(t *testing.T) {
 
 	// A press of "up" and one of "mode", both bouncing, within the window:
 	// one local change.
+	// press presses the button on pin and waits until the loop has taken
+	// the press (nothing else wakes it meanwhile: the clock stands still)
+	// and waits on the clock again, then releases the button.
 	press := func(pin string, want control.Settings) {
 		t.Helper()
+		n0 := clk.armed.Load()
 		ch := pins[pin].EdgesChan
 		for _, l := range []gpio.Level{gpio.Low, gpio.High, gpio.Low} {
 			ch <- l
 		}
-		deadline := time.Now().Add(5 * time.Second)
-		for loop.Snapshot().Pending != want {
-			if time.Now().After(deadline) {
-				t.Fatalf("press on %s not seen; pending %+v", pin, loop.Snapshot().Pending)
-			}
-			clk.WaitPending(1, 10*time.Millisecond)
+		clk.waitSettled(t, n0, "press on "+pin)
+		if got := loop.Snapshot().Pending; got != want {
+			t.Fatalf("after a press on %s: pending %+v, want %+v", pin, got, want)
 		}
 		ch <- gpio.High
 	}
