@@ -3,7 +3,6 @@ package e2e
 import (
 	"context"
 	"fmt"
-	"os"
 	"regexp"
 	"testing"
 	"time"
@@ -257,17 +256,13 @@ func logClock(t *testing.T, line, key string) protocol.Clock {
 //
 // The device hears nothing and ends its rejoin at the timeout, with its
 // clock restarting from [0,0]; a change made on it then is stamped [0,1]
-// or so. When the controller comes back that Event is below the clock the
-// controller kept for the device, so it is taken for a duplicate; the
-// controller's greeting then carries its older values with stamps that
-// dominate the device's, and the device takes them: the person's change
-// is silently undone on both sides. PROTOCOL.md promises that after a
-// rejoin "its next write is never taken for a duplicate, even when the
-// broker lost its retained messages too"; the sync_timeout path breaks it.
+// or so, below the clock the controller kept for the device, which takes
+// its Event for a duplicate. PROTOCOL.md promises the next write "is never
+// taken for a duplicate, even when the broker lost its retained messages
+// too": the device keeps such writes unconfirmed and stamps them again
+// after merging the controller's first live Command (its greeting), so the
+// person's change stands on both sides.
 func TestRejoinTimeoutWithControllerAway(t *testing.T) {
-	knownBug(t, "BUG (PROTOCOL.md, rejoining after lost state): a local write made after sync_timeout ended a rejoin that heard nothing "+
-		"(device state and broker retained messages lost, controller away) is taken for a duplicate by the controller and then "+
-		"undone on the device by the greeting; see the test's comment and the e2e report")
 	w := newWorld(t, mosquitto)
 	d1 := w.newThermostat("d1", thermostatOptions{syncTimeout: 300 * time.Millisecond})
 	d1.start()
@@ -296,13 +291,4 @@ func TestRejoinTimeoutWithControllerAway(t *testing.T) {
 		dsp, _ := setpoint(st.Props)
 		return err == nil && sp == 30 && dsp == 30, fmt.Sprintf("controller %v %v, device %v %v", c.VC, c.Props, st.VC, st.Props)
 	})
-}
-
-// knownBug skips a test that reproduces a reported bug, unless
-// E2E_KNOWN_BUGS=1 asks to run it.
-func knownBug(t *testing.T, why string) {
-	t.Helper()
-	if os.Getenv("E2E_KNOWN_BUGS") != "1" {
-		t.Skip(why + " (E2E_KNOWN_BUGS=1 runs it)")
-	}
 }

@@ -81,9 +81,20 @@ func (c *Controller) Set(id string, changes map[string]any) (Message, error) {
 	return r.WriteAndSend(changes, SrcController)
 }
 
-// ReceiveEvent applies a device's Event.
-func (c *Controller) ReceiveEvent(id string, m Message) Outcome {
-	return c.device(id).Receive(m)
+// ReceiveEvent applies a device's Event. It returns a Command to send when
+// the Event shows the controller's clock for the device went backwards (a
+// lost store, with the broker's retained messages lost too or not yet
+// delivered): the device had seen controller events this controller does
+// not remember, so it takes the controller's recent Commands for
+// duplicates. A Command from the merged clock is beyond anything the
+// device has seen and carries the controller's state across; without it
+// the two sides could disagree until the next greeting.
+func (c *Controller) ReceiveEvent(id string, m Message) (Outcome, *Message) {
+	out := c.device(id).Receive(m)
+	if !out.OwnBehind {
+		return out, nil
+	}
+	return out, c.Online(id)
 }
 
 // ReceiveCommand applies one of the controller's own Commands read back from

@@ -2,6 +2,7 @@ package protocol
 
 import (
 	"maps"
+	"slices"
 )
 
 // DeviceState is everything a device persists. It is written before any
@@ -16,6 +17,14 @@ type DeviceState struct {
 	// the wait ends, after every merge, so they win over older state.
 	Pending    map[string]any `json:"pending,omitempty"`
 	PendingSrc string         `json:"pending_src,omitempty"`
+	// Unconfirmed is set when a rejoin ended by its timeout, having heard
+	// nothing: the clock restarted from what little the device knew, so
+	// its writes since may carry stamps the controller already counted
+	// and would take for duplicates. Written names the properties written
+	// locally meanwhile; the first live Command stamps them again, after
+	// its merge, and ends this state.
+	Unconfirmed bool     `json:"unconfirmed,omitempty"`
+	Written     []string `json:"written,omitempty"`
 }
 
 // Device is the device side of the protocol for one thermostat: it decides
@@ -66,6 +75,7 @@ func cloneState(st DeviceState) DeviceState {
 	if st.Pending != nil {
 		st.Pending = maps.Clone(st.Pending)
 	}
+	st.Written = slices.Clone(st.Written)
 	return st
 }
 
@@ -124,14 +134,28 @@ func (d *Device) LocalWrite(changes map[string]any, src string) (*Message, error
 		d.st.PendingSrc = src
 		return nil, nil
 	}
+	var m *Message
 	if !d.online {
-		return nil, d.st.Replica.Write(changes, src)
+		if err := d.st.Replica.Write(changes, src); err != nil {
+			return nil, err
+		}
+	} else {
+		sent, err := d.st.Replica.WriteAndSend(changes, src)
+		if err != nil {
+			return nil, err
+		}
+		m = &sent
 	}
-	m, err := d.st.Replica.WriteAndSend(changes, src)
-	if err != nil {
-		return nil, err
+	if d.st.Unconfirmed {
+		for name := range changes {
+			if !slices.Contains(d.st.Written, name) {
+				d.st.Written = append(d.st.Written, name)
+			}
+		}
+		slices.Sort(d.st.Written)
+		d.st.PendingSrc = src
 	}
-	return &m, nil
+	return m, nil
 }
 
 // ReceiveCommand applies a Command. retained is the MQTT RETAIN flag of the
@@ -139,6 +163,9 @@ func (d *Device) LocalWrite(changes map[string]any, src string) (*Message, error
 // property, or when a live Command ends a rejoin. A discarded or duplicate
 // Command sends nothing.
 func (d *Device) ReceiveCommand(m Message, retained bool) (Outcome, *Message) {
+	if d.st.Unconfirmed {
+		return d.receiveUnconfirmed(m, !retained)
+	}
 	out := d.st.Replica.Receive(m)
 	if d.st.Rejoining {
 		// A retained Command may predate the device's own later Events, so
@@ -159,6 +186,9 @@ func (d *Device) ReceiveCommand(m Message, retained bool) (Outcome, *Message) {
 // while rejoining: its retained Event restores what it last announced and
 // ends the wait. Afterwards such messages are echoes and duplicates.
 func (d *Device) ReceiveOwnEvent(m Message) (Outcome, *Message) {
+	if d.st.Unconfirmed {
+		return d.receiveUnconfirmed(m, true)
+	}
 	out := d.st.Replica.Receive(m)
 	if !d.st.Rejoining {
 		return out, nil
@@ -166,12 +196,72 @@ func (d *Device) ReceiveOwnEvent(m Message) (Outcome, *Message) {
 	return out, d.endRejoin()
 }
 
-// SyncTimeout ends a rejoin that heard nothing in time.
+// SyncTimeout ends a rejoin that heard nothing in time. The device goes on
+// with what it has, but its writes stay unconfirmed until it hears the
+// controller live (see DeviceState.Unconfirmed).
 func (d *Device) SyncTimeout() *Message {
 	if !d.st.Rejoining {
 		return nil
 	}
-	return d.endRejoin()
+	d.st.Unconfirmed = true
+	d.st.Written = slices.Sorted(maps.Keys(d.st.Pending))
+	src := d.st.PendingSrc
+	m := d.endRejoin()
+	d.st.PendingSrc = src
+	return m
+}
+
+// receiveUnconfirmed applies a message while writes made after a timed-out
+// rejoin are unconfirmed. Those properties keep the device's values: the
+// controller cannot have seen them (it may even have taken them for
+// duplicates), so whatever it sends for them is concurrent and the
+// device's write wins. A live message, carrying the controller's current
+// clock, then ends the state: the written values are stamped again after
+// the merge, so they dominate everything the controller knows.
+func (d *Device) receiveUnconfirmed(m Message, live bool) (Outcome, *Message) {
+	r := d.st.Replica
+	saved := Props{}
+	for _, name := range d.st.Written {
+		if p, ok := r.Props[name]; ok {
+			saved[name] = p
+		}
+	}
+	src := r.Src
+	out := r.Receive(m)
+	if out.Duplicate {
+		return out, nil
+	}
+	var applied []string
+	for _, name := range out.Applied {
+		if p, ok := saved[name]; ok {
+			r.Props[name] = p
+			out.Kept = append(out.Kept, name)
+			r.Src = src
+			continue
+		}
+		applied = append(applied, name)
+	}
+	out.Applied = applied
+	if !live {
+		if len(applied) == 0 || !d.online {
+			return out, nil
+		}
+		e := r.Send()
+		return out, &e
+	}
+	if len(saved) > 0 {
+		vals := make(map[string]any, len(saved))
+		for name, p := range saved {
+			vals[name] = p.Val
+		}
+		_ = r.Write(vals, d.st.PendingSrc) // valid: they were validated when written
+	}
+	d.st.Unconfirmed, d.st.Written, d.st.PendingSrc = false, nil, ""
+	if !d.online {
+		return out, nil
+	}
+	e := r.Send()
+	return out, &e
 }
 
 func (d *Device) endRejoin() *Message {

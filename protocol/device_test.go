@@ -118,3 +118,67 @@ func TestDeviceOfflineWrite(t *testing.T) {
 		t.Errorf("applied command answered with %v", e)
 	}
 }
+
+// TestUnconfirmedAfterTimeout: a rejoin that timed out having heard nothing
+// restarts the clock low; a write made then may be taken for a duplicate
+// by a controller that counted more of the device's events. The first live
+// Command must not undo it but stamp it again beyond the controller's clock.
+func TestUnconfirmedAfterTimeout(t *testing.T) {
+	d, err := NewDevice(map[string]any{PropSetpoint: 20.0, PropMode: ModeOff})
+	if err != nil {
+		t.Fatal(err)
+	}
+	d.Connect()
+	if m := d.SyncTimeout(); m == nil || m.VC != (Clock{0, 1}) {
+		t.Fatalf("timeout sent %v", m)
+	}
+	m, err := d.LocalWrite(map[string]any{PropSetpoint: 30.0}, SrcLocal)
+	if err != nil || m == nil || m.Props[PropSetpoint].W != (Clock{0, 2}) {
+		t.Fatalf("write after timeout: %v %v", m, err)
+	}
+	// A retained Command from before: its values dominate the device's
+	// stamps by the clocks, but the person's write stands.
+	out, e := d.ReceiveCommand(mustMsg(t, `{"v":1,"vc":[6,9],"props":{"setpoint_c":{"val":22.0,"w":[6,9]},"mode":{"val":"heat","w":[5,8]}}}`), true)
+	if sp := d.Effective()[PropSetpoint]; sp != 30.0 {
+		t.Fatalf("retained command undid the write: setpoint %v (%+v)", sp, out)
+	}
+	if d.Effective()[PropMode] != ModeHeat {
+		t.Errorf("mode %v: properties the device did not write are taken as usual", d.Effective()[PropMode])
+	}
+	if e == nil {
+		t.Errorf("applying the mode sent no event")
+	}
+	// The controller's greeting: live, from a clock that counted 9 device
+	// events. The write is stamped again after the merge and sent.
+	out, e = d.ReceiveCommand(mustMsg(t, `{"v":1,"vc":[7,9],"props":{"setpoint_c":{"val":22.0,"w":[6,9]},"mode":{"val":"heat","w":[5,8]}}}`), false)
+	if e == nil {
+		t.Fatal("greeting ended nothing")
+	}
+	w := e.Props[PropSetpoint].W
+	if e.Props[PropSetpoint].Val != 30.0 || !Supersedes(w, Clock{7, 9}) || w.Compare(Clock{7, 9}) != After {
+		t.Fatalf("after the greeting setpoint %v stamped %v, want 30 stamped beyond [7,9]", e.Props[PropSetpoint].Val, w)
+	}
+	if d.State().Unconfirmed {
+		t.Error("still unconfirmed after a live command")
+	}
+	// From now on commands apply as usual.
+	if _, e := d.ReceiveCommand(mustMsg(t, `{"v":1,"vc":[9,14],"props":{"setpoint_c":{"val":19.0,"w":[9,14]}}}`), false); e == nil || d.Effective()[PropSetpoint] != 19.0 {
+		t.Fatalf("later command not applied: %v", d.Effective())
+	}
+}
+
+// TestControllerResyncsWhenBehind: an Event that counts more controller
+// events than the controller remembers (its store lost) gets a Command
+// from the merged clock in answer.
+func TestControllerResyncsWhenBehind(t *testing.T) {
+	c := NewController(nil)
+	c.Ready()
+	c.Seen("d1")
+	if _, m := c.ReceiveEvent("d1", mustMsg(t, `{"v":1,"vc":[0,3],"props":{"mode":{"val":"heat","w":[0,2]}}}`)); m != nil {
+		t.Fatalf("ordinary event answered with %v", m)
+	}
+	out, m := c.ReceiveEvent("d1", mustMsg(t, `{"v":1,"vc":[14,5],"props":{"mode":{"val":"heat","w":[0,2]}}}`))
+	if !out.OwnBehind || m == nil || !(Clock{14, 5}).LessEq(m.VC) || m.VC[ControllerIdx] <= 14 {
+		t.Fatalf("behind: outcome %+v, answer %v", out, m)
+	}
+}

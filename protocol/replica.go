@@ -97,6 +97,12 @@ type Outcome struct {
 	Applied   []string // properties whose incoming value was taken
 	Kept      []string // properties where the local value stood (stale, equal or concurrent)
 	Conflicts []string // the subset of Kept and Applied decided as concurrent writes
+	// OwnBehind: the message counted more of this side's own events than
+	// this replica remembers. This side lost state and restarted its
+	// counter lower, so what it sent since may have been taken for a
+	// duplicate; the controller answers with a Command from its merged
+	// clock (see Controller.ReceiveEvent).
+	OwnBehind bool
 }
 
 // Receive applies a message: a duplicate (its clock <= ours) changes
@@ -107,12 +113,13 @@ func (r *Replica) Receive(m Message) Outcome {
 	if m.VC.LessEq(r.VC) {
 		return Outcome{Duplicate: true}
 	}
+	behind := m.VC[r.Side] > r.VC[r.Side]
 	r.VC = r.VC.Merge(m.VC)
 	r.tick()
 	if r.Props == nil {
 		r.Props = Props{}
 	}
-	var out Outcome
+	out := Outcome{OwnBehind: behind}
 	for _, name := range slices.Sorted(maps.Keys(m.Props)) {
 		in := m.Props[name]
 		loc, have := r.Props[name]

@@ -52,9 +52,14 @@ type simMsg struct {
 	topic    string
 	payload  []byte
 	retained bool
+	// know is the oracle's view of what the sender knew when it sent: the
+	// ids of every write it had made or heard of. Not on the wire.
+	know map[int]bool
 }
 
 type writeRec struct {
+	id     int
+	seen   map[int]bool // writes its side knew of when it was made
 	w      Clock
 	val    any
 	device bool
@@ -68,6 +73,13 @@ type simDev struct {
 	d         *Device
 	stored    DeviceState
 	connected bool
+	// atRisk marks a device whose store was lost again before it had
+	// caught up from an earlier loss (still rejoining, or its writes still
+	// unconfirmed): a double fault. Its clock may restart below what the
+	// controller counted with nothing left anywhere to recover it, so its
+	// writes until the controller has caught up may be lost. Cleared by a
+	// live Command that counts no more device events than the device does.
+	atRisk bool
 }
 
 type sim struct {
@@ -77,7 +89,9 @@ type sim struct {
 	ctl       *Controller
 	ctlStored map[string]*Replica
 	devs      map[string]*simDev
-	retained  map[string][]byte
+	retained  map[string]simMsg
+	know      map[string]map[int]bool // per side: "d1", "controller/d1"
+	seq       int
 	inflight  []simMsg
 	lossy     bool
 	wipes     bool                             // sides may lose their stores
@@ -92,7 +106,8 @@ func newSim(seed uint64, devices int) *sim {
 		root:      DefaultRoot,
 		ctlStored: map[string]*Replica{},
 		devs:      map[string]*simDev{},
-		retained:  map[string][]byte{},
+		retained:  map[string]simMsg{},
+		know:      map[string]map[int]bool{},
 		lossy:     true,
 		writes:    map[string]map[string][]writeRec{},
 	}
@@ -125,6 +140,24 @@ func (s *sim) trace(all bool) string {
 	return "last steps:\n  " + strings.Join(s.log[start:], "\n  ")
 }
 
+// flushOthers delivers everything in flight that does not involve the
+// client losing its store: re-imaging a card or replacing a disk takes
+// minutes, and by then every message sent before has arrived, so nothing
+// from before the loss arrives as if it were new.
+func (s *sim) flushOthers(except string) error {
+	for {
+		i := slices.IndexFunc(s.inflight, func(m simMsg) bool {
+			return (m.to == "broker" && m.from != except) || (m.to != "broker" && m.to != except)
+		})
+		if i < 0 {
+			return nil
+		}
+		if err := s.deliver(i); err != nil {
+			return err
+		}
+	}
+}
+
 // settle ends what a client had on its way to the broker before it lost its
 // store: re-imaging takes minutes, so by then each publish either arrived
 // or was lost with the connection. A prefix arrives, the rest is lost.
@@ -144,6 +177,25 @@ func (s *sim) settle(from string) error {
 	}
 }
 
+// side names a side's knowledge: a device, or the controller's replica of it.
+func (s *sim) side(id string, device bool) string {
+	key := "controller/" + id
+	if device {
+		key = id
+	}
+	if s.know[key] == nil {
+		s.know[key] = map[int]bool{}
+	}
+	return key
+}
+
+// learn adds what a message's sender knew to what its receiver knows.
+func (s *sim) learn(key string, know map[int]bool) {
+	for w := range know {
+		s.know[key][w] = true
+	}
+}
+
 // forget marks the writes of one side for a device as lost with its store.
 func (s *sim) forget(id string, device bool) {
 	for _, recs := range s.writes[id] {
@@ -158,7 +210,9 @@ func (s *sim) forget(id string, device bool) {
 // record notes writes not seen before: stamps are unique per write, so a
 // new stamp in a replica is a new write by that side.
 func (s *sim) record(id string, props Props, device bool) {
-	for name, p := range props {
+	key := s.side(id, device)
+	for _, name := range slices.Sorted(maps.Keys(props)) {
+		p := props[name]
 		recs := s.writes[id][name]
 		// A stamp may repeat one of a write lost with a wiped store (nobody
 		// else ever saw that one); it may not repeat a live one.
@@ -167,12 +221,17 @@ func (s *sim) record(id string, props Props, device bool) {
 		}) {
 			continue
 		}
-		s.writes[id][name] = append(recs, writeRec{w: p.W, val: p.Val, device: device})
+		s.seq++
+		s.writes[id][name] = append(recs, writeRec{id: s.seq, seen: maps.Clone(s.know[key]), w: p.W, val: p.Val, device: device,
+			mayLose: device && s.devs[id].atRisk})
+		s.know[key][s.seq] = true
 	}
 }
 
 func (s *sim) publish(from string, topic string, payload []byte, retain bool) {
-	s.inflight = append(s.inflight, simMsg{from: from, to: "broker", topic: topic, payload: payload, retained: retain})
+	id, _, _ := ParseTopic(s.root, topic)
+	know := maps.Clone(s.know[s.side(id, from != "controller")])
+	s.inflight = append(s.inflight, simMsg{from: from, to: "broker", topic: topic, payload: payload, retained: retain, know: know})
 	s.logf("%s publishes %s %s", from, topic, payload)
 }
 
@@ -210,8 +269,8 @@ func (s *sim) connect(dv *simDev) {
 		if k == KindEvent && !dv.d.Rejoining() {
 			continue
 		}
-		if b, ok := s.retained[Topic(s.root, dv.id, k)]; ok {
-			s.inflight = append(s.inflight, simMsg{to: dv.id, topic: Topic(s.root, dv.id, k), payload: b, retained: true})
+		if r, ok := s.retained[Topic(s.root, dv.id, k)]; ok {
+			s.inflight = append(s.inflight, simMsg{to: dv.id, topic: r.topic, payload: r.payload, retained: true, know: r.know})
 		}
 	}
 	s.publish(dv.id, Topic(s.root, dv.id, KindStatus), Status{Online: true}.Encode(), true)
@@ -220,7 +279,13 @@ func (s *sim) connect(dv *simDev) {
 	s.publishMsg(dv.id, Topic(s.root, dv.id, KindEvent), m)
 }
 
+// disconnect ends a device's connection. What it had sent either reached
+// the broker before the connection ended or was lost with it: nothing of
+// an old connection arrives after a new one starts.
 func (s *sim) disconnect(dv *simDev) {
+	if err := s.settle(dv.id); err != nil {
+		panic(err)
+	}
 	dv.connected = false
 	dv.d.Disconnect()
 	// The broker publishes the will.
@@ -238,7 +303,8 @@ func (s *sim) startController() {
 	slices.Sort(topics)
 	s.rng.Shuffle(len(topics), func(i, j int) { topics[i], topics[j] = topics[j], topics[i] })
 	for _, topic := range topics {
-		s.inflight = append(s.inflight, simMsg{to: "controller", topic: topic, payload: s.retained[topic], retained: true})
+		r := s.retained[topic]
+		s.inflight = append(s.inflight, simMsg{to: "controller", topic: topic, payload: r.payload, retained: true, know: r.know})
 	}
 	s.maybeReady()
 }
@@ -270,10 +336,10 @@ func (s *sim) deliver(i int) error {
 	s.inflight = slices.Delete(s.inflight, i, i+1)
 	if m.to == "broker" {
 		if m.retained {
-			s.retained[m.topic] = m.payload
+			s.retained[m.topic] = m
 		}
 		for _, sub := range s.subscribers(m.topic) {
-			s.inflight = append(s.inflight, simMsg{to: sub, topic: m.topic, payload: m.payload})
+			s.inflight = append(s.inflight, simMsg{to: sub, topic: m.topic, payload: m.payload, know: m.know})
 		}
 		return nil
 	}
@@ -301,13 +367,20 @@ func (s *sim) deliver(i int) error {
 				return fmt.Errorf("own payload rejected: %v %v", err, issues)
 			}
 			var out Outcome
+			var resync *Message
 			if kind == KindEvent {
-				out = s.ctl.ReceiveEvent(id, msg)
+				out, resync = s.ctl.ReceiveEvent(id, msg)
 			} else {
 				out = s.ctl.ReceiveCommand(id, msg)
 			}
+			// What a receive takes in, it knows from now on; a duplicate is
+			// taken in not at all.
+			if !out.Duplicate {
+				s.learn(s.side(id, false), m.know)
+			}
 			s.conflicts += len(out.Conflicts)
 			s.persistController(id)
+			s.publishMsg("controller", Topic(s.root, id, KindCmd), resync)
 		}
 		return nil
 	}
@@ -320,8 +393,14 @@ func (s *sim) deliver(i int) error {
 	var reply *Message
 	if kind == KindCmd {
 		out, reply = dv.d.ReceiveCommand(msg, m.retained)
+		if !m.retained && !out.Duplicate && !out.OwnBehind && !dv.d.Rejoining() {
+			dv.atRisk = false
+		}
 	} else {
 		out, reply = dv.d.ReceiveOwnEvent(msg)
+	}
+	if !out.Duplicate {
+		s.learn(s.side(dv.id, true), m.know)
 	}
 	s.conflicts += len(out.Conflicts)
 	dv.stored = dv.d.State()
@@ -392,9 +471,9 @@ func (s *sim) step() error {
 		if s.rng.IntN(2) == 0 {
 			topic = Topic(s.root, dv.id, KindEvent)
 		}
-		if b, ok := s.retained[topic]; ok {
+		if r, ok := s.retained[topic]; ok {
 			for _, sub := range s.subscribers(topic) {
-				s.inflight = append(s.inflight, simMsg{to: sub, topic: topic, payload: b, retained: true})
+				s.inflight = append(s.inflight, simMsg{to: sub, topic: topic, payload: r.payload, retained: true, know: r.know})
 			}
 		}
 	case r < 87: // connection drops and comes back later
@@ -412,6 +491,9 @@ func (s *sim) step() error {
 		s.connect(dv)
 	case r < 93: // the controller restarts from its store
 		s.logf("controller restarts")
+		if err := s.settle("controller"); err != nil {
+			return err
+		}
 		s.startController()
 	case r < 94: // the device's card is re-imaged: no stored state
 		if !s.wipes {
@@ -423,7 +505,12 @@ func (s *sim) step() error {
 		if err := s.settle(dv.id); err != nil {
 			return err
 		}
+		if err := s.flushOthers(dv.id); err != nil {
+			return err
+		}
 		s.forget(dv.id, true)
+		s.know[dv.id] = map[int]bool{}
+		dv.atRisk = dv.atRisk || dv.d.Rejoining() || dv.d.State().Unconfirmed
 		dv.d, _ = NewDevice(map[string]any{PropSetpoint: 20.0, PropMode: ModeHeat})
 		s.record(dv.id, dv.d.Props(), false)
 		s.logf("%s wiped", dv.id)
@@ -435,12 +522,19 @@ func (s *sim) step() error {
 		if err := s.settle("controller"); err != nil {
 			return err
 		}
+		if err := s.flushOthers("controller"); err != nil {
+			return err
+		}
 		for _, id := range s.ids {
 			s.forget(id, false)
+			s.know["controller/"+id] = map[int]bool{}
 		}
 		clear(s.ctlStored)
 		s.logf("controller wiped")
 		s.startController()
+	case r < 96 && s.wipes && s.rng.IntN(3) == 0: // the broker loses its retained messages
+		s.logf("broker loses retained messages")
+		clear(s.retained)
 	case r < 97: // a rejoining device's sync timeout expires
 		// Only once whatever it was sent on subscribing has arrived: the
 		// timeout is seconds, a delivery milliseconds.
@@ -537,16 +631,16 @@ func (s *sim) check() error {
 				return fmt.Errorf("%s %s: final %v stamped %v is no recorded write", id, name, d.Val, d.W)
 			}
 			for _, w := range s.writes[id][name] {
-				if w.mayLose {
+				if w.mayLose || w.id == final.id {
 					continue
 				}
-				switch w.w.Compare(final.w) {
-				case After:
-					return fmt.Errorf("%s %s: newer write %v (%v) lost to %v (%v)", id, name, w.val, w.w, final.val, final.w)
-				case Concurrent:
-					if w.device && !final.device {
-						return fmt.Errorf("%s %s: device write %v (%v) lost a conflict to controller write %v (%v)", id, name, w.val, w.w, final.val, final.w)
-					}
+				switch {
+				case final.seen[w.id]:
+					// final was made knowing w: w is older, rightly replaced.
+				case w.seen[final.id]:
+					return fmt.Errorf("%s %s: newer write %v (%v) lost to %v (%v), which it had seen", id, name, w.val, w.w, final.val, final.w)
+				case w.device && !final.device:
+					return fmt.Errorf("%s %s: device write %v (%v) lost a conflict to concurrent controller write %v (%v)", id, name, w.val, w.w, final.val, final.w)
 				}
 			}
 		}

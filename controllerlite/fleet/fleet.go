@@ -581,8 +581,9 @@ func (f *Fleet) handle(topic string, payload []byte, retained bool) {
 			f.log.Warn("property rejected", "topic", topic, "property", is.Name, "reason", is.Reason)
 		}
 		var out protocol.Outcome
+		var resync *protocol.Message
 		if kind == protocol.KindEvent {
-			out = f.ctrl.ReceiveEvent(id, m)
+			out, resync = f.ctrl.ReceiveEvent(id, m)
 		} else {
 			out = f.ctrl.ReceiveCommand(id, m)
 		}
@@ -597,6 +598,12 @@ func (f *Fleet) handle(topic string, payload []byte, retained bool) {
 				f.log.Error("store the received state", "device", id, "error", err)
 				f.dirty[id] = true
 			}
+		}
+		if resync != nil {
+			// The device had seen more of this controller than it remembers:
+			// a Command from the merged clock carries the state across.
+			f.log.Warn("controller clock was behind the device's view (lost store?): resending state", "device", id, "vc", resync.VC)
+			f.send([]command{{id, *resync}})
 		}
 	case protocol.KindStatus:
 		s, err := protocol.DecodeStatus(payload)
