@@ -155,12 +155,18 @@ func TestRestartKeepsRetainedAndSessions(t *testing.T) {
 		t.Errorf("retained after restart: %v", retained)
 	}
 
-	// d1 resumes its session without subscribing: both the message queued
-	// while it was away (c1 and "queued", in order) and new ones arrive.
+	// d1 resumes its session without subscribing: both messages queued
+	// while it was away (c1 and "queued") and new ones arrive. mochi v2.7.9
+	// resends a session's queue sorted by the second each message was
+	// created, so two queued within one second come in either order; no
+	// client of ours relies on that order (every Command carries the whole
+	// state), so only the set is checked.
 	d1 = testenv.Connect(t, second.url, persistent)
-	_, before := d1.WaitPayload(t, "thermo/d1/cmd", "queued")
-	if len(before) != 1 || string(before[0].Payload) != "c1" {
-		t.Errorf("before the queued message, d1 got %+v, want c1", before)
+	for _, want := range []string{"c1", "queued"} {
+		d1.WaitPayload(t, "thermo/d1/cmd", want)
+	}
+	if n := len(d1.Messages()); n != 2 {
+		t.Errorf("d1 got %d messages on resuming, want the 2 queued: %+v", n, d1.Messages())
 	}
 	if err := second.Publish("thermo/d1/cmd", []byte("after restart"), false, 1); err != nil {
 		t.Fatal(err)
@@ -176,7 +182,7 @@ func TestRestartKeepsRetainedAndSessions(t *testing.T) {
 	if err := second.Publish("thermo/d2/event", []byte("subscribed"), false, 1); err != nil {
 		t.Fatal(err)
 	}
-	_, before = d2.WaitPayload(t, "thermo/d2/event", "subscribed")
+	_, before := d2.WaitPayload(t, "thermo/d2/event", "subscribed")
 	if len(before) != 0 {
 		t.Errorf("clean session d2 received %+v", before)
 	}
