@@ -335,6 +335,7 @@ func TestMain(m *testing.M) {
 // in restarts with every acknowledged write and a clock that never went
 // backwards, and the device still gets the latest write.
 func TestKill9(t *testing.T) {
+	testenv.SkipIfCannotReexec(t)
 	pki := testenv.NewPKI(t)
 	dataDir := t.TempDir()
 	args := []string{"serve", "--ca", pki.CAFile, "--cert", pki.ServerCert, "--key", pki.ServerKey,

@@ -57,6 +57,7 @@ func runHelper(dir string) int {
 // its URL, the process and its log.
 func startHelper(t *testing.T, pki *testenv.PKI, dataDir string) (string, *exec.Cmd, *logRecorder) {
 	t.Helper()
+	testenv.SkipIfCannotReexec(t)
 	cmd := exec.Command(os.Args[0], "-test.run=^$")
 	cmd.Env = append(os.Environ(),
 		helperEnv+"="+dataDir,

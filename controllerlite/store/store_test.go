@@ -13,6 +13,7 @@ import (
 
 	"go.etcd.io/bbolt"
 
+	"github.com/thermofleet/thermo/internal/testenv"
 	"github.com/thermofleet/thermo/protocol"
 )
 
@@ -179,6 +180,7 @@ func TestSurvivesKill9(t *testing.T) {
 		child(dir)
 		return
 	}
+	testenv.SkipIfCannotReexec(t)
 	dir := t.TempDir()
 	cmd := exec.Command(os.Args[0], "-test.run=^TestSurvivesKill9$")
 	cmd.Env = append(os.Environ(), "STORE_TEST_CHILD_DIR="+dir)
