@@ -649,24 +649,37 @@ func (r *run) controllerWrite(ctx context.Context, t *track, n int) {
 // recover polls the devices and the controller from the moment the broker
 // is back until every device has resynced and agrees with the controller
 // (and the controller's writes are done), or MaxRecovery has passed. It
-// returns when it stopped waiting.
+// returns when it stopped waiting. It polls fast while devices come back
+// and slower after a few seconds, so that the harness does not take the CPU
+// the controller and the devices need.
 func (r *run) recover(ctx context.Context, label string, tracks []*track, tUp time.Time, setsDone <-chan struct{}) (time.Time, error) {
 	deadline := tUp.Add(r.cfg.MaxRecovery)
-	t := time.NewTicker(r.poll)
-	defer t.Stop()
 	lastStatus := time.Time{}
+	setsOver := false
 	for {
 		now := time.Now()
+		if !setsOver {
+			select {
+			case <-setsDone:
+				// A write that landed late may still be on its way to
+				// its device: look at every device again.
+				setsOver = true
+				for _, tr := range tracks {
+					tr.converged = false
+				}
+			default:
+			}
+		}
 		qctx, cancel := context.WithTimeout(ctx, time.Second)
 		view, err := r.ctrl.devices(qctx)
 		cancel()
 		pending := 0
 		var oursLeft, baseLeft int
 		for _, tr := range tracks {
-			if err == nil {
+			if err == nil && !tr.converged {
 				tr.observe(view[tr.d.id].Props, now)
 			}
-			if tr.resyncAt.IsZero() || !tr.converged {
+			if !tr.converged {
 				pending++
 				if tr.d.client == report.ClientOurs {
 					oursLeft++
@@ -674,12 +687,6 @@ func (r *run) recover(ctx context.Context, label string, tracks []*track, tUp ti
 					baseLeft++
 				}
 			}
-		}
-		setsOver := false
-		select {
-		case <-setsDone:
-			setsOver = true
-		default:
 		}
 		if pending == 0 && setsOver {
 			return now, nil
@@ -691,8 +698,14 @@ func (r *run) recover(ctx context.Context, label string, tracks []*track, tUp ti
 			lastStatus = now
 			r.out.status("%s: broker back %s ago · waiting for %d ours and %d baseline devices to resync", label, fmtDur(now.Sub(tUp)), oursLeft, baseLeft)
 		}
+		wait := r.poll
+		if now.Sub(tUp) > 3*time.Second {
+			wait = 10 * r.poll
+		}
+		t := time.NewTimer(wait)
 		select {
 		case <-ctx.Done():
+			t.Stop()
 			return now, ctx.Err()
 		case <-t.C:
 		}
@@ -700,7 +713,7 @@ func (r *run) recover(ctx context.Context, label string, tracks []*track, tUp ti
 }
 
 // observe notes when the controller first holds every local change, and
-// whether the device and the controller agree now.
+// whether the device and the controller agree now (once they hold it).
 func (t *track) observe(ctrl protocol.Props, now time.Time) {
 	t.mu.Lock()
 	local := t.local
