@@ -742,8 +742,14 @@ func (r *run) sample(t *track, ctrl protocol.Props, tFault, tUp, end time.Time) 
 	t.mu.Lock()
 	local, ctrlWrites, ctrlErr := t.local, t.ctrlWrites, t.ctrlErr
 	t.mu.Unlock()
-	v := judge(local, ctrlWrites, t.d.agent.Snapshot().Props, ctrl)
+	snap := t.d.agent.Snapshot()
+	v := judge(local, ctrlWrites, snap.Props, ctrl)
 	s.LocalChanges, s.LostEvents, s.Conflicts, s.WrongWinners, s.Diverged = v.LocalChanges, v.Lost, v.Conflicts, v.Wrong, v.Diverged
+	if !s.Recovered && !snap.Connected {
+		// Still offline: its changes may yet arrive. Late, not lost; a
+		// device that is back and still has not delivered them lost them.
+		s.LateEvents, s.LostEvents = s.LostEvents, 0
+	}
 	notes := v.Notes
 	if ctrlErr != nil {
 		notes = append(notes, "controller change failed: "+ctrlErr.Error())

@@ -110,8 +110,13 @@ type Sample struct {
 	Recovered bool `json:"recovered"`
 	// LocalChanges made on the device during the outage.
 	LocalChanges int `json:"local_changes"`
-	// LostEvents: local changes the controller never got.
+	// LostEvents: local changes the controller did not hold when the
+	// cycle ended although the device was connected again (it sends its
+	// whole state on every connect, so they were lost).
 	LostEvents int `json:"lost_events"`
+	// LateEvents: local changes not at the controller yet because the
+	// device had not reconnected when the cycle stopped waiting.
+	LateEvents int `json:"late_events,omitempty"`
 	// Conflicts: concurrent writes of one property by the device and
 	// the controller in this cycle; WrongWinners: those the device's
 	// value did not win on both sides.
@@ -169,6 +174,7 @@ type Summary struct {
 	// Undetected: samples where the client never noticed the fault.
 	Undetected   int `json:"undetected"`
 	LocalChanges int `json:"local_changes"`
+	LateEvents   int `json:"late_events"`
 	Conflicts    int `json:"conflicts"`
 	Diverged     int `json:"diverged"`
 }
@@ -198,6 +204,7 @@ func Summarize(samples []Sample, client string) Summary {
 		}
 		s.LocalChanges += x.LocalChanges
 		s.LostEvents += x.LostEvents
+		s.LateEvents += x.LateEvents
 		s.Conflicts += x.Conflicts
 		s.WrongWinners += x.WrongWinners
 		if x.Diverged {

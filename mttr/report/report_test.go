@@ -33,7 +33,7 @@ func run() *Result {
 			sample(ClientOurs, 1.5, 0.01, 0.02, true), sample(ClientOurs, 2.5, 0.01, 0.03, true),
 			sample(ClientBaseline, math.NaN(), math.NaN(), 0.05, true), sample(ClientBaseline, 11, 1, 1.2, true)}},
 	}
-	r.Cycles[1].Samples[1].LostEvents = 0
+	r.Cycles[1].Samples[3].LateEvents = 2 // the unrecovered baseline device
 	r.Finish()
 	return r
 }
@@ -59,6 +59,8 @@ func TestFinish(t *testing.T) {
 		{"cycle 2 ours max", float64(r.Cycles[1].Ours.MTTRMax), 0.4},
 		{"cycle 2 baseline unrecovered", float64(r.Cycles[1].Baseline.Unrecovered), 1},
 		{"local changes counted", float64(r.Summary.LocalChanges), 18},
+		{"late events are the baseline's", float64(r.Baseline.Summary.LateEvents), 2},
+		{"no late events of ours", float64(r.Summary.LateEvents), 0},
 	}
 	for _, c := range cases {
 		if math.Abs(c.got-c.want) > 1e-9 {

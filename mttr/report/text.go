@@ -107,6 +107,7 @@ func (r *Result) WriteSummary(w io.Writer) error {
 		row("unrecovered in cycle", fmt.Sprint(o.Unrecovered), fmt.Sprint(b.Unrecovered), "")
 		row("undetected", fmt.Sprint(o.Undetected), fmt.Sprint(b.Undetected), "")
 		row("lost events", fmt.Sprintf("%d / %d", o.LostEvents, o.LocalChanges), fmt.Sprintf("%d / %d", b.LostEvents, b.LocalChanges), "")
+		row("late (device still offline)", fmt.Sprint(o.LateEvents), fmt.Sprint(b.LateEvents), "")
 		row("wrong winners", fmt.Sprintf("%d / %d", o.WrongWinners, o.Conflicts), fmt.Sprintf("%d / %d", b.WrongWinners, b.Conflicts), "")
 		row("out of sync at cycle end", fmt.Sprint(o.Diverged), fmt.Sprint(b.Diverged), "")
 	}
