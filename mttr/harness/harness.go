@@ -394,7 +394,8 @@ func (r *run) setup(ctx context.Context) error {
 // warmUp waits until every device is connected, done with its first-boot
 // rejoin and in agreement with the controller.
 func (r *run) warmUp(ctx context.Context) error {
-	deadline := time.Now().Add(60*time.Second + time.Duration(len(r.devs))*100*time.Millisecond)
+	start := time.Now()
+	deadline := start.Add(60*time.Second + time.Duration(len(r.devs))*100*time.Millisecond)
 	t := time.NewTicker(50 * time.Millisecond)
 	defer t.Stop()
 	for {
@@ -428,7 +429,7 @@ func (r *run) warmUp(ctx context.Context) error {
 		}
 		r.out.status("warming up: %d/%d devices in sync", ready, len(r.devs))
 		if time.Now().After(deadline) {
-			return fmt.Errorf("warm-up: after %v, %d of %d devices in sync; waiting for %s", time.Until(deadline)+60*time.Second, ready, len(r.devs), waiting)
+			return fmt.Errorf("warm-up: after %v, %d of %d devices in sync; still waiting for %s", time.Since(start).Round(time.Second), ready, len(r.devs), waiting)
 		}
 		select {
 		case <-ctx.Done():
