@@ -746,17 +746,19 @@ func (r *run) sample(t *track, ctrl protocol.Props, tFault, tUp, end time.Time) 
 	snap := t.d.agent.Snapshot()
 	v := judge(local, ctrlWrites, snap.Props, ctrl)
 	s.LocalChanges, s.LostEvents, s.Conflicts, s.WrongWinners, s.Diverged = v.LocalChanges, v.Lost, v.Conflicts, v.Wrong, v.Diverged
-	if !s.Recovered && !snap.Connected {
-		// Still offline: its changes may yet arrive. Late, not lost; a
-		// device that is back and still has not delivered them lost them.
-		s.LateEvents, s.LostEvents = s.LostEvents, 0
-	}
 	notes := v.Notes
+	if !s.Recovered && !snap.Connected {
+		// Still offline: its changes may yet arrive and its conflicts
+		// are undecided. Late, not lost or wrong; a device that is back
+		// and still has not delivered them lost them.
+		s.LateEvents, s.LostEvents, s.WrongWinners, s.Diverged = s.LostEvents, 0, 0, false
+		notes = []string{"still offline when the cycle stopped waiting: its changes are late, its conflicts undecided"}
+	}
 	if ctrlErr != nil {
 		notes = append(notes, "controller change failed: "+ctrlErr.Error())
 	}
-	if !s.Recovered {
-		notes = append(notes, "not resynced when the cycle stopped waiting")
+	if !s.Recovered && snap.Connected {
+		notes = append(notes, "connected but not resynced when the cycle stopped waiting")
 	}
 	s.Note = strings.Join(notes, "; ")
 	if s.Note != "" && t.d.client == report.ClientOurs {

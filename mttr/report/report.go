@@ -115,7 +115,8 @@ type Sample struct {
 	// whole state on every connect, so they were lost).
 	LostEvents int `json:"lost_events"`
 	// LateEvents: local changes not at the controller yet because the
-	// device had not reconnected when the cycle stopped waiting.
+	// device had not reconnected when the cycle stopped waiting; its
+	// conflicts are then undecided, and not counted as wrong winners.
 	LateEvents int `json:"late_events,omitempty"`
 	// Conflicts: concurrent writes of one property by the device and
 	// the controller in this cycle; WrongWinners: those the device's
