@@ -196,11 +196,12 @@ type run struct {
 }
 
 // Run plays the configured cycles and returns the result. An error means
-// the harness could not run (a broker that does not start, no
-// certificates...); a missed target or a lost event is in the result.
-// Modes this machine cannot play (a partition without root) are skipped
-// and listed in the result.
-func Run(ctx context.Context, cfg Config) (res *report.Result, err error) {
+// the harness could not run or go on (a broker that does not start, no
+// certificates...); the result then holds the cycles played before it (nil
+// only for an invalid configuration). A missed target or a lost event is
+// in the result, not an error. Modes this machine cannot play (a
+// partition without root) are skipped and listed in the result.
+func Run(ctx context.Context, cfg Config) (*report.Result, error) {
 	if err := cfg.check(); err != nil {
 		return nil, err
 	}
@@ -221,34 +222,37 @@ func Run(ctx context.Context, cfg Config) (res *report.Result, err error) {
 	}
 	r.cfg.Faults = r.playable()
 	r.res.Config.Faults = r.cfg.Faults
-	defer func() {
-		r.teardown()
-		r.res.Finished = time.Now().UTC()
-		r.res.Finish()
-		r.res.Targets = r.res.CheckTargets(cfg.KeepAlive, cfg.KeepDead)
-		res = r.res
-	}()
-	if len(r.cfg.Faults) == 0 {
-		return nil, nil
+	var err error
+	if len(r.cfg.Faults) > 0 {
+		err = r.play(ctx)
 	}
+	// The cycles played so far are the result, even after an error.
+	r.teardown()
+	r.res.Finished = time.Now().UTC()
+	r.res.Finish()
+	r.res.Targets = r.res.CheckTargets(cfg.KeepAlive, cfg.KeepDead)
+	return r.res, err
+}
+
+// play sets up and plays every cycle.
+func (r *run) play(ctx context.Context) error {
 	if err := r.setup(ctx); err != nil {
-		return nil, err
+		return err
 	}
-	n := 0
-	total := 0
+	n, total := 0, 0
 	for _, p := range r.cfg.Faults {
 		total += p.Cycles
 	}
-	r.out.line(report.CycleHeader(cfg.BaselineDevices > 0))
+	r.out.line(report.CycleHeader(r.cfg.BaselineDevices > 0))
 	for _, p := range r.cfg.Faults {
 		for i := 0; i < p.Cycles; i++ {
 			n++
 			c, err := r.cycle(ctx, n, total, p.Fault)
 			if err != nil {
-				return nil, fmt.Errorf("cycle %d (%s): %w", n, p.Fault, err)
+				return fmt.Errorf("cycle %d (%s): %w", n, p.Fault, err)
 			}
 			c.Ours = report.Summarize(c.Samples, report.ClientOurs)
-			if cfg.BaselineDevices > 0 {
+			if r.cfg.BaselineDevices > 0 {
 				b := report.Summarize(c.Samples, report.ClientBaseline)
 				c.Baseline = &b
 			}
@@ -256,7 +260,7 @@ func Run(ctx context.Context, cfg Config) (res *report.Result, err error) {
 			r.out.line(report.CycleLine(c))
 		}
 	}
-	return nil, nil
+	return nil
 }
 
 // playable drops the fault modes this machine or broker cannot play, and
