@@ -34,6 +34,7 @@ type Message struct {
 const (
 	DefaultKeepAlive      = 15 * time.Second
 	DefaultConnectTimeout = 10 * time.Second
+	DefaultDialTimeout    = 1500 * time.Millisecond
 	DefaultReconnectMin   = 100 * time.Millisecond
 	DefaultReconnectMax   = time.Second
 	DefaultPublishTimeout = 10 * time.Second
@@ -57,6 +58,15 @@ type Options struct {
 	KeepAlive time.Duration
 	// ConnectTimeout bounds one connection attempt: TCP, TLS and CONNACK.
 	ConnectTimeout time.Duration
+	// DialTimeout bounds the TCP connect to one of the broker's addresses,
+	// inside ConnectTimeout (name resolution is not counted). A SYN that
+	// is not answered is resent by the kernel only after 1, 3, 7, 15 s, so
+	// after a partition, or against a frozen broker whose listen queue is
+	// full, an unbounded connect may wait seconds after the broker is
+	// reachable again; a fresh attempt after the backoff is sooner. The
+	// default, 1.5 s, lets the kernel resend a lost SYN once and suits any
+	// link whose round trip is under a second.
+	DialTimeout time.Duration
 	// PublishTimeout bounds the wait for a QoS 1 acknowledgement.
 	PublishTimeout time.Duration
 	// Backoff between reconnect attempts; zero fields take DefaultReconnectMin
@@ -139,6 +149,10 @@ func New(o Options) (*Client, error) {
 	if o.ConnectTimeout <= 0 {
 		o.ConnectTimeout = DefaultConnectTimeout
 	}
+	if o.DialTimeout <= 0 {
+		o.DialTimeout = DefaultDialTimeout
+	}
+	o.DialTimeout = min(o.DialTimeout, o.ConnectTimeout)
 	if o.PublishTimeout <= 0 {
 		o.PublishTimeout = DefaultPublishTimeout
 	}
@@ -436,8 +450,7 @@ func (c *Client) connect(ctx context.Context) (<-chan error, error) {
 func (c *Client) dial(ctx context.Context, u *url.URL) (*liveConn, error) {
 	ctx, cancel := context.WithTimeout(ctx, c.opts.ConnectTimeout)
 	defer cancel()
-	d := net.Dialer{KeepAlive: c.opts.KeepAlive}
-	raw, err := d.DialContext(ctx, "tcp", u.Host)
+	raw, err := c.dialTCP(ctx, u)
 	if err != nil {
 		return nil, err
 	}
@@ -450,6 +463,34 @@ func (c *Client) dial(ctx context.Context, u *url.URL) (*liveConn, error) {
 		return nil, fmt.Errorf("tls: %w", err)
 	}
 	return newLiveConn(tc, time.Now()), nil
+}
+
+// dialTCP resolves the broker's host within ctx and connects to its
+// addresses in turn, each connect bounded by DialTimeout.
+func (c *Client) dialTCP(ctx context.Context, u *url.URL) (net.Conn, error) {
+	host, port := u.Hostname(), u.Port()
+	ips, err := net.DefaultResolver.LookupNetIP(ctx, "ip", host)
+	if err != nil {
+		return nil, fmt.Errorf("resolve %s: %w", host, err)
+	}
+	d := net.Dialer{KeepAlive: c.opts.KeepAlive}
+	var errs []error
+	for _, ip := range ips {
+		dctx, cancel := context.WithTimeout(ctx, c.opts.DialTimeout)
+		raw, err := d.DialContext(dctx, "tcp", net.JoinHostPort(ip.Unmap().String(), port))
+		cancel()
+		if err == nil {
+			return raw, nil
+		}
+		if ctx.Err() != nil {
+			return nil, err
+		}
+		if dctx.Err() != nil {
+			err = fmt.Errorf("tcp connect to %s: no answer in %v", net.JoinHostPort(ip.Unmap().String(), port), c.opts.DialTimeout)
+		}
+		errs = append(errs, err)
+	}
+	return nil, errors.Join(errs...)
 }
 
 func (c *Client) shutdown() {
