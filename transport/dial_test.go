@@ -108,4 +108,3 @@ func TestDialTimeoutDefaults(t *testing.T) {
 		}
 	}
 }
-
