@@ -7,6 +7,7 @@ import (
 	"encoding/xml"
 	"errors"
 	"flag"
+	"fmt"
 	"io"
 	"os"
 	"os/exec"
@@ -16,9 +17,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/thermofleet/thermo/internal/testenv"
 	"github.com/thermofleet/thermo/mttr/brokerctl"
 	"github.com/thermofleet/thermo/mttr/harness"
 	"github.com/thermofleet/thermo/mttr/report"
+	"github.com/thermofleet/thermo/provisioning"
 )
 
 // TestMain lets the test binary stand in for the mttr binary when the
@@ -361,5 +364,58 @@ func TestWriteFile(t *testing.T) {
 	entries, _ := os.ReadDir(filepath.Dir(path))
 	if string(b) != "first" || len(entries) != 1 {
 		t.Fatalf("content %q, %d entries", b, len(entries))
+	}
+}
+
+// TestExternalBroker drives a broker the harness did not start, the way a
+// user drives the seed's container: a Mosquitto set up with the product's
+// PKI commands and taken down, up, paused and resumed by shell commands
+// given on the command line.
+func TestExternalBroker(t *testing.T) {
+	needMosquitto(t)
+	dir := t.TempDir()
+	pkiDir := filepath.Join(dir, "pki")
+	ca, err := provisioning.InitCA(pkiDir, provisioning.CAOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	certPEM, keyPEM, err := ca.IssueServer([]string{"localhost", "127.0.0.1"}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	certFile, keyFile := filepath.Join(pkiDir, "server.crt"), filepath.Join(pkiDir, "server.key")
+	if err := provisioning.WriteCertKey(certFile, keyFile, certPEM, keyPEM); err != nil {
+		t.Fatal(err)
+	}
+	port := testenv.FreePort(t)
+	pidFile := filepath.Join(dir, "mosquitto.pid")
+	global := []string{"pid_file " + pidFile, "log_dest file " + filepath.Join(dir, "mosquitto.log")}
+	if os.Geteuid() == 0 {
+		global = append(global, "user root")
+	}
+	conf, _, err := provisioning.WriteMosquittoConfig(filepath.Join(dir, "broker"), provisioning.MosquittoOptions{
+		Port: port, BindAddress: "127.0.0.1", CAFile: ca.CertFile(), CertFile: certFile, KeyFile: keyFile, Global: global})
+	if err != nil {
+		t.Fatal(err)
+	}
+	up := fmt.Sprintf("%s -d -c %s", brokerctl.MosquittoBinary, conf)
+	signal := func(sig string) string { return fmt.Sprintf("kill -%s $(cat %s)", sig, pidFile) }
+	if out, err := exec.Command("sh", "-c", up).CombinedOutput(); err != nil {
+		t.Fatalf("%s: %v\n%s", up, err, out)
+	}
+	t.Cleanup(func() { exec.Command("sh", "-c", signal("CONT")+"; "+signal("KILL")).Run() })
+
+	err, res, _, _ := harnessRun(t, "--broker", "external",
+		"--external-addr", fmt.Sprintf("mqtts://localhost:%d", port), "--external-pki", pkiDir,
+		"--external-down", signal("KILL"), "--external-up", up,
+		"--external-pause", signal("STOP"), "--external-resume", signal("CONT"),
+		"--fault", "kill:1,hang:1", "--keep-alive", "1s", "--keep-running", "1s", "--max-recovery", "5s",
+		"--devices", "3", "--baseline-devices", "1", "--quiet")
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkNoLoss(t, res, 2, 3)
+	if res.Config.Broker != "external" {
+		t.Errorf("broker %q", res.Config.Broker)
 	}
 }
