@@ -20,6 +20,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -134,14 +135,17 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	c := &o.cfg
 	fs.StringVar(&c.Broker, "broker", harness.BrokerMosquitto, "broker: mosquitto, aedes, embedded (controllerlite's) or external")
 	fs.StringVar(&o.fault, "fault", harness.FaultKill, "fault mode: kill, hang or partition; or a list MODE[:CYCLES],... such as kill:3,hang:2")
-	fs.DurationVar(&c.KeepAlive, "keep-alive", 15*time.Second, "MQTT keep-alive of every client (KEEP_ALIVE)")
+	c.KeepAlive = 15 * time.Second
+	fs.Var(seconds{&c.KeepAlive}, "keep-alive", "MQTT keep-alive of every client (KEEP_ALIVE): a `DURATION` (15s) or seconds (15)")
 	fs.Float64Var(&c.FactorOfKeepAlive, "factor-of-keep-alive", 1, "a killed broker stays down factor × keep-alive (FACTOR_OF_KEEP_ALIVE)")
-	fs.DurationVar(&c.KeepRunning, "keep-running", 30*time.Second, "how long the broker runs between faults (KEEP_RUNNING)")
-	fs.DurationVar(&c.KeepDead, "keep-dead", 0, "how long a hang or partition lasts (KEEP_DEAD); default 2 × keep-alive")
+	c.KeepRunning = 30 * time.Second
+	fs.Var(seconds{&c.KeepRunning}, "keep-running", "how long (`DURATION` or seconds) the broker runs between faults (KEEP_RUNNING)")
+	fs.Var(seconds{&c.KeepDead}, "keep-dead", "how long (`DURATION` or seconds) a hang or partition lasts (KEEP_DEAD); default 2 × keep-alive")
 	fs.IntVar(&o.restartCount, "restart-count", 5, "fault cycles per mode, unless the mode says MODE:CYCLES (MQTT_BROKER_RESTART_COUNT)")
 	fs.IntVar(&c.Devices, "devices", 100, "thermostats on our transport")
 	fs.IntVar(&o.baseline, "baseline-devices", -1, "thermostats on plain paho.mqtt.golang defaults, the baseline; default as many as --devices, 0 for none")
-	fs.DurationVar(&c.MaxRecovery, "max-recovery", 2*time.Minute, "how long a cycle waits at most for every device to recover")
+	c.MaxRecovery = 2 * time.Minute
+	fs.Var(seconds{&c.MaxRecovery}, "max-recovery", "how long (`DURATION` or seconds) a cycle waits at most for every device to recover")
 	fs.StringVar(&o.jsonFile, "json", "", "write every cycle and the summary as JSON to `FILE`")
 	fs.StringVar(&o.svgFile, "svg", "", "write a chart of recovery times per cycle to `FILE`")
 	fs.StringVar(&o.workDir, "work-dir", "", "`DIR` for certificates, broker files, device state and logs; default a temporary directory, removed after a clean run")
@@ -366,4 +370,32 @@ func isTerminal(w io.Writer) bool {
 	}
 	st, err := f.Stat()
 	return err == nil && st.Mode()&os.ModeCharDevice != 0
+}
+
+// seconds is a duration flag that also takes a bare number of seconds, as
+// the seed script's variables were (KEEP_ALIVE=15): --keep-alive 15 and
+// --keep-alive 15s are the same.
+type seconds struct{ d *time.Duration }
+
+func (s seconds) String() string {
+	if s.d == nil || *s.d == 0 {
+		return ""
+	}
+	return s.d.String()
+}
+
+func (s seconds) Set(v string) error {
+	if f, err := strconv.ParseFloat(v, 64); err == nil {
+		if f < 0 || math.IsNaN(f) || math.IsInf(f, 0) || f > math.MaxInt64/float64(time.Second) {
+			return fmt.Errorf("%s: want a number of seconds from 0 on", v)
+		}
+		*s.d = time.Duration(f * float64(time.Second))
+		return nil
+	}
+	d, err := time.ParseDuration(v)
+	if err != nil || d < 0 {
+		return fmt.Errorf("%s: want a duration such as 15s or 2m, or a number of seconds", v)
+	}
+	*s.d = d
+	return nil
 }

@@ -269,6 +269,13 @@ func TestParseFlags(t *testing.T) {
 			}
 			return ""
 		}},
+		{"bare seconds as in the seed", []string{"--keep-alive", "15", "--keep-running", "2.5", "--keep-dead", "40", "--max-recovery", "90"}, "", func(o *options) string {
+			c := o.cfg
+			if c.KeepAlive != 15*time.Second || c.KeepRunning != 2500*time.Millisecond || c.KeepDead != 40*time.Second || c.MaxRecovery != 90*time.Second {
+				return "bare seconds not taken"
+			}
+			return ""
+		}},
 		{"no baseline", []string{"--baseline-devices", "0", "--devices", "7"}, "", func(o *options) string {
 			if o.cfg.BaselineDevices != 0 || o.cfg.Devices != 7 {
 				return "baseline count"
@@ -281,6 +288,8 @@ func TestParseFlags(t *testing.T) {
 			}
 			return ""
 		}},
+		{"negative seconds", []string{"--keep-alive", "-3"}, "want a number of seconds", nil},
+		{"not a duration", []string{"--keep-running", "soon"}, "want a duration such as 15s", nil},
 		{"unknown fault", []string{"--fault", "explode"}, `"explode" is not kill, hang or partition`, nil},
 		{"bad cycles", []string{"--fault", "kill:0"}, "not a number of cycles", nil},
 		{"bad restart count", []string{"--restart-count", "0"}, "--restart-count 0", nil},
