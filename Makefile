@@ -111,7 +111,7 @@ mttr-short: mttr aedes
 mttr-kill: mttr aedes
 	@mkdir -p $(MTTR_OUT)
 	$(MTTR) --broker $(MTTR_BROKER) --fault kill --restart-count 50 --devices 100 \
-		--keep-alive 15s --factor-of-keep-alive 1 --keep-running 15s --max-recovery 60s \
+		--keep-alive 15s --factor-of-keep-alive 1 --keep-running 15s --max-recovery 20s \
 		--json $(MTTR_OUT)/kill-$(MTTR_BROKER).json --svg $(MTTR_OUT)/kill-$(MTTR_BROKER).svg
 
 # Hang: 5 s keep-alive (detection is judged against it), frozen 10 s.
@@ -121,10 +121,12 @@ mttr-hang: mttr aedes
 		--keep-alive 5s --keep-dead 10s --keep-running 5s --max-recovery 15s \
 		--json $(MTTR_OUT)/hang-$(MTTR_BROKER).json --svg $(MTTR_OUT)/hang-$(MTTR_BROKER).svg
 
-# 50 kill and 50 hang cycles on one broker, ours only (make mttr-broker MTTR_BROKER=aedes).
+# MTTR_CYCLES kill and as many hang cycles on one broker, ours only
+# (make mttr-broker MTTR_BROKER=aedes).
+MTTR_CYCLES ?= 20
 mttr-broker: mttr aedes
 	@mkdir -p $(MTTR_OUT)
-	$(MTTR) --broker $(MTTR_BROKER) --fault kill:50,hang:50 --devices 100 --baseline-devices 0 \
+	$(MTTR) --broker $(MTTR_BROKER) --fault kill:$(MTTR_CYCLES),hang:$(MTTR_CYCLES) --devices 100 --baseline-devices 0 \
 		--keep-alive 5s --keep-dead 10s --keep-running 5s --max-recovery 15s \
 		--json $(MTTR_OUT)/both-$(MTTR_BROKER).json --svg $(MTTR_OUT)/both-$(MTTR_BROKER).svg
 

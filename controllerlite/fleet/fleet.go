@@ -143,15 +143,25 @@ type Fleet struct {
 	owed int
 
 	// Owned by the Run goroutine.
-	ctx      context.Context
-	ctrl     *protocol.Controller
-	recs     map[string]*store.Device
-	dirty    map[string]bool
-	pub      Publisher
-	waiting  bool      // waiting for an external broker's retained messages
-	lastRet  time.Time // when the last retained message (or the link) came
-	deadline time.Time // when waiting gives up
-	timer    *time.Timer
+	ctx   context.Context
+	ctrl  *protocol.Controller
+	recs  map[string]*store.Device
+	dirty map[string]bool
+	// A batch: the work queued since the loop last woke is done in one go,
+	// and what it changed is stored in one transaction (one fsync) before
+	// its Commands are published, in order, by commit. A fleet coming back
+	// after an outage sends a burst; a transaction per message would make
+	// the last device of the burst wait for every fsync before it.
+	persist map[string]bool // records to store before the batch's Commands go out
+	pending []command       // the batch's Commands, in the order made
+	// commitEach commits after every queued item, as if there were no
+	// batches: the benchmarks' baseline.
+	commitEach bool
+	pub        Publisher
+	waiting    bool      // waiting for an external broker's retained messages
+	lastRet    time.Time // when the last retained message (or the link) came
+	deadline   time.Time // when waiting gives up
+	timer      *time.Timer
 }
 
 // New loads the store and returns a fleet that is not ready yet.
@@ -199,6 +209,7 @@ func New(opts Options) (*Fleet, error) {
 		view:    map[string]Device{},
 		recs:    map[string]*store.Device{},
 		dirty:   map[string]bool{},
+		persist: map[string]bool{},
 	}
 	for _, d := range devs {
 		replicas[d.ID] = d.Replica
@@ -246,6 +257,9 @@ func (f *Fleet) Run(ctx context.Context) error {
 		case <-f.q.notify:
 			for _, fn := range f.q.drain() {
 				fn()
+				if f.commitEach {
+					f.commit()
+				}
 			}
 		case <-f.timer.C:
 			f.checkRetained()
@@ -253,6 +267,7 @@ func (f *Fleet) Run(ctx context.Context) error {
 			f.flush()
 			f.sendOwed()
 		}
+		f.commit()
 	}
 }
 
@@ -390,7 +405,9 @@ func (f *Fleet) set(id string, changes map[string]any) (Device, error) {
 		return Device{}, fmt.Errorf("%w: %v", ErrInvalid, err)
 	}
 	f.log.Info("remote write", "device", id, "changes", changes, "vc", m.VC)
-	if err := f.send([]command{{id, m}}); err != nil {
+	f.send([]command{{id, m}})
+	// The caller learns whether the write was stored: commit the batch now.
+	if err := f.commit(); err != nil {
 		return Device{}, err
 	}
 	d, _ := f.Device(id)
@@ -402,28 +419,55 @@ type command struct {
 	m  protocol.Message
 }
 
-// send stores the replicas of cmds with their Commands marked owed, then
-// publishes each and clears the mark of those the broker took. Nothing is
-// published if the store refused the write: a Command must never carry a
-// clock that a crash could forget.
-func (f *Fleet) send(cmds []command) error {
-	if len(cmds) == 0 {
+// send queues cmds to be published when the batch is committed; their
+// devices' records are marked owed and stored first.
+func (f *Fleet) send(cmds []command) {
+	for _, c := range cmds {
+		f.record(c.id).Owed = true
+		f.persist[c.id] = true
+		f.pending = append(f.pending, c)
+	}
+}
+
+// commit ends a batch: it stores every record the batch changed, with the
+// Commands' devices marked owed, in one transaction, then publishes the
+// Commands in the order they were made and clears the marks of those the
+// broker took. Nothing is published if the store refused the write: a
+// Command must never carry a clock that a crash could forget. A received
+// Event's new state is stored here too, before any Command that depends
+// on it; until then the broker still retains the Event.
+func (f *Fleet) commit() error {
+	if len(f.persist) == 0 && len(f.pending) == 0 {
 		return nil
 	}
-	recs := make([]store.Device, 0, len(cmds))
-	for _, c := range cmds {
-		rec := f.record(c.id)
-		rec.Owed = true
-		rec.Replica = f.ctrl.Replica(c.id)
+	recs := make([]store.Device, 0, len(f.persist))
+	for _, id := range slices.Sorted(maps.Keys(f.persist)) {
+		rec := f.recs[id]
+		rec.Replica = f.ctrl.Replica(id)
 		recs = append(recs, *rec)
 	}
+	cmds := f.pending
+	f.pending = nil
+	clear(f.persist)
 	if err := f.st.Put(recs...); err != nil {
-		f.log.Error("store refused the write: commands not published", "error", err)
+		for _, r := range recs {
+			f.dirty[r.ID] = true
+		}
+		if len(cmds) == 0 {
+			f.log.Error("store the received state", "devices", len(recs), "error", err)
+			return fmt.Errorf("store: %w", err)
+		}
+		f.log.Error("store refused the write: commands not published", "commands", len(cmds), "error", err)
 		for _, c := range cmds {
-			f.dirty[c.id] = true
 			f.updateView(c.id)
 		}
 		return fmt.Errorf("persist before publish: %w", err)
+	}
+	for _, r := range recs {
+		delete(f.dirty, r.ID)
+	}
+	if len(cmds) == 0 {
+		return nil
 	}
 	if f.pub == nil {
 		for _, c := range cmds {
@@ -432,14 +476,20 @@ func (f *Fleet) send(cmds []command) error {
 		}
 		return nil
 	}
-	var sent []store.Device
+	// Every Command carries the device's whole state, so the outcome of
+	// a device's last Command decides whether it still owes one.
+	cleared := map[string]bool{}
 	for _, c := range cmds {
-		if f.publish(c) {
-			rec := f.recs[c.id]
-			rec.Owed = false
-			sent = append(sent, *rec)
-		}
+		ok := f.publish(c)
+		f.recs[c.id].Owed = !ok
+		cleared[c.id] = ok
 		f.updateView(c.id)
+	}
+	var sent []store.Device
+	for _, id := range slices.Sorted(maps.Keys(cleared)) {
+		if cleared[id] {
+			sent = append(sent, *f.recs[id])
+		}
 	}
 	if err := f.st.Put(sent...); err != nil {
 		// The owed marks stay on disk: after a restart these Commands go
@@ -594,10 +644,7 @@ func (f *Fleet) handle(topic string, payload []byte, retained bool) {
 			rec.Replica = f.ctrl.Replica(id)
 			f.log.Info("message applied", "topic", topic, "retained", retained, "msg_vc", m.VC, "vc", rec.Replica.VC,
 				"applied", out.Applied, "kept", out.Kept, "conflicts", out.Conflicts)
-			if err := f.st.Put(*rec); err != nil {
-				f.log.Error("store the received state", "device", id, "error", err)
-				f.dirty[id] = true
-			}
+			f.persist[id] = true
 		}
 		if resync != nil {
 			// The device had seen more of this controller than it remembers:
