@@ -108,17 +108,24 @@ func TestBatchStoredBeforePublished(t *testing.T) {
 	}
 }
 
-// TestNothingPublishedWhenStoreRefuses: a remote write whose state cannot
-// be stored is refused with the reason and never published.
-func TestNothingPublishedWhenStoreRefuses(t *testing.T) {
+// fleetWithDevice starts a fleet on a fresh store that knows device d1.
+func fleetWithDevice(t *testing.T) (*Fleet, *store.Store, *recordPub, func()) {
+	t.Helper()
 	st, err := store.Open(t.TempDir())
 	if err != nil {
 		t.Fatal(err)
 	}
 	pub := &recordPub{}
-	f, _ := startFleet(t, st, pub)
+	f, stop := startFleet(t, st, pub)
 	f.Receive(protocol.Topic(protocol.DefaultRoot, "d1", protocol.KindEvent), event(t, 1, 20), false)
 	waitUntil(t, "the device known", func() bool { _, ok := f.Device("d1"); return ok })
+	return f, st, pub, stop
+}
+
+// TestNothingPublishedWhenStoreRefuses: a remote write whose state cannot
+// be stored is refused with the reason and never published.
+func TestNothingPublishedWhenStoreRefuses(t *testing.T) {
+	f, st, pub, _ := fleetWithDevice(t)
 	if _, err := f.Set(context.Background(), "d1", map[string]any{"setpoint_c": 22.0}); err != nil {
 		t.Fatal(err)
 	}
@@ -126,7 +133,7 @@ func TestNothingPublishedWhenStoreRefuses(t *testing.T) {
 		t.Fatalf("%d commands published after a stored write, want 1", got)
 	}
 	st.Close()
-	_, err = f.Set(context.Background(), "d1", map[string]any{"setpoint_c": 23.0})
+	_, err := f.Set(context.Background(), "d1", map[string]any{"setpoint_c": 23.0})
 	if err == nil || !strings.Contains(err.Error(), "persist before publish") {
 		t.Fatalf("write with the store gone: %v, want a persist-before-publish error", err)
 	}
@@ -138,14 +145,7 @@ func TestNothingPublishedWhenStoreRefuses(t *testing.T) {
 // TestOwedWhenPublishFails: a Command the broker did not take leaves the
 // device owed, and the next successful Command (a whole state) clears it.
 func TestOwedWhenPublishFails(t *testing.T) {
-	st, err := store.Open(t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
-	pub := &recordPub{}
-	f, stop := startFleet(t, st, pub)
-	f.Receive(protocol.Topic(protocol.DefaultRoot, "d1", protocol.KindEvent), event(t, 1, 20), false)
-	waitUntil(t, "the device known", func() bool { _, ok := f.Device("d1"); return ok })
+	f, st, pub, stop := fleetWithDevice(t)
 	pub.mu.Lock()
 	pub.fail = errors.New("broker gone")
 	pub.mu.Unlock()
