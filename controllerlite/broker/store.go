@@ -32,6 +32,11 @@ import (
 //     abruptly).
 //   - mochi stops the hook (closing the database) while its housekeeping
 //     loop may still call it; calls after Stop are ignored here.
+//   - The subscriptions and in-flight messages of a session that ends with
+//     its connection (every client of this product: clean sessions) are
+//     not written at all: they could never be restored (see above), and
+//     each write is a transaction with an fsync, several per device at
+//     every reconnect, all of a returning fleet's in one queue.
 type storeHook struct {
 	*bolt.Hook
 	log *slog.Logger
@@ -86,11 +91,26 @@ func (h *storeHook) Stop() error {
 	return h.Hook.Stop()
 }
 
+// sessionEnds reports whether cl's session ends with its connection, by
+// the rule mochi applies (and StoredClients repeats for stored records).
+func sessionEnds(cl *mqtt.Client) bool {
+	if cl.Properties.ProtocolVersion == 5 {
+		return cl.Properties.Props.SessionExpiryInterval == 0
+	}
+	return cl.Properties.Clean
+}
+
 func (h *storeHook) OnSubscribed(cl *mqtt.Client, pk packets.Packet, codes []byte) {
+	if sessionEnds(cl) {
+		return
+	}
 	h.open(func() { h.Hook.OnSubscribed(cl, pk, codes) })
 }
 
 func (h *storeHook) OnUnsubscribed(cl *mqtt.Client, pk packets.Packet) {
+	if sessionEnds(cl) {
+		return
+	}
 	h.open(func() { h.Hook.OnUnsubscribed(cl, pk) })
 }
 
@@ -99,14 +119,23 @@ func (h *storeHook) OnRetainMessage(cl *mqtt.Client, pk packets.Packet, r int64)
 }
 
 func (h *storeHook) OnQosPublish(cl *mqtt.Client, pk packets.Packet, sent int64, resends int) {
+	if sessionEnds(cl) {
+		return
+	}
 	h.open(func() { h.Hook.OnQosPublish(cl, pk, sent, resends) })
 }
 
 func (h *storeHook) OnQosComplete(cl *mqtt.Client, pk packets.Packet) {
+	if sessionEnds(cl) {
+		return
+	}
 	h.open(func() { h.Hook.OnQosComplete(cl, pk) })
 }
 
 func (h *storeHook) OnQosDropped(cl *mqtt.Client, pk packets.Packet) {
+	if sessionEnds(cl) {
+		return
+	}
 	h.open(func() { h.Hook.OnQosDropped(cl, pk) })
 }
 
