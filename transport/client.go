@@ -58,6 +58,14 @@ type Options struct {
 	KeepAlive time.Duration
 	// ConnectTimeout bounds one connection attempt: TCP, TLS and CONNACK.
 	ConnectTimeout time.Duration
+	// DialStagger, when positive and under DialTimeout, starts another TCP
+	// connect every DialStagger while the earlier ones to the same address
+	// are unanswered; the first to finish is used, the others are closed.
+	// It is for a single client that every other waits for, the
+	// controller: after a partition heals it is back at most DialStagger
+	// later instead of at its next attempt. Not for a fleet of devices: it
+	// multiplies their SYNs.
+	DialStagger time.Duration
 	// DialTimeout bounds the TCP connect to one of the broker's addresses,
 	// inside ConnectTimeout (name resolution is not counted). A SYN that
 	// is not answered is resent by the kernel only after 1, 3, 7, 15 s, so
@@ -117,6 +125,9 @@ type Client struct {
 	subs  map[string]byte
 	pc    mqtt.Client
 	stats Stats
+
+	// dialContext opens one TCP connection; tests replace it.
+	dialContext func(ctx context.Context, network, addr string) (net.Conn, error)
 }
 
 // New checks the options, loads the certificates and returns a Client that
@@ -170,6 +181,8 @@ func New(o Options) (*Client, error) {
 		log:   o.Logger.With("broker", u.Host, "client", id),
 		queue: newQueue(),
 		subs:  map[string]byte{},
+
+		dialContext: (&net.Dialer{KeepAlive: o.KeepAlive}).DialContext,
 	}, nil
 }
 
@@ -463,34 +476,6 @@ func (c *Client) dial(ctx context.Context, u *url.URL) (*liveConn, error) {
 		return nil, fmt.Errorf("tls: %w", err)
 	}
 	return newLiveConn(tc, time.Now()), nil
-}
-
-// dialTCP resolves the broker's host within ctx and connects to its
-// addresses in turn, each connect bounded by DialTimeout.
-func (c *Client) dialTCP(ctx context.Context, u *url.URL) (net.Conn, error) {
-	host, port := u.Hostname(), u.Port()
-	ips, err := net.DefaultResolver.LookupNetIP(ctx, "ip", host)
-	if err != nil {
-		return nil, fmt.Errorf("resolve %s: %w", host, err)
-	}
-	d := net.Dialer{KeepAlive: c.opts.KeepAlive}
-	var errs []error
-	for _, ip := range ips {
-		dctx, cancel := context.WithTimeout(ctx, c.opts.DialTimeout)
-		raw, err := d.DialContext(dctx, "tcp", net.JoinHostPort(ip.Unmap().String(), port))
-		cancel()
-		if err == nil {
-			return raw, nil
-		}
-		if ctx.Err() != nil {
-			return nil, err
-		}
-		if dctx.Err() != nil {
-			err = fmt.Errorf("tcp connect to %s: no answer in %v", net.JoinHostPort(ip.Unmap().String(), port), c.opts.DialTimeout)
-		}
-		errs = append(errs, err)
-	}
-	return nil, errors.Join(errs...)
 }
 
 func (c *Client) shutdown() {

@@ -1,9 +1,13 @@
 package transport
 
 import (
+	"context"
 	"errors"
+	"io"
 	"net"
 	"os"
+	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -106,5 +110,120 @@ func TestDialTimeoutDefaults(t *testing.T) {
 		if c.opts.DialTimeout != tc.want {
 			t.Errorf("DialTimeout %v, ConnectTimeout %v: got %v, want %v", tc.dial, tc.connect, c.opts.DialTimeout, tc.want)
 		}
+	}
+}
+
+// fakeDials plays TCP connects: each call takes the next behaviour.
+type fakeDials struct {
+	mu    sync.Mutex
+	plays []func(ctx context.Context) (net.Conn, error)
+	calls int
+}
+
+func (f *fakeDials) dial(ctx context.Context, _, _ string) (net.Conn, error) {
+	f.mu.Lock()
+	play := f.plays[min(f.calls, len(f.plays)-1)]
+	f.calls++
+	f.mu.Unlock()
+	return play(ctx)
+}
+
+func (f *fakeDials) count() int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.calls
+}
+
+// lost is a SYN nobody answers: the connect waits for its context.
+func lost(ctx context.Context) (net.Conn, error) {
+	<-ctx.Done()
+	return nil, ctx.Err()
+}
+
+// answered connects at once; the peer end is kept to see it closed.
+func answered(peers chan<- net.Conn) func(context.Context) (net.Conn, error) {
+	return func(context.Context) (net.Conn, error) {
+		a, b := net.Pipe()
+		peers <- b
+		return a, nil
+	}
+}
+
+func TestDialStagger(t *testing.T) {
+	refused := errors.New("connection refused")
+	cases := []struct {
+		name    string
+		stagger time.Duration
+		plays   func(peers chan<- net.Conn) []func(context.Context) (net.Conn, error)
+		wantErr string
+		calls   [2]int // at least, at most
+	}{
+		{"lost SYN, no stagger: no answer within DialTimeout", 0,
+			func(chan<- net.Conn) []func(context.Context) (net.Conn, error) {
+				return []func(context.Context) (net.Conn, error){lost}
+			}, "no answer in", [2]int{1, 1}},
+		{"lost SYN, then a fresh connect gets through", 20 * time.Millisecond,
+			func(p chan<- net.Conn) []func(context.Context) (net.Conn, error) {
+				return []func(context.Context) (net.Conn, error){lost, lost, answered(p)}
+			}, "", [2]int{3, 3}},
+		{"refused: the host answered, no more connects", 20 * time.Millisecond,
+			func(chan<- net.Conn) []func(context.Context) (net.Conn, error) {
+				return []func(context.Context) (net.Conn, error){func(context.Context) (net.Conn, error) { return nil, refused }}
+			}, "connection refused", [2]int{1, 1}},
+		{"every SYN lost: a connect every stagger, then no answer", 50 * time.Millisecond,
+			func(chan<- net.Conn) []func(context.Context) (net.Conn, error) {
+				return []func(context.Context) (net.Conn, error){lost}
+			}, "no answer in", [2]int{3, 5}},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			peers := make(chan net.Conn, 10)
+			f := &fakeDials{plays: tc.plays(peers)}
+			c := &Client{opts: Options{DialTimeout: 200 * time.Millisecond, DialStagger: tc.stagger}, dialContext: f.dial}
+			conn, err := c.dialAddr(context.Background(), "192.0.2.1:8883")
+			if tc.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+					t.Fatalf("err %v, want %q", err, tc.wantErr)
+				}
+			} else if err != nil {
+				t.Fatal(err)
+			} else {
+				conn.Close()
+			}
+			if got := f.count(); got < tc.calls[0] || got > tc.calls[1] {
+				t.Errorf("%d connects, want %d to %d", got, tc.calls[0], tc.calls[1])
+			}
+		})
+	}
+}
+
+// TestDialStaggerClosesLateConnections: a connect that succeeds after
+// another one won is closed, not leaked.
+func TestDialStaggerClosesLateConnections(t *testing.T) {
+	peers := make(chan net.Conn, 2)
+	release := make(chan struct{})
+	slow := func(context.Context) (net.Conn, error) {
+		<-release // answers late, whatever its context says
+		a, b := net.Pipe()
+		peers <- b
+		return a, nil
+	}
+	f := &fakeDials{plays: []func(context.Context) (net.Conn, error){slow, answered(peers)}}
+	c := &Client{opts: Options{DialTimeout: time.Second, DialStagger: 10 * time.Millisecond}, dialContext: f.dial}
+	conn, err := c.dialAddr(context.Background(), "192.0.2.1:8883")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	winner := <-peers
+	defer winner.Close()
+	close(release)
+	late := <-peers
+	if _, err := late.Read(make([]byte, 1)); err != io.EOF {
+		t.Fatalf("the late connection's peer read %v, want EOF: it was not closed", err)
+	}
+	go winner.Read(make([]byte, 1))
+	if _, err := conn.Write([]byte{1}); err != nil {
+		t.Fatalf("the winning connection: %v", err)
 	}
 }

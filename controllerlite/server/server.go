@@ -39,6 +39,12 @@ const BrokerDir = "broker"
 // times a second costs the broker nothing.
 var LinkBackoff = transport.Backoff{Min: 20 * time.Millisecond, Max: 200 * time.Millisecond}
 
+// LinkDialStagger: for the same reason, while its TCP connect to an
+// external broker is unanswered (a partition, a frozen broker's full listen
+// queue) the controller sends a fresh one every 200 ms, so it is back at
+// most that long after the network is (see transport.Options.DialStagger).
+const LinkDialStagger = 200 * time.Millisecond
+
 // shutdownGrace bounds how long HTTP requests in flight may take at stop.
 const shutdownGrace = 5 * time.Second
 
@@ -133,8 +139,8 @@ func Start(ctx context.Context, cfg Config) (_ *Server, err error) {
 	} else {
 		s.tc, err = fleet.Connect(s.fl, transport.Options{
 			Broker: cfg.Broker, CAFile: cfg.CAFile, CertFile: cfg.CertFile, KeyFile: cfg.KeyFile,
-			Backoff: LinkBackoff,
-			Logger:  s.log.With("part", "transport"),
+			Backoff: LinkBackoff, DialStagger: LinkDialStagger,
+			Logger: s.log.With("part", "transport"),
 		})
 		if err != nil {
 			return nil, err
