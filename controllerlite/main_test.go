@@ -133,7 +133,10 @@ func TestCLIAgainstRunningController(t *testing.T) {
 	defer tick.Stop()
 	for {
 		out, err = cli(t, "devices", "--http", s.httpAddr, "--json")
-		if err == nil && json.Unmarshal([]byte(out), &devs) == nil && len(devs) == 1 && devs[0].Online && devs[0].Telemetry != nil {
+		// Telemetry decodes as "null" before the first one; Pending
+		// holds until the greeting has gone out.
+		if err == nil && json.Unmarshal([]byte(out), &devs) == nil && len(devs) == 1 && devs[0].Online &&
+			len(devs[0].Telemetry) > 0 && string(devs[0].Telemetry) != "null" && !devs[0].Pending {
 			break
 		}
 		select {

@@ -13,6 +13,7 @@ import (
 	"github.com/thermofleet/thermo/controllerlite/server"
 	"github.com/thermofleet/thermo/protocol"
 	"github.com/thermofleet/thermo/systemd"
+	"github.com/thermofleet/thermo/transport"
 )
 
 // serveOptions are the parsed flags of serve.
@@ -37,6 +38,7 @@ func parseServe(args []string, stderr io.Writer) (serveOptions, error) {
 	fs.StringVar(tokenFile, "http-token-file", "", "`FILE` holding the API's bearer token")
 	fs.StringVar(&cfg.Listen, "listen", "", "embedded broker's TLS listen `ADDR` (default :8883 unless --broker)")
 	fs.StringVar(&cfg.Broker, "broker", "", "external broker mqtts://HOST:PORT instead of the embedded one")
+	fs.DurationVar(&cfg.KeepAlive, "keep-alive", transport.DefaultKeepAlive, "MQTT keep-alive of the link to --broker; a broker silent this long is dropped and reconnected")
 	fs.StringVar(&cfg.TopicRoot, "topic-root", protocol.DefaultRoot, "first topic level")
 	fs.StringVar(level, "log-level", "info", "log level: debug, info, warn or error")
 	if pos, err := parseArgs(fs, args); err != nil {

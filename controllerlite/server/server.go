@@ -70,6 +70,9 @@ type Config struct {
 	// Broker is an external broker, mqtts://HOST:PORT: no broker is
 	// embedded.
 	Broker string
+	// KeepAlive of the link to an external broker (transport's default
+	// when zero): a broker silent this long is dropped and reconnected.
+	KeepAlive time.Duration
 	// TopicRoot defaults to protocol.DefaultRoot.
 	TopicRoot string
 	// Logger defaults to slog.Default().
@@ -139,7 +142,7 @@ func Start(ctx context.Context, cfg Config) (_ *Server, err error) {
 	} else {
 		s.tc, err = fleet.Connect(s.fl, transport.Options{
 			Broker: cfg.Broker, CAFile: cfg.CAFile, CertFile: cfg.CertFile, KeyFile: cfg.KeyFile,
-			Backoff: LinkBackoff, DialStagger: LinkDialStagger,
+			KeepAlive: cfg.KeepAlive, Backoff: LinkBackoff, DialStagger: LinkDialStagger,
 			Logger: s.log.With("part", "transport"),
 		})
 		if err != nil {
@@ -194,6 +197,9 @@ func check(cfg *Config) error {
 	}
 	if err := protocol.CheckRoot(cfg.TopicRoot); err != nil {
 		return fmt.Errorf("--topic-root: %w", err)
+	}
+	if cfg.KeepAlive != 0 && (cfg.KeepAlive < time.Second || cfg.KeepAlive%time.Second != 0) {
+		return fmt.Errorf("--keep-alive %v: want whole seconds, at least 1s", cfg.KeepAlive)
 	}
 	if cfg.Broker != "" {
 		if cfg.Listen != "" {

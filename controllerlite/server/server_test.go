@@ -140,6 +140,8 @@ func TestConfigErrors(t *testing.T) {
 		}, `CN "controller"`},
 		{"open API without token", func(c *Config) { c.HTTPAddr = "0.0.0.0:0" }, "needs a token"},
 		{"bad topic root", func(c *Config) { c.TopicRoot = "thermo/#" }, "--topic-root"},
+		{"keep-alive under a second", func(c *Config) { c.KeepAlive = 500 * time.Millisecond }, "--keep-alive 500ms: want whole seconds"},
+		{"keep-alive not whole seconds", func(c *Config) { c.KeepAlive = 1500 * time.Millisecond }, "--keep-alive 1.5s"},
 		{"missing key", func(c *Config) { c.KeyFile = filepath.Join(t.TempDir(), "none") }, "broker TLS"},
 	}
 	for _, tc := range tests {
@@ -230,4 +232,35 @@ func TestStopByContext(t *testing.T) {
 		c.Close()
 		t.Fatal("the API still accepts connections")
 	}
+}
+
+// TestExternalKeepAlive: the link to an external broker uses the configured
+// keep-alive, so a broker that hangs with its socket open is dropped within
+// it (with the default 15 s it would still look connected).
+func TestExternalKeepAlive(t *testing.T) {
+	pki := testenv.NewPKI(t)
+	m := testenv.StartMosquitto(t, pki, nil)
+	cert, key := pki.Client(t, protocol.ControllerID)
+	const ka = time.Second
+	s := start(t, Config{CAFile: pki.CAFile, CertFile: cert, KeyFile: key, DataDir: t.TempDir(), HTTPAddr: "127.0.0.1:0",
+		Broker: m.URL(), KeepAlive: ka, Logger: quiet})
+	waitFor := func(what string, within time.Duration, cond func() bool) time.Duration {
+		t.Helper()
+		began := time.Now()
+		for !cond() {
+			if time.Since(began) > within {
+				t.Fatalf("%s: not within %v", what, within)
+			}
+			time.Sleep(5 * time.Millisecond) // polling the fleet's link state, bounded above
+		}
+		return time.Since(began)
+	}
+	waitFor("connected", testenv.WaitTimeout, func() bool { return s.Fleet().Status().Connected })
+	m.Stop()
+	t.Cleanup(m.Cont)
+	if d := waitFor("hang noticed", 5*ka, func() bool { return !s.Fleet().Status().Connected }); d > ka*3/2 {
+		t.Errorf("hang noticed after %v, want within 1.5 × keep-alive %v", d, ka)
+	}
+	m.Cont()
+	waitFor("back after the broker resumed", testenv.WaitTimeout, func() bool { return s.Fleet().Status().Connected })
 }

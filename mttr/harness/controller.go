@@ -48,11 +48,11 @@ type flip struct {
 	at time.Time
 }
 
-func startLocalController(brokerURL, ca, cert, key, dataDir string, log *slog.Logger) (*localController, error) {
+func startLocalController(brokerURL, ca, cert, key, dataDir string, keepAlive time.Duration, log *slog.Logger) (*localController, error) {
 	ctx, cancel := context.WithCancel(context.Background())
 	s, err := server.Start(ctx, server.Config{
 		CAFile: ca, CertFile: cert, KeyFile: key, DataDir: dataDir,
-		Broker: brokerURL, HTTPAddr: "127.0.0.1:0", Logger: log.With("part", "controllerlite"),
+		Broker: brokerURL, KeepAlive: keepAlive, HTTPAddr: "127.0.0.1:0", Logger: log.With("part", "controllerlite"),
 	})
 	if err != nil {
 		cancel()

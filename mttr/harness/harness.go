@@ -366,7 +366,7 @@ func (r *run) setup(ctx context.Context) error {
 		if cerr != nil {
 			return cerr
 		}
-		r.ctrl, err = startLocalController(r.brokerURL, r.pki.caFile, cert, key, filepath.Join(cfg.WorkDir, "controller"), r.log)
+		r.ctrl, err = startLocalController(r.brokerURL, r.pki.caFile, cert, key, filepath.Join(cfg.WorkDir, "controller"), cfg.KeepAlive, r.log)
 	}
 	if err != nil {
 		return err
