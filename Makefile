@@ -94,7 +94,7 @@ MTTR_BROKER ?= mosquitto
 MTTR_OUT    ?= $(BIN)/mttr-out
 MTTR        := $(BIN)/mttr
 
-.PHONY: mttr mttr-short mttr-kill mttr-hang mttr-broker mttr-long-outage mttr-partition
+.PHONY: mttr mttr-short mttr-kill mttr-hang mttr-hang-seed mttr-broker mttr-long-outage mttr-partition
 
 mttr:
 	CGO_ENABLED=0 $(GO) build $(GOFLAGS_BUILD) -o $(MTTR) ./mttr
@@ -120,6 +120,13 @@ mttr-hang: mttr aedes
 	$(MTTR) --broker $(MTTR_BROKER) --fault hang --restart-count 50 --devices 100 \
 		--keep-alive 5s --keep-dead 10s --keep-running 5s --max-recovery 15s \
 		--json $(MTTR_OUT)/hang-$(MTTR_BROKER).json --svg $(MTTR_OUT)/hang-$(MTTR_BROKER).svg
+
+# Hang at the seed's 15 s keep-alive, frozen 30 s, 10 cycles.
+mttr-hang-seed: mttr aedes
+	@mkdir -p $(MTTR_OUT)
+	$(MTTR) --broker $(MTTR_BROKER) --fault hang --restart-count 10 --devices 100 \
+		--keep-alive 15s --keep-dead 30s --keep-running 15s --max-recovery 20s \
+		--json $(MTTR_OUT)/hang15-$(MTTR_BROKER).json --svg $(MTTR_OUT)/hang15-$(MTTR_BROKER).svg
 
 # MTTR_CYCLES kill and as many hang cycles on one broker, ours only
 # (make mttr-broker MTTR_BROKER=aedes).
