@@ -186,6 +186,16 @@ func New(o Options) (*Client, error) {
 	}, nil
 }
 
+// CheckKeepAlive reports why d cannot be a client's MQTT keep-alive: the
+// protocol counts it in whole seconds, at least one. (New itself only
+// refuses less than a second, and paho truncates the rest.)
+func CheckKeepAlive(d time.Duration) error {
+	if d < time.Second || d%time.Second != 0 {
+		return errors.New("MQTT counts keep-alive in whole seconds, at least 1s")
+	}
+	return nil
+}
+
 // ParseBroker checks a broker address: mqtts://HOST[:PORT] (also ssl:// or
 // tls://), with port 8883 by default. Plain-text schemes are refused.
 func ParseBroker(s string) (*url.URL, error) {

@@ -266,3 +266,17 @@ func TestBackoff(t *testing.T) {
 		}
 	}
 }
+
+func TestCheckKeepAlive(t *testing.T) {
+	for _, tc := range []struct {
+		d  time.Duration
+		ok bool
+	}{
+		{time.Second, true}, {15 * time.Second, true}, {0, false},
+		{500 * time.Millisecond, false}, {1500 * time.Millisecond, false},
+	} {
+		if err := CheckKeepAlive(tc.d); (err == nil) != tc.ok {
+			t.Errorf("CheckKeepAlive(%v) = %v, want ok %v", tc.d, err, tc.ok)
+		}
+	}
+}

@@ -91,13 +91,19 @@ func (h *storeHook) Stop() error {
 	return h.Hook.Stop()
 }
 
-// sessionEnds reports whether cl's session ends with its connection, by
-// the rule mochi applies (and StoredClients repeats for stored records).
+// sessionEnds reports whether cl's session ends with its connection.
 func sessionEnds(cl *mqtt.Client) bool {
-	if cl.Properties.ProtocolVersion == 5 {
-		return cl.Properties.Props.SessionExpiryInterval == 0
+	return endsWithConnection(cl.Properties.ProtocolVersion, cl.Properties.Props.SessionExpiryInterval, cl.Properties.Clean)
+}
+
+// endsWithConnection is the rule mochi applies to decide whether a session
+// ends with its connection: MQTT 5 by the session expiry, earlier versions
+// by the clean-session flag.
+func endsWithConnection(protocolVersion byte, sessionExpiry uint32, clean bool) bool {
+	if protocolVersion == 5 {
+		return sessionExpiry == 0
 	}
-	return cl.Properties.Clean
+	return clean
 }
 
 func (h *storeHook) OnSubscribed(cl *mqtt.Client, pk packets.Packet, codes []byte) {
@@ -204,10 +210,7 @@ func (h *storeHook) StoredClients() ([]storage.Client, error) {
 	defer h.mu.Unlock()
 	h.persistent = make(map[string]bool, len(clients))
 	for _, c := range clients {
-		// The same rule mochi applies to decide a session ends with its
-		// connection.
-		h.persistent[c.ID] = (c.ProtocolVersion == 5 && c.Properties.SessionExpiryInterval > 0) ||
-			(c.ProtocolVersion < 5 && !c.Clean)
+		h.persistent[c.ID] = !endsWithConnection(c.ProtocolVersion, c.Properties.SessionExpiryInterval, c.Clean)
 		// mochi clears a will's flag in the store once the will is sent
 		// (or the client disconnects cleanly), so a set flag means the
 		// client was connected when the broker died.

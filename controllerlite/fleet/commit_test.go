@@ -14,83 +14,79 @@ import (
 	"github.com/thermofleet/thermo/protocol"
 )
 
-// recordPub records what the fleet publishes; the broker acknowledges at once.
-type recordPub struct {
-	mu     sync.Mutex
-	topics []string
-	fail   error
-}
-
-func (p *recordPub) Publish(_ context.Context, topic string, _ []byte, _ byte, _ bool) error {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if p.fail != nil {
-		return p.fail
-	}
-	p.topics = append(p.topics, topic)
-	return nil
-}
-
-func (p *recordPub) published() []string {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return append([]string(nil), p.topics...)
-}
-
-// startFleet runs a fleet on st, linked to p; stop ends its loop and waits
-// for it (idempotent).
-func startFleet(t *testing.T, st *store.Store, p Publisher) (f *Fleet, stop func()) {
-	t.Helper()
-	var err error
-	f, err = New(Options{Store: st, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- f.Run(ctx) }()
-	var once sync.Once
-	stop = func() { once.Do(func() { cancel(); <-done }) }
-	t.Cleanup(stop)
-	f.LinkUp(p, true)
-	<-f.Ready()
-	return f, stop
-}
-
-func event(t *testing.T, n uint64, sp float64) []byte {
-	t.Helper()
+// eventPayload is a device's Event with device counter n writing setpoint sp.
+func eventPayload(tb testing.TB, n uint64, sp float64) []byte {
+	tb.Helper()
 	b, err := protocol.Message{VC: protocol.Clock{0, n}, Src: protocol.SrcLocal,
 		Props: protocol.Props{protocol.PropSetpoint: {Val: sp, W: protocol.Clock{0, n}}}}.Encode()
 	if err != nil {
-		t.Fatal(err)
+		tb.Fatal(err)
 	}
 	return b
 }
 
-// TestBatchStoredBeforePublished: a burst of devices coming back is
-// applied, stored and greeted; every greeting goes out after its device's
-// state is on disk, and a reopened store holds each device's Event.
-func TestBatchStoredBeforePublished(t *testing.T) {
-	dir := t.TempDir()
-	st, err := store.Open(dir)
+// commands records, in order, the topics of the Commands the embedded
+// broker delivers to an in-process subscriber.
+type commands struct {
+	mu     sync.Mutex
+	topics []string
+}
+
+func (c *commands) got() []string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return append([]string(nil), c.topics...)
+}
+
+// watchCommands subscribes to every device's command topic on e's embedded
+// broker.
+func watchCommands(t *testing.T, e *env) *commands {
+	t.Helper()
+	c := &commands{}
+	err := e.b.Subscribe(protocol.Filter(protocol.DefaultRoot, protocol.KindCmd), func(topic string, _ []byte, retained bool) {
+		if !retained {
+			c.mu.Lock()
+			c.topics = append(c.topics, topic)
+			c.mu.Unlock()
+		}
+	})
 	if err != nil {
 		t.Fatal(err)
 	}
-	pub := &recordPub{}
-	f, stop := startFleet(t, st, pub)
+	return c
+}
+
+// TestBurstStoredAndGreeted: a burst of devices coming back through the
+// embedded broker (one batch or a few) is applied, stored and greeted, the
+// greetings in the order the devices came; once the fleet has stopped the
+// store holds every device's Event and no Command owed.
+func TestBurstStoredAndGreeted(t *testing.T) {
+	e := newEnv(t, "embedded", nil)
+	r := e.start(t.TempDir())
+	r.waitReady(t)
+	cmds := watchCommands(t, e)
 	const n = 20
 	for i := range n {
 		id := fmt.Sprintf("d%02d", i)
-		f.Receive(protocol.Topic(protocol.DefaultRoot, id, protocol.KindEvent), event(t, 3, 19+float64(i)/10), false)
-		f.Receive(protocol.Topic(protocol.DefaultRoot, id, protocol.KindStatus), protocol.Status{Online: true}.Encode(), false)
-	}
-	waitUntil(t, "every greeting published", func() bool { return len(pub.published()) == n })
-	for i, topic := range pub.published() {
-		if want := protocol.Topic(protocol.DefaultRoot, fmt.Sprintf("d%02d", i), protocol.KindCmd); topic != want {
-			t.Fatalf("greeting %d on %s, want %s: out of order", i, topic, want)
+		if err := e.b.Publish(topic(id, protocol.KindEvent), eventPayload(t, 3, 19+float64(i)/10), true, 1); err != nil {
+			t.Fatal(err)
+		}
+		if err := e.b.Publish(topic(id, protocol.KindStatus), protocol.Status{Online: true}.Encode(), true, 1); err != nil {
+			t.Fatal(err)
 		}
 	}
-	stop() // the owed marks are cleared after the publishes
+	waitUntil(t, "every greeting published", func() bool { return len(cmds.got()) == n })
+	for i, got := range cmds.got() {
+		if want := topic(fmt.Sprintf("d%02d", i), protocol.KindCmd); got != want {
+			t.Fatalf("greeting %d on %s, want %s: out of order", i, got, want)
+		}
+	}
+	r.stop()
+	st, err := store.Open(r.dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
 	devs, err := st.Load()
 	if err != nil {
 		t.Fatal(err)
@@ -108,54 +104,92 @@ func TestBatchStoredBeforePublished(t *testing.T) {
 	}
 }
 
-// fleetWithDevice starts a fleet on a fresh store that knows device d1.
-func fleetWithDevice(t *testing.T) (*Fleet, *store.Store, *recordPub, func()) {
-	t.Helper()
-	st, err := store.Open(t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
-	pub := &recordPub{}
-	f, stop := startFleet(t, st, pub)
-	f.Receive(protocol.Topic(protocol.DefaultRoot, "d1", protocol.KindEvent), event(t, 1, 20), false)
-	waitUntil(t, "the device known", func() bool { _, ok := f.Device("d1"); return ok })
-	return f, st, pub, stop
-}
-
 // TestNothingPublishedWhenStoreRefuses: a remote write whose state cannot
 // be stored is refused with the reason and never published.
 func TestNothingPublishedWhenStoreRefuses(t *testing.T) {
-	f, st, pub, _ := fleetWithDevice(t)
-	if _, err := f.Set(context.Background(), "d1", map[string]any{"setpoint_c": 22.0}); err != nil {
+	e := newEnv(t, "embedded", nil)
+	r := e.start(t.TempDir())
+	r.waitReady(t)
+	cmds := watchCommands(t, e)
+	if err := e.b.Publish(topic("d1", protocol.KindEvent), eventPayload(t, 1, 20), true, 1); err != nil {
 		t.Fatal(err)
 	}
-	if got := len(pub.published()); got != 1 {
-		t.Fatalf("%d commands published after a stored write, want 1", got)
+	r.waitDevice(t, "d1", "known", func(Device) bool { return true })
+	if _, err := r.Set(context.Background(), "d1", map[string]any{"setpoint_c": 22.0}); err != nil {
+		t.Fatal(err)
 	}
-	st.Close()
-	_, err := f.Set(context.Background(), "d1", map[string]any{"setpoint_c": 23.0})
+	waitUntil(t, "the stored write published", func() bool { return len(cmds.got()) == 1 })
+	r.st.Close()
+	_, err := r.Set(context.Background(), "d1", map[string]any{"setpoint_c": 23.0})
 	if err == nil || !strings.Contains(err.Error(), "persist before publish") {
 		t.Fatalf("write with the store gone: %v, want a persist-before-publish error", err)
 	}
-	if got := len(pub.published()); got != 1 {
+	// The embedded broker delivers inline, within Publish: had the
+	// Command gone out, it would be recorded by now.
+	if got := len(cmds.got()); got != 1 {
 		t.Fatalf("%d commands published, want still 1: a command went out without its state stored", got)
 	}
+}
+
+// failingPub is a broker link that refuses publishes while fail is set:
+// a publish failing with the link still up cannot be had from a real
+// broker on demand.
+type failingPub struct {
+	mu   sync.Mutex
+	fail error
+}
+
+func (p *failingPub) Publish(context.Context, string, []byte, byte, bool) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.fail
+}
+
+func (p *failingPub) setFail(err error) {
+	p.mu.Lock()
+	p.fail = err
+	p.mu.Unlock()
+}
+
+// startFleet runs a fleet on st, linked to p, with edit applied before it
+// runs; stop ends its loop and waits for it (idempotent).
+func startFleet(tb testing.TB, st *store.Store, p Publisher, edit func(*Fleet)) (f *Fleet, stop func()) {
+	tb.Helper()
+	f, err := New(Options{Store: st, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	if edit != nil {
+		edit(f)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- f.Run(ctx) }()
+	var once sync.Once
+	stop = func() { once.Do(func() { cancel(); <-done }) }
+	tb.Cleanup(stop)
+	f.LinkUp(p, true)
+	<-f.Ready()
+	return f, stop
 }
 
 // TestOwedWhenPublishFails: a Command the broker did not take leaves the
 // device owed, and the next successful Command (a whole state) clears it.
 func TestOwedWhenPublishFails(t *testing.T) {
-	f, st, pub, stop := fleetWithDevice(t)
-	pub.mu.Lock()
-	pub.fail = errors.New("broker gone")
-	pub.mu.Unlock()
+	st, err := store.Open(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	pub := &failingPub{}
+	f, stop := startFleet(t, st, pub, nil)
+	f.Receive(topic("d1", protocol.KindEvent), eventPayload(t, 1, 20), false)
+	waitUntil(t, "the device known", func() bool { _, ok := f.Device("d1"); return ok })
+	pub.setFail(errors.New("broker gone"))
 	d, err := f.Set(context.Background(), "d1", map[string]any{"setpoint_c": 22.0})
 	if err != nil || !d.Pending {
 		t.Fatalf("write while the broker refuses: %+v, %v; want accepted and pending", d, err)
 	}
-	pub.mu.Lock()
-	pub.fail = nil
-	pub.mu.Unlock()
+	pub.setFail(nil)
 	d, err = f.Set(context.Background(), "d1", map[string]any{"mode": "heat"})
 	if err != nil || d.Pending {
 		t.Fatalf("write with the broker back: %+v, %v; want nothing pending", d, err)

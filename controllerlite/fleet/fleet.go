@@ -478,17 +478,16 @@ func (f *Fleet) commit() error {
 	}
 	// Every Command carries the device's whole state, so the outcome of
 	// a device's last Command decides whether it still owes one.
-	cleared := map[string]bool{}
+	devices := map[string]bool{}
 	for _, c := range cmds {
-		ok := f.publish(c)
-		f.recs[c.id].Owed = !ok
-		cleared[c.id] = ok
+		f.recs[c.id].Owed = !f.publish(c)
+		devices[c.id] = true
 		f.updateView(c.id)
 	}
 	var sent []store.Device
-	for _, id := range slices.Sorted(maps.Keys(cleared)) {
-		if cleared[id] {
-			sent = append(sent, *f.recs[id])
+	for _, id := range slices.Sorted(maps.Keys(devices)) {
+		if rec := f.recs[id]; !rec.Owed {
+			sent = append(sent, *rec)
 		}
 	}
 	if err := f.st.Put(sent...); err != nil {

@@ -198,8 +198,10 @@ func check(cfg *Config) error {
 	if err := protocol.CheckRoot(cfg.TopicRoot); err != nil {
 		return fmt.Errorf("--topic-root: %w", err)
 	}
-	if cfg.KeepAlive != 0 && (cfg.KeepAlive < time.Second || cfg.KeepAlive%time.Second != 0) {
-		return fmt.Errorf("--keep-alive %v: want whole seconds, at least 1s", cfg.KeepAlive)
+	if cfg.KeepAlive != 0 {
+		if err := transport.CheckKeepAlive(cfg.KeepAlive); err != nil {
+			return fmt.Errorf("--keep-alive %v: %w", cfg.KeepAlive, err)
+		}
 	}
 	if cfg.Broker != "" {
 		if cfg.Listen != "" {

@@ -140,7 +140,7 @@ func TestConfigErrors(t *testing.T) {
 		}, `CN "controller"`},
 		{"open API without token", func(c *Config) { c.HTTPAddr = "0.0.0.0:0" }, "needs a token"},
 		{"bad topic root", func(c *Config) { c.TopicRoot = "thermo/#" }, "--topic-root"},
-		{"keep-alive under a second", func(c *Config) { c.KeepAlive = 500 * time.Millisecond }, "--keep-alive 500ms: want whole seconds"},
+		{"keep-alive under a second", func(c *Config) { c.KeepAlive = 500 * time.Millisecond }, "--keep-alive 500ms: MQTT counts keep-alive in whole seconds"},
 		{"keep-alive not whole seconds", func(c *Config) { c.KeepAlive = 1500 * time.Millisecond }, "--keep-alive 1.5s"},
 		{"missing key", func(c *Config) { c.KeyFile = filepath.Join(t.TempDir(), "none") }, "broker TLS"},
 	}

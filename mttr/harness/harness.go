@@ -133,11 +133,8 @@ func (c *Config) check() error {
 			return fmt.Errorf("--fault %s: %d cycles: want at least 1", p.Fault, p.Cycles)
 		}
 	}
-	if c.KeepAlive < time.Second {
-		return fmt.Errorf("--keep-alive %v: MQTT counts keep-alive in whole seconds, at least 1s", c.KeepAlive)
-	}
-	if c.KeepAlive%time.Second != 0 {
-		return fmt.Errorf("--keep-alive %v: MQTT counts keep-alive in whole seconds", c.KeepAlive)
+	if err := transport.CheckKeepAlive(c.KeepAlive); err != nil {
+		return fmt.Errorf("--keep-alive %v: %w", c.KeepAlive, err)
 	}
 	if c.FactorOfKeepAlive <= 0 || math.IsNaN(c.FactorOfKeepAlive) || math.IsInf(c.FactorOfKeepAlive, 0) {
 		return fmt.Errorf("--factor-of-keep-alive %v: want a positive number", c.FactorOfKeepAlive)
