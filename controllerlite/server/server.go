@@ -238,7 +238,11 @@ func (s *Server) shutdown() {
 			s.log.Warn("http shutdown", "error", err)
 		}
 		cancel()
-	} else if s.ln != nil {
+	}
+	// Shutdown closes only the listeners Serve has begun on: a stop right
+	// after Start can come before the Serve goroutine runs, and the API's
+	// port would stay open until it does. Closing twice is harmless.
+	if s.ln != nil {
 		s.ln.Close()
 	}
 	if s.cancel != nil {
