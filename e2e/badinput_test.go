@@ -63,6 +63,20 @@ var badMessages = []badMessage{
 	{name: "three counters", reason: "3 elements, want 2", payload: func(vc protocol.Clock) string {
 		return fmt.Sprintf(`{"v":1,"vc":[%d,%d,1],"props":{}}`, vc[0], vc[1])
 	}},
+	{name: "controller counter 2^53-1", reason: "over the largest counter", payload: func(vc protocol.Clock) string {
+		return fmt.Sprintf(`{"v":1,"vc":[9007199254740991,%d],"props":{}}`, vc[1])
+	}},
+	{name: "device counter 2^53-1", reason: "over the largest counter", payload: func(vc protocol.Clock) string {
+		return fmt.Sprintf(`{"v":1,"vc":[%d,9007199254740991],"props":{}}`, vc[0])
+	}},
+	{name: "counter one above 2^52", reason: "over the largest counter", payload: func(vc protocol.Clock) string {
+		return fmt.Sprintf(`{"v":1,"vc":[4503599627370497,%d],"props":{}}`, vc[1])
+	}},
+	// Within the bound, but it would leave the receiver no events of its
+	// own to count: refused whole all the same (PROTOCOL.md "Why 2^52").
+	{name: "receiver's own counter pushed to the bound", reason: "clock exhausted", payload: func(vc protocol.Clock) string {
+		return `{"v":1,"vc":[4503599627370496,4503599627370496],"props":{"setpoint_c":{"val":30,"w":[4503599627370496,4503599627370496]}}}`
+	}},
 	{name: "props not an object", reason: "props is not an object", payload: func(vc protocol.Clock) string {
 		return `{"v":1,"vc":` + js(vc) + `,"props":[{"setpoint_c":30}]}`
 	}},
@@ -74,6 +88,9 @@ var badMessages = []badMessage{
 	}},
 	{name: "setpoint not a number", reason: "must be a number", props: []string{"setpoint_c"}, payload: func(vc protocol.Clock) string {
 		return `{"v":1,"vc":` + js(vc) + `,"props":{"setpoint_c":{"val":"hot","w":` + js(vc) + `}}}`
+	}},
+	{name: "stamp over the bound", reason: "over the largest counter", props: []string{"setpoint_c"}, payload: func(vc protocol.Clock) string {
+		return `{"v":1,"vc":` + js(vc) + `,"props":{"setpoint_c":{"val":25,"w":[4503599627370497,0]}}}`
 	}},
 	{name: "stamp beyond the message clock", reason: "beyond the message clock", props: []string{"setpoint_c"}, payload: func(vc protocol.Clock) string {
 		return `{"v":1,"vc":` + js(vc) + `,"props":{"setpoint_c":{"val":25,"w":` + js(protocol.Clock{vc[0] + 1, vc[1] + 1}) + `}}}`

@@ -89,19 +89,22 @@ func (c *Controller) Set(id string, changes map[string]any) (Message, error) {
 // duplicates. A Command from the merged clock is beyond anything the
 // device has seen and carries the controller's state across; without it
 // the two sides could disagree until the next greeting.
-func (c *Controller) ReceiveEvent(id string, m Message) (Outcome, *Message) {
-	out := c.device(id).Receive(m)
-	if !out.OwnBehind {
-		return out, nil
+//
+// An Event the clock rules refuse (see Replica.Receive) returns an error
+// wrapping ErrInvalid, and nothing changes.
+func (c *Controller) ReceiveEvent(id string, m Message) (Outcome, *Message, error) {
+	out, err := c.device(id).Receive(m)
+	if err != nil || !out.OwnBehind {
+		return out, nil, err
 	}
-	return out, c.Online(id)
+	return out, c.Online(id), nil
 }
 
 // ReceiveCommand applies one of the controller's own Commands read back from
 // the broker (retained): after a lost store it is how the controller's
 // earlier writes come back. For a controller with intact state it is a
 // duplicate.
-func (c *Controller) ReceiveCommand(id string, m Message) Outcome {
+func (c *Controller) ReceiveCommand(id string, m Message) (Outcome, error) {
 	return c.device(id).Receive(m)
 }
 

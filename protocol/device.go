@@ -161,39 +161,43 @@ func (d *Device) LocalWrite(changes map[string]any, src string) (*Message, error
 // ReceiveCommand applies a Command. retained is the MQTT RETAIN flag of the
 // delivery. It returns the Event to send: after a Command that changed a
 // property, or when a live Command ends a rejoin. A discarded or duplicate
-// Command sends nothing.
-func (d *Device) ReceiveCommand(m Message, retained bool) (Outcome, *Message) {
+// Command sends nothing. A Command the clock rules refuse (see
+// Replica.Receive) returns an error wrapping ErrInvalid and changes nothing.
+func (d *Device) ReceiveCommand(m Message, retained bool) (Outcome, *Message, error) {
 	if d.st.Unconfirmed {
 		return d.receiveUnconfirmed(m, !retained)
 	}
-	out := d.st.Replica.Receive(m)
+	out, err := d.st.Replica.Receive(m)
+	if err != nil {
+		return out, nil, err
+	}
 	if d.st.Rejoining {
 		// A retained Command may predate the device's own later Events, so
 		// only a live one (such as the controller's greeting) ends the wait.
 		if retained {
-			return out, nil
+			return out, nil, nil
 		}
-		return out, d.endRejoin()
+		return out, d.endRejoin(), nil
 	}
 	if len(out.Applied) == 0 {
-		return out, nil
+		return out, nil, nil
 	}
 	e := d.st.Replica.Send()
-	return out, &e
+	return out, &e, nil
 }
 
 // ReceiveOwnEvent handles the device's own Event topic, which it reads only
 // while rejoining: its retained Event restores what it last announced and
 // ends the wait. Afterwards such messages are echoes and duplicates.
-func (d *Device) ReceiveOwnEvent(m Message) (Outcome, *Message) {
+func (d *Device) ReceiveOwnEvent(m Message) (Outcome, *Message, error) {
 	if d.st.Unconfirmed {
 		return d.receiveUnconfirmed(m, true)
 	}
-	out := d.st.Replica.Receive(m)
-	if !d.st.Rejoining {
-		return out, nil
+	out, err := d.st.Replica.Receive(m)
+	if err != nil || !d.st.Rejoining {
+		return out, nil, err
 	}
-	return out, d.endRejoin()
+	return out, d.endRejoin(), nil
 }
 
 // SyncTimeout ends a rejoin that heard nothing in time. The device goes on
@@ -218,7 +222,7 @@ func (d *Device) SyncTimeout() *Message {
 // device's write wins. A live message, carrying the controller's current
 // clock, then ends the state: the written values are stamped again after
 // the merge, so they dominate everything the controller knows.
-func (d *Device) receiveUnconfirmed(m Message, live bool) (Outcome, *Message) {
+func (d *Device) receiveUnconfirmed(m Message, live bool) (Outcome, *Message, error) {
 	r := d.st.Replica
 	saved := Props{}
 	for _, name := range d.st.Written {
@@ -227,9 +231,9 @@ func (d *Device) receiveUnconfirmed(m Message, live bool) (Outcome, *Message) {
 		}
 	}
 	src := r.Src
-	out := r.Receive(m)
-	if out.Duplicate {
-		return out, nil
+	out, err := r.Receive(m)
+	if err != nil || out.Duplicate {
+		return out, nil, err
 	}
 	var applied []string
 	for _, name := range out.Applied {
@@ -244,10 +248,10 @@ func (d *Device) receiveUnconfirmed(m Message, live bool) (Outcome, *Message) {
 	out.Applied = applied
 	if !live {
 		if len(applied) == 0 || !d.online {
-			return out, nil
+			return out, nil, nil
 		}
 		e := r.Send()
-		return out, &e
+		return out, &e, nil
 	}
 	if len(saved) > 0 {
 		vals := make(map[string]any, len(saved))
@@ -258,10 +262,10 @@ func (d *Device) receiveUnconfirmed(m Message, live bool) (Outcome, *Message) {
 	}
 	d.st.Unconfirmed, d.st.Written, d.st.PendingSrc = false, nil, ""
 	if !d.online {
-		return out, nil
+		return out, nil, nil
 	}
 	e := r.Send()
-	return out, &e
+	return out, &e, nil
 }
 
 func (d *Device) endRejoin() *Message {

@@ -28,17 +28,17 @@ func TestDeviceRejoin(t *testing.T) {
 		{"connect alone keeps waiting", func(t *testing.T, d *Device) *Message { return d.Connect() }, true, Clock{0, 0}, 20},
 		{"retained command merges but keeps waiting", func(t *testing.T, d *Device) *Message {
 			d.Connect()
-			_, m := d.ReceiveCommand(mustMsg(t, retainedCmd), true)
+			_, m, _ := d.ReceiveCommand(mustMsg(t, retainedCmd), true)
 			return m
 		}, true, Clock{6, 8}, 17},
 		{"own retained event ends the wait", func(t *testing.T, d *Device) *Message {
 			d.Connect()
-			_, m := d.ReceiveOwnEvent(mustMsg(t, oldEvent))
+			_, m, _ := d.ReceiveOwnEvent(mustMsg(t, oldEvent))
 			return m
 		}, false, Clock{5, 11}, 19.5},
 		{"live command ends the wait", func(t *testing.T, d *Device) *Message {
 			d.Connect()
-			_, m := d.ReceiveCommand(mustMsg(t, greeting), false)
+			_, m, _ := d.ReceiveCommand(mustMsg(t, greeting), false)
 			return m
 		}, false, Clock{8, 11}, 20},
 		{"timeout ends the wait", func(t *testing.T, d *Device) *Message { d.Connect(); return d.SyncTimeout() }, false, Clock{0, 1}, 20},
@@ -48,7 +48,7 @@ func TestDeviceRejoin(t *testing.T) {
 				t.Fatalf("write while rejoining sent %v, %v", m, err)
 			}
 			d.ReceiveCommand(mustMsg(t, retainedCmd), true)
-			_, m := d.ReceiveOwnEvent(mustMsg(t, oldEvent))
+			_, m, _ := d.ReceiveOwnEvent(mustMsg(t, oldEvent))
 			return m
 		}, false, Clock{6, 12}, 23},
 	} {
@@ -111,10 +111,10 @@ func TestDeviceOfflineWrite(t *testing.T) {
 		t.Fatalf("a refused write moved the clock to %v", d.Clock())
 	}
 	// A command that changes nothing sends nothing; one that applies does.
-	if _, e := d.ReceiveCommand(mustMsg(t, `{"v":1,"vc":[3,0],"props":{"mode":{"val":"off","w":[3,0]}}}`), false); e != nil {
+	if _, e, _ := d.ReceiveCommand(mustMsg(t, `{"v":1,"vc":[3,0],"props":{"mode":{"val":"off","w":[3,0]}}}`), false); e != nil {
 		t.Errorf("discarded command answered with %v", e)
 	}
-	if _, e := d.ReceiveCommand(mustMsg(t, `{"v":1,"vc":[5,6],"props":{"mode":{"val":"off","w":[5,6]}}}`), false); e == nil || e.Props[PropMode].Val != ModeOff {
+	if _, e, _ := d.ReceiveCommand(mustMsg(t, `{"v":1,"vc":[5,6],"props":{"mode":{"val":"off","w":[5,6]}}}`), false); e == nil || e.Props[PropMode].Val != ModeOff {
 		t.Errorf("applied command answered with %v", e)
 	}
 }
@@ -138,7 +138,7 @@ func TestUnconfirmedAfterTimeout(t *testing.T) {
 	}
 	// A retained Command from before: its values dominate the device's
 	// stamps by the clocks, but the person's write stands.
-	out, e := d.ReceiveCommand(mustMsg(t, `{"v":1,"vc":[6,9],"props":{"setpoint_c":{"val":22.0,"w":[6,9]},"mode":{"val":"heat","w":[5,8]}}}`), true)
+	out, e, _ := d.ReceiveCommand(mustMsg(t, `{"v":1,"vc":[6,9],"props":{"setpoint_c":{"val":22.0,"w":[6,9]},"mode":{"val":"heat","w":[5,8]}}}`), true)
 	if sp := d.Effective()[PropSetpoint]; sp != 30.0 {
 		t.Fatalf("retained command undid the write: setpoint %v (%+v)", sp, out)
 	}
@@ -150,7 +150,7 @@ func TestUnconfirmedAfterTimeout(t *testing.T) {
 	}
 	// The controller's greeting: live, from a clock that counted 9 device
 	// events. The write is stamped again after the merge and sent.
-	out, e = d.ReceiveCommand(mustMsg(t, `{"v":1,"vc":[7,9],"props":{"setpoint_c":{"val":22.0,"w":[6,9]},"mode":{"val":"heat","w":[5,8]}}}`), false)
+	out, e, _ = d.ReceiveCommand(mustMsg(t, `{"v":1,"vc":[7,9],"props":{"setpoint_c":{"val":22.0,"w":[6,9]},"mode":{"val":"heat","w":[5,8]}}}`), false)
 	if e == nil {
 		t.Fatal("greeting ended nothing")
 	}
@@ -162,7 +162,7 @@ func TestUnconfirmedAfterTimeout(t *testing.T) {
 		t.Error("still unconfirmed after a live command")
 	}
 	// From now on commands apply as usual.
-	if _, e := d.ReceiveCommand(mustMsg(t, `{"v":1,"vc":[9,14],"props":{"setpoint_c":{"val":19.0,"w":[9,14]}}}`), false); e == nil || d.Effective()[PropSetpoint] != 19.0 {
+	if _, e, _ := d.ReceiveCommand(mustMsg(t, `{"v":1,"vc":[9,14],"props":{"setpoint_c":{"val":19.0,"w":[9,14]}}}`), false); e == nil || d.Effective()[PropSetpoint] != 19.0 {
 		t.Fatalf("later command not applied: %v", d.Effective())
 	}
 }
@@ -174,10 +174,10 @@ func TestControllerResyncsWhenBehind(t *testing.T) {
 	c := NewController(nil)
 	c.Ready()
 	c.Seen("d1")
-	if _, m := c.ReceiveEvent("d1", mustMsg(t, `{"v":1,"vc":[0,3],"props":{"mode":{"val":"heat","w":[0,2]}}}`)); m != nil {
+	if _, m, _ := c.ReceiveEvent("d1", mustMsg(t, `{"v":1,"vc":[0,3],"props":{"mode":{"val":"heat","w":[0,2]}}}`)); m != nil {
 		t.Fatalf("ordinary event answered with %v", m)
 	}
-	out, m := c.ReceiveEvent("d1", mustMsg(t, `{"v":1,"vc":[14,5],"props":{"mode":{"val":"heat","w":[0,2]}}}`))
+	out, m, _ := c.ReceiveEvent("d1", mustMsg(t, `{"v":1,"vc":[14,5],"props":{"mode":{"val":"heat","w":[0,2]}}}`))
 	if !out.OwnBehind || m == nil || !(Clock{14, 5}).LessEq(m.VC) || m.VC[ControllerIdx] <= 14 {
 		t.Fatalf("behind: outcome %+v, answer %v", out, m)
 	}

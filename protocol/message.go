@@ -17,10 +17,12 @@ const Version = 1
 // MaxPayload is the largest payload accepted, in bytes.
 const MaxPayload = 4096
 
-// MaxCounter is the largest clock counter accepted: the largest integer a
-// JSON number holds exactly in every language (2^53-1), so peers written in
-// JavaScript read the same clock we do.
-const MaxCounter = 1<<53 - 1
+// MaxCounter is the largest clock or stamp counter accepted (PROTOCOL.md
+// "Bad input"): 2^52, half the largest integer a JSON number holds exactly
+// in every language (2^53-1). The room above it means a side that merged
+// the largest counter a peer may send can still count its own events
+// exactly, so no message leaves a receiver unable to tick.
+const MaxCounter = 1 << 52
 
 // Sources of a write, carried in "src". Informational: no rule reads them.
 const (

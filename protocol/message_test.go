@@ -30,6 +30,9 @@ func TestDecodeMessageRejectsWhole(t *testing.T) {
 		{"vc object", `{"v":1,"vc":{"c":1},"props":{}}`, "not an array"},
 		{"vc null", `{"v":1,"vc":null,"props":{}}`, "not an array"},
 		{"vc huge", `{"v":1,"vc":[9007199254740992,0],"props":{}}`, "over the largest counter"},
+		{"vc 2^53-1 device", `{"v":1,"vc":[0,9007199254740991],"props":{}}`, "over the largest counter"},
+		{"vc 2^53-1 controller", `{"v":1,"vc":[9007199254740991,4],"props":{}}`, "over the largest counter"},
+		{"vc 2^52+1", `{"v":1,"vc":[4503599627370497,0],"props":{}}`, "over the largest counter"},
 		{"vc leading zero", `{"v":1,"vc":[01,0],"props":{}}`, "not a JSON object"},
 		{"props array", `{"v":1,"vc":[1,0],"props":[]}`, "props is not an object"},
 		{"props null", `{"v":1,"vc":[1,0],"props":null}`, "props is not an object"},
@@ -66,6 +69,7 @@ func TestDecodeMessageRejectsPropertyAlone(t *testing.T) {
 		{"w negative", `"mode":{"val":"heat","w":[0,-1]}`, "not a non-negative integer", false},
 		{"w short", `"mode":{"val":"heat","w":[1]}`, "1 elements", false},
 		{"w beyond vc", `"mode":{"val":"heat","w":[3,0]}`, "beyond the message clock", false},
+		{"w over the bound", `"mode":{"val":"heat","w":[4503599627370497,0]}`, "over the largest counter", false},
 		{"not object", `"mode":"heat"`, "not an object", false},
 		{"unknown", `"fan_speed":{"val":3,"w":[1,0]}`, "unknown property", true},
 	} {

@@ -369,9 +369,12 @@ func (s *sim) deliver(i int) error {
 			var out Outcome
 			var resync *Message
 			if kind == KindEvent {
-				out, resync = s.ctl.ReceiveEvent(id, msg)
+				out, resync, err = s.ctl.ReceiveEvent(id, msg)
 			} else {
-				out = s.ctl.ReceiveCommand(id, msg)
+				out, err = s.ctl.ReceiveCommand(id, msg)
+			}
+			if err != nil {
+				return fmt.Errorf("own payload refused: %w", err)
 			}
 			// What a receive takes in, it knows from now on; a duplicate is
 			// taken in not at all.
@@ -392,12 +395,15 @@ func (s *sim) deliver(i int) error {
 	var out Outcome
 	var reply *Message
 	if kind == KindCmd {
-		out, reply = dv.d.ReceiveCommand(msg, m.retained)
+		out, reply, err = dv.d.ReceiveCommand(msg, m.retained)
 		if !m.retained && !out.Duplicate && !out.OwnBehind && !dv.d.Rejoining() {
 			dv.atRisk = false
 		}
 	} else {
-		out, reply = dv.d.ReceiveOwnEvent(msg)
+		out, reply, err = dv.d.ReceiveOwnEvent(msg)
+	}
+	if err != nil {
+		return fmt.Errorf("own payload refused: %w", err)
 	}
 	if !out.Duplicate {
 		s.learn(s.side(dv.id, true), m.know)

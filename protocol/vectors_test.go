@@ -116,7 +116,10 @@ func TestWorkedExample(t *testing.T) {
 			if err != nil {
 				t.Fatalf("%s: %v", s.Step, err)
 			}
-			out := r.Receive(m)
+			out, err := r.Receive(m)
+			if err != nil {
+				t.Fatalf("%s: %v", s.Step, err)
+			}
 			if out.Duplicate {
 				t.Errorf("%s: taken for a duplicate", s.Step)
 			}

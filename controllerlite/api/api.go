@@ -138,6 +138,8 @@ func (h *handler) put(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusBadRequest, err.Error())
 	case errors.Is(err, fleet.ErrUnknownDevice):
 		writeError(w, http.StatusNotFound, err.Error())
+	case errors.Is(err, fleet.ErrClockExhausted):
+		writeError(w, http.StatusConflict, err.Error())
 	case errors.Is(err, fleet.ErrNotReady), errors.Is(err, fleet.ErrStopped),
 		errors.Is(err, context.DeadlineExceeded), errors.Is(err, context.Canceled):
 		writeError(w, http.StatusServiceUnavailable, err.Error())

@@ -45,6 +45,11 @@ var (
 	ErrNotReady = protocol.ErrNotReady
 	// ErrInvalid: a property is unknown or its value is invalid.
 	ErrInvalid = errors.New("invalid property")
+	// ErrClockExhausted: the controller's clock for the device cannot count
+	// another write (only a peer that sent a counter near the protocol's
+	// bound can cause it); the write is refused rather than sent with a
+	// clock the device must reject.
+	ErrClockExhausted = protocol.ErrClockExhausted
 	// ErrStopped: Run has returned.
 	ErrStopped = errors.New("fleet stopped")
 )
@@ -402,6 +407,10 @@ func (f *Fleet) set(id string, changes map[string]any) (Device, error) {
 		if errors.Is(err, ErrUnknownDevice) || errors.Is(err, ErrNotReady) {
 			return Device{}, err
 		}
+		if errors.Is(err, ErrClockExhausted) {
+			f.log.Error("remote write refused: the clock for this device is at its limit", "device", id, "error", err)
+			return Device{}, fmt.Errorf("set %s: %w", id, err)
+		}
 		return Device{}, fmt.Errorf("%w: %v", ErrInvalid, err)
 	}
 	f.log.Info("remote write", "device", id, "changes", changes, "vc", m.VC)
@@ -632,9 +641,13 @@ func (f *Fleet) handle(topic string, payload []byte, retained bool) {
 		var out protocol.Outcome
 		var resync *protocol.Message
 		if kind == protocol.KindEvent {
-			out, resync = f.ctrl.ReceiveEvent(id, m)
+			out, resync, err = f.ctrl.ReceiveEvent(id, m)
 		} else {
-			out = f.ctrl.ReceiveCommand(id, m)
+			out, err = f.ctrl.ReceiveCommand(id, m)
+		}
+		if err != nil {
+			f.reject(topic, payload, err)
+			return
 		}
 		rec := f.record(id)
 		if out.Duplicate {

@@ -211,5 +211,5 @@ func normalize(r *protocol.Replica) error {
 		}
 		r.Props[name] = protocol.Prop{Val: v, W: p.W}
 	}
-	return nil
+	return r.Validate()
 }

@@ -124,6 +124,8 @@ func TestLoadRefusesCorruptRecords(t *testing.T) {
 		{"id mismatch", "d1", `{"id":"d2","replica":{"side":0,"vc":[0,0],"props":{}}}`, `record says id "d2"`},
 		{"bad value", "d1", `{"id":"d1","replica":{"side":0,"vc":[1,0],"props":{"setpoint_c":{"val":99,"w":[1,0]}}}}`, "out of range"},
 		{"stamp beyond clock", "d1", `{"id":"d1","replica":{"side":0,"vc":[1,0],"props":{"mode":{"val":"heat","w":[2,0]}}}}`, "beyond the clock"},
+		{"counter over 2^52", "d1", `{"id":"d1","replica":{"side":0,"vc":[4503599627370497,0],"props":{}}}`, "over the limit"},
+		{"counter 2^53-1", "d1", `{"id":"d1","replica":{"side":0,"vc":[1,9007199254740991],"props":{}}}`, "over the limit"},
 		{"unknown property", "d1", `{"id":"d1","replica":{"side":0,"vc":[1,0],"props":{"fan":{"val":1,"w":[1,0]}}}}`, "unknown property"},
 	}
 	for _, tc := range tests {

@@ -484,10 +484,18 @@ func (a *Agent) receive(tm transport.Message) error {
 	var out protocol.Outcome
 	var reply *protocol.Message
 	if kind == protocol.KindEvent {
-		out, reply = a.dev.ReceiveOwnEvent(m)
+		out, reply, err = a.dev.ReceiveOwnEvent(m)
+		if err != nil {
+			a.reject(tm, err.Error())
+			return nil
+		}
 		a.log.Info("rejoin: own retained event received", "vc", m.VC, "retained", tm.Retained)
 	} else {
-		out, reply = a.dev.ReceiveCommand(m, tm.Retained)
+		out, reply, err = a.dev.ReceiveCommand(m, tm.Retained)
+		if err != nil {
+			a.reject(tm, err.Error())
+			return nil
+		}
 		switch {
 		case out.Duplicate:
 		case len(out.Applied) > 0:

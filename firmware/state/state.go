@@ -167,22 +167,8 @@ func check(st protocol.DeviceState) error {
 	if r.Side != protocol.DeviceSide {
 		return fmt.Errorf("replica side %v, want device", r.Side)
 	}
-	for _, c := range r.VC {
-		if c > protocol.MaxCounter {
-			return fmt.Errorf("clock %v over the largest counter", r.VC)
-		}
-	}
-	for name, p := range r.Props {
-		v, err := protocol.Normalize(name, p.Val)
-		if err != nil {
-			return fmt.Errorf("property %s: %v", name, err)
-		}
-		if v != p.Val {
-			return fmt.Errorf("property %s: value %v is not in canonical form", name, p.Val)
-		}
-		if !p.W.LessEq(r.VC) {
-			return fmt.Errorf("property %s: stamp %v beyond the clock %v", name, p.W, r.VC)
-		}
+	if err := r.Validate(); err != nil {
+		return err
 	}
 	if len(st.Pending) > 0 && !st.Rejoining {
 		return errors.New("pending writes outside a rejoin")

@@ -104,6 +104,8 @@ func TestCorruptIsAnErrorWithInstructions(t *testing.T) {
 		{"setpoint out of range", `{"format":1,"device":{"replica":{"side":1,"vc":[0,1],"props":{"setpoint_c":{"val":99,"w":[0,1]}}}}}`, "out of range"},
 		{"unknown property", `{"format":1,"device":{"replica":{"side":1,"vc":[0,1],"props":{"fan_speed":{"val":1,"w":[0,1]}}}}}`, "unknown property"},
 		{"stamp beyond clock", `{"format":1,"device":{"replica":{"side":1,"vc":[0,1],"props":{"mode":{"val":"heat","w":[0,5]}}}}}`, "beyond the clock"},
+		{"counter over 2^52", `{"format":1,"device":{"replica":{"side":1,"vc":[0,4503599627370497],"props":{}}}}`, "over the limit"},
+		{"counter 2^53-1", `{"format":1,"device":{"replica":{"side":1,"vc":[9007199254740991,1],"props":{}}}}`, "over the limit"},
 		{"negative clock", `{"format":1,"device":{"replica":{"side":1,"vc":[0,-1],"props":{}}}}`, "not a state file"},
 		{"unknown field", `{"format":1,"device":{"replica":{"side":1,"vc":[0,1],"props":{}}},"extra":true}`, "not a state file"},
 		{"trailing data", string(good) + "{}", "after the state object"},

@@ -1,0 +1,84 @@
+package e2e
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"strings"
+	"testing"
+
+	"github.com/thermofleet/thermo/controllerlite/fleet"
+	"github.com/thermofleet/thermo/protocol"
+)
+
+// TestClockCounterAtTheLimit is issue 9's first attack, against the real
+// binaries: a device certificate publishes an Event whose counter is
+// 2^53-1, in the device's slot (which the controller would echo to the
+// thermostat) and in the controller's slot (which would leave the
+// controller unable to count its next write). Both are rejected whole; the
+// thermostats keep running and the controller's next writes reach them.
+func TestClockCounterAtTheLimit(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds and runs both binaries")
+	}
+	eachBroker(t, func(t *testing.T, kind brokerKind) {
+		w := newBareWorld(t, kind)
+		ctl := startBinController(t, w, t.TempDir())
+		d3 := newBinThermostat(t, w, "d3").start()
+		d4 := newBinThermostat(t, w, "d4").start()
+		d3.synced()
+		d4.synced()
+		fl := func() fleet.Status {
+			ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
+			defer cancel()
+			st, err := w.api.Health(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return st
+		}
+		before := fl()
+
+		for _, attack := range []struct{ id, payload string }{
+			{"d4", `{"v":1,"vc":[0,9007199254740991],"props":{}}`},
+			{"d3", `{"v":1,"vc":[9007199254740991,4],"props":{}}`},
+		} {
+			// The attacker holds the device's certificate; it takes the
+			// session over for a moment and the thermostat comes back.
+			c := w.pki.Connect(t, w.brokerURL(), attack.id)
+			c.Publish(t, "thermo/"+attack.id+"/event", 1, false, []byte(attack.payload))
+			c.Close()
+		}
+		eventually(t, "both events rejected", func() (bool, string) {
+			st := fl()
+			return st.Rejected >= before.Rejected+2, fmt.Sprintf("%+v", st)
+		})
+		log := ctl.logText()
+		if n := strings.Count(log, "over the largest counter"); n < 2 {
+			t.Errorf("controller logged the reason %d times, want 2", n)
+		}
+		for _, id := range []string{"d3", "d4"} {
+			c := w.mustCtl(id)
+			if c.VC[0] > protocol.MaxCounter || c.VC[1] > protocol.MaxCounter {
+				t.Errorf("%s: controller clock %v took the attacker's counter", id, c.VC)
+			}
+		}
+
+		// The controller's writes still reach both thermostats, which never
+		// stopped; PUT answers 200 and the device applies it.
+		for _, d := range []*binThermostat{d3, d4} {
+			var c fleet.Device
+			out := command(t, ctl.bin, "set", "--http", ctl.apiAddr, "--json", d.id, "--setpoint", "18.5")
+			if err := json.Unmarshal([]byte(out), &c); err != nil {
+				t.Fatal(err)
+			}
+			eventually(t, d.id+" applies the controller's write", func() (bool, string) {
+				st, err := d.status()
+				sp, _ := setpoint(st.Props)
+				return err == nil && sp == 18.5 && st.Connected, fmt.Sprintf("%v %v %v", st.VC, st.Props, err)
+			})
+			d.synced()
+			d.alive()
+		}
+	})
+}
