@@ -239,6 +239,9 @@ type Telemetry struct {
 	Cool        bool      `json:"cool"`
 	Fan         *bool     `json:"fan,omitempty"`
 	SensorOK    bool      `json:"sensor_ok"`
+	// Alerts are the codes of the device's conditions that need a person
+	// (see AlertCodes); absent when there are none.
+	Alerts []string `json:"alerts,omitempty"`
 }
 
 // Encode renders telemetry as its JSON payload.
@@ -270,6 +273,14 @@ func DecodeTelemetry(payload []byte) (Telemetry, error) {
 	}
 	if t.HumidityPct != nil && (*t.HumidityPct < 0 || *t.HumidityPct > 100) {
 		return Telemetry{}, invalid("telemetry: humidity_pct %v out of range", *t.HumidityPct)
+	}
+	if len(t.Alerts) > MaxAlerts {
+		return Telemetry{}, invalid("telemetry: %d alerts, at most %d", len(t.Alerts), MaxAlerts)
+	}
+	for _, code := range t.Alerts {
+		if err := CheckAlertCode(code); err != nil {
+			return Telemetry{}, invalid("telemetry: %v", err)
+		}
 	}
 	return t, nil
 }

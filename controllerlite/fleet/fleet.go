@@ -29,6 +29,7 @@ import (
 	"log/slog"
 	"maps"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -106,6 +107,10 @@ type Device struct {
 	// Pending is true while a Command for this device has not been handed
 	// to the broker (the controller's own link is down).
 	Pending bool `json:"pending"`
+	// Alerts are the device's conditions that need a person: those its
+	// telemetry reports and those the controller sees (duplicate_identity,
+	// tls_refused), sorted by code; [] when none.
+	Alerts []protocol.Alert `json:"alerts"`
 }
 
 // Status is a summary of the fleet's health and counters.
@@ -696,7 +701,9 @@ func (f *Fleet) handle(topic string, payload []byte, retained bool) {
 			return
 		}
 		f.ctrl.Seen(id)
-		f.record(id).Telemetry = b
+		rec := f.record(id)
+		rec.Telemetry = b
+		rec.Reported = f.reported(id, rec.Reported, t.Alerts)
 		f.dirty[id] = true
 	}
 	if !retained && kind != protocol.KindCmd {
@@ -704,6 +711,82 @@ func (f *Fleet) handle(topic string, payload []byte, retained bool) {
 		f.dirty[id] = true
 	}
 	f.updateView(id)
+}
+
+// RaiseAlert records a condition of device id that only the controller can
+// see (see protocol.AlertCodes). It never blocks; a device not yet known is
+// recorded. The first raise of a code is logged at ERROR.
+func (f *Fleet) RaiseAlert(id, code, detail string) {
+	f.q.push(func() {
+		rec := f.record(id)
+		i := slices.IndexFunc(rec.Raised, func(a protocol.Alert) bool { return a.Code == code })
+		if i < 0 {
+			f.log.Error("device alert raised", "device", id, "alert", code, "detail", detail)
+			rec.Raised = append(rec.Raised, protocol.Alert{Code: code, Since: f.opts.Now().UTC(), Detail: detail})
+			slices.SortFunc(rec.Raised, byCode)
+		} else {
+			rec.Raised[i].Detail = detail
+		}
+		f.dirty[id] = true
+		f.updateView(id)
+	})
+}
+
+// ClearAlert removes a condition RaiseAlert recorded.
+func (f *Fleet) ClearAlert(id, code string) {
+	f.q.push(func() {
+		rec, ok := f.recs[id]
+		if !ok {
+			return
+		}
+		n := len(rec.Raised)
+		rec.Raised = slices.DeleteFunc(rec.Raised, func(a protocol.Alert) bool { return a.Code == code })
+		if len(rec.Raised) != n {
+			f.log.Info("device alert cleared", "device", id, "alert", code)
+			f.dirty[id] = true
+			f.updateView(id)
+		}
+	})
+}
+
+// reported turns the codes a telemetry payload carries into alerts, each
+// keeping the time the controller first saw it.
+func (f *Fleet) reported(id string, old []protocol.Alert, codes []string) []protocol.Alert {
+	var out []protocol.Alert
+	for _, code := range codes {
+		if slices.ContainsFunc(out, func(a protocol.Alert) bool { return a.Code == code }) {
+			continue
+		}
+		i := slices.IndexFunc(old, func(a protocol.Alert) bool { return a.Code == code })
+		if i >= 0 {
+			out = append(out, old[i])
+			continue
+		}
+		f.log.Warn("device reports an alert", "device", id, "alert", code)
+		out = append(out, protocol.Alert{Code: code, Since: f.opts.Now().UTC(), Detail: "reported by the device"})
+	}
+	slices.SortFunc(out, byCode)
+	return out
+}
+
+func byCode(a, b protocol.Alert) int { return strings.Compare(a.Code, b.Code) }
+
+// mergeAlerts is what readers see: both lists by code, the earlier since
+// where both have a code. Never nil.
+func mergeAlerts(reported, raised []protocol.Alert) []protocol.Alert {
+	out := make([]protocol.Alert, 0, len(reported)+len(raised))
+	out = append(out, raised...)
+	for _, a := range reported {
+		i := slices.IndexFunc(out, func(b protocol.Alert) bool { return b.Code == a.Code })
+		switch {
+		case i < 0:
+			out = append(out, a)
+		case a.Since.Before(out[i].Since):
+			out[i].Since = a.Since
+		}
+	}
+	slices.SortFunc(out, byCode)
+	return out
 }
 
 func (f *Fleet) reject(topic string, payload []byte, err error) {
@@ -750,7 +833,8 @@ func (f *Fleet) updateView(id string) {
 	if rec == nil || r == nil {
 		return
 	}
-	d := Device{ID: id, Online: rec.Online, VC: r.VC, Props: r.Props, Telemetry: rec.Telemetry, Pending: rec.Owed}
+	d := Device{ID: id, Online: rec.Online, VC: r.VC, Props: r.Props, Telemetry: rec.Telemetry, Pending: rec.Owed,
+		Alerts: mergeAlerts(rec.Reported, rec.Raised)}
 	if d.Props == nil {
 		d.Props = protocol.Props{}
 	}

@@ -55,6 +55,12 @@ type Device struct {
 	// Telemetry is the latest telemetry payload, re-encoded from its
 	// validated form; nil if none has arrived.
 	Telemetry json.RawMessage `json:"telemetry,omitempty"`
+	// Reported are the alerts the device's latest telemetry carried, each
+	// since the controller first saw it; Raised those the controller
+	// raised itself (duplicate_identity, tls_refused). Kept apart so a
+	// telemetry payload clears only what the device reported.
+	Reported []protocol.Alert `json:"reported,omitempty"`
+	Raised   []protocol.Alert `json:"raised,omitempty"`
 }
 
 // Store is an open database. It is safe for concurrent use, though the

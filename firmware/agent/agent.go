@@ -28,6 +28,7 @@ import (
 
 	"github.com/thermofleet/thermo/firmware/control"
 	"github.com/thermofleet/thermo/hal"
+	"github.com/thermofleet/thermo/internal/alert"
 	"github.com/thermofleet/thermo/protocol"
 	"github.com/thermofleet/thermo/transport"
 )
@@ -110,6 +111,10 @@ type Agent struct {
 	viewMu sync.Mutex
 	view   view
 
+	// alerts are the device's conditions that need a person; telemetry
+	// and Status carry them.
+	alerts *alert.Set
+
 	connected atomic.Bool
 	counters  struct {
 		received, rejected, rejectedProps, duplicates, applied, discarded, eventsSent atomic.Uint64
@@ -163,7 +168,10 @@ func New(cfg Config, stored *protocol.DeviceState) (*Agent, error) {
 		ops:     newOpQueue(),
 		out:     newOutbox(),
 		stopped: make(chan struct{}),
+		alerts:  alert.New(cfg.Clock.Now),
 	}
+	// A new or cleared alert goes out at once, not at the next interval.
+	a.alerts.OnChange(func() { a.queueTelemetry(a.cfg.Thermostat.Snapshot()) })
 	if stored == nil {
 		d := control.DefaultSettings
 		dev, err := protocol.NewDevice(map[string]any{
@@ -565,11 +573,24 @@ func (a *Agent) ButtonChange(s control.Settings) {
 // at once when a relay switches. It does not block.
 func (a *Agent) OutputsChanged(s control.Snapshot) { a.queueTelemetry(s) }
 
+// Alerts is the device's set of conditions that need a person: the parts
+// of the firmware that detect one (storage, the link, the sensor) raise and
+// clear them here.
+func (a *Agent) Alerts() *alert.Set { return a.alerts }
+
+// syncSensorAlert raises sensor_fault while the control loop has no valid
+// reading of its sensor.
+func (a *Agent) syncSensorAlert(s control.Snapshot) {
+	a.alerts.Set(protocol.AlertSensorFault, !s.SensorOK, "the control sensor gives no valid reading: outputs off, frost protection only")
+}
+
 func (a *Agent) queueTelemetry(s control.Snapshot) {
+	a.syncSensorAlert(s)
 	if !a.connected.Load() {
 		return // QoS 0 and not queued: the next one after connecting is fresh
 	}
 	t := TelemetryOf(s, a.clock.Now())
+	t.Alerts = a.alerts.Codes()
 	payload, err := t.Encode()
 	if err != nil {
 		a.log.Error("telemetry", "err", err)
@@ -625,6 +646,8 @@ type Status struct {
 	SensorOK    bool           `json:"sensor_ok"`
 	Outputs     Outputs        `json:"outputs"`
 	Counters    Counters       `json:"counters"`
+	// Alerts are the device's conditions that need a person; [] when none.
+	Alerts []protocol.Alert `json:"alerts"`
 }
 
 // Status reports the agent's state. It never waits for the Run goroutine.
@@ -636,6 +659,7 @@ func (a *Agent) Snapshot() Status {
 	v := a.view
 	a.viewMu.Unlock()
 	s := a.cfg.Thermostat.Snapshot()
+	a.syncSensorAlert(s)
 	st := Status{
 		ID:        a.id,
 		Props:     v.props,
@@ -647,6 +671,7 @@ func (a *Agent) Snapshot() Status {
 		SensorOK:  s.SensorOK,
 		Outputs:   Outputs{Heat: s.Outputs.Heat, Cool: s.Outputs.Cool, Fan: s.Outputs.Fan},
 		Counters:  a.Counters(),
+		Alerts:    a.alerts.List(),
 	}
 	if s.HasTemperature {
 		c := s.TempC()
