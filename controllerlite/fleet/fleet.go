@@ -29,7 +29,6 @@ import (
 	"log/slog"
 	"maps"
 	"slices"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -87,7 +86,8 @@ type Options struct {
 	FlushInterval time.Duration
 	// Logger defaults to slog.Default().
 	Logger *slog.Logger
-	// Now defaults to time.Now; it stamps last_seen.
+	// Now is the fleet's clock (time.Now by default): it stamps last_seen
+	// and alerts, and times the wait for retained messages.
 	Now func() time.Time
 }
 
@@ -142,36 +142,45 @@ type Fleet struct {
 	stopped chan struct{} // closed when Run returns
 	running atomic.Bool
 
-	connected     atomic.Bool
-	received      atomic.Uint64
-	rejected      atomic.Uint64
-	propsRejected atomic.Uint64
-	published     atomic.Uint64
+	connected atomic.Bool
+	count     counters
 
 	mu   sync.RWMutex
-	view map[string]Device // what readers see, updated by the loop
+	view map[string]Device // what readers see, updated at the end of each batch
 	owed int
 
 	// Owned by the Run goroutine.
-	ctx   context.Context
 	ctrl  *protocol.Controller
 	recs  map[string]*store.Device
-	dirty map[string]bool
-	// A batch: the work queued since the loop last woke is done in one go,
-	// and what it changed is stored in one transaction (one fsync) before
-	// its Commands are published, in order, by commit. A fleet coming back
-	// after an outage sends a burst; a transaction per message would make
-	// the last device of the burst wait for every fsync before it.
+	dirty map[string]bool // records changed since the last flush
+	pub   Publisher       // nil while the link is down
+	batch batch
+	wait  retainedWait
+}
+
+// counters are the fleet's message counts, read by Status.
+type counters struct {
+	received, rejected, propsRejected, published atomic.Uint64
+}
+
+// batch is the work queued since the loop last woke, done in one go: what
+// it changed is stored in one transaction (one fsync) before its Commands
+// are published, in order, and only then shown to readers. A fleet coming
+// back after an outage sends a burst; a transaction per message would make
+// the last device of the burst wait for every fsync before it.
+type batch struct {
 	persist map[string]bool // records to store before the batch's Commands go out
 	pending []command       // the batch's Commands, in the order made
-	// commitEach commits after every queued item, as if there were no
-	// batches: the benchmarks' baseline.
-	commitEach bool
-	pub        Publisher
-	waiting    bool      // waiting for an external broker's retained messages
-	lastRet    time.Time // when the last retained message (or the link) came
-	deadline   time.Time // when waiting gives up
-	timer      *time.Timer
+	touched map[string]bool // devices whose view the batch changed
+}
+
+// retainedWait is the wait for an external broker's retained messages
+// (see the package doc).
+type retainedWait struct {
+	waiting  bool
+	lastRet  time.Time // when the last retained message (or the link) came
+	deadline time.Time // when waiting gives up
+	timer    *time.Timer
 }
 
 // New loads the store and returns a fleet that is not ready yet.
@@ -219,7 +228,7 @@ func New(opts Options) (*Fleet, error) {
 		view:    map[string]Device{},
 		recs:    map[string]*store.Device{},
 		dirty:   map[string]bool{},
-		persist: map[string]bool{},
+		batch:   batch{persist: map[string]bool{}, touched: map[string]bool{}},
 	}
 	for _, d := range devs {
 		replicas[d.ID] = d.Replica
@@ -232,9 +241,6 @@ func New(opts Options) (*Fleet, error) {
 	f.log.Info("fleet loaded", "devices", len(devs), "store", opts.Store.Path())
 	return f, nil
 }
-
-// TopicRoot is the topic root the fleet works under.
-func (f *Fleet) TopicRoot() string { return f.root }
 
 // Filters are the subscriptions a link must make for the fleet: every
 // device's event, status and telemetry, and the controller's own commands.
@@ -254,9 +260,8 @@ func (f *Fleet) Run(ctx context.Context) error {
 		return errors.New("fleet: Run called twice")
 	}
 	defer close(f.stopped)
-	f.ctx = ctx
-	f.timer = time.NewTimer(time.Hour)
-	f.timer.Stop()
+	f.wait.timer = time.NewTimer(time.Hour)
+	f.wait.timer.Stop()
 	flush := time.NewTicker(f.opts.FlushInterval)
 	defer flush.Stop()
 	for {
@@ -266,18 +271,20 @@ func (f *Fleet) Run(ctx context.Context) error {
 			return nil
 		case <-f.q.notify:
 			for _, fn := range f.q.drain() {
-				fn()
-				if f.commitEach {
-					f.commit()
-				}
+				fn(ctx)
 			}
-		case <-f.timer.C:
+		case <-f.wait.timer.C:
 			f.checkRetained()
 		case <-flush.C:
 			f.flush()
 			f.sendOwed()
 		}
-		f.commit()
+		f.commit(ctx)
+		if f.ctrl.IsReady() && !f.IsReady() {
+			// After the commit, so a reader woken by Ready sees every
+			// device the retained messages brought in.
+			close(f.ready)
+		}
 	}
 }
 
@@ -286,29 +293,7 @@ func (f *Fleet) Run(ctx context.Context) error {
 // retained is the MQTT RETAIN flag: the message was stored by the broker
 // before this subscription.
 func (f *Fleet) Receive(topic string, payload []byte, retained bool) {
-	f.q.push(func() { f.handle(topic, payload, retained) })
-}
-
-// LinkUp tells the fleet the link is connected and subscribed to Filters,
-// and publishes through p from now on. retainedDelivered says every
-// retained message has already been handed to Receive (true for the
-// embedded broker); otherwise they are still coming.
-func (f *Fleet) LinkUp(p Publisher, retainedDelivered bool) {
-	f.q.push(func() { f.linkUp(p, retainedDelivered) })
-}
-
-// LinkDown tells the fleet the link is lost: Commands are owed until the
-// next LinkUp.
-func (f *Fleet) LinkDown(err error) {
-	f.q.push(func() {
-		f.log.Warn("broker link down: commands are kept until it is back", "error", err)
-		f.pub = nil
-		f.connected.Store(false)
-		if f.waiting {
-			f.waiting = false
-			f.timer.Stop()
-		}
-	})
+	f.q.push(func(context.Context) { f.handle(topic, payload, retained) })
 }
 
 // Ready is closed once the retained state has been read.
@@ -352,10 +337,10 @@ func (f *Fleet) Status() Status {
 		Ready:         f.IsReady(),
 		Connected:     f.connected.Load(),
 		Devices:       n,
-		Received:      f.received.Load(),
-		Rejected:      f.rejected.Load(),
-		PropsRejected: f.propsRejected.Load(),
-		Published:     f.published.Load(),
+		Received:      f.count.received.Load(),
+		Rejected:      f.count.rejected.Load(),
+		PropsRejected: f.count.propsRejected.Load(),
+		Published:     f.count.published.Load(),
 		Owed:          owed,
 	}
 }
@@ -390,8 +375,8 @@ func (f *Fleet) Set(ctx context.Context, id string, changes map[string]any) (Dev
 		err error
 	}
 	reply := make(chan result, 1)
-	f.q.push(func() {
-		d, err := f.set(id, changes)
+	f.q.push(func(ctx context.Context) {
+		d, err := f.set(ctx, id, changes)
 		reply <- result{d, err}
 	})
 	select {
@@ -406,7 +391,7 @@ func (f *Fleet) Set(ctx context.Context, id string, changes map[string]any) (Dev
 
 // --- the Run goroutine from here on ---
 
-func (f *Fleet) set(id string, changes map[string]any) (Device, error) {
+func (f *Fleet) set(ctx context.Context, id string, changes map[string]any) (Device, error) {
 	m, err := f.ctrl.Set(id, changes)
 	if err != nil {
 		if errors.Is(err, ErrUnknownDevice) || errors.Is(err, ErrNotReady) {
@@ -421,203 +406,18 @@ func (f *Fleet) set(id string, changes map[string]any) (Device, error) {
 	f.log.Info("remote write", "device", id, "changes", changes, "vc", m.VC)
 	f.send([]command{{id, m}})
 	// The caller learns whether the write was stored: commit the batch now.
-	if err := f.commit(); err != nil {
+	if err := f.commit(ctx); err != nil {
 		return Device{}, err
 	}
 	d, _ := f.Device(id)
 	return d, nil
 }
 
-type command struct {
-	id string
-	m  protocol.Message
-}
-
-// send queues cmds to be published when the batch is committed; their
-// devices' records are marked owed and stored first.
-func (f *Fleet) send(cmds []command) {
-	for _, c := range cmds {
-		f.record(c.id).Owed = true
-		f.persist[c.id] = true
-		f.pending = append(f.pending, c)
-	}
-}
-
-// commit ends a batch: it stores every record the batch changed, with the
-// Commands' devices marked owed, in one transaction, then publishes the
-// Commands in the order they were made and clears the marks of those the
-// broker took. Nothing is published if the store refused the write: a
-// Command must never carry a clock that a crash could forget. A received
-// Event's new state is stored here too, before any Command that depends
-// on it; until then the broker still retains the Event.
-func (f *Fleet) commit() error {
-	if len(f.persist) == 0 && len(f.pending) == 0 {
-		return nil
-	}
-	recs := make([]store.Device, 0, len(f.persist))
-	for _, id := range slices.Sorted(maps.Keys(f.persist)) {
-		rec := f.recs[id]
-		rec.Replica = f.ctrl.Replica(id)
-		recs = append(recs, *rec)
-	}
-	cmds := f.pending
-	f.pending = nil
-	clear(f.persist)
-	if err := f.st.Put(recs...); err != nil {
-		for _, r := range recs {
-			f.dirty[r.ID] = true
-		}
-		if len(cmds) == 0 {
-			f.log.Error("store the received state", "devices", len(recs), "error", err)
-			return fmt.Errorf("store: %w", err)
-		}
-		f.log.Error("store refused the write: commands not published", "commands", len(cmds), "error", err)
-		for _, c := range cmds {
-			f.updateView(c.id)
-		}
-		return fmt.Errorf("persist before publish: %w", err)
-	}
-	for _, r := range recs {
-		delete(f.dirty, r.ID)
-	}
-	if len(cmds) == 0 {
-		return nil
-	}
-	if f.pub == nil {
-		for _, c := range cmds {
-			f.log.Info("broker link down: command owed", "device", c.id, "vc", c.m.VC)
-			f.updateView(c.id)
-		}
-		return nil
-	}
-	// Every Command carries the device's whole state, so the outcome of
-	// a device's last Command decides whether it still owes one.
-	devices := map[string]bool{}
-	for _, c := range cmds {
-		f.recs[c.id].Owed = !f.publish(c)
-		devices[c.id] = true
-		f.updateView(c.id)
-	}
-	var sent []store.Device
-	for _, id := range slices.Sorted(maps.Keys(devices)) {
-		if rec := f.recs[id]; !rec.Owed {
-			sent = append(sent, *rec)
-		}
-	}
-	if err := f.st.Put(sent...); err != nil {
-		// The owed marks stay on disk: after a restart these Commands go
-		// out once more, which is harmless.
-		f.log.Warn("store: clear owed marks", "error", err)
-		for _, r := range sent {
-			f.dirty[r.ID] = true
-		}
-	}
-	return nil
-}
-
-func (f *Fleet) publish(c command) bool {
-	payload, err := c.m.Encode()
-	if err != nil {
-		f.log.Error("encode command", "device", c.id, "error", err)
-		return false
-	}
-	ctx, cancel := context.WithTimeout(f.ctx, f.opts.PublishTimeout)
-	defer cancel()
-	topic := protocol.Topic(f.root, c.id, protocol.KindCmd)
-	if err := f.pub.Publish(ctx, topic, payload, 1, true); err != nil {
-		f.log.Warn("publish command failed: owed until the link is back", "device", c.id, "vc", c.m.VC, "error", err)
-		return false
-	}
-	f.published.Add(1)
-	f.log.Debug("command published", "device", c.id, "vc", c.m.VC, "props", c.m.Props)
-	return true
-}
-
-// sendOwed sends every owed Command again: a Send with the current clock
-// and properties, which carries every write the lost one did.
-func (f *Fleet) sendOwed() {
-	if f.pub == nil || !f.ctrl.IsReady() {
-		return
-	}
-	var cmds []command
-	for _, id := range slices.Sorted(maps.Keys(f.recs)) {
-		if f.recs[id].Owed {
-			// Online is the controller's Send for a known device once
-			// ready: a Command with its current clock and properties.
-			if m := f.ctrl.Online(id); m != nil {
-				cmds = append(cmds, command{id, *m})
-			}
-		}
-	}
-	if len(cmds) > 0 {
-		f.log.Info("sending owed commands", "devices", len(cmds))
-		f.send(cmds)
-	}
-}
-
-func (f *Fleet) linkUp(p Publisher, retainedDelivered bool) {
-	f.pub = p
-	f.connected.Store(true)
-	switch {
-	case f.ctrl.IsReady():
-		f.log.Info("broker link up")
-		f.sendOwed()
-	case retainedDelivered:
-		f.becomeReady()
-	default:
-		f.log.Info("broker link up: reading retained messages")
-		now := time.Now()
-		f.waiting = true
-		f.lastRet = now
-		f.deadline = now.Add(f.opts.RetainedTimeout)
-		f.timer.Reset(f.opts.QuietPeriod)
-	}
-}
-
-// checkRetained runs when the quiet timer fires while waiting for an
-// external broker's retained messages.
-func (f *Fleet) checkRetained() {
-	if !f.waiting {
-		return
-	}
-	now := time.Now()
-	quietAt := f.lastRet.Add(f.opts.QuietPeriod)
-	if now.Before(quietAt) && now.Before(f.deadline) {
-		f.timer.Reset(min(quietAt.Sub(now), f.deadline.Sub(now)))
-		return
-	}
-	if !now.Before(f.deadline) {
-		f.log.Warn("retained messages still arriving at the deadline: ready anyway", "timeout", f.opts.RetainedTimeout)
-	}
-	f.waiting = false
-	f.becomeReady()
-}
-
-// becomeReady marks the retained state read, greets the devices seen
-// online meanwhile and sends what is owed.
-func (f *Fleet) becomeReady() {
-	greet := f.ctrl.Ready()
-	var cmds []command
-	for _, id := range slices.Sorted(maps.Keys(greet)) {
-		cmds = append(cmds, command{id, greet[id]})
-	}
-	for _, id := range slices.Sorted(maps.Keys(f.recs)) {
-		if _, greeted := greet[id]; f.recs[id].Owed && !greeted {
-			if m := f.ctrl.Online(id); m != nil {
-				cmds = append(cmds, command{id, *m})
-			}
-		}
-	}
-	f.log.Info("retained state read: ready", "devices", len(f.recs), "greetings", len(greet), "commands", len(cmds))
-	close(f.ready)
-	f.send(cmds)
-}
-
 // handle processes one message from the broker.
 func (f *Fleet) handle(topic string, payload []byte, retained bool) {
-	f.received.Add(1)
-	if f.waiting && retained {
-		f.lastRet = time.Now()
+	f.count.received.Add(1)
+	if f.wait.waiting && retained {
+		f.wait.lastRet = f.opts.Now()
 	}
 	id, kind, err := protocol.ParseTopic(f.root, topic)
 	if err != nil {
@@ -640,7 +440,7 @@ func (f *Fleet) handle(topic string, payload []byte, retained bool) {
 				f.log.Info("unknown property ignored", "topic", topic, "property", is.Name)
 				continue
 			}
-			f.propsRejected.Add(1)
+			f.count.propsRejected.Add(1)
 			f.log.Warn("property rejected", "topic", topic, "property", is.Name, "reason", is.Reason)
 		}
 		var out protocol.Outcome
@@ -661,7 +461,7 @@ func (f *Fleet) handle(topic string, payload []byte, retained bool) {
 			rec.Replica = f.ctrl.Replica(id)
 			f.log.Info("message applied", "topic", topic, "retained", retained, "msg_vc", m.VC, "vc", rec.Replica.VC,
 				"applied", out.Applied, "kept", out.Kept, "conflicts", out.Conflicts)
-			f.persist[id] = true
+			f.batch.persist[id] = true
 		}
 		if resync != nil {
 			// The device had seen more of this controller than it remembers:
@@ -710,87 +510,11 @@ func (f *Fleet) handle(topic string, payload []byte, retained bool) {
 		f.record(id).LastSeen = f.opts.Now().UTC()
 		f.dirty[id] = true
 	}
-	f.updateView(id)
-}
-
-// RaiseAlert records a condition of device id that only the controller can
-// see (see protocol.AlertCodes). It never blocks; a device not yet known is
-// recorded. The first raise of a code is logged at ERROR.
-func (f *Fleet) RaiseAlert(id, code, detail string) {
-	f.q.push(func() {
-		rec := f.record(id)
-		i := slices.IndexFunc(rec.Raised, func(a protocol.Alert) bool { return a.Code == code })
-		if i < 0 {
-			f.log.Error("device alert raised", "device", id, "alert", code, "detail", detail)
-			rec.Raised = append(rec.Raised, protocol.Alert{Code: code, Since: f.opts.Now().UTC(), Detail: detail})
-			slices.SortFunc(rec.Raised, byCode)
-		} else {
-			rec.Raised[i].Detail = detail
-		}
-		f.dirty[id] = true
-		f.updateView(id)
-	})
-}
-
-// ClearAlert removes a condition RaiseAlert recorded.
-func (f *Fleet) ClearAlert(id, code string) {
-	f.q.push(func() {
-		rec, ok := f.recs[id]
-		if !ok {
-			return
-		}
-		n := len(rec.Raised)
-		rec.Raised = slices.DeleteFunc(rec.Raised, func(a protocol.Alert) bool { return a.Code == code })
-		if len(rec.Raised) != n {
-			f.log.Info("device alert cleared", "device", id, "alert", code)
-			f.dirty[id] = true
-			f.updateView(id)
-		}
-	})
-}
-
-// reported turns the codes a telemetry payload carries into alerts, each
-// keeping the time the controller first saw it.
-func (f *Fleet) reported(id string, old []protocol.Alert, codes []string) []protocol.Alert {
-	var out []protocol.Alert
-	for _, code := range codes {
-		if slices.ContainsFunc(out, func(a protocol.Alert) bool { return a.Code == code }) {
-			continue
-		}
-		i := slices.IndexFunc(old, func(a protocol.Alert) bool { return a.Code == code })
-		if i >= 0 {
-			out = append(out, old[i])
-			continue
-		}
-		f.log.Warn("device reports an alert", "device", id, "alert", code)
-		out = append(out, protocol.Alert{Code: code, Since: f.opts.Now().UTC(), Detail: "reported by the device"})
-	}
-	slices.SortFunc(out, byCode)
-	return out
-}
-
-func byCode(a, b protocol.Alert) int { return strings.Compare(a.Code, b.Code) }
-
-// mergeAlerts is what readers see: both lists by code, the earlier since
-// where both have a code. Never nil.
-func mergeAlerts(reported, raised []protocol.Alert) []protocol.Alert {
-	out := make([]protocol.Alert, 0, len(reported)+len(raised))
-	out = append(out, raised...)
-	for _, a := range reported {
-		i := slices.IndexFunc(out, func(b protocol.Alert) bool { return b.Code == a.Code })
-		switch {
-		case i < 0:
-			out = append(out, a)
-		case a.Since.Before(out[i].Since):
-			out[i].Since = a.Since
-		}
-	}
-	slices.SortFunc(out, byCode)
-	return out
+	f.touch(id)
 }
 
 func (f *Fleet) reject(topic string, payload []byte, err error) {
-	f.rejected.Add(1)
+	f.count.rejected.Add(1)
 	f.log.Warn("message rejected", "topic", topic, "bytes", len(payload), "reason", err)
 }
 
@@ -808,22 +532,18 @@ func (f *Fleet) record(id string) *store.Device {
 	return rec
 }
 
-// flush writes the records changed since the last flush.
-func (f *Fleet) flush() {
-	if len(f.dirty) == 0 {
-		return
+// touch marks the device's view as changed by the batch: readers see it
+// when the batch is committed, so they never see a state half-way through
+// (a greeting owed that is about to be sent), and never one that was not
+// stored.
+func (f *Fleet) touch(id string) { f.batch.touched[id] = true }
+
+// showTouched publishes the views of the devices the batch changed.
+func (f *Fleet) showTouched() {
+	for id := range f.batch.touched {
+		f.updateView(id)
 	}
-	recs := make([]store.Device, 0, len(f.dirty))
-	for _, id := range slices.Sorted(maps.Keys(f.dirty)) {
-		rec := f.recs[id]
-		rec.Replica = f.ctrl.Replica(id)
-		recs = append(recs, *rec)
-	}
-	if err := f.st.Put(recs...); err != nil {
-		f.log.Error("store: flush", "devices", len(recs), "error", err)
-		return
-	}
-	clear(f.dirty)
+	clear(f.batch.touched)
 }
 
 // updateView publishes the device's current state to readers.

@@ -1,6 +1,9 @@
 package fleet
 
-import "sync"
+import (
+	"context"
+	"sync"
+)
 
 // queue is an unbounded FIFO of work for the Run goroutine. push never
 // blocks: the embedded broker calls Receive on its clients' goroutines, and
@@ -9,13 +12,13 @@ import "sync"
 // deadlock the loop on itself.
 type queue struct {
 	mu     sync.Mutex
-	items  []func()
+	items  []func(context.Context)
 	notify chan struct{} // one token while items is non-empty
 }
 
 func newQueue() *queue { return &queue{notify: make(chan struct{}, 1)} }
 
-func (q *queue) push(fn func()) {
+func (q *queue) push(fn func(context.Context)) {
 	q.mu.Lock()
 	q.items = append(q.items, fn)
 	q.mu.Unlock()
@@ -26,7 +29,7 @@ func (q *queue) push(fn func()) {
 }
 
 // drain takes every queued item.
-func (q *queue) drain() []func() {
+func (q *queue) drain() []func(context.Context) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	items := q.items

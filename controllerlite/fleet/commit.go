@@ -1,0 +1,161 @@
+package fleet
+
+import (
+	"context"
+	"fmt"
+	"maps"
+	"slices"
+
+	"github.com/thermofleet/thermo/controllerlite/store"
+	"github.com/thermofleet/thermo/protocol"
+)
+
+// Batches: what the loop did since it last woke is stored in one
+// transaction, then its Commands are published in order, then readers see
+// the result.
+
+type command struct {
+	id string
+	m  protocol.Message
+}
+
+// send queues cmds to be published when the batch is committed; their
+// devices' records are marked owed and stored first.
+func (f *Fleet) send(cmds []command) {
+	for _, c := range cmds {
+		f.record(c.id).Owed = true
+		f.batch.persist[c.id] = true
+		f.batch.pending = append(f.batch.pending, c)
+	}
+}
+
+// commit ends a batch: it stores every record the batch changed, with the
+// Commands' devices marked owed, in one transaction, then publishes the
+// Commands in the order they were made and clears the marks of those the
+// broker took. Nothing is published if the store refused the write: a
+// Command must never carry a clock that a crash could forget. A received
+// Event's new state is stored here too, before any Command that depends
+// on it; until then the broker still retains the Event.
+func (f *Fleet) commit(ctx context.Context) error {
+	defer f.showTouched()
+	if len(f.batch.persist) == 0 && len(f.batch.pending) == 0 {
+		return nil
+	}
+	recs := make([]store.Device, 0, len(f.batch.persist))
+	for _, id := range slices.Sorted(maps.Keys(f.batch.persist)) {
+		rec := f.recs[id]
+		rec.Replica = f.ctrl.Replica(id)
+		recs = append(recs, *rec)
+	}
+	cmds := f.batch.pending
+	f.batch.pending = nil
+	clear(f.batch.persist)
+	if err := f.st.Put(recs...); err != nil {
+		for _, r := range recs {
+			f.dirty[r.ID] = true
+		}
+		if len(cmds) == 0 {
+			f.log.Error("store the received state", "devices", len(recs), "error", err)
+			return fmt.Errorf("store: %w", err)
+		}
+		f.log.Error("store refused the write: commands not published", "commands", len(cmds), "error", err)
+		for _, c := range cmds {
+			f.touch(c.id)
+		}
+		return fmt.Errorf("persist before publish: %w", err)
+	}
+	for _, r := range recs {
+		delete(f.dirty, r.ID)
+	}
+	if len(cmds) == 0 {
+		return nil
+	}
+	if f.pub == nil {
+		for _, c := range cmds {
+			f.log.Info("broker link down: command owed", "device", c.id, "vc", c.m.VC)
+			f.touch(c.id)
+		}
+		return nil
+	}
+	// Every Command carries the device's whole state, so the outcome of
+	// a device's last Command decides whether it still owes one.
+	devices := map[string]bool{}
+	for _, c := range cmds {
+		f.recs[c.id].Owed = !f.publish(ctx, c)
+		devices[c.id] = true
+		f.touch(c.id)
+	}
+	var sent []store.Device
+	for _, id := range slices.Sorted(maps.Keys(devices)) {
+		if rec := f.recs[id]; !rec.Owed {
+			sent = append(sent, *rec)
+		}
+	}
+	if err := f.st.Put(sent...); err != nil {
+		// The owed marks stay on disk: after a restart these Commands go
+		// out once more, which is harmless.
+		f.log.Warn("store: clear owed marks", "error", err)
+		for _, r := range sent {
+			f.dirty[r.ID] = true
+		}
+	}
+	return nil
+}
+
+func (f *Fleet) publish(ctx context.Context, c command) bool {
+	payload, err := c.m.Encode()
+	if err != nil {
+		f.log.Error("encode command", "device", c.id, "error", err)
+		return false
+	}
+	ctx, cancel := context.WithTimeout(ctx, f.opts.PublishTimeout)
+	defer cancel()
+	topic := protocol.Topic(f.root, c.id, protocol.KindCmd)
+	if err := f.pub.Publish(ctx, topic, payload, 1, true); err != nil {
+		f.log.Warn("publish command failed: owed until the link is back", "device", c.id, "vc", c.m.VC, "error", err)
+		return false
+	}
+	f.count.published.Add(1)
+	f.log.Debug("command published", "device", c.id, "vc", c.m.VC, "props", c.m.Props)
+	return true
+}
+
+// sendOwed sends every owed Command again: a Send with the current clock
+// and properties, which carries every write the lost one did.
+func (f *Fleet) sendOwed() {
+	if f.pub == nil || !f.ctrl.IsReady() {
+		return
+	}
+	var cmds []command
+	for _, id := range slices.Sorted(maps.Keys(f.recs)) {
+		if f.recs[id].Owed {
+			// Online is the controller's Send for a known device once
+			// ready: a Command with its current clock and properties.
+			if m := f.ctrl.Online(id); m != nil {
+				cmds = append(cmds, command{id, *m})
+			}
+		}
+	}
+	if len(cmds) > 0 {
+		f.log.Info("sending owed commands", "devices", len(cmds))
+		f.send(cmds)
+	}
+}
+
+// flush writes the records changed since the last flush.
+func (f *Fleet) flush() {
+	if len(f.dirty) == 0 {
+		return
+	}
+	recs := make([]store.Device, 0, len(f.dirty))
+	for _, id := range slices.Sorted(maps.Keys(f.dirty)) {
+		rec := f.recs[id]
+		rec.Replica = f.ctrl.Replica(id)
+		recs = append(recs, *rec)
+	}
+	if err := f.st.Put(recs...); err != nil {
+		f.log.Error("store: flush", "devices", len(recs), "error", err)
+		return
+	}
+	clear(f.dirty)
+}
