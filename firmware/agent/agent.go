@@ -127,6 +127,7 @@ type view struct {
 	effective map[string]any
 	vc        protocol.Clock
 	rejoining bool
+	connected bool
 }
 
 // New returns an agent resuming from stored, or, when stored is nil,
@@ -408,6 +409,9 @@ func (a *Agent) updateView() {
 		effective: a.dev.Effective(),
 		vc:        st.Replica.VC,
 		rejoining: st.Rejoining,
+		// Taken with the clock, so Status never shows the connection up
+		// beside the clock from before the Event its connect sent.
+		connected: a.connected.Load(),
 	}
 }
 
@@ -441,6 +445,7 @@ func (a *Agent) Disconnected(err error) {
 	a.ops.push(func() error {
 		a.connected.Store(false)
 		a.dev.Disconnect()
+		a.updateView()
 		return nil
 	})
 }
@@ -666,7 +671,7 @@ func (a *Agent) Snapshot() Status {
 		Pending:   v.pending,
 		Effective: v.effective,
 		VC:        v.vc,
-		Connected: a.connected.Load(),
+		Connected: v.connected,
 		Rejoining: v.rejoining,
 		SensorOK:  s.SensorOK,
 		Outputs:   Outputs{Heat: s.Outputs.Heat, Cool: s.Outputs.Cool, Fan: s.Outputs.Fan},
