@@ -153,6 +153,11 @@ func (f *demoFleet) runUntilInterrupted(ctx context.Context) error {
 	f.printf("  %s devices --http %s\n", f.bin("controllerlite"), f.http)
 	f.printf("  %s set --http %s d2 --setpoint 21 --mode heat\n", f.bin("controllerlite"), f.http)
 	f.printf("  %s set --control-socket %s --setpoint 22.5\n", f.bin("thermostat"), f.socket("d3"))
+	// One room cooling beside the heated ones, so both relays show.
+	if _, err := f.api.Set(ctx, "d2", map[string]any{protocol.PropMode: protocol.ModeCool, protocol.PropSetpoint: 16.0}); err != nil {
+		return fmt.Errorf("set d2 to cool: %w", err)
+	}
+	f.printf("d2 set to cool at 16 °C (controllerlite set d2 --mode cool --setpoint 16); d1 and d3 heat.\n")
 	f.printf("Press Ctrl-C to stop.\n\n")
 	t := time.NewTicker(5 * time.Second)
 	defer t.Stop()
