@@ -166,7 +166,7 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 		if errors.Is(err, flag.ErrHelp) {
 			return nil, err
 		}
-		return nil, fmt.Errorf("%w: %v", errUsage, err)
+		return nil, fmt.Errorf("%w: %w", errUsage, err)
 	}
 	if fs.NArg() > 0 {
 		fs.Usage()
@@ -177,7 +177,7 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	}
 	plans, err := parseFaults(o.fault, o.restartCount)
 	if err != nil {
-		return nil, fmt.Errorf("%w: %v", errUsage, err)
+		return nil, fmt.Errorf("%w: %w", errUsage, err)
 	}
 	c.Faults = plans
 	if c.KeepDead == 0 {

@@ -120,7 +120,7 @@ func (w *W1) Read() (hal.Reading, error) {
 	r.Time = w.clock.Now()
 	if err != nil {
 		if errors.Is(err, fs.ErrNotExist) {
-			err = fmt.Errorf("%w: %v", ErrAbsent, err)
+			err = fmt.Errorf("%w: %w", ErrAbsent, err)
 		}
 		r.Err = fmt.Errorf("ds18b20 %q: %w", w.name, err)
 		return r, r.Err

@@ -151,7 +151,7 @@ func (c *Client) do(ctx context.Context, method, path string, in, out any) error
 		if errors.Is(err, syscall.ECONNREFUSED) {
 			return fmt.Errorf("%w at %s: connection refused (is 'controllerlite serve' running, with this --http address?)", ErrUnreachable, c.base)
 		}
-		return fmt.Errorf("%w at %s: %v", ErrUnreachable, c.base, err)
+		return fmt.Errorf("%w at %s: %w", ErrUnreachable, c.base, err)
 	}
 	defer resp.Body.Close()
 	b, err := io.ReadAll(io.LimitReader(resp.Body, 16<<20))

@@ -360,7 +360,7 @@ func (f *Fleet) Set(ctx context.Context, id string, changes map[string]any) (Dev
 	}
 	for _, name := range slices.Sorted(maps.Keys(changes)) {
 		if _, err := protocol.Normalize(name, changes[name]); err != nil {
-			return Device{}, fmt.Errorf("%w: %v", ErrInvalid, err)
+			return Device{}, fmt.Errorf("%w: %w", ErrInvalid, err)
 		}
 	}
 	select {
@@ -401,7 +401,7 @@ func (f *Fleet) set(ctx context.Context, id string, changes map[string]any) (Dev
 			f.log.Error("remote write refused: the clock for this device is at its limit", "device", id, "error", err)
 			return Device{}, fmt.Errorf("set %s: %w", id, err)
 		}
-		return Device{}, fmt.Errorf("%w: %v", ErrInvalid, err)
+		return Device{}, fmt.Errorf("%w: %w", ErrInvalid, err)
 	}
 	f.log.Info("remote write", "device", id, "changes", changes, "vc", m.VC)
 	f.send([]command{{id, m}})

@@ -129,7 +129,7 @@ func (s *Store) Load() (protocol.DeviceState, error) {
 	}
 	st, err := Decode(data)
 	if err != nil {
-		return protocol.DeviceState{}, fmt.Errorf("load state %s: %w: %v\n"+
+		return protocol.DeviceState{}, fmt.Errorf("load state %s: %w: %w\n"+
 			"The device will not start from a fresh state on its own: it would reuse clock values the controller has already seen.\n"+
 			"To reset it, move the file away (mv %s %s.bad) and start again; the device then rejoins the controller as PROTOCOL.md describes.",
 			s.Path(), ErrCorrupt, err, s.Path(), s.Path())
