@@ -237,7 +237,6 @@ type Telemetry struct {
 	HumidityPct *float64  `json:"humidity_pct,omitempty"`
 	Heat        bool      `json:"heat"`
 	Cool        bool      `json:"cool"`
-	Fan         *bool     `json:"fan,omitempty"`
 	SensorOK    bool      `json:"sensor_ok"`
 	// Alerts are the codes of the device's conditions that need a person
 	// (see AlertCodes); absent when there are none.

@@ -157,11 +157,11 @@ func TestSupervisorSteps(t *testing.T) {
 	answers := make(chan error)
 	ticks := make(chan time.Time)
 	s := &Supervisor{
-		Notifier: New(name),
-		Health:   func() error { return <-answers },
-		Watchdog: time.Second,
-		Log:      slog.New(slog.DiscardHandler),
-		ticks:    ticks,
+		Notifier:  New(name),
+		Health:    func() error { return <-answers },
+		Watchdog:  time.Second,
+		Log:       slog.New(slog.DiscardHandler),
+		NewTicker: func(time.Duration) (<-chan time.Time, func()) { return ticks, func() {} },
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)

@@ -28,9 +28,11 @@ type Supervisor struct {
 	// Log gets the health transitions; slog.Default() when nil.
 	Log *slog.Logger
 
-	// ticks replaces the real tickers in tests: every value received is one
-	// poll (before ready) or one watchdog period (after).
-	ticks <-chan time.Time
+	// NewTicker makes the ticker of the readiness polls and the watchdog
+	// pings: every value received is one poll (before ready) or one
+	// watchdog period (after). Nil means time.NewTicker; a clock of one's
+	// own (a test's) can stand in.
+	NewTicker func(d time.Duration) (ticks <-chan time.Time, stop func())
 }
 
 // Supervise runs a Supervisor for this process as systemd started it
@@ -132,8 +134,8 @@ func (s *Supervisor) Run(ctx context.Context) error {
 }
 
 func (s *Supervisor) ticker(d time.Duration) (<-chan time.Time, func()) {
-	if s.ticks != nil {
-		return s.ticks, func() {}
+	if s.NewTicker != nil {
+		return s.NewTicker(d)
 	}
 	t := time.NewTicker(d)
 	return t.C, t.Stop

@@ -20,7 +20,6 @@ import (
 	"runtime/debug"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/thermofleet/thermo/hal"
@@ -86,6 +85,9 @@ type Snapshot struct {
 	Outputs hal.Outputs
 	// Sensors holds every sensor's latest reading, in board order.
 	Sensors []hal.Reading
+	// Iterations counts the loop's finished passes since start: a loop that
+	// is alive counts on (metrics, and tests waiting for a pass).
+	Iterations uint64
 }
 
 // TempC is the control temperature in °C rounded to 0.01.
@@ -136,12 +138,10 @@ type Loop struct {
 	onOutput func(Snapshot)
 	onLocal  func(Settings)
 	wake     chan struct{}
-	// iterations counts finished loop iterations; tests wait on it
-	// instead of sleeping.
-	iterations atomic.Int64
 
 	mu         sync.Mutex
 	running    bool
+	iterations uint64 // finished loop iterations, in Snapshot
 	settings   Settings
 	burst      *burst // non-nil while button presses are being gathered
 	readings   []hal.Reading
@@ -164,7 +164,6 @@ type burst struct {
 	touchedSP      bool
 	touchedMode    bool
 	presses        int
-	firstPressedAt time.Time
 }
 
 // relay tracks one output's state and since when, for min on/off and max
@@ -268,6 +267,7 @@ func (l *Loop) snapshotLocked(now time.Time) Snapshot {
 		SensorOK:       l.sensorOK,
 		Outputs:        l.outputs,
 		Sensors:        append([]hal.Reading(nil), l.readings...),
+		Iterations:     l.iterations,
 	}
 	return s
 }
@@ -393,7 +393,9 @@ func (l *Loop) Run(ctx context.Context) (err error) {
 		} else {
 			l.evaluate(now)
 		}
-		l.iterations.Add(1)
+		l.mu.Lock()
+		l.iterations++
+		l.mu.Unlock()
 	}
 }
 
@@ -615,7 +617,7 @@ func (l *Loop) press(ev hal.ButtonEvent, now time.Time) {
 	defer l.mu.Unlock()
 	b := l.burst
 	if b == nil {
-		b = &burst{firstPressedAt: now}
+		b = &burst{}
 		l.burst = b
 	}
 	p := l.pendingLocked()

@@ -164,23 +164,23 @@ func (h *harness) stop() error {
 
 // settle waits until the loop finished an iteration begun after n0 and is
 // waiting on the clock again.
-func (h *harness) settle(n0 int64) {
+func (h *harness) settle(n0 uint64) {
 	h.t.Helper()
 	deadline := time.Now().Add(5 * time.Second)
 	for time.Now().Before(deadline) {
-		if h.loop.iterations.Load() > n0 && h.clk.Pending() == 1 {
+		if h.loop.Snapshot().Iterations > n0 && h.clk.Pending() == 1 {
 			return
 		}
 		h.clk.WaitPending(1, 10*time.Millisecond)
 	}
-	h.t.Fatalf("loop did not settle (iterations %d, pending timers %d)", h.loop.iterations.Load(), h.clk.Pending())
+	h.t.Fatalf("loop did not settle (iterations %d, pending timers %d)", h.loop.Snapshot().Iterations, h.clk.Pending())
 }
 
 // at moves the fake time to t0+off (firing the loop's timer) and waits
 // for the loop to react.
 func (h *harness) at(off time.Duration) {
 	h.t.Helper()
-	n0 := h.loop.iterations.Load()
+	n0 := h.loop.Snapshot().Iterations
 	target := t0.Add(off)
 	if dl, ok := h.clk.NextDeadline(); !ok || target.Before(dl) {
 		h.t.Fatalf("step to +%v fires no timer (next deadline +%v); steps must be at least one interval apart", off, dl.Sub(t0))
@@ -191,7 +191,7 @@ func (h *harness) at(off time.Duration) {
 
 func (h *harness) set(s Settings) {
 	h.t.Helper()
-	n0 := h.loop.iterations.Load()
+	n0 := h.loop.Snapshot().Iterations
 	if err := h.loop.SetSettings(s); err != nil {
 		h.t.Fatal(err)
 	}
@@ -200,7 +200,7 @@ func (h *harness) set(s Settings) {
 
 func (h *harness) press(b hal.Button) {
 	h.t.Helper()
-	n0 := h.loop.iterations.Load()
+	n0 := h.loop.Snapshot().Iterations
 	h.board.buttons <- hal.ButtonEvent{Button: b, Time: h.clk.Now()}
 	h.settle(n0)
 }

@@ -108,7 +108,7 @@ func TestHealthyNeedsRecentTicks(t *testing.T) {
 	if err := h.loop.Healthy(); err != nil {
 		t.Fatal(err)
 	}
-	n0 := h.loop.iterations.Load()
+	n0 := h.loop.Snapshot().Iterations
 	h.clk.Set(t0.Add(29 * time.Second)) // fires the 10s timer late; the loop ticks at 29s
 	h.settle(n0)
 	if err := h.loop.Healthy(); err != nil {
@@ -178,7 +178,7 @@ func TestButtonBursts(t *testing.T) {
 			if got := h.localChanges(); len(got) != 0 {
 				t.Fatalf("OnLocalChange called during the burst: %v", got)
 			}
-			n0 := h.loop.iterations.Load()
+			n0 := h.loop.Snapshot().Iterations
 			h.clk.Advance(2 * time.Second)
 			h.settle(n0)
 			got := h.localChanges()
@@ -200,11 +200,11 @@ func TestSeparatePressesAreSeparateEvents(t *testing.T) {
 	h := newHarness(t, testConfig(), Settings{20, ModeHeat}, 20)
 	h.start()
 	h.press(hal.ButtonUp)
-	n0 := h.loop.iterations.Load()
+	n0 := h.loop.Snapshot().Iterations
 	h.clk.Advance(2 * time.Second)
 	h.settle(n0)
 	h.press(hal.ButtonUp)
-	n0 = h.loop.iterations.Load()
+	n0 = h.loop.Snapshot().Iterations
 	h.clk.Advance(2 * time.Second)
 	h.settle(n0)
 	got := h.localChanges()
@@ -219,7 +219,7 @@ func TestRemoteSettingDuringBurstKeepsUntouchedField(t *testing.T) {
 	h.start()
 	h.press(hal.ButtonUp)
 	h.set(Settings{18, ModeCool}) // a command arrives mid-burst
-	n0 := h.loop.iterations.Load()
+	n0 := h.loop.Snapshot().Iterations
 	h.clk.Advance(2 * time.Second)
 	h.settle(n0)
 	// The person pressed up from 20: their 20.5 wins, the remote mode stays.
