@@ -789,8 +789,6 @@ func (r *run) lossCount(tracks []*track, tFault time.Time) string {
 
 // waitUntil waits for a moment, updating the progress line.
 func (r *run) waitUntil(ctx context.Context, at time.Time, status func() string) error {
-	t := time.NewTicker(200 * time.Millisecond)
-	defer t.Stop()
 	for {
 		d := time.Until(at)
 		if d <= 0 {
