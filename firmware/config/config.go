@@ -26,8 +26,8 @@ import (
 	"gopkg.in/yaml.v3"
 
 	"github.com/thermofleet/thermo/firmware/control"
-	"github.com/thermofleet/thermo/hal/halconf"
 	"github.com/thermofleet/thermo/hal/rpi"
+	"github.com/thermofleet/thermo/internal/yamlconf"
 	"github.com/thermofleet/thermo/protocol"
 	"github.com/thermofleet/thermo/transport"
 )
@@ -84,7 +84,7 @@ type Config struct {
 	File string `yaml:"-"`
 	// where says where each top-level key was set: "line N" of File or
 	// "--flag", for error messages.
-	lines halconf.Lines
+	lines yamlconf.Lines
 	flags map[string]string // key to the flag that set it
 }
 
@@ -160,7 +160,7 @@ func Parse(data []byte, name string) (Config, error) {
 	}
 	for i := 0; i+1 < len(root.Content); i += 2 {
 		if k, v := root.Content[i], root.Content[i+1]; k.Value == "sim" {
-			if err := halconf.CheckKnown("sim", v, &SimConfig{}); err != nil {
+			if err := yamlconf.CheckKnown("sim", v, &SimConfig{}); err != nil {
 				return c, fmt.Errorf("%s: %w", name, err)
 			}
 		}
@@ -172,7 +172,7 @@ func Parse(data []byte, name string) (Config, error) {
 		}
 		return c, fmt.Errorf("%s: %s", name, msg)
 	}
-	c.lines = halconf.Index("", root)
+	c.lines = yamlconf.Index("", root)
 	return c, nil
 }
 

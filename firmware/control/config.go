@@ -5,7 +5,7 @@ import (
 	"math"
 	"time"
 
-	"github.com/thermofleet/thermo/hal/halconf"
+	"github.com/thermofleet/thermo/internal/yamlconf"
 	"gopkg.in/yaml.v3"
 )
 
@@ -43,7 +43,7 @@ type Config struct {
 	// one device event, sent when the window after the last press ends.
 	ButtonWindow time.Duration `yaml:"button_window"`
 
-	lines halconf.Lines
+	lines yamlconf.Lines
 }
 
 // OutputConfig limits how one relay may switch.
@@ -87,14 +87,14 @@ func DefaultConfig() Config {
 func (c *Config) UnmarshalYAML(n *yaml.Node) error {
 	type plain Config
 	var p plain
-	if err := halconf.CheckKnown("control", n, &p); err != nil {
+	if err := yamlconf.CheckKnown("control", n, &p); err != nil {
 		return err
 	}
 	if err := n.Decode(&p); err != nil {
 		return fmt.Errorf("control: %w", err)
 	}
 	*c = Config(p)
-	c.lines = halconf.Index("control", n)
+	c.lines = yamlconf.Index("control", n)
 	return nil
 }
 

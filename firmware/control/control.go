@@ -158,12 +158,12 @@ type Loop struct {
 
 // burst gathers button presses until the window after the last one ends.
 type burst struct {
-	until          time.Time
-	setpointC      float64
-	mode           string
-	touchedSP      bool
-	touchedMode    bool
-	presses        int
+	until       time.Time
+	setpointC   float64
+	mode        string
+	touchedSP   bool
+	touchedMode bool
+	presses     int
 }
 
 // relay tracks one output's state and since when, for min on/off and max

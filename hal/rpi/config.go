@@ -6,7 +6,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/thermofleet/thermo/hal/halconf"
+	"github.com/thermofleet/thermo/internal/yamlconf"
 	"github.com/thermofleet/thermo/sensors"
 	"gopkg.in/yaml.v3"
 )
@@ -26,7 +26,7 @@ type Config struct {
 	Relays  RelaysConfig   `yaml:"relays"`
 	Buttons ButtonsConfig  `yaml:"buttons"`
 
-	lines halconf.Lines
+	lines yamlconf.Lines
 }
 
 // SensorConfig is one sensor.
@@ -109,14 +109,14 @@ const (
 func (c *Config) UnmarshalYAML(n *yaml.Node) error {
 	type plain Config
 	var p plain
-	if err := halconf.CheckKnown("hardware", n, &p); err != nil {
+	if err := yamlconf.CheckKnown("hardware", n, &p); err != nil {
 		return err
 	}
 	if err := n.Decode(&p); err != nil {
 		return fmt.Errorf("hardware: %w", err)
 	}
 	*c = Config(p)
-	c.lines = halconf.Index("hardware", n)
+	c.lines = yamlconf.Index("hardware", n)
 	return nil
 }
 

@@ -1,4 +1,4 @@
-package halconf
+package yamlconf
 
 import (
 	"strings"

@@ -1,11 +1,11 @@
-// Package halconf helps the hardware and control configuration types point
+// Package yamlconf helps the hardware and control configuration types point
 // at the YAML line a problem is on.
 //
 // A hobbyist who wrote `pin: GPIO71` wants "line 14: hardware.relays.heat.pin:
 // no GPIO pin named GPIO71", not a stack of Go types. Config types decode
 // through yaml.Node, keep an index of path to line with Index, refuse
 // unknown keys with CheckKnown, and report problems with Lines.Errorf.
-package halconf
+package yamlconf
 
 import (
 	"fmt"
