@@ -26,8 +26,7 @@ import (
 type Reading struct {
 	Sensor      string                  // configured sensor name
 	Time        time.Time               // when it was taken
-	Valid       bool                    // false: read failed or value rejected (see Err)
-	Err         error                   // why the reading is not valid; nil when Valid
+	Err         error                   // why the reading is not valid (read failed or value rejected); nil when it is
 	Temperature physic.Temperature      // raw value even when rejected, 0 when never read
 	Humidity    physic.RelativeHumidity // meaningful only when HasHumidity
 	HasHumidity bool
@@ -35,14 +34,16 @@ type Reading struct {
 	HasPressure bool
 }
 
+// OK reports whether the reading is valid.
+func (r Reading) OK() bool { return r.Err == nil }
+
 // Sensor is one configured environmental sensor.
 type Sensor interface {
 	// Name is the configured name, unique on a board ("room", "floor").
 	Name() string
-	// Read takes a measurement. It returns a Reading in every case; when
-	// err != nil the reading has Valid false and Err set to err, and may
-	// still carry the raw (rejected) value for diagnostics.
-	Read() (Reading, error)
+	// Read takes a measurement. A reading whose Err is set is not valid;
+	// it may still carry the raw (rejected) value for diagnostics.
+	Read() Reading
 }
 
 // Outputs is the state of every relay output of a board. The zero value is

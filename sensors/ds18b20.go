@@ -112,7 +112,7 @@ func (w *W1) String() string { return fmt.Sprintf("ds18b20 %q (%s)", w.name, w.d
 // A "NO" or a scratchpad whose CRC does not check is a CRC error; an
 // all-zero scratchpad (data line shorted to ground) is refused too, since
 // its CRC is zero and the kernel reports it as valid 0 °C.
-func (w *W1) Read() (hal.Reading, error) {
+func (w *W1) Read() hal.Reading {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	r := hal.Reading{Sensor: w.name}
@@ -123,16 +123,15 @@ func (w *W1) Read() (hal.Reading, error) {
 			err = fmt.Errorf("%w: %w", ErrAbsent, err)
 		}
 		r.Err = fmt.Errorf("ds18b20 %q: %w", w.name, err)
-		return r, r.Err
+		return r
 	}
 	t, err := parseW1Slave(b)
 	r.Temperature = t
 	if err != nil {
 		r.Err = fmt.Errorf("ds18b20 %q: %s: %w", w.name, filepath.Join(w.dir, "w1_slave"), err)
-		return r, r.Err
+		return r
 	}
-	r.Valid = true
-	return r, nil
+	return r
 }
 
 // ErrCRC is a 1-wire transfer whose checksum failed.

@@ -46,7 +46,7 @@ func TestDS18B20OneWire(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		r, err := d.Read()
+		r, err := read(d)
 		if err != nil || r.Temperature != tc.want {
 			t.Fatalf("Read = %v %v, want %v", r.Temperature, err, tc.want)
 		}
@@ -77,7 +77,7 @@ func TestDS18B20OneWireErrors(t *testing.T) {
 			bus := &onewiretest.Playback{Ops: tc.ops, DontPanic: true}
 			d, err := NewDS18B20(bus, dsAddr, 9, testOpts("floor"))
 			if err == nil {
-				_, err = d.Read()
+				_, err = read(d)
 			}
 			if err == nil || !strings.Contains(err.Error(), tc.want) {
 				t.Fatalf("error %v, want %q", err, tc.want)
@@ -102,8 +102,8 @@ func TestDS18B20OneWirePowerOnValuePassesDriver(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	r, err := Filter(d, FilterOpts{DS18B20: true}).Read()
-	if !errors.Is(err, ErrImplausible) || r.Valid || r.Temperature != physic.ZeroCelsius+85*physic.Celsius {
+	r, err := read(Filter(d, FilterOpts{DS18B20: true}))
+	if !errors.Is(err, ErrImplausible) || r.OK() || r.Temperature != physic.ZeroCelsius+85*physic.Celsius {
 		t.Fatalf("filtered Read = %+v, %v; want the 85 °C value rejected", r, err)
 	}
 	if err := bus.Close(); err != nil {
@@ -132,14 +132,14 @@ func TestW1Sysfs(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			r, err := w.Read()
+			r, err := read(w)
 			if tc.wantErr != "" {
-				if err == nil || r.Valid || !strings.Contains(err.Error(), tc.wantErr) || errors.Is(err, ErrCRC) != tc.crc {
+				if err == nil || r.OK() || !strings.Contains(err.Error(), tc.wantErr) || errors.Is(err, ErrCRC) != tc.crc {
 					t.Fatalf("Read = %+v, %v; want error %q (CRC %v)", r, err, tc.wantErr, tc.crc)
 				}
 				return
 			}
-			if err != nil || !r.Valid || r.Temperature != physic.ZeroCelsius+physic.Temperature(tc.want*1000)*physic.MilliCelsius || !r.Time.Equal(t0) {
+			if err != nil || !r.OK() || r.Temperature != physic.ZeroCelsius+physic.Temperature(tc.want*1000)*physic.MilliCelsius || !r.Time.Equal(t0) {
 				t.Fatalf("Read = %+v, %v; want %v °C", r, err, tc.want)
 			}
 		})
@@ -185,13 +185,13 @@ func TestW1SysfsDiscoveryAndAbsence(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := w.Read(); err != nil {
+	if _, err := read(w); err != nil {
 		t.Fatal(err)
 	}
 	if err := os.RemoveAll(dir); err != nil {
 		t.Fatal(err)
 	}
-	if r, err := w.Read(); !errors.Is(err, ErrAbsent) || r.Valid {
+	if r, err := read(w); !errors.Is(err, ErrAbsent) || r.OK() {
 		t.Fatalf("Read after unplug = %+v, %v", r, err)
 	}
 }

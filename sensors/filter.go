@@ -86,14 +86,10 @@ func (f *Filtered) Name() string { return f.s.Name() }
 func (f *Filtered) Unwrap() hal.Sensor { return f.s }
 
 // Read reads the wrapped sensor and applies the filter.
-func (f *Filtered) Read() (hal.Reading, error) {
-	r, err := f.s.Read()
-	if err != nil || !r.Valid {
-		if err == nil {
-			err = errors.New("invalid reading")
-		}
-		r.Valid, r.Err = false, err
-		return r, err
+func (f *Filtered) Read() hal.Reading {
+	r := f.s.Read()
+	if r.Err != nil {
+		return r
 	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -105,10 +101,9 @@ func (f *Filtered) Read() (hal.Reading, error) {
 		r.HasPressure = false
 	}
 	c := r.Temperature.Celsius()
-	reject := func(format string, args ...any) (hal.Reading, error) {
-		r.Valid = false
+	reject := func(format string, args ...any) hal.Reading {
 		r.Err = fmt.Errorf("%s: %w: %s", f.s.Name(), ErrImplausible, fmt.Sprintf(format, args...))
-		return r, r.Err
+		return r
 	}
 	switch {
 	case f.o.DS18B20 && r.Temperature == physic.ZeroCelsius+85*physic.Celsius:
@@ -144,7 +139,7 @@ func (f *Filtered) Read() (hal.Reading, error) {
 		}
 		r.Temperature = sum / physic.Temperature(len(f.window))
 	}
-	return r, nil
+	return r
 }
 
 func (f *Filtered) withinRate(a, b hal.Reading) bool {

@@ -96,8 +96,8 @@ func TestBME280(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	r, err := d.Read()
-	if err != nil || !r.Valid {
+	r, err := read(d)
+	if err != nil || !r.OK() {
 		t.Fatalf("Read = %+v, %v", r, err)
 	}
 	if got := r.Temperature.Celsius(); math.Abs(got-25.08) > 0.005 {
@@ -125,7 +125,7 @@ func TestBMP280HasNoHumidity(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	r, err := d.Read()
+	r, err := read(d)
 	if err != nil || r.HasHumidity || !r.HasPressure || r.Sensor != TypeBMP280 {
 		t.Fatalf("Read = %+v, %v", r, err)
 	}
@@ -167,8 +167,8 @@ func TestBME280BusErrorOnRead(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	r, err := d.Read()
-	if err == nil || r.Valid || r.Err == nil || !strings.Contains(err.Error(), `bme280 "room": read`) {
+	r, err := read(d)
+	if err == nil || r.OK() || r.Err == nil || !strings.Contains(err.Error(), `bme280 "room": read`) {
 		t.Fatalf("Read = %+v, %v; want a bus error", r, err)
 	}
 }
@@ -204,7 +204,7 @@ func TestMCP9808(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			r, err := d.Read()
+			r, err := read(d)
 			if err != nil || r.Temperature != physic.ZeroCelsius+physic.Temperature(tc.want*1000)*physic.MilliCelsius || r.HasHumidity {
 				t.Fatalf("Read = %v %+v, want %v °C", err, r, tc.want)
 			}
@@ -234,7 +234,7 @@ func TestMCP9808Errors(t *testing.T) {
 			bus := &i2ctest.Playback{Ops: tc.ops, DontPanic: true}
 			d, err := NewMCP9808(bus, 0x18, testOpts("hall"))
 			if err == nil {
-				_, err = d.Read()
+				_, err = read(d)
 			}
 			if err == nil || !strings.Contains(err.Error(), tc.want) {
 				t.Fatalf("error %v, want %q", err, tc.want)
@@ -265,7 +265,7 @@ func TestTMP102(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		r, err := d.Read()
+		r, err := read(d)
 		if err != nil || math.Abs(r.Temperature.Celsius()-tc.want) > 1e-9 {
 			t.Fatalf("Read %x = %v %v, want %v °C", tc.bytes, r.Temperature, err, tc.want)
 		}
@@ -287,7 +287,7 @@ func TestTMP102Errors(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if r, err := d.Read(); err == nil || r.Valid {
+	if r, err := read(d); err == nil || r.OK() {
 		t.Fatalf("Read = %+v, %v; want bus error", r, err)
 	}
 }
@@ -329,7 +329,7 @@ func TestAHT20(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	r, err := d.Read()
+	r, err := read(d)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -361,7 +361,7 @@ func TestAHT20Errors(t *testing.T) {
 			bus := &i2ctest.Playback{Ops: tc.ops, DontPanic: true}
 			d, err := NewAHT20(bus, testOpts("bedroom"))
 			if err == nil {
-				_, err = d.Read()
+				_, err = read(d)
 			}
 			if err == nil || !strings.Contains(strings.ToLower(err.Error()), tc.want) {
 				t.Fatalf("error %v, want %q", err, tc.want)

@@ -57,21 +57,22 @@ func (s *Reopen) probeLocked() error {
 }
 
 // Read reads the open sensor, opening it first if needed.
-func (s *Reopen) Read() (hal.Reading, error) {
+func (s *Reopen) Read() hal.Reading {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if err := s.probeLocked(); err != nil {
 		s.noteFailure(err)
 		r := hal.Reading{Sensor: s.name, Err: fmt.Errorf("open sensor %q: %w", s.name, err)}
-		return r, r.Err
+		return r
 	}
-	r, err := s.cur.Read()
+	r := s.cur.Read()
+	err := r.Err
 	if err == nil {
 		if s.failing {
 			s.log.Info("sensor back", "sensor", s.name)
 		}
 		s.fails, s.failing = 0, false
-		return r, nil
+		return r
 	}
 	s.noteFailure(err)
 	if s.fails >= s.after && !errors.Is(err, ErrImplausible) {
@@ -82,7 +83,7 @@ func (s *Reopen) Read() (hal.Reading, error) {
 		}
 		s.cur = nil
 	}
-	return r, err
+	return r
 }
 
 func (s *Reopen) noteFailure(err error) {

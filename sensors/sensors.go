@@ -86,7 +86,7 @@ func (d *Device) Type() string { return d.typ }
 func (d *Device) String() string { return fmt.Sprintf("%s %q (%s)", d.typ, d.name, d.dev) }
 
 // Read takes one measurement.
-func (d *Device) Read() (hal.Reading, error) {
+func (d *Device) Read() hal.Reading {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	var e physic.Env
@@ -94,13 +94,12 @@ func (d *Device) Read() (hal.Reading, error) {
 	r := hal.Reading{Sensor: d.name, Time: d.clock.Now()}
 	if err != nil {
 		r.Err = fmt.Errorf("%s %q: read: %w", d.typ, d.name, err)
-		return r, r.Err
+		return r
 	}
 	r.Temperature = e.Temperature
 	r.Humidity, r.HasHumidity = e.Humidity, d.humidity
 	r.Pressure, r.HasPressure = e.Pressure, d.pressure
-	r.Valid = true
-	return r, nil
+	return r
 }
 
 // Halt stops the chip (periph's conn.Resource).

@@ -421,22 +421,19 @@ func (l *Loop) safeState() error {
 func (l *Loop) tick(now time.Time) {
 	readings := make([]hal.Reading, len(l.sensors))
 	for i, s := range l.sensors {
-		r, err := s.Read()
+		r := s.Read()
 		if r.Sensor == "" {
 			r.Sensor = s.Name()
 		}
 		if r.Time.IsZero() {
 			r.Time = now
 		}
-		if err != nil {
-			r.Valid, r.Err = false, err
-		}
 		readings[i] = r
 	}
 	l.mu.Lock()
 	l.readings = readings
 	l.lastTick = now
-	if r := readings[l.ctrl]; r.Valid {
+	if r := readings[l.ctrl]; r.OK() {
 		l.last, l.lastAt = r, now
 	} else {
 		l.log.Debug("control sensor read failed", "sensor", r.Sensor, "err", r.Err)

@@ -28,7 +28,7 @@ type fakeSensor struct {
 }
 
 func (s *fakeSensor) Name() string { return s.name }
-func (s *fakeSensor) Read() (hal.Reading, error) {
+func (s *fakeSensor) Read() hal.Reading {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.pan {
@@ -37,15 +37,14 @@ func (s *fakeSensor) Read() (hal.Reading, error) {
 	r := hal.Reading{Sensor: s.name, Time: s.clk.Now()}
 	if s.err != nil {
 		r.Err = s.err
-		return r, s.err
+		return r
 	}
-	r.Valid = true
 	r.Temperature = hal.Celsius(s.c)
 	if s.hum > 0 {
 		r.HasHumidity = true
 		r.Humidity = physic.RelativeHumidity(s.hum * float64(physic.PercentRH))
 	}
-	return r, nil
+	return r
 }
 
 func (s *fakeSensor) set(c float64, err error) {

@@ -143,7 +143,7 @@ func TestOutputChangeHook(t *testing.T) {
 	if ch[1].Outputs.Heat || ch[1].TempC() != 21 || !ch[1].Time.Equal(t0.Add(240*time.Second)) {
 		t.Fatalf("second change %+v", ch[1])
 	}
-	if len(ch[1].Sensors) != 1 || ch[1].Sensors[0].Sensor != "room" || !ch[1].Sensors[0].Valid {
+	if len(ch[1].Sensors) != 1 || ch[1].Sensors[0].Sensor != "room" || !ch[1].Sensors[0].OK() {
 		t.Fatalf("per-sensor readings %+v", ch[1].Sensors)
 	}
 }

@@ -160,11 +160,11 @@ func TestOpenSafeStateRelaysAndClose(t *testing.T) {
 	if len(ss) != 2 || ss[0].Name() != "room" || ss[1].Name() != "floor" {
 		t.Fatalf("sensors %v", ss)
 	}
-	r, err := ss[0].Read()
+	r, err := read(ss[0])
 	if err != nil || !r.HasHumidity || r.Temperature.Celsius() < 25 || r.Temperature.Celsius() > 25.1 || !r.Time.Equal(t0) {
 		t.Fatalf("room = %+v, %v", r, err)
 	}
-	if r, err := ss[1].Read(); err != nil || r.Temperature.Celsius() != 23.125 {
+	if r, err := read(ss[1]); err != nil || r.Temperature.Celsius() != 23.125 {
 		t.Fatalf("floor = %+v, %v", r, err)
 	}
 	if err := b.SetOutputs(hal.Outputs{Heat: true}); err != nil {
@@ -272,7 +272,7 @@ hardware:
 		t.Fatal(err)
 	}
 	defer b.Close()
-	if r, err := b.Sensors()[0].Read(); err == nil || r.Valid {
+	if r, err := read(b.Sensors()[0]); err == nil || r.OK() {
 		t.Fatalf("Read of an unplugged sensor = %+v, %v", r, err)
 	}
 	// Plugged in.
@@ -280,7 +280,7 @@ hardware:
 	bus.Ops = append(bmeOpen(0x76), bmeSense(0x76)...)
 	bus.Count = 0
 	bus.Unlock()
-	if r, err := b.Sensors()[0].Read(); err != nil || !r.Valid {
+	if r, err := read(b.Sensors()[0]); err != nil || !r.OK() {
 		t.Fatalf("Read after plugging in = %+v, %v", r, err)
 	}
 }
@@ -307,7 +307,7 @@ hardware:
 	if err != nil {
 		t.Fatal(err)
 	}
-	r, err := b.Sensors()[0].Read()
+	r, err := read(b.Sensors()[0])
 	if err != nil || r.Temperature.Celsius() != 21 {
 		t.Fatalf("Read = %+v, %v", r, err)
 	}

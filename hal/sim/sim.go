@@ -253,7 +253,7 @@ type thermometer struct {
 
 func (t *thermometer) Name() string { return t.name }
 
-func (t *thermometer) Read() (hal.Reading, error) {
+func (t *thermometer) Read() hal.Reading {
 	b := t.b
 	b.mu.Lock()
 	defer b.mu.Unlock()
@@ -261,11 +261,11 @@ func (t *thermometer) Read() (hal.Reading, error) {
 	r := hal.Reading{Sensor: t.name, Time: b.last}
 	if b.closed {
 		r.Err = ErrClosed
-		return r, r.Err
+		return r
 	}
 	if b.fault != nil {
 		r.Err = fmt.Errorf("sim sensor %q: %w", t.name, b.fault)
-		return r, r.Err
+		return r
 	}
 	// Round like a real 0.01 °C sensor would.
 	r.Temperature = hal.Celsius(math.Round(b.tempC*100) / 100)
@@ -273,8 +273,7 @@ func (t *thermometer) Read() (hal.Reading, error) {
 		r.HasHumidity = true
 		r.Humidity = physic.RelativeHumidity(math.Round(b.opts.HumidityPct * float64(physic.PercentRH)))
 	}
-	r.Valid = true
-	return r, nil
+	return r
 }
 
 // ScaledClock is the wall clock running speed times faster, from now on.

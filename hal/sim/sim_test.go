@@ -14,8 +14,8 @@ var t0 = time.Date(2026, 11, 24, 17, 0, 0, 0, time.UTC)
 
 func read(t *testing.T, b *Board) float64 {
 	t.Helper()
-	r, err := b.Sensors()[0].Read()
-	if err != nil || !r.Valid {
+	r, err := readErr(b.Sensors()[0])
+	if err != nil || !r.OK() {
 		t.Fatalf("Read = %+v, %v", r, err)
 	}
 	return r.Temperature.Celsius()
@@ -81,12 +81,12 @@ func TestFaultPressAndClose(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	r, _ := b.Sensors()[0].Read()
+	r, _ := readErr(b.Sensors()[0])
 	if !r.HasHumidity || r.Humidity.String() != "40%rH" || r.Sensor != "room" {
 		t.Fatalf("reading %+v", r)
 	}
 	b.SetSensorFault(errors.New("unplugged"))
-	if r, err := b.Sensors()[0].Read(); err == nil || r.Valid {
+	if r, err := readErr(b.Sensors()[0]); err == nil || r.OK() {
 		t.Fatalf("Read with fault = %+v, %v", r, err)
 	}
 	b.SetSensorFault(nil)
