@@ -12,7 +12,7 @@ import (
 // see (see protocol.AlertCodes). It never blocks; a device not yet known is
 // recorded. The first raise of a code is logged at ERROR.
 func (f *Fleet) RaiseAlert(id, code, detail string) {
-	f.q.push(func(context.Context) {
+	f.q.Push(func(context.Context) {
 		rec := f.record(id)
 		i := slices.IndexFunc(rec.Raised, func(a protocol.Alert) bool { return a.Code == code })
 		if i < 0 {
@@ -29,7 +29,7 @@ func (f *Fleet) RaiseAlert(id, code, detail string) {
 
 // ClearAlert removes a condition RaiseAlert recorded.
 func (f *Fleet) ClearAlert(id, code string) {
-	f.q.push(func(context.Context) {
+	f.q.Push(func(context.Context) {
 		rec, ok := f.recs[id]
 		if !ok {
 			return

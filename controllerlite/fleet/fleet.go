@@ -34,6 +34,7 @@ import (
 	"time"
 
 	"github.com/thermofleet/thermo/controllerlite/store"
+	"github.com/thermofleet/thermo/internal/workq"
 	"github.com/thermofleet/thermo/protocol"
 )
 
@@ -137,9 +138,9 @@ type Fleet struct {
 	log  *slog.Logger
 	st   *store.Store
 
-	q       *queue
-	ready   chan struct{} // closed when the retained state has been read
-	stopped chan struct{} // closed when Run returns
+	q       *workq.Queue[func(context.Context)] // work for Run, in order
+	ready   chan struct{}                       // closed when the retained state has been read
+	stopped chan struct{}                       // closed when Run returns
 	running atomic.Bool
 
 	connected atomic.Bool
@@ -222,7 +223,7 @@ func New(opts Options) (*Fleet, error) {
 		root:    opts.TopicRoot,
 		log:     opts.Logger,
 		st:      opts.Store,
-		q:       newQueue(),
+		q:       workq.New[func(context.Context)](),
 		ready:   make(chan struct{}),
 		stopped: make(chan struct{}),
 		view:    map[string]Device{},
@@ -269,8 +270,8 @@ func (f *Fleet) Run(ctx context.Context) error {
 		case <-ctx.Done():
 			f.flush()
 			return nil
-		case <-f.q.notify:
-			for _, fn := range f.q.drain() {
+		case <-f.q.Wake():
+			for _, fn := range f.q.Drain() {
 				fn(ctx)
 			}
 		case <-f.wait.timer.C:
@@ -293,7 +294,7 @@ func (f *Fleet) Run(ctx context.Context) error {
 // retained is the MQTT RETAIN flag: the message was stored by the broker
 // before this subscription.
 func (f *Fleet) Receive(topic string, payload []byte, retained bool) {
-	f.q.push(func(context.Context) { f.handle(topic, payload, retained) })
+	f.q.Push(func(context.Context) { f.handle(topic, payload, retained) })
 }
 
 // Ready is closed once the retained state has been read.
@@ -375,7 +376,7 @@ func (f *Fleet) Set(ctx context.Context, id string, changes map[string]any) (Dev
 		err error
 	}
 	reply := make(chan result, 1)
-	f.q.push(func(ctx context.Context) {
+	f.q.Push(func(ctx context.Context) {
 		d, err := f.set(ctx, id, changes)
 		reply <- result{d, err}
 	})

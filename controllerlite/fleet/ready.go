@@ -14,13 +14,13 @@ import (
 // retained message has already been handed to Receive (true for the
 // embedded broker); otherwise they are still coming.
 func (f *Fleet) LinkUp(p Publisher, retainedDelivered bool) {
-	f.q.push(func(context.Context) { f.linkUp(p, retainedDelivered) })
+	f.q.Push(func(context.Context) { f.linkUp(p, retainedDelivered) })
 }
 
 // LinkDown tells the fleet the link is lost: Commands are owed until the
 // next LinkUp.
 func (f *Fleet) LinkDown(err error) {
-	f.q.push(func(context.Context) {
+	f.q.Push(func(context.Context) {
 		f.log.Warn("broker link down: commands are kept until it is back", "error", err)
 		f.pub = nil
 		f.connected.Store(false)
