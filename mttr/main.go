@@ -29,6 +29,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/thermofleet/thermo/internal/atomicfile"
 	"github.com/thermofleet/thermo/mttr/harness"
 	"github.com/thermofleet/thermo/mttr/report"
 )
@@ -302,13 +303,13 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) (err erro
 			return err
 		}
 		if o.jsonFile != "" {
-			if err := writeFile(o.jsonFile, res.WriteJSON); err != nil {
+			if err := atomicfile.Write(o.jsonFile, 0o644, res.WriteJSON); err != nil {
 				return err
 			}
 			fmt.Fprintf(stdout, "\nJSON: %s\n", o.jsonFile)
 		}
 		if o.svgFile != "" {
-			if err := writeFile(o.svgFile, res.WriteSVG); err != nil {
+			if err := atomicfile.Write(o.svgFile, 0o644, res.WriteSVG); err != nil {
 				return err
 			}
 			fmt.Fprintf(stdout, "chart: %s\n", o.svgFile)
@@ -331,36 +332,6 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) (err erro
 	return nil
 }
 
-// writeFile writes a file atomically: a temporary file, fsync, rename.
-func writeFile(path string, write func(io.Writer) error) (err error) {
-	dir := filepath.Dir(path)
-	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp-")
-	if err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	defer func() {
-		if err != nil {
-			f.Close()
-			os.Remove(f.Name())
-		}
-	}()
-	if err := write(f); err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	if err := f.Chmod(0o644); err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	if err := f.Sync(); err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	if err := f.Close(); err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	if err := os.Rename(f.Name(), path); err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	return nil
-}
 
 // isTerminal reports whether w is a character device (a terminal).
 func isTerminal(w io.Writer) bool {

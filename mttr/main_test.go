@@ -360,22 +360,6 @@ func TestExitCode(t *testing.T) {
 	}
 }
 
-func TestWriteFile(t *testing.T) {
-	path := filepath.Join(t.TempDir(), "out.json")
-	if err := writeFile(path, func(w io.Writer) error { _, err := io.WriteString(w, "first"); return err }); err != nil {
-		t.Fatal(err)
-	}
-	// A failing writer leaves the old file whole and no temporary file.
-	if err := writeFile(path, func(w io.Writer) error { io.WriteString(w, "half"); return errors.New("boom") }); err == nil {
-		t.Fatal("no error")
-	}
-	b, _ := os.ReadFile(path)
-	entries, _ := os.ReadDir(filepath.Dir(path))
-	if string(b) != "first" || len(entries) != 1 {
-		t.Fatalf("content %q, %d entries", b, len(entries))
-	}
-}
-
 // TestExternalBroker drives a broker the harness did not start, the way a
 // user drives the seed's container: a Mosquitto set up with the product's
 // PKI commands and taken down, up, paused and resumed by shell commands

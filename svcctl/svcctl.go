@@ -27,6 +27,7 @@ import (
 	"strings"
 
 	"github.com/kardianos/service"
+	"github.com/thermofleet/thermo/internal/atomicfile"
 	"github.com/thermofleet/thermo/systemd"
 )
 
@@ -344,7 +345,7 @@ func (h *host) installPackaged(spec Spec, unitPath, line string) error {
 		if err := os.MkdirAll(filepath.Dir(dropIn), 0o755); err != nil {
 			return fmt.Errorf("install: %w", err)
 		}
-		if err := writeFileAtomic(dropIn, []byte(conf), 0o644); err != nil {
+		if err := atomicfile.WriteFile(dropIn, []byte(conf), 0o644); err != nil {
 			return fmt.Errorf("install: %w", err)
 		}
 		fmt.Fprintf(h.stdout, "using the packaged unit %s with your flags in %s:\n  ExecStart=%s\n", unitPath, dropIn, line)
@@ -467,34 +468,3 @@ func ensureAccount(w io.Writer, spec Spec) error {
 	return nil
 }
 
-func writeFileAtomic(path string, data []byte, mode os.FileMode) error {
-	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp-")
-	if err != nil {
-		return err
-	}
-	defer os.Remove(f.Name())
-	if _, err := f.Write(data); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Chmod(mode); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	if err := os.Rename(f.Name(), path); err != nil {
-		return err
-	}
-	d, err := os.Open(filepath.Dir(path))
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	return d.Sync()
-}
