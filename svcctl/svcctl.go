@@ -467,4 +467,3 @@ func ensureAccount(w io.Writer, spec Spec) error {
 	fmt.Fprintf(w, "created system user %s\n", spec.User)
 	return nil
 }
-
