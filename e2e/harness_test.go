@@ -57,19 +57,7 @@ func eachBroker(t *testing.T, f func(t *testing.T, kind brokerKind)) {
 // what it saw, for the failure message.
 func eventually(t testing.TB, what string, cond func() (bool, string)) {
 	t.Helper()
-	deadline := time.Now().Add(waitTimeout)
-	tick := time.NewTicker(10 * time.Millisecond)
-	defer tick.Stop()
-	for {
-		ok, seen := cond()
-		if ok {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s; last seen: %s", waitTimeout, what, seen)
-		}
-		<-tick.C
-	}
+	testenv.Eventually(t, waitTimeout, what, cond)
 }
 
 // --- logs ---

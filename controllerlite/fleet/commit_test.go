@@ -11,6 +11,7 @@ import (
 	"testing"
 
 	"github.com/thermofleet/thermo/controllerlite/store"
+	"github.com/thermofleet/thermo/internal/testenv"
 	"github.com/thermofleet/thermo/protocol"
 )
 
@@ -75,7 +76,7 @@ func TestBurstStoredAndGreeted(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	waitUntil(t, "every greeting published", func() bool { return len(cmds.got()) == n })
+	testenv.WaitFor(t, "every greeting published", func() bool { return len(cmds.got()) == n })
 	for i, got := range cmds.got() {
 		if want := topic(fmt.Sprintf("d%02d", i), protocol.KindCmd); got != want {
 			t.Fatalf("greeting %d on %s, want %s: out of order", i, got, want)
@@ -118,7 +119,7 @@ func TestNothingPublishedWhenStoreRefuses(t *testing.T) {
 	if _, err := r.Set(context.Background(), "d1", map[string]any{"setpoint_c": 22.0}); err != nil {
 		t.Fatal(err)
 	}
-	waitUntil(t, "the stored write published", func() bool { return len(cmds.got()) == 1 })
+	testenv.WaitFor(t, "the stored write published", func() bool { return len(cmds.got()) == 1 })
 	r.st.Close()
 	_, err := r.Set(context.Background(), "d1", map[string]any{"setpoint_c": 23.0})
 	if err == nil || !strings.Contains(err.Error(), "persist before publish") {
@@ -183,7 +184,7 @@ func TestOwedWhenPublishFails(t *testing.T) {
 	pub := &failingPub{}
 	f, stop := startFleet(t, st, pub, nil)
 	f.Receive(topic("d1", protocol.KindEvent), eventPayload(t, 1, 20), false)
-	waitUntil(t, "the device known", func() bool { _, ok := f.Device("d1"); return ok })
+	testenv.WaitFor(t, "the device known", func() bool { _, ok := f.Device("d1"); return ok })
 	pub.setFail(errors.New("broker gone"))
 	d, err := f.Set(context.Background(), "d1", map[string]any{"setpoint_c": 22.0})
 	if err != nil || !d.Pending {

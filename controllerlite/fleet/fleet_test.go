@@ -268,7 +268,7 @@ func TestRejectTopics(t *testing.T) {
 	for _, tp := range topics {
 		f.Receive(tp, []byte(valid), false)
 	}
-	waitUntil(t, "rejects", func() bool { return f.Status().Rejected == uint64(len(topics)) })
+	testenv.WaitFor(t, "rejects", func() bool { return f.Status().Rejected == uint64(len(topics)) })
 	if devs := f.Devices(); len(devs) != 0 {
 		t.Fatalf("devices created by rejected messages: %+v", devs)
 	}
@@ -337,7 +337,7 @@ func TestOwedWhileLinkDown(t *testing.T) {
 	d1.c.Close()
 
 	e.m.Terminate()
-	waitUntil(t, "link down", func() bool { return !a.Status().Connected })
+	testenv.WaitFor(t, "link down", func() bool { return !a.Status().Connected })
 	got, err := a.Set(ctx, "d1", map[string]any{"setpoint_c": 27})
 	if err != nil {
 		t.Fatal(err)

@@ -87,22 +87,6 @@ func newLogger(t *testing.T) (*slog.Logger, *logSink) {
 	return slog.New(logHandler{sink: sink}), sink
 }
 
-// waitUntil polls cond until it holds or waitTimeout passes.
-func waitUntil(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.NewTimer(waitTimeout)
-	defer deadline.Stop()
-	tick := time.NewTicker(2 * time.Millisecond)
-	defer tick.Stop()
-	for !cond() {
-		select {
-		case <-tick.C:
-		case <-deadline.C:
-			t.Fatalf("timed out after %v waiting for %s", waitTimeout, what)
-		}
-	}
-}
-
 // env is a broker of one kind with a PKI, and fleets started against it.
 type env struct {
 	t    *testing.T
@@ -220,7 +204,7 @@ func (r *running) waitReady(t *testing.T) {
 func (r *running) waitDevice(t *testing.T, id, what string, cond func(Device) bool) Device {
 	t.Helper()
 	var d Device
-	waitUntil(t, id+": "+what, func() bool {
+	testenv.WaitFor(t, id+": "+what, func() bool {
 		var ok bool
 		d, ok = r.Device(id)
 		return ok && cond(d)

@@ -95,7 +95,7 @@ func TestCommands(t *testing.T) {
 		if ev.Src != protocol.SrcController {
 			t.Errorf("src %q", ev.Src)
 		}
-		waitFor(t, "settings applied", func() bool { return d.therm.Settings() == control.Settings{SetpointC: 23, Mode: "heat"} })
+		testenv.WaitFor(t, "settings applied", func() bool { return d.therm.Settings() == control.Settings{SetpointC: 23, Mode: "heat"} })
 
 		// A local change: write and send at once, [2,4].
 		d.set(map[string]any{protocol.PropSetpoint: 19})
@@ -108,10 +108,10 @@ func TestCommands(t *testing.T) {
 
 		// Concurrent with the local write: discarded, clock [3,5], no event.
 		ctl.command(`{"v":1,"vc":[3,1],"props":{"setpoint_c":{"val":30,"w":[3,1]}}}`, true)
-		waitFor(t, "discard", func() bool { return d.status().VC == vc(3, 5) })
+		testenv.WaitFor(t, "discard", func() bool { return d.status().VC == vc(3, 5) })
 		// A duplicate of c1: nothing changes.
 		ctl.command(c1, true)
-		waitFor(t, "duplicate", func() bool { return d.status().Counters.Duplicates == 1 })
+		testenv.WaitFor(t, "duplicate", func() bool { return d.status().Counters.Duplicates == 1 })
 		if c := d.status().Counters; c.Discarded != 1 {
 			t.Errorf("counters %+v, want one discard", c)
 		}
@@ -190,7 +190,7 @@ func TestBadMessages(t *testing.T) {
 		}
 		for i, tc := range whole {
 			ctl.command(tc.payload, false)
-			waitFor(t, tc.name+" rejected", func() bool { return d.status().Counters.Rejected == uint64(i+1) })
+			testenv.WaitFor(t, tc.name+" rejected", func() bool { return d.status().Counters.Rejected == uint64(i+1) })
 			if st := d.status(); st.VC != vc(0, 1) || st.Effective[protocol.PropMode] != "off" {
 				t.Fatalf("%s changed the state: %+v", tc.name, st)
 			}
@@ -200,7 +200,7 @@ func TestBadMessages(t *testing.T) {
 		// still merges the clock ([5,1] then own+1: [5,2]) but applies
 		// nothing, so no event.
 		ctl.command(`{"v":1,"vc":[5,1],"props":{"setpoint_c":{"val":99,"w":[5,1]},"mode":{"val":7,"w":[5,1]}}}`, false)
-		waitFor(t, "properties rejected", func() bool {
+		testenv.WaitFor(t, "properties rejected", func() bool {
 			st := d.status()
 			return st.Counters.RejectedProps == 2 && st.VC != vc(0, 1)
 		})

@@ -26,19 +26,6 @@ import (
 
 const root = protocol.DefaultRoot
 
-// waitFor polls cond until it holds or 10 s pass. Used where the condition
-// is the agent's state, which offers nothing to block on.
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(testenv.WaitTimeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(5 * time.Millisecond) // polling a condition with a deadline
-	}
-}
-
 // logBuffer collects a test's logs and prints them only if it fails, so
 // goroutines that log while stopping never touch a finished test.
 type logBuffer struct {
@@ -371,7 +358,7 @@ func (d *device) set(changes map[string]any) {
 
 func (d *device) waitConnected(want bool) {
 	d.t.Helper()
-	waitFor(d.t, fmt.Sprintf("connected=%v", want), func() bool { return d.status().Connected == want })
+	testenv.WaitFor(d.t, fmt.Sprintf("connected=%v", want), func() bool { return d.status().Connected == want })
 }
 
 var testStart = time.Date(2026, 11, 24, 17, 0, 0, 0, time.UTC)

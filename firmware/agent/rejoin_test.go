@@ -46,7 +46,7 @@ func TestRejoin(t *testing.T) {
 			ctl := newController(t, e, "d2")
 			ctl.command(`{"v":1,"vc":[1,0],"props":{"setpoint_c":{"val":25,"w":[1,0]}}}`, true)
 			d := startDevice(t, e, "d2", t.TempDir(), nil, devOpts{syncTimeout: 10 * time.Second})
-			waitFor(t, "retained command merged", func() bool { return d.status().VC == vc(1, 1) })
+			testenv.WaitFor(t, "retained command merged", func() bool { return d.status().VC == vc(1, 1) })
 			st := d.status()
 			if !st.Rejoining || st.Effective[protocol.PropSetpoint] != 25.0 {
 				t.Fatalf("status after the retained command %+v", st)
@@ -93,7 +93,7 @@ func TestRejoin(t *testing.T) {
 					t.Fatal("a live command did not end the rejoin")
 				}
 				ctl.command(`{"v":1,"vc":[1,0],"props":{"mode":{"val":"cool","w":[1,0]}}}`, false)
-				waitForUpTo(200*time.Millisecond, func() bool { return !d.status().Rejoining })
+				testenv.PollUpTo(200*time.Millisecond, func() bool { return !d.status().Rejoining })
 			}
 			ev, before := ctl.waitEvent(vc(1, 2))
 			if len(before) != 0 {
@@ -103,16 +103,4 @@ func TestRejoin(t *testing.T) {
 			checkProp(t, ev.Props, protocol.PropSetpoint, 20.0, vc(0, 0))
 		})
 	})
-}
-
-// waitForUpTo polls cond for at most d and reports whether it held.
-func waitForUpTo(d time.Duration, cond func() bool) bool {
-	deadline := time.Now().Add(d)
-	for !cond() {
-		if time.Now().After(deadline) {
-			return false
-		}
-		time.Sleep(5 * time.Millisecond) // polling a condition with a deadline
-	}
-	return true
 }

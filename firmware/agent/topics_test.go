@@ -7,6 +7,7 @@ import (
 
 	"github.com/thermofleet/thermo/firmware/state"
 	"github.com/thermofleet/thermo/hal/haltest"
+	"github.com/thermofleet/thermo/internal/testenv"
 	"github.com/thermofleet/thermo/protocol"
 	"github.com/thermofleet/thermo/transport"
 )
@@ -64,13 +65,13 @@ func TestWrongTopicsRejected(t *testing.T) {
 	for _, topic := range topics {
 		a.Handle(transport.Message{Topic: topic, Payload: good, QoS: 1})
 	}
-	waitFor(t, "rejections", func() bool { return a.Snapshot().Counters.Rejected == uint64(len(topics)) })
+	testenv.WaitFor(t, "rejections", func() bool { return a.Snapshot().Counters.Rejected == uint64(len(topics)) })
 	if st := a.Snapshot(); st.VC != vc(0, 0) || st.Effective[protocol.PropMode] != "off" {
 		t.Fatalf("a message on a wrong topic changed the state: %+v", st)
 	}
 	// The same payload on the right topic applies.
 	a.Handle(transport.Message{Topic: "thermo/d1/cmd", Payload: good, QoS: 1})
-	waitFor(t, "command applied", func() bool { return a.Snapshot().Effective[protocol.PropMode] == "heat" })
+	testenv.WaitFor(t, "command applied", func() bool { return a.Snapshot().Effective[protocol.PropMode] == "heat" })
 	if c := a.Snapshot().Counters; c.Rejected != uint64(len(topics)) || c.Applied != 1 {
 		t.Errorf("counters %+v", c)
 	}
