@@ -1,6 +1,7 @@
 package protocol
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
 	"math"
@@ -30,12 +31,18 @@ const (
 // Modes lists the valid modes in the order a mode button cycles them.
 var Modes = []string{ModeOff, ModeHeat, ModeCool, ModeAuto}
 
+// Names lists the properties of this protocol version.
+var Names = []string{PropMode, PropPreset, PropPresets, PropSchedule, PropSetpoint}
+
 // Known reports whether name is a property of this protocol version.
-func Known(name string) bool { return name == PropSetpoint || name == PropMode }
+func Known(name string) bool { return slices.Contains(Names, name) }
 
 // Normalize validates a property value and returns it in canonical form: a
-// float64 rounded to 0.1 for setpoint_c, a string for mode. The error says
-// why a value is refused, in words a user can act on.
+// float64 rounded to 0.1 for setpoint_c, a string for mode and preset,
+// Presets for presets and Schedule for schedule. It accepts what JSON
+// decodes (numbers as float64 or json.Number, objects as map[string]any)
+// as well as the canonical types. The error says why a value is refused,
+// in words a user can act on.
 func Normalize(name string, val any) (any, error) {
 	switch name {
 	case PropSetpoint:
@@ -56,6 +63,12 @@ func Normalize(name string, val any) (any, error) {
 			return nil, fmt.Errorf("%s %q is not one of off, heat, cool, auto", name, s)
 		}
 		return s, nil
+	case PropPreset:
+		return normalizePreset(val)
+	case PropPresets:
+		return normalizePresets(val)
+	case PropSchedule:
+		return normalizeSchedule(val)
 	}
 	return nil, fmt.Errorf("unknown property %q", name)
 }
@@ -107,7 +120,44 @@ type Prop struct {
 // sender knows.
 type Props map[string]Prop
 
-// Clone returns a copy that shares nothing mutable with p.
+// UnmarshalJSON decodes properties as they are written to stores and
+// shown by the API, putting every known property's value in canonical
+// form, so a value read back equals the one written. An invalid value of
+// a known property is an error; unknown properties keep their JSON value.
+func (p *Props) UnmarshalJSON(b []byte) error {
+	var raw map[string]struct {
+		Val json.RawMessage `json:"val"`
+		W   Clock           `json:"w"`
+	}
+	if err := json.Unmarshal(b, &raw); err != nil {
+		return err
+	}
+	if raw == nil {
+		*p = nil
+		return nil
+	}
+	out := make(Props, len(raw))
+	for name, r := range raw {
+		dec := json.NewDecoder(bytes.NewReader(r.Val))
+		dec.UseNumber()
+		var v any
+		if err := dec.Decode(&v); err != nil {
+			return fmt.Errorf("property %s: %w", name, err)
+		}
+		if Known(name) {
+			var err error
+			if v, err = Normalize(name, v); err != nil {
+				return fmt.Errorf("property %s: %w", name, err)
+			}
+		}
+		out[name] = Prop{Val: v, W: r.W}
+	}
+	*p = out
+	return nil
+}
+
+// Clone returns a copy that shares nothing mutable with p: values of the
+// object properties (Presets, Schedule) are never changed once made.
 func (p Props) Clone() Props {
 	c := make(Props, len(p))
 	for k, v := range p {
@@ -125,5 +175,25 @@ func (p Props) Setpoint() (float64, bool) {
 // Mode returns mode and whether it is set.
 func (p Props) Mode() (string, bool) {
 	s, ok := p[PropMode].Val.(string)
+	return s, ok
+}
+
+// Preset returns preset and whether it is set.
+func (p Props) Preset() (string, bool) {
+	s, ok := p[PropPreset].Val.(string)
+	return s, ok
+}
+
+// Presets returns presets, DefaultPresets when never written.
+func (p Props) Presets() Presets {
+	if ps, ok := p[PropPresets].Val.(Presets); ok {
+		return ps
+	}
+	return DefaultPresets
+}
+
+// Schedule returns schedule and whether it is set.
+func (p Props) Schedule() (Schedule, bool) {
+	s, ok := p[PropSchedule].Val.(Schedule)
 	return s, ok
 }
