@@ -3,12 +3,18 @@ package e2e
 import (
 	"context"
 	"errors"
+	"fmt"
+	"math/rand"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
 
+	"go.etcd.io/bbolt"
+
+	"github.com/thermofleet/thermo/controllerlite/server"
+	"github.com/thermofleet/thermo/controllerlite/store"
 	"github.com/thermofleet/thermo/internal/testenv"
 	"github.com/thermofleet/thermo/protocol"
 	"github.com/thermofleet/thermo/provisioning"
@@ -162,6 +168,112 @@ func TestThermostatRefusesInstallerMistakes(t *testing.T) {
 				if _, err := os.Stat(p); !errors.Is(err, os.ErrNotExist) {
 					t.Errorf("%s was created (%v)", p, err)
 				}
+			}
+		})
+	}
+}
+
+// spoilLeaf writes garbage over the first leaf page of the bbolt database
+// at path: the damage a failing SD card does.
+func spoilLeaf(t *testing.T, path string) {
+	t.Helper()
+	db, err := bbolt.Open(path, 0o600, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	leaf, pageSize := -1, db.Info().PageSize
+	err = db.View(func(tx *bbolt.Tx) error {
+		for id := 2; leaf < 0 && int64(id*pageSize) < tx.Size(); id++ {
+			info, err := tx.Page(id)
+			if err != nil {
+				return err
+			}
+			if info != nil && info.Type == "leaf" {
+				leaf = id
+			}
+		}
+		return nil
+	})
+	db.Close()
+	if err != nil || leaf < 0 {
+		t.Fatalf("no leaf page in %s (%v)", path, err)
+	}
+	f, err := os.OpenFile(path, os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	garbage := make([]byte, pageSize)
+	rand.New(rand.NewSource(1)).Read(garbage)
+	if _, err := f.WriteAt(garbage, int64(leaf*pageSize)); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Close(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestServeRefusesCorruptStores: garbage in controller.db or in the
+// embedded broker's broker.db stops `controllerlite serve` with an error
+// that names the file and the cure (move it aside: what is lost is
+// rebuilt), not with a Go panic.
+func TestServeRefusesCorruptStores(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds and runs controllerlite")
+	}
+	_, controllerBin := binaries(t)
+	pki := testenv.NewPKI(t)
+
+	for _, tc := range []struct {
+		name string
+		file func(dataDir string) string // writes a database and returns its path
+		cure string
+	}{
+		{"controller.db", func(dataDir string) string {
+			s, err := store.Open(dataDir)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for i := range 200 {
+				r := protocol.NewReplica(protocol.ControllerSide)
+				if err := s.Put(store.Device{ID: fmt.Sprintf("d%d", i), Replica: r}); err != nil {
+					t.Fatal(err)
+				}
+			}
+			s.Close()
+			return filepath.Join(dataDir, store.FileName)
+		}, store.CureController},
+		{"broker.db", func(dataDir string) string {
+			path := filepath.Join(dataDir, server.BrokerDir, "broker.db")
+			if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+				t.Fatal(err)
+			}
+			db, err := bbolt.Open(path, 0o600, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			err = db.Update(func(tx *bbolt.Tx) error {
+				b, err := tx.CreateBucketIfNotExists([]byte("mochi"))
+				for i := 0; err == nil && i < 200; i++ {
+					err = b.Put(fmt.Appendf(nil, "RET_thermo/d%d/event", i), []byte(`{"v":1,"vc":[1,2],"props":{},"src":"local"}`))
+				}
+				return err
+			})
+			db.Close()
+			if err != nil {
+				t.Fatal(err)
+			}
+			return path
+		}, store.CureBroker},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dataDir := t.TempDir()
+			path := tc.file(dataDir)
+			spoilLeaf(t, path)
+			stderr := refuse(t, []string{controllerBin, "serve", "--ca", pki.CAFile, "--cert", pki.ServerCert, "--key", pki.ServerKey,
+				"--data-dir", dataDir, "--http", "127.0.0.1:0", "--listen", "127.0.0.1:0"},
+				[]string{"controllerlite: serve: ", path, "database file is corrupt", "mv " + path + " " + path + ".corrupt", tc.cure})
+			if strings.Contains(stderr, "goroutine ") {
+				t.Errorf("a stack trace on stderr:\n%s", stderr)
 			}
 		})
 	}
