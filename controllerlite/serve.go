@@ -8,10 +8,12 @@ import (
 	"io"
 	"log/slog"
 	"strings"
+	"time"
 
 	"github.com/thermofleet/thermo/controllerlite/api"
 	"github.com/thermofleet/thermo/controllerlite/server"
 	"github.com/thermofleet/thermo/protocol"
+	"github.com/thermofleet/thermo/provisioning"
 	"github.com/thermofleet/thermo/systemd"
 	"github.com/thermofleet/thermo/transport"
 )
@@ -71,6 +73,9 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		cfg.HTTPToken = tok
 	}
 
+	if err := checkCertificates(cfg, time.Now()); err != nil {
+		return fmt.Errorf("serve: %w", err)
+	}
 	s, err := server.Start(ctx, cfg)
 	if err != nil {
 		return fmt.Errorf("serve: %w", err)
@@ -112,6 +117,27 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	}
 	if err := s.Wait(); err != nil {
 		return fmt.Errorf("serve: %w", err)
+	}
+	return nil
+}
+
+// checkCertificates holds --ca, --cert and --key to the rules of their use
+// before anything is opened or written: otherwise a device certificate
+// served as the broker's, or a --ca that is no CA, shows only as TLS errors
+// on every device, logged on the devices. It leaves missing flags and
+// contradictions (--listen with --broker) to server.Start, which names them.
+func checkCertificates(cfg server.Config, now time.Time) error {
+	if cfg.CAFile == "" || cfg.CertFile == "" || cfg.KeyFile == "" || cfg.Broker != "" && cfg.Listen != "" {
+		return nil
+	}
+	c := provisioning.CertCheck{CAFile: cfg.CAFile, CertFile: cfg.CertFile, KeyFile: cfg.KeyFile, Now: now}
+	if cfg.Broker != "" {
+		c.Use = provisioning.UseController
+	} else {
+		c.Use, c.Listen = provisioning.UseServer, cfg.Listen
+	}
+	if _, err := provisioning.CheckCertificates(c); err != nil {
+		return fmt.Errorf("certificates: %w", err)
 	}
 	return nil
 }

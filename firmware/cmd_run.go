@@ -9,9 +9,11 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+	"time"
 
 	"github.com/thermofleet/thermo/firmware/config"
 	"github.com/thermofleet/thermo/firmware/runner"
+	"github.com/thermofleet/thermo/provisioning"
 	"github.com/thermofleet/thermo/systemd"
 )
 
@@ -30,9 +32,24 @@ func runCmd(args []string, stderr io.Writer) error {
 	if err := cfg.Validate(); err != nil {
 		return err
 	}
+	// Before the state directory or the control socket exist: a wrong
+	// --ca, --cert or --key would otherwise show only as a TLS error on
+	// every connection, after the state was created.
+	leaf, err := provisioning.CheckCertificates(provisioning.CertCheck{
+		CAFile: cfg.CA, CertFile: cfg.Cert, KeyFile: cfg.Key, Use: provisioning.UseDevice,
+		// No validity check: a board without a real-time clock may start
+		// with its clock far behind, and must heat even offline.
+	})
+	if err != nil {
+		return fmt.Errorf("certificates: %w", err)
+	}
 	level, _ := config.ParseLevel(cfg.LogLevel)
 	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
 	log.Info("thermostat", "version", version, "commit", commit, "config", cfg.File)
+	if now := time.Now(); now.Before(leaf.NotBefore) || now.After(leaf.NotAfter) {
+		log.Warn("the device certificate is not valid now: the broker will refuse it unless this board's clock is wrong",
+			"file", cfg.Cert, "not_before", leaf.NotBefore, "not_after", leaf.NotAfter, "now", now)
+	}
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()

@@ -3,9 +3,11 @@ package protocol
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"math"
 	"slices"
+	"strconv"
 )
 
 // Property names of version 1.
@@ -51,7 +53,8 @@ func Normalize(name string, val any) (any, error) {
 			return nil, fmt.Errorf("%s must be a number, got %s", name, describe(val))
 		}
 		if math.IsNaN(f) || f < MinSetpoint || f > MaxSetpoint {
-			return nil, fmt.Errorf("%s %v out of range %.1f to %.1f", name, f, MinSetpoint, MaxSetpoint)
+			// val, not f: a JSON number beyond float64 (1e400) is +Inf in f.
+			return nil, fmt.Errorf("%s %v out of range %.1f to %.1f", name, val, MinSetpoint, MaxSetpoint)
 		}
 		return RoundSetpoint(f), nil
 	case PropMode:
@@ -87,8 +90,11 @@ func toFloat(v any) (float64, bool) {
 	case int64:
 		return float64(n), true
 	case json.Number:
-		f, err := n.Float64()
-		return f, err == nil
+		// A number too large for a float64 (1e400) is still a number: it
+		// parses as ±Inf with ErrRange, and is then out of range, not of
+		// the wrong type.
+		f, err := strconv.ParseFloat(string(n), 64)
+		return f, err == nil || errors.Is(err, strconv.ErrRange)
 	}
 	return 0, false
 }
@@ -105,6 +111,8 @@ func describe(v any) string {
 		return "an array"
 	case map[string]any:
 		return "an object"
+	case json.Number, float64, float32, int, int64:
+		return "a number"
 	}
 	return fmt.Sprintf("%T", v)
 }

@@ -6,8 +6,10 @@ import (
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/rsa"
+	"crypto/sha256"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"encoding/hex"
 	"encoding/pem"
 	"errors"
 	"fmt"
@@ -17,6 +19,7 @@ import (
 	"path/filepath"
 	"strings"
 	"time"
+	"unicode/utf8"
 )
 
 // File names of the CA inside its directory.
@@ -38,10 +41,22 @@ const (
 // ErrCAExists is returned by InitCA when the directory already holds a CA.
 var ErrCAExists = errors.New("a CA already exists")
 
+// CANamePrefix starts the Common Name of every CA InitCA makes.
+const CANamePrefix = "Thermofleet CA"
+
+// maxCommonName is the longest Common Name X.509 allows (ub-common-name).
+const maxCommonName = 64
+
 // CAOptions configures InitCA. The zero value gives the defaults.
 type CAOptions struct {
-	// CommonName of the CA certificate; default "Thermofleet CA".
+	// CommonName of the CA certificate; default CANamePrefix followed by
+	// Name. It is what TLS errors quote ("signed by unknown authority
+	// (... candidate authority certificate "Thermofleet CA kitchen")"), so
+	// each fleet's CA has a name of its own.
 	CommonName string
+	// Name tells this fleet's CA from others in that Common Name; default
+	// eight hex digits of the SHA-256 of the CA's public key.
+	Name string
 	// Validity of the CA certificate; default DefaultCAValidity.
 	Validity time.Duration
 	// Force replaces an existing CA. Every certificate it issued stops
@@ -82,15 +97,17 @@ func InitCA(dir string, opts CAOptions) (*CA, error) {
 	if !opts.Force && (exists(certFile) || exists(keyFile)) {
 		return nil, fmt.Errorf("init CA in %s: %w (use --force to replace it and invalidate every certificate it issued)", dir, ErrCAExists)
 	}
-	if opts.CommonName == "" {
-		opts.CommonName = "Thermofleet CA"
-	}
 	if opts.Validity <= 0 {
 		opts.Validity = DefaultCAValidity
 	}
 	key, keyPEM, err := newKey()
 	if err != nil {
 		return nil, fmt.Errorf("init CA: %w", err)
+	}
+	if opts.CommonName == "" {
+		if opts.CommonName, err = caCommonName(opts.Name, key.Public()); err != nil {
+			return nil, fmt.Errorf("init CA: %w", err)
+		}
 	}
 	serial, err := newSerial()
 	if err != nil {
@@ -123,6 +140,30 @@ func InitCA(dir string, opts CAOptions) (*CA, error) {
 		return nil, fmt.Errorf("init CA: %w", err)
 	}
 	return &CA{Dir: dir, Cert: cert, CertPEM: certPEM, key: key}, nil
+}
+
+// caCommonName is CANamePrefix and name, or when name is empty a short
+// hash of the CA's key: every "Thermofleet CA" looked the same in an error,
+// so a device given another fleet's ca.crt could not tell which it had.
+func caCommonName(name string, pub crypto.PublicKey) (string, error) {
+	if name = strings.TrimSpace(name); name == "" {
+		der, err := x509.MarshalPKIXPublicKey(pub)
+		if err != nil {
+			return "", fmt.Errorf("CA name: %w", err)
+		}
+		sum := sha256.Sum256(der)
+		name = hex.EncodeToString(sum[:4])
+	}
+	cn := CANamePrefix + " " + name
+	if len(cn) > maxCommonName {
+		return "", fmt.Errorf("CA name %q is too long: at most %d characters", name, maxCommonName-len(CANamePrefix)-1)
+	}
+	for _, r := range name {
+		if r < ' ' || r == 0x7f || r == utf8.RuneError {
+			return "", fmt.Errorf("CA name %q: control or invalid characters are not allowed", name)
+		}
+	}
+	return cn, nil
 }
 
 // LoadCA reads the CA in dir and checks that its key matches its
@@ -184,7 +225,9 @@ func (ca *CA) IssueServer(hosts []string, opts *IssueOptions) (certPEM, keyPEM [
 		}
 		seen[strings.ToLower(h)] = true
 	}
-	if cn := strings.Trim(hosts[0], "[] "); len(cn) <= 64 {
+	// Lower case: host names are case-insensitive, and no certificate of
+	// the fleet carries a Common Name with capitals (see validateClientCN).
+	if cn := strings.ToLower(strings.Trim(hosts[0], "[] ")); len(cn) <= maxCommonName {
 		tmpl.Subject.CommonName = cn
 	}
 	certPEM, keyPEM, err = ca.issue(tmpl, nil, opts)
@@ -195,7 +238,9 @@ func (ca *CA) IssueServer(hosts []string, opts *IssueOptions) (certPEM, keyPEM [
 }
 
 // IssueClient issues a client certificate with Common Name cn: a device id
-// or ControllerCN. It returns the certificate and a new private key,
+// (ValidateDeviceID) or a controller's name (ValidateControllerCN); any
+// other name is refused, capitals and '/' included, since the broker's ACL
+// is written in terms of it. It returns the certificate and a new private key,
 // PEM-encoded.
 func (ca *CA) IssueClient(cn string, opts *IssueOptions) (certPEM, keyPEM []byte, err error) {
 	if err := validateClientCN(cn); err != nil {
@@ -213,8 +258,9 @@ const maxCSRSize = 64 << 10
 
 // SignCSR issues a device certificate for a certificate request made on the
 // device (NewCSR, or openssl), so the device's key never leaves it. It checks
-// the request's signature and that its Common Name is a valid device id (not
-// the controller's), and issues a plain client certificate for that id: any
+// the request's signature and that its subject has exactly one Common Name,
+// a valid device id (not a controller's: see singleCommonName for why two
+// are refused), and issues a plain client certificate for that id: any
 // subjectAltNames, extensions or other subject fields the request asks for
 // are ignored. It returns the certificate and the device id.
 func (ca *CA) SignCSR(csrPEM []byte, opts *IssueOptions) (certPEM []byte, id string, err error) {
@@ -235,9 +281,11 @@ func (ca *CA) SignCSR(csrPEM []byte, opts *IssueOptions) (certPEM []byte, id str
 	if err := checkPublicKey(csr.PublicKey); err != nil {
 		return nil, "", fmt.Errorf("sign request: %w", err)
 	}
-	id = csr.Subject.CommonName
+	if id, err = singleCommonName(csr.Subject); err != nil {
+		return nil, "", fmt.Errorf("sign request: %w", err)
+	}
 	if err := ValidateDeviceID(id); err != nil {
-		if id == ControllerCN {
+		if errors.Is(err, ErrReservedID) {
 			return nil, "", fmt.Errorf("sign request: %w; issue the controller's certificate with `controllerlite pki controller`", err)
 		}
 		return nil, "", fmt.Errorf("sign request: Common Name: %w", err)

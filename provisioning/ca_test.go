@@ -8,6 +8,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"encoding/asn1"
 	"encoding/pem"
 	"errors"
 	"fmt"
@@ -109,6 +110,40 @@ func TestInitCA(t *testing.T) {
 	}
 	if forced.Cert.Equal(ca.Cert) {
 		t.Error("forced InitCA kept the old CA")
+	}
+}
+
+// TestCANames: every CA has a name of its own, so a TLS error quoting the
+// CA ("candidate authority certificate ...") tells fleets apart.
+func TestCANames(t *testing.T) {
+	a, b := newCA(t), newCA(t)
+	for _, ca := range []*provisioning.CA{a, b} {
+		if cn := ca.Cert.Subject.CommonName; !strings.HasPrefix(cn, provisioning.CANamePrefix+" ") || len(cn) != len(provisioning.CANamePrefix)+9 {
+			t.Errorf("default CA name %q, want %q and 8 hex digits", cn, provisioning.CANamePrefix)
+		}
+	}
+	if a.Cert.Subject.CommonName == b.Cert.Subject.CommonName {
+		t.Errorf("two CAs both named %q", a.Cert.Subject.CommonName)
+	}
+	named, err := provisioning.InitCA(t.TempDir(), provisioning.CAOptions{Name: "Hotel Lindenhof"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cn := named.Cert.Subject.CommonName; cn != "Thermofleet CA Hotel Lindenhof" {
+		t.Errorf("named CA %q", cn)
+	}
+	for _, bad := range []string{strings.Repeat("x", 50), "a\nb", "a\x00b", "\xff"} {
+		if _, err := provisioning.InitCA(t.TempDir(), provisioning.CAOptions{Name: bad}); err == nil {
+			t.Errorf("InitCA with name %q succeeded", bad)
+		}
+	}
+	// A CA made before names existed still loads and issues.
+	old, err := provisioning.InitCA(t.TempDir(), provisioning.CAOptions{CommonName: "Thermofleet CA"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := provisioning.LoadCA(old.Dir); err != nil {
+		t.Errorf("LoadCA of an unnamed CA: %v", err)
 	}
 }
 
@@ -224,6 +259,10 @@ func TestIssueClient(t *testing.T) {
 	}{
 		{"d1", false},
 		{"controller", false},
+		{"controller-east", false},
+		{"controller-", true},
+		{"controller-East", true},
+		{"Controller", true},
 		{"0", false},
 		{"kitchen_north-2", false},
 		{strings.Repeat("a", 63), false},
@@ -303,7 +342,11 @@ func TestValidateDeviceID(t *testing.T) {
 		{"d1", nil},
 		{"a_b-c", nil},
 		{"controller", provisioning.ErrReservedID},
+		{"controller-east", provisioning.ErrReservedID},
+		{"controllers", nil},
 		{"Controller", errAny},
+		{"D1", errAny},
+		{"d1/cmd", errAny},
 		{"", errAny},
 		{"../etc", errAny},
 	}
@@ -319,6 +362,17 @@ func TestValidateDeviceID(t *testing.T) {
 }
 
 var errAny = errors.New("any error")
+
+var oidCN = asn1.ObjectIdentifier{2, 5, 4, 3}
+
+func rawSubject(t *testing.T, rdns pkix.RDNSequence) []byte {
+	t.Helper()
+	der, err := asn1.Marshal(rdns)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return der
+}
 
 // csrFor makes a request directly with x509, for requests NewCSR would not make.
 func csrFor(t *testing.T, tmpl *x509.CertificateRequest, key any) []byte {
@@ -366,6 +420,15 @@ func TestSignCSR(t *testing.T) {
 		{"NewCSR", csrPEM, "d7", ""},
 		{"SANs and extensions ignored", greedy, "d8", ""},
 		{"controller", csrFor(t, &x509.CertificateRequest{Subject: pkix.Name{CommonName: "controller"}}, ecKey), "", "pki controller"},
+		{"controller-<name>", csrFor(t, &x509.CertificateRequest{Subject: pkix.Name{CommonName: "controller-east"}}, ecKey), "", "pki controller"},
+		// Mosquitto would take the first CN (controller), Go the last (d3).
+		{"two CNs", csrFor(t, &x509.CertificateRequest{Subject: pkix.Name{ExtraNames: []pkix.AttributeTypeAndValue{
+			{Type: oidCN, Value: "controller"}, {Type: oidCN, Value: "d3"},
+		}}}, ecKey), "", "2 Common Names"},
+		{"two CNs in one RDN", csrFor(t, &x509.CertificateRequest{RawSubject: rawSubject(t, pkix.RDNSequence{{
+			{Type: oidCN, Value: "d3"}, {Type: oidCN, Value: "controller"},
+		}})}, ecKey), "", "2 Common Names"},
+		{"capitals", csrFor(t, &x509.CertificateRequest{Subject: pkix.Name{CommonName: "D3"}}, ecKey), "", "invalid id"},
 		{"invalid id", csrFor(t, &x509.CertificateRequest{Subject: pkix.Name{CommonName: "D9/x"}}, ecKey), "", "invalid id"},
 		{"no CN", csrFor(t, &x509.CertificateRequest{}, ecKey), "", "invalid id"},
 		{"small RSA key", csrFor(t, &x509.CertificateRequest{Subject: pkix.Name{CommonName: "d9"}}, smallRSA), "", "too small"},

@@ -29,13 +29,15 @@ const pkiUsage = `Usage: controllerlite pki COMMAND [flags]
 
 Manage the fleet's certificates. Every command takes --dir DIR, the PKI
 directory (default ./pki), and flags may come before or after arguments.
+No command replaces an existing certificate or key without --force.
 
 Commands:
-  init                      create the CA (ca.crt, ca.key); --force replaces an existing one
+  init                      create the CA (ca.crt, ca.key), named "Thermofleet CA NAME" by --name NAME
+                            (default a hash of its key); --force replaces an existing one
   server --host NAME ...    issue the broker certificate (server.crt, server.key) for every
                             host name and IP address given (one --host each, or comma-separated)
   device ID                 issue a device bundle in DIR/devices/ID: ca.crt, device.crt (CN=ID),
-                            device.key (0600)
+                            device.key (0600). ID: 1-63 of a-z, 0-9, '_', '-' (no capitals, no '/')
   controller                issue the controller's client certificate (CN=controller)
   sign CSRFILE              sign a request made on a device by 'thermostat csr' (the key stays
                             on the device); writes DIR/devices/ID/device.crt, or --out FILE
@@ -153,19 +155,23 @@ func dirFlag(fs *flag.FlagSet) *string {
 }
 
 func pkiInit(args []string, stdout, stderr io.Writer) error {
-	fs := newFlags("init", "controllerlite pki init [--dir DIR] [--force] [--cn NAME]", stderr)
+	fs := newFlags("init", "controllerlite pki init [--dir DIR] [--name NAME] [--force]", stderr)
 	dir := dirFlag(fs)
 	force := fs.Bool("force", false, "replace an existing CA: every certificate it issued stops being trusted")
-	cn := fs.String("cn", "Thermofleet CA", "Common Name of the CA certificate")
+	name := fs.String("name", "", "name of this fleet: the CA's Common Name is \""+CANamePrefix+" NAME\"\n(default: 8 hex digits of the CA key's SHA-256)")
+	cn := fs.String("cn", "", "the CA's whole Common Name, instead of --name")
 	if _, err := parseN(fs, args); err != nil {
 		return helpOK(err)
 	}
-	ca, err := InitCA(*dir, CAOptions{CommonName: *cn, Force: *force})
+	if *cn != "" && *name != "" {
+		return errors.New("give --name or --cn, not both")
+	}
+	ca, err := InitCA(*dir, CAOptions{CommonName: *cn, Name: *name, Force: *force})
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(stdout, "CA created: %s (certificate), %s (private key, 0600: keep it secret and backed up)\n",
-		ca.CertFile(), filepath.Join(*dir, CAKeyFile))
+	fmt.Fprintf(stdout, "CA %q created: %s (certificate), %s (private key, 0600: keep it secret and backed up)\n",
+		ca.Cert.Subject.CommonName, ca.CertFile(), filepath.Join(*dir, CAKeyFile))
 	fmt.Fprintf(stdout, "Next: controllerlite pki server --dir %s --host BROKER_HOSTNAME\n", *dir)
 	return nil
 }
@@ -188,7 +194,7 @@ func pkiServer(args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	certFile, keyFile := filepath.Join(*dir, ServerCertFile), filepath.Join(*dir, ServerKeyFile)
-	if err := refuseExisting(*force, certFile); err != nil {
+	if err := refuseExisting(*force, certFile, keyFile); err != nil {
 		return err
 	}
 	certPEM, keyPEM, err := ca.IssueServer(hosts, nil)
@@ -226,7 +232,7 @@ func pkiDevice(args []string, stdout, stderr io.Writer) error {
 	}
 	bundle := filepath.Join(*dir, DevicesDir, id)
 	certFile, keyFile := filepath.Join(bundle, DeviceCertFile), filepath.Join(bundle, DeviceKeyFile)
-	if err := refuseExisting(*force, certFile); err != nil {
+	if err := refuseExisting(*force, certFile, keyFile); err != nil {
 		return err
 	}
 	certPEM, keyPEM, err := ca.IssueClient(id, nil)
@@ -265,7 +271,7 @@ func pkiController(args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	certFile, keyFile := filepath.Join(*dir, ControllerCertFile), filepath.Join(*dir, ControllerKeyFile)
-	if err := refuseExisting(*force, certFile); err != nil {
+	if err := refuseExisting(*force, certFile, keyFile); err != nil {
 		return err
 	}
 	certPEM, keyPEM, err := ca.IssueClient(ControllerCN, nil)
@@ -318,15 +324,17 @@ func pkiSign(args []string, stdout, stderr io.Writer) error {
 		return nil
 	}
 	bundle := filepath.Join(*dir, DevicesDir, id)
-	certFile := filepath.Join(bundle, DeviceCertFile)
-	if err := refuseExisting(*force, certFile); err != nil {
+	certFile, keyFile := filepath.Join(bundle, DeviceCertFile), filepath.Join(bundle, DeviceKeyFile)
+	// A key left by an earlier `pki device` does not match this
+	// certificate, so it goes, but only with --force: it may be the only
+	// copy of a key a device still uses.
+	if err := refuseExisting(*force, certFile, keyFile); err != nil {
 		return err
 	}
 	if err := os.MkdirAll(bundle, 0o700); err != nil {
 		return err
 	}
-	// A key left by an earlier `pki device` does not match this certificate.
-	if err := os.Remove(filepath.Join(bundle, DeviceKeyFile)); err != nil && !errors.Is(err, os.ErrNotExist) {
+	if err := os.Remove(keyFile); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return err
 	}
 	if err := writeFileAtomic(filepath.Join(bundle, CACertFile), ca.CertPEM, CertFileMode); err != nil {
@@ -388,10 +396,18 @@ func pkiMosquitto(args []string, stdout, stderr io.Writer) error {
 	return nil
 }
 
-// refuseExisting keeps a certificate that is probably in use unless forced.
-func refuseExisting(force bool, path string) error {
-	if !force && exists(path) {
-		return fmt.Errorf("%s already exists (use --force to replace it)", path)
+// refuseExisting keeps a certificate or key that is probably in use
+// unless forced. Each path is checked on its own: a key whose certificate
+// is missing (deleted, or never copied back) may still be a device's only
+// copy of it.
+func refuseExisting(force bool, paths ...string) error {
+	if force {
+		return nil
+	}
+	for _, path := range paths {
+		if exists(path) {
+			return fmt.Errorf("%s already exists (use --force to replace it)", path)
+		}
 	}
 	return nil
 }

@@ -155,6 +155,69 @@ func TestPKIErrors(t *testing.T) {
 	}
 }
 
+// TestPKIKeepsKeys: no command replaces an existing key without --force,
+// even when its certificate is gone: the key may be the only copy of one a
+// device or the broker still uses.
+func TestPKIKeepsKeys(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "pki")
+	mustPKI(t, "init", "--dir", dir, "--name", "test fleet")
+	if cn := readCert(t, filepath.Join(dir, "ca.crt")).Subject.CommonName; cn != "Thermofleet CA test fleet" {
+		t.Errorf("pki init --name: CA named %q", cn)
+	}
+	csrPEM, _, err := provisioning.NewCSR("d2")
+	if err != nil {
+		t.Fatal(err)
+	}
+	csrFile := filepath.Join(t.TempDir(), "d2.csr")
+	if err := os.WriteFile(csrFile, csrPEM, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, tt := range []struct {
+		name       string
+		issue      []string
+		cert, key  string
+		reissue    []string // after the certificate is removed
+		keyReplace bool     // a forced reissue makes a new key
+	}{
+		{"server", []string{"server", "--host", "localhost"}, "server.crt", "server.key", nil, true},
+		{"controller", []string{"controller"}, "controller.crt", "controller.key", nil, true},
+		{"device", []string{"device", "d1"}, "devices/d1/device.crt", "devices/d1/device.key", nil, true},
+		// A key left by `pki device d2` would be deleted by a sign for d2.
+		{"sign over a device bundle", []string{"device", "d2"}, "devices/d2/device.crt", "devices/d2/device.key", []string{"sign", csrFile}, false},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			mustPKI(t, append(tt.issue, "--dir", dir)...)
+			certFile, keyFile := filepath.Join(dir, tt.cert), filepath.Join(dir, tt.key)
+			key, err := os.ReadFile(keyFile)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := os.Remove(certFile); err != nil {
+				t.Fatal(err)
+			}
+			reissue := tt.reissue
+			if reissue == nil {
+				reissue = tt.issue
+			}
+			_, _, err = runPKI(t, append(reissue, "--dir", dir)...)
+			if err == nil || !strings.Contains(err.Error(), keyFile) || !strings.Contains(err.Error(), "--force") {
+				t.Errorf("pki %q with %s but no certificate: %v, want a refusal naming the key and --force", reissue, tt.key, err)
+			}
+			if now, err := os.ReadFile(keyFile); err != nil || !bytes.Equal(now, key) {
+				t.Fatalf("refused command changed %s (%v)", keyFile, err)
+			}
+			mustPKI(t, append(reissue, "--dir", dir, "--force")...)
+			now, err := os.ReadFile(keyFile)
+			switch {
+			case tt.keyReplace && (err != nil || bytes.Equal(now, key)):
+				t.Errorf("--force: %s not replaced (%v)", keyFile, err)
+			case !tt.keyReplace && !os.IsNotExist(err):
+				t.Errorf("--force sign: %s still there (%v): it does not match the signed certificate", keyFile, err)
+			}
+		})
+	}
+}
+
 func TestPKIHelp(t *testing.T) {
 	for _, args := range [][]string{{"help"}, {"-h"}, {"device", "-h"}, {"server", "--help"}} {
 		out, errOut, err := runPKI(t, args...)

@@ -31,6 +31,7 @@ import (
 	"github.com/mochi-mqtt/server/v2/packets"
 	"go.etcd.io/bbolt"
 
+	"github.com/thermofleet/thermo/controllerlite/store"
 	"github.com/thermofleet/thermo/provisioning"
 )
 
@@ -212,6 +213,9 @@ func (b *Broker) openStore() error {
 		return fmt.Errorf("broker: create data dir: %w", err)
 	}
 	path := filepath.Join(b.opts.DataDir, storeFile)
+	if err := store.CheckFile(path, store.CureBroker); err != nil { // garbage pages make bbolt panic inside mochi
+		return fmt.Errorf("broker: %w", err)
+	}
 	b.store = newStoreHook(b.log, b.auth.replaced)
 	err := b.srv.AddHook(b.store, &bolt.Options{
 		Path: path,

@@ -72,7 +72,9 @@ type Store struct {
 
 // Open opens (creating if needed) the database in dir, which is created
 // 0700 if missing. It fails after two seconds if another process holds the
-// database, with an error that says so.
+// database, with an error that says so (ErrLocked), and with ErrCorrupt,
+// naming the file and the cure, if any page of it is garbage: every page
+// is read and checked here, so a corrupt file cannot panic later.
 func Open(dir string) (*Store, error) {
 	if dir == "" {
 		return nil, errors.New("open store: no data directory")
@@ -81,12 +83,9 @@ func Open(dir string) (*Store, error) {
 		return nil, fmt.Errorf("open store: create data directory: %w", err)
 	}
 	path := filepath.Join(dir, FileName)
-	db, err := bbolt.Open(path, 0o600, &bbolt.Options{Timeout: 2 * time.Second})
+	db, err := openBolt(path, bbolt.Options{}, CureController)
 	if err != nil {
-		if errors.Is(err, bbolt.ErrTimeout) {
-			return nil, fmt.Errorf("open store %s: locked by another process (is another controllerlite using this data directory?): %w", path, err)
-		}
-		return nil, fmt.Errorf("open store %s: %w", path, err)
+		return nil, fmt.Errorf("open store: %w", err)
 	}
 	err = db.Update(func(tx *bbolt.Tx) error {
 		meta, err := tx.CreateBucketIfNotExists(bucketMeta)
@@ -176,7 +175,9 @@ func (s *Store) Load() ([]Device, error) {
 		})
 	})
 	if err != nil {
-		return nil, fmt.Errorf("load store %s: %w", s.path, err)
+		// bbolt found the pages sound (Open checked them); the record
+		// inside is not, and the same cure applies.
+		return nil, fmt.Errorf("load store: %w", corrupt(s.path, err, CureController))
 	}
 	slices.SortFunc(devs, func(a, b Device) int {
 		switch {

@@ -146,7 +146,9 @@ func (s *Server) Serve(ctx context.Context, h Handler) error {
 			if errors.Is(err, net.ErrClosed) {
 				return nil
 			}
-			return fmt.Errorf("control socket: accept: %w", err)
+			// No "control socket:" here: the runner names the part that
+			// failed (Listen's errors, returned before, say it themselves).
+			return fmt.Errorf("accept: %w", err) // net.OpError names the socket
 		}
 		s.wg.Add(1)
 		go func() {

@@ -130,6 +130,20 @@ func (p *PKI) client(t testing.TB, kind string, ca *provisioning.CA, id string, 
 // device.
 func (p *PKI) ClientWithCN(t testing.TB, cn string) (certFile, keyFile string) {
 	t.Helper()
+	return p.Unchecked(t, &x509.Certificate{
+		Subject:     pkix.Name{CommonName: cn},
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
+	})
+}
+
+// Unchecked issues a certificate from the fleet CA for tmpl as it is
+// (subject, extended key usage, subjectAltNames, validity), with a new key,
+// for certificates provisioning would refuse to make: a server certificate
+// without subjectAltNames, a subject with two Common Names... The serial
+// number, key usage and basic constraints are set, and the validity when
+// tmpl leaves it zero.
+func (p *PKI) Unchecked(t testing.TB, tmpl *x509.Certificate) (certFile, keyFile string) {
+	t.Helper()
 	caKeyPEM, err := os.ReadFile(filepath.Join(p.CA.Dir, provisioning.CAKeyFile))
 	if err != nil {
 		t.Fatalf("testenv: %v", err)
@@ -150,15 +164,17 @@ func (p *PKI) ClientWithCN(t testing.TB, cn string) (certFile, keyFile string) {
 	if err != nil {
 		t.Fatalf("testenv: %v", err)
 	}
-	tmpl := &x509.Certificate{
-		SerialNumber:          serial,
-		Subject:               pkix.Name{CommonName: cn},
-		NotBefore:             time.Now().Add(-time.Hour),
-		NotAfter:              time.Now().Add(24 * time.Hour),
-		KeyUsage:              x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
-		BasicConstraintsValid: true,
+	cp := *tmpl // the caller's template stays as it was
+	tmpl = &cp
+	tmpl.SerialNumber = serial
+	if tmpl.NotBefore.IsZero() {
+		tmpl.NotBefore = time.Now().Add(-time.Hour)
 	}
+	if tmpl.NotAfter.IsZero() {
+		tmpl.NotAfter = time.Now().Add(24 * time.Hour)
+	}
+	tmpl.KeyUsage = x509.KeyUsageDigitalSignature
+	tmpl.BasicConstraintsValid = true
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, p.CA.Cert, key.Public(), caPair.PrivateKey)
 	if err != nil {
 		t.Fatalf("testenv: %v", err)
