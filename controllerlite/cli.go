@@ -11,6 +11,8 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/thermofleet/thermo/internal/cli"
+
 	"github.com/thermofleet/thermo/controllerlite/api"
 	"github.com/thermofleet/thermo/controllerlite/fleet"
 	"github.com/thermofleet/thermo/protocol"
@@ -50,14 +52,14 @@ func (a *apiFlags) client() (*api.Client, error) {
 }
 
 func runDevices(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := newFlags("devices", "controllerlite devices [--http ADDR] [--json]", stderr)
+	fs := cli.NewFlags("devices", "controllerlite devices [--http ADDR] [--json]", stderr)
 	var af apiFlags
 	af.register(fs)
-	if pos, err := parseArgs(fs, args); err != nil {
+	if pos, err := cli.Parse(fs, args); err != nil {
 		return err
 	} else if len(pos) > 0 {
 		fs.Usage()
-		return fmt.Errorf("%w: devices takes no arguments, got %q", errUsage, pos[0])
+		return fmt.Errorf("%w: devices takes no arguments, got %q", cli.ErrUsage, pos[0])
 	}
 	c, err := af.client()
 	if err != nil {
@@ -78,25 +80,25 @@ func runDevices(ctx context.Context, args []string, stdout, stderr io.Writer) er
 }
 
 func runSet(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := newFlags("set", "controllerlite set [--http ADDR] DEVICE [--setpoint CELSIUS] [--mode off|heat|cool|auto]", stderr)
+	fs := cli.NewFlags("set", "controllerlite set [--http ADDR] DEVICE [--setpoint CELSIUS] [--mode off|heat|cool|auto]", stderr)
 	var af apiFlags
 	af.register(fs)
 	var setpoint, mode string
 	fs.StringVar(&setpoint, "setpoint", "", "target temperature in `CELSIUS`, 5 to 35")
 	fs.StringVar(&mode, "mode", "", "`MODE`: off, heat, cool or auto")
-	pos, err := parseArgs(fs, args)
+	pos, err := cli.Parse(fs, args)
 	if err != nil {
 		return err
 	}
 	if len(pos) != 1 {
 		fs.Usage()
-		return fmt.Errorf("%w: set takes one DEVICE, got %d arguments", errUsage, len(pos))
+		return fmt.Errorf("%w: set takes one DEVICE, got %d arguments", cli.ErrUsage, len(pos))
 	}
 	changes := map[string]any{}
 	if setpoint != "" {
 		f, err := strconv.ParseFloat(setpoint, 64)
 		if err != nil {
-			return fmt.Errorf("%w: --setpoint %q is not a number", errUsage, setpoint)
+			return fmt.Errorf("%w: --setpoint %q is not a number", cli.ErrUsage, setpoint)
 		}
 		changes[protocol.PropSetpoint] = f
 	}
@@ -105,7 +107,7 @@ func runSet(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	}
 	if len(changes) == 0 {
 		fs.Usage()
-		return fmt.Errorf("%w: nothing to set: give --setpoint and/or --mode", errUsage)
+		return fmt.Errorf("%w: nothing to set: give --setpoint and/or --mode", cli.ErrUsage)
 	}
 	c, err := af.client()
 	if err != nil {

@@ -12,13 +12,13 @@ package main
 
 import (
 	"context"
-	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"os"
 	"os/signal"
 	"syscall"
+
+	"github.com/thermofleet/thermo/internal/cli"
 
 	"github.com/thermofleet/thermo/provisioning"
 	"github.com/thermofleet/thermo/svcctl"
@@ -44,13 +44,12 @@ Service (systemd, as root):
   install [serve flags]   install and enable the controllerlite service, recording the serve flags
   uninstall               remove it
   start|stop|restart      control it
-  status                  its state as systemd sees it
+  service status          its state as systemd sees it (also: status)
+  service VERB            any of these, as thermostat spells them
 
-Run 'controllerlite COMMAND -h' for a command's flags.
+Run 'controllerlite COMMAND -h' for a command's flags. A mistake in the
+command line exits 2, any other failure 1.
 `
-
-// errUsage marks an error in the command line itself: exit status 2.
-var errUsage = errors.New("usage")
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
@@ -62,15 +61,7 @@ func main() {
 	}()
 	err := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
 	stop()
-	switch {
-	case err == nil, errors.Is(err, flag.ErrHelp): // -h printed the usage
-	case errors.Is(err, errUsage):
-		fmt.Fprintf(os.Stderr, "controllerlite: %v\n", err)
-		os.Exit(2)
-	default:
-		fmt.Fprintf(os.Stderr, "controllerlite: %v\n", err)
-		os.Exit(1)
-	}
+	os.Exit(cli.ExitCode("controllerlite", err, os.Stderr))
 }
 
 // run runs one command. Cancelling ctx (SIGINT, SIGTERM) stops serve
@@ -78,7 +69,7 @@ func main() {
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if len(args) == 0 {
 		fmt.Fprint(stderr, usage)
-		return fmt.Errorf("%w: a command is required", errUsage)
+		return cli.Usagef("a command is required")
 	}
 	// install|uninstall|start|stop|restart|status, as a systemd service.
 	if handled, err := svcctl.Handle(svcctl.Controllerlite, args, func(serveArgs []string) error {
@@ -97,13 +88,14 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return runSet(ctx, rest, stdout, stderr)
 	case "pki":
 		return provisioning.RunPKI(rest, stdout, stderr)
-	case "version":
-		fmt.Fprintf(stdout, "controllerlite %s (commit %s, built %s)\n", version, commit, date)
+	case "version", "--version", "-version":
+		// -h too: the version is all this command has to say.
+		fmt.Fprintln(stdout, cli.Version("controllerlite", version, commit, date))
 		return nil
 	case "help", "-h", "-help", "--help":
 		fmt.Fprint(stdout, usage)
 		return nil
 	}
 	fmt.Fprint(stderr, usage)
-	return fmt.Errorf("%w: unknown command %q", errUsage, cmd)
+	return cli.Usagef("unknown command %q", cmd)
 }

@@ -18,6 +18,7 @@ import (
 
 	"github.com/thermofleet/thermo/controllerlite/api"
 	"github.com/thermofleet/thermo/controllerlite/fleet"
+	"github.com/thermofleet/thermo/internal/cli"
 	"github.com/thermofleet/thermo/internal/testenv"
 	"github.com/thermofleet/thermo/protocol"
 )
@@ -103,8 +104,8 @@ func serve(t *testing.T, pki *testenv.PKI, extra ...string) *serving {
 	return s
 }
 
-// cli runs a client command and returns its output.
-func cli(t *testing.T, args ...string) (string, error) {
+// runCLI runs a client command and returns its output.
+func runCLI(t *testing.T, args ...string) (string, error) {
 	t.Helper()
 	var out, errb bytes.Buffer
 	err := run(context.Background(), args, &out, &errb)
@@ -115,7 +116,7 @@ func TestCLIAgainstRunningController(t *testing.T) {
 	pki := testenv.NewPKI(t)
 	s := serve(t, pki)
 
-	out, err := cli(t, "devices", "--http", s.httpAddr)
+	out, err := runCLI(t, "devices", "--http", s.httpAddr)
 	if err != nil || !strings.Contains(out, "no devices yet") {
 		t.Fatalf("devices with none: %v\n%s", err, out)
 	}
@@ -132,7 +133,7 @@ func TestCLIAgainstRunningController(t *testing.T) {
 	tick := time.NewTicker(5 * time.Millisecond)
 	defer tick.Stop()
 	for {
-		out, err = cli(t, "devices", "--http", s.httpAddr, "--json")
+		out, err = runCLI(t, "devices", "--http", s.httpAddr, "--json")
 		// Telemetry decodes as "null" before the first one; Pending
 		// holds until the greeting has gone out.
 		if err == nil && json.Unmarshal([]byte(out), &devs) == nil && len(devs) == 1 && devs[0].Online &&
@@ -146,7 +147,7 @@ func TestCLIAgainstRunningController(t *testing.T) {
 		}
 	}
 
-	out, err = cli(t, "devices", "--http", s.httpAddr)
+	out, err = runCLI(t, "devices", "--http", s.httpAddr)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -160,7 +161,7 @@ func TestCLIAgainstRunningController(t *testing.T) {
 	}
 
 	// Flags after the device, as the usage shows.
-	out, err = cli(t, "set", "d1", "--setpoint", "21", "--mode", "cool", "--http", s.httpAddr)
+	out, err = runCLI(t, "set", "d1", "--setpoint", "21", "--mode", "cool", "--http", s.httpAddr)
 	if err != nil || !strings.Contains(out, "21.0") || !strings.Contains(out, "cool") || !strings.Contains(out, "[3,1]") {
 		t.Fatalf("set: %v\n%s", err, out)
 	}
@@ -169,7 +170,7 @@ func TestCLIAgainstRunningController(t *testing.T) {
 		sp, _ := cm.Props.Setpoint()
 		return err == nil && cm.VC == protocol.Clock{3, 1} && sp == 21
 	})
-	out, err = cli(t, "set", "--http", s.httpAddr, "--json", "--setpoint", "22.5", "d1")
+	out, err = runCLI(t, "set", "--http", s.httpAddr, "--json", "--setpoint", "22.5", "d1")
 	var d fleet.Device
 	if err != nil || json.Unmarshal([]byte(out), &d) != nil || d.VC != (protocol.Clock{4, 1}) {
 		t.Fatalf("set --json: %v\n%s", err, out)
@@ -189,7 +190,7 @@ func TestCLIAgainstRunningController(t *testing.T) {
 	}
 	for _, tc := range errs {
 		t.Run(tc.name, func(t *testing.T) {
-			out, err := cli(t, append(tc.args, "--http", s.httpAddr)...)
+			out, err := runCLI(t, append(tc.args, "--http", s.httpAddr)...)
 			if err == nil || !strings.Contains(err.Error(), tc.want) {
 				t.Fatalf("err %v, want %q\n%s", err, tc.want, out)
 			}
@@ -205,18 +206,18 @@ func TestCLIToken(t *testing.T) {
 	}
 	s := serve(t, pki, "--http-token-file", tokFile)
 
-	if _, err := cli(t, "devices", "--http", s.httpAddr); err == nil || !strings.Contains(err.Error(), "HTTP 401") {
+	if _, err := runCLI(t, "devices", "--http", s.httpAddr); err == nil || !strings.Contains(err.Error(), "HTTP 401") {
 		t.Fatalf("without token: %v", err)
 	}
-	if out, err := cli(t, "devices", "--http", s.httpAddr, "--http-token-file", tokFile); err != nil {
+	if out, err := runCLI(t, "devices", "--http", s.httpAddr, "--http-token-file", tokFile); err != nil {
 		t.Fatalf("with --http-token-file: %v\n%s", err, out)
 	}
 	t.Setenv(envToken, "tok-123")
-	if out, err := cli(t, "devices", "--http", s.httpAddr); err != nil {
+	if out, err := runCLI(t, "devices", "--http", s.httpAddr); err != nil {
 		t.Fatalf("with %s: %v\n%s", envToken, err, out)
 	}
 	t.Setenv(envToken, "wrong")
-	if _, err := cli(t, "devices", "--http", s.httpAddr); err == nil {
+	if _, err := runCLI(t, "devices", "--http", s.httpAddr); err == nil {
 		t.Fatal("a wrong token was accepted")
 	}
 }
@@ -229,7 +230,7 @@ func TestCLINotRunning(t *testing.T) {
 	addr := ln.Addr().String()
 	ln.Close()
 	for _, args := range [][]string{{"devices"}, {"set", "d1", "--mode", "off"}} {
-		_, err := cli(t, append(args, "--http", addr)...)
+		_, err := runCLI(t, append(args, "--http", addr)...)
 		if err == nil || !strings.Contains(err.Error(), "is 'controllerlite serve' running") {
 			t.Errorf("%v: %v", args, err)
 		}
@@ -277,8 +278,23 @@ func TestCommands(t *testing.T) {
 		{[]string{"version"}, false, "controllerlite dev (commit none"},
 		{[]string{"help"}, false, "Commands:"},
 		{[]string{"install", "--bogus"}, false, "install: "}, // refused: not root, no systemd, or the bad flag
-		{[]string{"pki"}, false, "a command is required"},
+		{[]string{"pki"}, true, "a command is required"},
+		{[]string{"pki", "frobnicate"}, true, `unknown command "frobnicate"`},
+		{[]string{"pki", "device"}, true, "missing device ID"},
 		{[]string{"devices", "extra"}, true, "no arguments"},
+		{[]string{"devices", "--bogus"}, true, "flag provided but not defined"},
+		{[]string{"set", "d1"}, true, "nothing to set"},
+		// -h works on every command and is not an error.
+		{[]string{"version", "-h"}, false, "controllerlite dev (commit none"},
+		{[]string{"serve", "-h"}, false, "Usage: controllerlite serve"},
+		{[]string{"devices", "-h"}, false, "Usage: controllerlite devices"},
+		{[]string{"set", "-h"}, false, "Usage: controllerlite set"},
+		{[]string{"pki", "init", "-h"}, false, "Usage: controllerlite pki init"},
+		{[]string{"pki", "-h"}, false, "Commands:"},
+		{[]string{"service", "-h"}, false, ""},
+		{[]string{"service", "status", "-h"}, false, ""}, // the service usage, on the process's stdout
+		{[]string{"service"}, true, "service"},
+		{[]string{"service", "frobnicate"}, true, "service"},
 	}
 	for _, tc := range tests {
 		var out, errb bytes.Buffer
@@ -287,7 +303,7 @@ func TestCommands(t *testing.T) {
 		if err != nil {
 			text += err.Error()
 		}
-		if !strings.Contains(text, tc.want) || errors.Is(err, errUsage) != tc.usage {
+		if !strings.Contains(text, tc.want) || errors.Is(err, cli.ErrUsage) != tc.usage {
 			t.Errorf("%v: err %v, output %q; want %q, usage error %v", tc.args, err, text, tc.want, tc.usage)
 		}
 	}

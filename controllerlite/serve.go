@@ -3,12 +3,13 @@ package main
 import (
 	"context"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"log/slog"
 	"strings"
 	"time"
+
+	"github.com/thermofleet/thermo/internal/cli"
 
 	"github.com/thermofleet/thermo/controllerlite/api"
 	"github.com/thermofleet/thermo/controllerlite/server"
@@ -30,7 +31,7 @@ type serveOptions struct {
 func parseServe(args []string, stderr io.Writer) (serveOptions, error) {
 	var o serveOptions
 	cfg, tokenFile, level := &o.cfg, &o.tokenFile, &o.level
-	fs := newFlags("serve", "controllerlite serve --ca FILE --cert FILE --key FILE --data-dir DIR [--http ADDR] [--listen ADDR | --broker mqtts://HOST:PORT]", stderr)
+	fs := cli.NewFlags("serve", "controllerlite serve --ca FILE --cert FILE --key FILE --data-dir DIR [--http ADDR] [--listen ADDR | --broker mqtts://HOST:PORT]", stderr)
 	fs.StringVar(&cfg.CAFile, "ca", "", "fleet CA certificate `FILE`")
 	fs.StringVar(&cfg.CertFile, "cert", "", "certificate `FILE`: the embedded broker's server certificate, or with --broker the controller's client certificate (CN controller)")
 	fs.StringVar(&cfg.KeyFile, "key", "", "private key `FILE` of --cert")
@@ -43,15 +44,15 @@ func parseServe(args []string, stderr io.Writer) (serveOptions, error) {
 	fs.DurationVar(&cfg.KeepAlive, "keep-alive", transport.DefaultKeepAlive, "MQTT keep-alive of the link to --broker; a broker silent this long is dropped and reconnected")
 	fs.StringVar(&cfg.TopicRoot, "topic-root", protocol.DefaultRoot, "first topic level")
 	fs.StringVar(level, "log-level", "info", "log level: debug, info, warn or error")
-	if pos, err := parseArgs(fs, args); err != nil {
+	if pos, err := cli.Parse(fs, args); err != nil {
 		return o, err
 	} else if len(pos) > 0 {
 		fs.Usage()
-		return o, fmt.Errorf("%w: serve takes no arguments, got %q", errUsage, pos[0])
+		return o, fmt.Errorf("%w: serve takes no arguments, got %q", cli.ErrUsage, pos[0])
 	}
 	var lv slog.Level
 	if err := lv.UnmarshalText([]byte(*level)); err != nil {
-		return o, fmt.Errorf("%w: --log-level %q: want debug, info, warn or error", errUsage, *level)
+		return o, fmt.Errorf("%w: --log-level %q: want debug, info, warn or error", cli.ErrUsage, *level)
 	}
 	return o, nil
 }
@@ -140,40 +141,4 @@ func checkCertificates(cfg server.Config, now time.Time) error {
 		return fmt.Errorf("certificates: %w", err)
 	}
 	return nil
-}
-
-// newFlags makes a flag set for a command that reports errors instead of
-// exiting, with usage on stderr.
-func newFlags(name, synopsis string, stderr io.Writer) *flag.FlagSet {
-	fs := flag.NewFlagSet(name, flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	fs.Usage = func() {
-		fmt.Fprintf(stderr, "Usage: %s\n\nFlags:\n", synopsis)
-		fs.PrintDefaults()
-	}
-	return fs
-}
-
-// parseArgs parses flags placed anywhere among the positional arguments
-// ("set d1 --setpoint 21" as well as "set --setpoint 21 d1"); everything
-// after "--" is positional. A flag error is a usage error.
-func parseArgs(fs *flag.FlagSet, args []string) ([]string, error) {
-	var pos []string
-	for {
-		if err := fs.Parse(args); err != nil {
-			if err == flag.ErrHelp {
-				return nil, err
-			}
-			return nil, fmt.Errorf("%w: %v", errUsage, err)
-		}
-		rest := fs.Args()
-		if n := len(args) - len(rest); n > 0 && args[n-1] == "--" {
-			return append(pos, rest...), nil
-		}
-		if len(rest) == 0 {
-			return pos, nil
-		}
-		pos = append(pos, rest[0])
-		args = rest[1:]
-	}
 }

@@ -11,6 +11,7 @@ import (
 
 	"github.com/thermofleet/thermo/firmware/config"
 	"github.com/thermofleet/thermo/firmware/localctl"
+	"github.com/thermofleet/thermo/internal/cli"
 	"github.com/thermofleet/thermo/protocol"
 	"github.com/thermofleet/thermo/svcctl"
 )
@@ -50,12 +51,12 @@ func (s socketFlags) path() (string, error) {
 }
 
 func setCmd(args []string, stdout, stderr io.Writer) error {
-	fs := newFlagSet("set", "set [--setpoint C] [--mode off|heat|cool|auto] [--control-socket PATH]", stderr)
+	fs := cli.NewFlags("set", "thermostat set [--setpoint C] [--mode off|heat|cool|auto] [--control-socket PATH]", stderr)
 	sock := addSocketFlags(fs)
 	setpoint := fs.Float64("setpoint", 0, "setpoint in °C, 5.0 to 35.0 (rounded to 0.1)")
 	mode := fs.String("mode", "", "mode: off, heat, cool or auto")
-	if err := parseFlags(fs, args); err != nil {
-		return helpOK(err)
+	if _, err := cli.ParseN(fs, args); err != nil {
+		return cli.HelpOK(err)
 	}
 	changes := map[string]any{}
 	fs.Visit(func(f *flag.Flag) {
@@ -68,7 +69,7 @@ func setCmd(args []string, stdout, stderr io.Writer) error {
 	})
 	if len(changes) == 0 {
 		fs.Usage()
-		return fmt.Errorf("set: give --setpoint, --mode or both")
+		return cli.Usagef("set: give --setpoint, --mode or both")
 	}
 	// Checked here too so a value JSON cannot carry (NaN) gets the reason.
 	for name, v := range changes {
@@ -107,10 +108,10 @@ func setCmd(args []string, stdout, stderr io.Writer) error {
 }
 
 func statusCmd(args []string, stdout, stderr io.Writer) error {
-	fs := newFlagSet("status", "status [--control-socket PATH]", stderr)
+	fs := cli.NewFlags("status", "thermostat status [--control-socket PATH]", stderr)
 	sock := addSocketFlags(fs)
-	if err := parseFlags(fs, args); err != nil {
-		return helpOK(err)
+	if _, err := cli.ParseN(fs, args); err != nil {
+		return cli.HelpOK(err)
 	}
 	path, err := sock.path()
 	if err != nil {

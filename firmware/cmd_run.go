@@ -13,6 +13,7 @@ import (
 
 	"github.com/thermofleet/thermo/firmware/config"
 	"github.com/thermofleet/thermo/firmware/runner"
+	"github.com/thermofleet/thermo/internal/cli"
 	"github.com/thermofleet/thermo/provisioning"
 	"github.com/thermofleet/thermo/systemd"
 )
@@ -20,10 +21,10 @@ import (
 // runCmd is `thermostat run`: it runs until SIGINT or SIGTERM, then stops
 // cleanly (status offline published, every output off).
 func runCmd(args []string, stderr io.Writer) error {
-	fs := newFlagSet("run", "run [--config FILE] --broker mqtts://HOST:PORT [flags]", stderr)
+	fs := cli.NewFlags("run", "thermostat run [--config FILE] --broker mqtts://HOST:PORT [flags]", stderr)
 	flags := config.RegisterFlags(fs)
-	if err := parseFlags(fs, args); err != nil {
-		return helpOK(err)
+	if _, err := cli.ParseN(fs, args); err != nil {
+		return cli.HelpOK(err)
 	}
 	cfg, err := flags.Config()
 	if err != nil {

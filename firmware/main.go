@@ -14,12 +14,11 @@
 package main
 
 import (
-	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"os"
-	"runtime"
+
+	"github.com/thermofleet/thermo/internal/cli"
 
 	"github.com/thermofleet/thermo/provisioning"
 	"github.com/thermofleet/thermo/svcctl"
@@ -48,29 +47,18 @@ Service (systemd, as root):
   start|stop|restart    control it
   service status        its state as systemd sees it
 
-Run 'thermostat COMMAND -h' for a command's flags.
+Run 'thermostat COMMAND -h' for a command's flags. A mistake in the
+command line exits 2, any other failure 1.
 `
 
-// errUsage is returned for a command line that could not be parsed; the
-// flag package has already said why.
-var errUsage = errors.New("usage")
-
 func main() {
-	err := run(os.Args[1:], os.Stdout, os.Stderr)
-	switch {
-	case err == nil:
-	case errors.Is(err, errUsage):
-		os.Exit(2)
-	default:
-		fmt.Fprintf(os.Stderr, "thermostat: %v\n", err)
-		os.Exit(1)
-	}
+	os.Exit(cli.ExitCode("thermostat", run(os.Args[1:], os.Stdout, os.Stderr), os.Stderr))
 }
 
 func run(args []string, stdout, stderr io.Writer) error {
 	if len(args) == 0 {
 		fmt.Fprint(stderr, usage)
-		return errUsage
+		return cli.Usagef("a command is required")
 	}
 	if handled, err := svcctl.Handle(svcctl.Thermostat, args, checkRunArgs); handled {
 		return err
@@ -93,44 +81,7 @@ func run(args []string, stdout, stderr io.Writer) error {
 		return nil
 	}
 	fmt.Fprint(stderr, usage)
-	return fmt.Errorf("unknown command %q", cmd)
+	return cli.Usagef("unknown command %q", cmd)
 }
 
-func versionString() string {
-	return fmt.Sprintf("thermostat %s (commit %s, built %s, %s/%s, %s)",
-		version, commit, date, runtime.GOOS, runtime.GOARCH, runtime.Version())
-}
-
-// parseFlags parses a command's flags; -h is not an error.
-func parseFlags(fs *flag.FlagSet, args []string) error {
-	err := fs.Parse(args)
-	switch {
-	case errors.Is(err, flag.ErrHelp):
-		return flag.ErrHelp
-	case err != nil:
-		return errUsage
-	case fs.NArg() > 0:
-		fmt.Fprintf(fs.Output(), "unexpected argument %q\n", fs.Arg(0))
-		fs.Usage()
-		return errUsage
-	}
-	return nil
-}
-
-func newFlagSet(name, synopsis string, stderr io.Writer) *flag.FlagSet {
-	fs := flag.NewFlagSet(name, flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	fs.Usage = func() {
-		fmt.Fprintf(stderr, "Usage: thermostat %s\n\nFlags:\n", synopsis)
-		fs.PrintDefaults()
-	}
-	return fs
-}
-
-// helpOK turns -h into success.
-func helpOK(err error) error {
-	if errors.Is(err, flag.ErrHelp) {
-		return nil
-	}
-	return err
-}
+func versionString() string { return cli.Version("thermostat", version, commit, date) }

@@ -68,6 +68,36 @@ func TestVersion(t *testing.T) {
 	}
 }
 
+// TestHelpEverywhere: -h on every command prints its usage and exits 0,
+// as in controllerlite.
+func TestHelpEverywhere(t *testing.T) {
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"-h"}, "Usage: thermostat COMMAND"},
+		{[]string{"help"}, "Usage: thermostat COMMAND"},
+		{[]string{"run", "-h"}, "Usage: thermostat run"},
+		{[]string{"set", "-h"}, "Usage: thermostat set"},
+		{[]string{"status", "-h"}, "Usage: thermostat status"},
+		{[]string{"csr", "-h"}, "thermostat csr"},
+		{[]string{"version", "-h"}, "thermostat "},
+		{[]string{"service", "-h"}, "thermostat service"},
+		{[]string{"service", "status", "-h"}, "thermostat service"},
+		{[]string{"install", "-h"}, "thermostat install"},
+	} {
+		t.Run(strings.Join(tc.args, " "), func(t *testing.T) {
+			stdout, stderr, err := thermostat(t, tc.args...)
+			if err != nil {
+				t.Fatalf("%v; stderr:\n%s", err, stderr)
+			}
+			if !strings.Contains(stdout+stderr, tc.want) {
+				t.Errorf("output lacks %q:\n%s%s", tc.want, stdout, stderr)
+			}
+		})
+	}
+}
+
 func TestUsageErrors(t *testing.T) {
 	tests := []struct {
 		args []string
@@ -75,13 +105,16 @@ func TestUsageErrors(t *testing.T) {
 		want string
 	}{
 		{nil, 2, "Usage: thermostat COMMAND"},
-		{[]string{"frobnicate"}, 1, `unknown command "frobnicate"`},
+		{[]string{"frobnicate"}, 2, `unknown command "frobnicate"`},
 		{[]string{"run", "--no-such-flag"}, 2, "flag provided but not defined"},
 		{[]string{"run", "extra"}, 2, `unexpected argument "extra"`},
 		{[]string{"run", "--hal", "sim", "--config", "/nonexistent/config.yaml"}, 1, "/nonexistent/config.yaml"},
 		{[]string{"run", "--hal", "sim"}, 1, "no broker given"},
 		{[]string{"run", "--hal", "sim", "--broker", "mqtt://b:1883"}, 1, "plain-text"},
-		{[]string{"set"}, 1, "give --setpoint, --mode or both"},
+		{[]string{"set"}, 2, "give --setpoint, --mode or both"},
+		{[]string{"status", "extra"}, 2, `unexpected argument "extra"`},
+		{[]string{"service"}, 2, "thermostat service install|"},
+		{[]string{"service", "frobnicate"}, 2, "thermostat service install|"},
 		{[]string{"set", "--setpoint", "NaN"}, 1, "out of range"},
 		{[]string{"set", "--mode", "warm"}, 1, `"warm" is not one of`},
 	}

@@ -30,6 +30,7 @@ import (
 	"time"
 
 	"github.com/thermofleet/thermo/internal/atomicfile"
+	"github.com/thermofleet/thermo/internal/cli"
 	"github.com/thermofleet/thermo/mttr/harness"
 	"github.com/thermofleet/thermo/mttr/report"
 )
@@ -44,9 +45,6 @@ const (
 
 // Set by the Makefile's -ldflags.
 var version, commit = "dev", "none"
-
-// errUsage marks command-line mistakes.
-var errUsage = errors.New("usage")
 
 // errLoss is returned when our devices lost events or let the wrong side
 // win; errTargets when --strict and a target was missed.
@@ -65,20 +63,14 @@ func main() {
 	os.Exit(exitCode(err, os.Stderr))
 }
 
+// exitCode is cli.ExitCode's, with exitTargets for a --strict run that
+// missed a target.
 func exitCode(err error, stderr io.Writer) int {
-	switch {
-	case err == nil, errors.Is(err, flag.ErrHelp):
-		return exitOK
-	case errors.Is(err, errUsage):
-		fmt.Fprintln(stderr, "mttr:", err)
-		return exitUsage
-	case errors.Is(err, errTargets):
+	if errors.Is(err, errTargets) {
 		fmt.Fprintln(stderr, "mttr:", err)
 		return exitTargets
-	default:
-		fmt.Fprintln(stderr, "mttr:", err)
-		return exitFailed
 	}
+	return cli.ExitCode("mttr", err, stderr)
 }
 
 // serveMain is the hidden embedded-serve command: controllerlite with its
@@ -167,18 +159,18 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 		if errors.Is(err, flag.ErrHelp) {
 			return nil, err
 		}
-		return nil, fmt.Errorf("%w: %w", errUsage, err)
+		return nil, fmt.Errorf("%w: %w", cli.ErrUsage, err)
 	}
 	if fs.NArg() > 0 {
 		fs.Usage()
-		return nil, fmt.Errorf("%w: mttr takes no arguments, got %q", errUsage, fs.Arg(0))
+		return nil, fmt.Errorf("%w: mttr takes no arguments, got %q", cli.ErrUsage, fs.Arg(0))
 	}
 	if o.restartCount < 1 {
-		return nil, fmt.Errorf("%w: --restart-count %d: want at least 1", errUsage, o.restartCount)
+		return nil, fmt.Errorf("%w: --restart-count %d: want at least 1", cli.ErrUsage, o.restartCount)
 	}
 	plans, err := parseFaults(o.fault, o.restartCount)
 	if err != nil {
-		return nil, fmt.Errorf("%w: %w", errUsage, err)
+		return nil, fmt.Errorf("%w: %w", cli.ErrUsage, err)
 	}
 	c.Faults = plans
 	if c.KeepDead == 0 {
@@ -284,7 +276,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) (err erro
 	}
 	var lv slog.Level
 	if err := lv.UnmarshalText([]byte(o.logLevel)); err != nil {
-		return fmt.Errorf("%w: --log-level %q: want debug, info, warn or error", errUsage, o.logLevel)
+		return fmt.Errorf("%w: --log-level %q: want debug, info, warn or error", cli.ErrUsage, o.logLevel)
 	}
 	lf, err := os.OpenFile(logFile, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {

@@ -17,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/thermofleet/thermo/internal/cli"
 	"github.com/thermofleet/thermo/internal/testenv"
 	"github.com/thermofleet/thermo/mttr/brokerctl"
 	"github.com/thermofleet/thermo/mttr/harness"
@@ -300,7 +301,7 @@ func TestParseFlags(t *testing.T) {
 		t.Run(c.name, func(t *testing.T) {
 			o, err := parseFlags(c.args, io.Discard)
 			if c.wantErr != "" {
-				if err == nil || !errors.Is(err, errUsage) || !strings.Contains(err.Error(), c.wantErr) {
+				if err == nil || !errors.Is(err, cli.ErrUsage) || !strings.Contains(err.Error(), c.wantErr) {
 					t.Fatalf("err %v, want a usage error with %q", err, c.wantErr)
 				}
 				return
@@ -348,7 +349,7 @@ func TestExitCode(t *testing.T) {
 	}{
 		{nil, exitOK},
 		{flag.ErrHelp, exitOK},
-		{errUsage, exitUsage},
+		{cli.ErrUsage, exitUsage},
 		{errors.Join(errTargets), exitTargets},
 		{errLoss, exitFailed},
 		{errors.New("broker did not start"), exitFailed},

@@ -8,6 +8,8 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+
+	"github.com/thermofleet/thermo/internal/cli"
 )
 
 // Layout of a PKI directory managed by RunPKI.
@@ -53,7 +55,7 @@ Run 'controllerlite pki COMMAND -h' for a command's flags.
 func RunPKI(args []string, stdout, stderr io.Writer) error {
 	if len(args) == 0 {
 		fmt.Fprint(stderr, pkiUsage)
-		return errors.New("pki: a command is required")
+		return cli.Usagef("pki: a command is required")
 	}
 	cmd, rest := args[0], args[1:]
 	run, ok := map[string]func([]string, io.Writer, io.Writer) error{
@@ -70,84 +72,13 @@ func RunPKI(args []string, stdout, stderr io.Writer) error {
 			return fmt.Errorf("pki %s: %w", cmd, err)
 		}
 		return nil
-	case cmd == "help" || cmd == "-h" || cmd == "--help" || cmd == "-help":
+	case cli.IsHelp(cmd):
 		fmt.Fprint(stdout, pkiUsage)
 		return nil
 	default:
 		fmt.Fprint(stderr, pkiUsage)
-		return fmt.Errorf("pki: unknown command %q", cmd)
+		return cli.Usagef("pki: unknown command %q", cmd)
 	}
-}
-
-// errHelp is returned by parse after -h printed the usage: not a failure.
-var errHelp = flag.ErrHelp
-
-// newFlags makes a flag set whose usage line is usage, printing to stderr.
-func newFlags(name, usage string, stderr io.Writer) *flag.FlagSet {
-	fs := flag.NewFlagSet(name, flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	fs.Usage = func() {
-		fmt.Fprintf(stderr, "Usage: %s\n\nFlags:\n", usage)
-		fs.PrintDefaults()
-	}
-	return fs
-}
-
-// parse parses flags anywhere among the arguments ("device d1 --dir x" as
-// well as "device --dir x d1"); everything after "--" is positional.
-func parse(fs *flag.FlagSet, args []string) ([]string, error) {
-	var pos []string
-	for {
-		if err := fs.Parse(args); err != nil {
-			return nil, err
-		}
-		rest := fs.Args()
-		if consumed := len(args) - len(rest); consumed > 0 && args[consumed-1] == "--" {
-			return append(pos, rest...), nil
-		}
-		if len(rest) == 0 {
-			return pos, nil
-		}
-		pos = append(pos, rest[0])
-		args = rest[1:]
-	}
-}
-
-// parseN parses and requires exactly n positional arguments named names.
-func parseN(fs *flag.FlagSet, args []string, names ...string) ([]string, error) {
-	pos, err := parse(fs, args)
-	if err != nil {
-		return nil, err
-	}
-	if len(pos) != len(names) {
-		fs.Usage()
-		if len(pos) < len(names) {
-			return nil, fmt.Errorf("missing %s", names[len(pos)])
-		}
-		return nil, fmt.Errorf("unexpected argument %q", pos[len(names)])
-	}
-	return pos, nil
-}
-
-// helpOK turns the -h "error" into success: the usage was printed.
-func helpOK(err error) error {
-	if errors.Is(err, errHelp) {
-		return nil
-	}
-	return err
-}
-
-// stringList is a repeatable flag; each value may also be comma-separated.
-type stringList []string
-
-func (s *stringList) String() string { return strings.Join(*s, ",") }
-func (s *stringList) Set(v string) error {
-	for _, part := range strings.Split(v, ",") {
-		if part = strings.TrimSpace(part); part != "" {
-			*s = append(*s, part)
-		}
-	}
-	return nil
 }
 
 func dirFlag(fs *flag.FlagSet) *string {
@@ -155,13 +86,13 @@ func dirFlag(fs *flag.FlagSet) *string {
 }
 
 func pkiInit(args []string, stdout, stderr io.Writer) error {
-	fs := newFlags("init", "controllerlite pki init [--dir DIR] [--name NAME] [--force]", stderr)
+	fs := cli.NewFlags("init", "controllerlite pki init [--dir DIR] [--name NAME] [--force]", stderr)
 	dir := dirFlag(fs)
 	force := fs.Bool("force", false, "replace an existing CA: every certificate it issued stops being trusted")
 	name := fs.String("name", "", "name of this fleet: the CA's Common Name is \""+CANamePrefix+" NAME\"\n(default: 8 hex digits of the CA key's SHA-256)")
 	cn := fs.String("cn", "", "the CA's whole Common Name, instead of --name")
-	if _, err := parseN(fs, args); err != nil {
-		return helpOK(err)
+	if _, err := cli.ParseN(fs, args); err != nil {
+		return cli.HelpOK(err)
 	}
 	if *cn != "" && *name != "" {
 		return errors.New("give --name or --cn, not both")
@@ -177,13 +108,13 @@ func pkiInit(args []string, stdout, stderr io.Writer) error {
 }
 
 func pkiServer(args []string, stdout, stderr io.Writer) error {
-	fs := newFlags("server", "controllerlite pki server --host NAME [--host NAME ...] [--dir DIR] [--force]", stderr)
+	fs := cli.NewFlags("server", "controllerlite pki server --host NAME [--host NAME ...] [--dir DIR] [--force]", stderr)
 	dir := dirFlag(fs)
-	var hosts stringList
+	var hosts cli.StringList
 	fs.Var(&hosts, "host", "host name or IP address clients use to reach the broker (repeatable; the first is also the CN)")
 	force := fs.Bool("force", false, "replace an existing server certificate")
-	if _, err := parseN(fs, args); err != nil {
-		return helpOK(err)
+	if _, err := cli.ParseN(fs, args); err != nil {
+		return cli.HelpOK(err)
 	}
 	if len(hosts) == 0 {
 		fs.Usage()
@@ -212,12 +143,12 @@ func pkiServer(args []string, stdout, stderr io.Writer) error {
 }
 
 func pkiDevice(args []string, stdout, stderr io.Writer) error {
-	fs := newFlags("device", "controllerlite pki device ID [--dir DIR] [--force]", stderr)
+	fs := cli.NewFlags("device", "controllerlite pki device ID [--dir DIR] [--force]", stderr)
 	dir := dirFlag(fs)
 	force := fs.Bool("force", false, "replace an existing bundle for this device")
-	pos, err := parseN(fs, args, "device ID")
+	pos, err := cli.ParseN(fs, args, "device ID")
 	if err != nil {
-		return helpOK(err)
+		return cli.HelpOK(err)
 	}
 	id := pos[0]
 	if id == ControllerCN {
@@ -260,11 +191,11 @@ func printThermostatHint(stdout io.Writer, bundle string) {
 }
 
 func pkiController(args []string, stdout, stderr io.Writer) error {
-	fs := newFlags("controller", "controllerlite pki controller [--dir DIR] [--force]", stderr)
+	fs := cli.NewFlags("controller", "controllerlite pki controller [--dir DIR] [--force]", stderr)
 	dir := dirFlag(fs)
 	force := fs.Bool("force", false, "replace an existing controller certificate")
-	if _, err := parseN(fs, args); err != nil {
-		return helpOK(err)
+	if _, err := cli.ParseN(fs, args); err != nil {
+		return cli.HelpOK(err)
 	}
 	ca, err := LoadCA(*dir)
 	if err != nil {
@@ -288,13 +219,13 @@ func pkiController(args []string, stdout, stderr io.Writer) error {
 }
 
 func pkiSign(args []string, stdout, stderr io.Writer) error {
-	fs := newFlags("sign", "controllerlite pki sign CSRFILE [--dir DIR] [--out FILE] [--force]", stderr)
+	fs := cli.NewFlags("sign", "controllerlite pki sign CSRFILE [--dir DIR] [--out FILE] [--force]", stderr)
 	dir := dirFlag(fs)
 	out := fs.String("out", "", "write the certificate here instead of DIR/devices/ID/device.crt")
 	force := fs.Bool("force", false, "replace an existing certificate for this device")
-	pos, err := parseN(fs, args, "CSRFILE")
+	pos, err := cli.ParseN(fs, args, "CSRFILE")
 	if err != nil {
-		return helpOK(err)
+		return cli.HelpOK(err)
 	}
 	f, err := os.Open(pos[0])
 	if err != nil {
@@ -351,14 +282,14 @@ func pkiSign(args []string, stdout, stderr io.Writer) error {
 }
 
 func pkiMosquitto(args []string, stdout, stderr io.Writer) error {
-	fs := newFlags("mosquitto", "controllerlite pki mosquitto [--dir DIR] [--port 8883] [--topic-root thermo] [--bind ADDR] [--cert-dir DIR]", stderr)
+	fs := cli.NewFlags("mosquitto", "controllerlite pki mosquitto [--dir DIR] [--port 8883] [--topic-root thermo] [--bind ADDR] [--cert-dir DIR]", stderr)
 	dir := dirFlag(fs)
 	port := fs.Int("port", DefaultMQTTSPort, "TLS listener port")
 	root := fs.String("topic-root", DefaultTopicRoot, "first topic level of every protocol topic")
 	bind := fs.String("bind", "", "listen on this address only (default: every interface)")
 	certDir := fs.String("cert-dir", "", "directory Mosquitto reads ca.crt, server.crt, server.key and the ACL from,\nwhen you install them elsewhere (e.g. /etc/mosquitto/certs); default the PKI directory")
-	if _, err := parseN(fs, args); err != nil {
-		return helpOK(err)
+	if _, err := cli.ParseN(fs, args); err != nil {
+		return cli.HelpOK(err)
 	}
 	for _, f := range []string{CACertFile, ServerCertFile, ServerKeyFile} {
 		if !exists(filepath.Join(*dir, f)) {
@@ -419,12 +350,12 @@ const csrUsage = "thermostat csr [--id ID] [--out DIR] [--force]"
 // for `controllerlite pki sign`. The key never leaves the device. The id
 // defaults to the host name.
 func RunCSR(args []string, stdout, stderr io.Writer) error {
-	fs := newFlags("csr", csrUsage, stderr)
+	fs := cli.NewFlags("csr", csrUsage, stderr)
 	id := fs.String("id", "", "device id, the certificate's CN (default: this host's name)")
 	out := fs.String("out", ".", "directory for the key and the request")
 	force := fs.Bool("force", false, "replace an existing device.key (the certificate issued for it stops working)")
-	if _, err := parseN(fs, args); err != nil {
-		if errors.Is(err, errHelp) {
+	if _, err := cli.ParseN(fs, args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
 			return nil
 		}
 		return fmt.Errorf("csr: %w", err)

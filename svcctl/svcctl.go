@@ -28,6 +28,7 @@ import (
 
 	"github.com/kardianos/service"
 	"github.com/thermofleet/thermo/internal/atomicfile"
+	"github.com/thermofleet/thermo/internal/cli"
 	"github.com/thermofleet/thermo/systemd"
 )
 
@@ -162,8 +163,12 @@ func (h *host) handle(spec Spec, args []string, check func([]string) error) (boo
 	verb, rest := args[0], args[1:]
 	explicit := false
 	if verb == "service" {
-		if len(rest) == 0 || !slices.Contains(Verbs, rest[0]) {
-			return true, fmt.Errorf("usage: %s service %s", spec.Name, strings.Join(Verbs, "|"))
+		switch {
+		case len(rest) > 0 && cli.IsHelp(rest[0]):
+			fmt.Fprintf(h.stdout, usage, spec.Name, spec.RunCommand)
+			return true, nil
+		case len(rest) == 0 || !slices.Contains(Verbs, rest[0]):
+			return true, cli.Usagef("%s service %s", spec.Name, strings.Join(Verbs, "|"))
 		}
 		verb, rest, explicit = rest[0], rest[1:], true
 	}
@@ -175,7 +180,7 @@ func (h *host) handle(spec Spec, args []string, check func([]string) error) (boo
 		return true, nil
 	}
 	if verb != "install" && len(rest) > 0 {
-		return true, fmt.Errorf("%s takes no arguments (got %q); flags belong to install", verb, rest)
+		return true, cli.Usagef("%s takes no arguments (got %q); flags belong to install", verb, rest)
 	}
 	if err := h.refuse(spec, verb); err != nil {
 		return true, err
