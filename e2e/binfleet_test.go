@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"syscall"
 	"testing"
 	"time"
 
@@ -83,6 +84,17 @@ func newBinThermostat(t *testing.T, w *world, id string, extra ...string) *binTh
 func (d *binThermostat) start() *binThermostat {
 	d.process = spawn(d.t, "thermostat-"+d.id, d.args...)
 	return d
+}
+
+// stop ends the thermostat with SIGTERM, as systemd does, and waits.
+func (d *binThermostat) stop() {
+	d.t.Helper()
+	d.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-d.done:
+	case <-time.After(waitTimeout):
+		d.t.Fatalf("%s did not stop on SIGTERM", d.name)
+	}
 }
 
 // status asks the running agent through `thermostat status`.
