@@ -18,6 +18,7 @@ import (
 	"os/signal"
 	"syscall"
 
+	"github.com/thermofleet/thermo/controllerlite/server"
 	"github.com/thermofleet/thermo/internal/cli"
 
 	"github.com/thermofleet/thermo/provisioning"
@@ -73,7 +74,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 	// install|uninstall|start|stop|restart|status, as a systemd service.
 	if handled, err := svcctl.Handle(svcctl.Controllerlite, args, func(serveArgs []string) error {
-		_, err := parseServe(serveArgs, stderr)
+		_, err := server.ParseFlags(serveArgs, stderr)
 		return err
 	}); handled {
 		return err
@@ -81,7 +82,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	cmd, rest := args[0], args[1:]
 	switch cmd {
 	case "serve":
-		return runServe(ctx, rest, stdout, stderr)
+		return server.Command(ctx, rest, stdout, stderr)
 	case "devices":
 		return runDevices(ctx, rest, stdout, stderr)
 	case "set":

@@ -1,4 +1,8 @@
-package main
+package server
+
+// The `controllerlite serve` command line, here so that every program that
+// runs the controller (controllerlite, and mttr's embedded-serve child)
+// takes exactly the same flags and prints the same lines.
 
 import (
 	"context"
@@ -12,24 +16,23 @@ import (
 	"github.com/thermofleet/thermo/internal/cli"
 
 	"github.com/thermofleet/thermo/controllerlite/api"
-	"github.com/thermofleet/thermo/controllerlite/server"
 	"github.com/thermofleet/thermo/protocol"
 	"github.com/thermofleet/thermo/provisioning"
 	"github.com/thermofleet/thermo/systemd"
 	"github.com/thermofleet/thermo/transport"
 )
 
-// serveOptions are the parsed flags of serve.
-type serveOptions struct {
-	cfg       server.Config
+// Flags are the parsed flags of `controllerlite serve`.
+type Flags struct {
+	cfg       Config
 	tokenFile string
 	level     string
 }
 
-// parseServe parses serve's flags; `install` checks its flags with it too,
-// so a typo fails at install time instead of in a restart loop.
-func parseServe(args []string, stderr io.Writer) (serveOptions, error) {
-	var o serveOptions
+// ParseFlags parses serve's flags; `install` checks its flags with it
+// too, so a typo fails at install time instead of in a restart loop.
+func ParseFlags(args []string, stderr io.Writer) (Flags, error) {
+	var o Flags
 	cfg, tokenFile, level := &o.cfg, &o.tokenFile, &o.level
 	fs := cli.NewFlags("serve", "controllerlite serve --ca FILE --cert FILE --key FILE --data-dir DIR [--http ADDR] [--listen ADDR | --broker mqtts://HOST:PORT]", stderr)
 	fs.StringVar(&cfg.CAFile, "ca", "", "fleet CA certificate `FILE`")
@@ -57,14 +60,18 @@ func parseServe(args []string, stderr io.Writer) (serveOptions, error) {
 	return o, nil
 }
 
-func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	o, err := parseServe(args, stderr)
+// Command is `controllerlite serve`: it runs the controller until ctx is
+// done, printing the lines scripts and tests read ("controllerlite: mqtt
+// broker listening on ADDR", "... http listening on ADDR", "...: ready")
+// on stdout and its log on stderr.
+func Command(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	o, err := ParseFlags(args, stderr)
 	if err != nil {
 		return err
 	}
 	cfg, tokenFile := o.cfg, o.tokenFile
 	var lv slog.Level
-	lv.UnmarshalText([]byte(o.level)) // checked by parseServe
+	lv.UnmarshalText([]byte(o.level)) // checked by ParseFlags
 	cfg.Logger = slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: lv}))
 	if tokenFile != "" {
 		tok, err := api.ReadTokenFile(tokenFile)
@@ -77,7 +84,7 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if err := checkCertificates(cfg, time.Now()); err != nil {
 		return fmt.Errorf("serve: %w", err)
 	}
-	s, err := server.Start(ctx, cfg)
+	s, err := Start(ctx, cfg)
 	if err != nil {
 		return fmt.Errorf("serve: %w", err)
 	}
@@ -127,7 +134,7 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 // served as the broker's, or a --ca that is no CA, shows only as TLS errors
 // on every device, logged on the devices. It leaves missing flags and
 // contradictions (--listen with --broker) to server.Start, which names them.
-func checkCertificates(cfg server.Config, now time.Time) error {
+func checkCertificates(cfg Config, now time.Time) error {
 	if cfg.CAFile == "" || cfg.CertFile == "" || cfg.KeyFile == "" || cfg.Broker != "" && cfg.Listen != "" {
 		return nil
 	}
