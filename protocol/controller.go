@@ -78,6 +78,10 @@ func (c *Controller) Set(id string, changes map[string]any) (Message, error) {
 	if !ok {
 		return Message{}, fmt.Errorf("%w %q", ErrUnknownDevice, id)
 	}
+	changes, err := ExpandWrite(r.Props.Values(), changes)
+	if err != nil {
+		return Message{}, err
+	}
 	return r.WriteAndSend(changes, SrcController)
 }
 

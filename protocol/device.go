@@ -122,6 +122,10 @@ func (d *Device) Disconnect() { d.online = false }
 // Connected, write and send are one event and the Event is returned; offline
 // the write waits and goes out with the Event sent on the next Connect.
 func (d *Device) LocalWrite(changes map[string]any, src string) (*Message, error) {
+	changes, err := ExpandWrite(d.Effective(), changes)
+	if err != nil {
+		return nil, err
+	}
 	if d.st.Rejoining {
 		norm, err := normalizeAll(changes)
 		if err != nil {

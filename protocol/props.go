@@ -174,6 +174,15 @@ func (p Props) Clone() Props {
 	return c
 }
 
+// Values returns the property values without their stamps.
+func (p Props) Values() map[string]any {
+	out := make(map[string]any, len(p))
+	for name, v := range p {
+		out[name] = v.Val
+	}
+	return out
+}
+
 // Setpoint returns setpoint_c and whether it is set.
 func (p Props) Setpoint() (float64, bool) {
 	f, ok := p[PropSetpoint].Val.(float64)
