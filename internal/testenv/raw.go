@@ -8,6 +8,8 @@ import (
 	"io"
 	"net"
 	"os"
+	"strconv"
+	"strings"
 	"testing"
 	"time"
 )
@@ -170,4 +172,34 @@ func RawPing(c net.Conn) error {
 		return fmt.Errorf("ping: got % x, want PINGRESP", resp)
 	}
 	return nil
+}
+
+// ProcessMemory reads a process's virtual size and resident set, in bytes,
+// from /proc/PID/status: what another process (a broker) has reserved and
+// touched. A huge allocation shows in the virtual size even before its
+// pages are touched.
+func ProcessMemory(pid int) (virtual, resident uint64, err error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0, 0, fmt.Errorf("process memory: %w", err)
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		key, val, ok := strings.Cut(line, ":")
+		if !ok || (key != "VmSize" && key != "VmRSS") {
+			continue
+		}
+		kb, err := strconv.ParseUint(strings.TrimSuffix(strings.TrimSpace(val), " kB"), 10, 64)
+		if err != nil {
+			return 0, 0, fmt.Errorf("process memory: %s: %w", line, err)
+		}
+		if key == "VmSize" {
+			virtual = kb << 10
+		} else {
+			resident = kb << 10
+		}
+	}
+	if virtual == 0 {
+		return 0, 0, fmt.Errorf("process memory: no VmSize in /proc/%d/status", pid)
+	}
+	return virtual, resident, nil
 }
