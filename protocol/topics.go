@@ -3,6 +3,7 @@ package protocol
 import (
 	"fmt"
 	"regexp"
+	"slices"
 	"strings"
 )
 
@@ -161,12 +162,18 @@ var controllerGrants = []Grant{
 func Grants(client string) []Grant {
 	switch {
 	case IsControllerID(client):
-		return append([]Grant(nil), controllerGrants...)
+		return ControllerGrants()
 	case CheckDeviceID(client) == nil:
-		return append([]Grant(nil), deviceGrants...)
+		return DeviceGrants()
 	}
 	return nil
 }
+
+// DeviceGrants returns the rights of every device, SelfID being its own id.
+func DeviceGrants() []Grant { return slices.Clone(deviceGrants) }
+
+// ControllerGrants returns the rights of every controller CN.
+func ControllerGrants() []Grant { return slices.Clone(controllerGrants) }
 
 // MayPublish reports whether client may publish on topic under root, with
 // the RETAIN flag if retain. Only topics <root>/<device id>/<kind> of the

@@ -3,8 +3,13 @@
 // It wraps mochi-mqtt with the rules of the sync protocol: a TLS listener
 // that requires a client certificate from our CA, the certificate's Common
 // Name as the client's only identity (the MQTT client id must equal it), an
-// ACL that confines a device to <root>/<id>/# and gives the controller
-// <root>/#, and a bolt store in the data directory so that retained messages
+// ACL that lets a device publish only the contract's topics of its own id
+// (retained only where the contract says) and read only its cmd and event,
+// and lets the controller publish commands and read <root>/# (the rule is
+// protocol.MayPublish and protocol.MaySubscribe), limits that keep one
+// client from exhausting the process (protocol.MaxPacketSize, checked before
+// a packet is read; a deadline for the TLS handshake and CONNECT), and a
+// bolt store in the data directory so that retained messages
 // and persistent sessions survive restarts, kill -9 included, and are never
 // expired by age. A client that reconnects under its id, however quickly,
 // starts its new session only once its old connection is torn down (see
