@@ -10,10 +10,13 @@
 // PROTOCOL.md played over the wire with the messages held in flight so the
 // conflict really happens; commands and local changes made while a side is
 // offline; rejoining after lost state (device, broker, controller); clients
-// the brokers must refuse and brokers the clients must refuse; bad input,
-// which is rejected with a logged reason and changes nothing; and an
-// installer's mistakes (certificates of the wrong kind or fleet, a corrupt
-// store), which the binaries refuse at start, before writing anything.
+// the brokers must refuse and brokers the clients must refuse; a device
+// certificate trying to exhaust the controllerlite binary's broker
+// (oversize packets, topics outside the contract, connections without
+// CONNECT); bad input, which is rejected with a logged reason and changes
+// nothing; and an installer's mistakes (certificates of the wrong kind or
+// fleet, a corrupt store), which the binaries refuse at start, before
+// writing anything.
 //
 // The package has no code of its own besides this comment: it is tests.
 package e2e

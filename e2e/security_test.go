@@ -91,7 +91,8 @@ func TestClientsRefused(t *testing.T) {
 			// A barrier: d2's own Event comes after the forged messages on
 			// d2's connection; once the controller has it, anything forged
 			// would have been delivered before it.
-			d2.Publish(t, "thermo/d2/event", 1, false, []byte(`{"v":1,"vc":[0,1],"props":{"mode":{"val":"off","w":[0,1]}},"src":"local"}`))
+			const d2Event = `{"v":1,"vc":[0,1],"props":{"mode":{"val":"off","w":[0,1]}},"src":"local"}`
+			d2.Publish(t, "thermo/d2/event", 1, false, []byte(d2Event))
 			eventually(t, "the controller to hear from d2", func() (bool, string) {
 				c, err := w.ctl("d2")
 				return err == nil && c.VC == protocol.Clock{1, 1}, fmt.Sprintf("%+v %v", c, err)
@@ -117,12 +118,13 @@ func TestClientsRefused(t *testing.T) {
 			}
 
 			// d1's Event about the command went through the broker; a round
-			// trip on d2's own topic comes after it, so if d2's subscription
-			// to d1's topics had been granted, d1's Event would be in d2's
-			// messages by then.
-			d2.Subscribe(t, "thermo/d2/ping", 1)
-			d2.Publish(t, "thermo/d2/ping", 1, false, []byte("ping"))
-			d2.WaitFor(t, "thermo/d2/ping")
+			// trip on d2's own event topic (a duplicate of its Event above,
+			// which changes nothing) comes after it, so if d2's
+			// subscription to d1's topics had been granted, d1's Event
+			// would be in d2's messages by then.
+			d2.Subscribe(t, "thermo/d2/event", 1)
+			d2.Publish(t, "thermo/d2/event", 1, false, []byte(d2Event))
+			d2.WaitPayload(t, "thermo/d2/event", d2Event)
 			for _, m := range d2.Messages() {
 				if strings.HasPrefix(m.Topic, "thermo/d1/") {
 					t.Errorf("d2 read d1's %s: %s", m.Topic, m.Payload)

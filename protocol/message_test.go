@@ -204,7 +204,7 @@ func TestTopics(t *testing.T) {
 			t.Errorf("Topic does not rebuild %q", tc.topic)
 		}
 	}
-	for id, ok := range map[string]bool{"d1": true, "a": true, "controller": false, "": false, "Ab": false, strings.Repeat("a", 64): false, strings.Repeat("a", 63): true} {
+	for id, ok := range map[string]bool{"d1": true, "a": true, "controller": false, "controller-a": false, "": false, "Ab": false, strings.Repeat("a", 64): false, strings.Repeat("a", 63): true} {
 		if (CheckDeviceID(id) == nil) != ok {
 			t.Errorf("CheckDeviceID(%q) wrong", id)
 		}

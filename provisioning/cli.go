@@ -45,6 +45,7 @@ Commands:
                             on the device); writes DIR/devices/ID/device.crt, or --out FILE
   mosquitto                 write mosquitto.conf and mosquitto.acl for this PKI
                             [--port 8883] [--topic-root thermo] [--bind ADDR] [--cert-dir DIR]
+                            [--controller controller-NAME ...]
 
 Run 'controllerlite pki COMMAND -h' for a command's flags.
 `
@@ -282,12 +283,17 @@ func pkiSign(args []string, stdout, stderr io.Writer) error {
 }
 
 func pkiMosquitto(args []string, stdout, stderr io.Writer) error {
-	fs := cli.NewFlags("mosquitto", "controllerlite pki mosquitto [--dir DIR] [--port 8883] [--topic-root thermo] [--bind ADDR] [--cert-dir DIR]", stderr)
+	fs := cli.NewFlags("mosquitto", "controllerlite pki mosquitto [--dir DIR] [--port 8883] [--topic-root thermo] [--bind ADDR] [--cert-dir DIR] [--controller controller-NAME ...]", stderr)
 	dir := dirFlag(fs)
 	port := fs.Int("port", DefaultMQTTSPort, "TLS listener port")
 	root := fs.String("topic-root", DefaultTopicRoot, "first topic level of every protocol topic")
 	bind := fs.String("bind", "", "listen on this address only (default: every interface)")
 	certDir := fs.String("cert-dir", "", "directory Mosquitto reads ca.crt, server.crt, server.key and the ACL from,\nwhen you install them elsewhere (e.g. /etc/mosquitto/certs); default the PKI directory")
+	var controllers []string
+	fs.Func("controller", "CN of a further controller process sharing the fleet (controller-NAME), given the\ncontroller's rights; repeat for each", func(cn string) error {
+		controllers = append(controllers, cn)
+		return nil
+	})
 	if _, err := cli.ParseN(fs, args); err != nil {
 		return cli.HelpOK(err)
 	}
@@ -312,6 +318,7 @@ func pkiMosquitto(args []string, stdout, stderr io.Writer) error {
 		KeyFile:     filepath.Join(from, ServerKeyFile),
 		ACLFile:     filepath.Join(from, MosquittoACLFile),
 		TopicRoot:   *root,
+		Controllers: controllers,
 	})
 	if err != nil {
 		return err

@@ -75,7 +75,7 @@ func TestPKICommands(t *testing.T) {
 	if cn := readCert(t, filepath.Join(dir, "controller.crt")).Subject.CommonName; cn != "controller" {
 		t.Errorf("controller CN %q", cn)
 	}
-	out = mustPKI(t, "mosquitto", "--dir", dir, "--port", "18883", "--topic-root", "site")
+	out = mustPKI(t, "mosquitto", "--dir", dir, "--port", "18883", "--topic-root", "site", "--controller", "controller-b")
 	conf, err := os.ReadFile(filepath.Join(dir, "mosquitto.conf"))
 	if err != nil {
 		t.Fatal(err)
@@ -86,7 +86,11 @@ func TestPKICommands(t *testing.T) {
 		"certfile " + filepath.Join(abs, "server.crt"), "keyfile " + filepath.Join(abs, "server.key"), "require_certificate true",
 	})
 	acl, _ := os.ReadFile(filepath.Join(dir, "mosquitto.acl"))
-	assertLinesInOrder(t, "mosquitto.acl", string(acl), []string{"pattern readwrite site/%u/#", "user controller", "topic readwrite site/#"})
+	assertLinesInOrder(t, "mosquitto.acl", string(acl), []string{"pattern write site/%u/event", "user controller", "topic write site/+/cmd",
+		"user controller-b", "topic write site/+/cmd"})
+	if _, _, err := runPKI(t, "mosquitto", "--dir", dir, "--controller", "d1"); err == nil || !strings.Contains(err.Error(), "not a controller's CN") {
+		t.Errorf("mosquitto --controller d1: %v, want a refusal", err)
+	}
 	if !strings.Contains(out, "mosquitto -c "+filepath.Join(dir, "mosquitto.conf")) {
 		t.Errorf("mosquitto output does not say how to run it:\n%s", out)
 	}

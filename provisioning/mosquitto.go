@@ -5,7 +5,10 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
+
+	"github.com/thermofleet/thermo/protocol"
 )
 
 // File names written by WriteMosquittoConfig.
@@ -31,6 +34,11 @@ type MosquittoOptions struct {
 	ACLFile string
 	// TopicRoot is the first topic level; default "thermo".
 	TopicRoot string
+	// Controllers are the CNs of further controller processes
+	// ("controller-<name>"), given the controller's rights beside
+	// "controller". Mosquitto's ACL cannot match a username by its prefix,
+	// so each is listed by name.
+	Controllers []string
 	// Global lines placed before the listener, verbatim: tests add
 	// "user root", "persistence true", "log_dest stderr" and the like.
 	Global []string
@@ -40,9 +48,22 @@ type MosquittoOptions struct {
 //
 // Each client's certificate CN becomes its username
 // (use_identity_as_username) and its client id (use_username_as_clientid),
-// so no client can take another's id; the ACL lets a device read and write
-// only <root>/<id>/# and the controller <root>/#. A forbidden publish is
-// acknowledged by Mosquitto and silently dropped.
+// so no client can take another's id. The ACL is protocol.Grants written in
+// Mosquitto's words, the rule the embedded broker applies: a device
+// publishes only its own event, telemetry and status topics and reads only
+// its own cmd and event; a controller publishes every device's cmd and reads
+// everything under the root. A forbidden publish is acknowledged by
+// Mosquitto and silently dropped. max_packet_size is protocol.MaxPacketSize:
+// Mosquitto closes a connection whose packet announces more, before reading
+// it.
+//
+// Where Mosquitto 2.0 falls short of the embedded broker, it is said in the
+// files: it cannot refuse the RETAIN flag on one topic (a device can retain
+// one telemetry message, of at most max_packet_size bytes), it has no
+// setting for the time a new connection may take to send CONNECT (it closes
+// one after 90 s, 1.5 times a 60 s keep-alive it assumes), and it takes the
+// first CN of a certificate's subject where Go takes the last, so a
+// certificate with two CNs must never be issued.
 func MosquittoConfig(o MosquittoOptions) (conf, acl []byte, err error) {
 	if o.Port == 0 {
 		o.Port = DefaultMQTTSPort
@@ -72,6 +93,15 @@ func MosquittoConfig(o MosquittoOptions) (conf, acl []byte, err error) {
 			return nil, nil, fmt.Errorf("mosquitto config: global line %q contains a line break", l)
 		}
 	}
+	controllers := []string{protocol.ControllerID}
+	for _, cn := range o.Controllers {
+		if !protocol.IsControllerID(cn) {
+			return nil, nil, fmt.Errorf("mosquitto config: controller %q is not a controller's CN (%q or %q followed by a name matching the device id pattern)", cn, protocol.ControllerID, protocol.ControllerPrefix)
+		}
+		if !slices.Contains(controllers, cn) {
+			controllers = append(controllers, cn)
+		}
+	}
 
 	var b strings.Builder
 	b.WriteString("# Mosquitto configuration for the thermofleet PKI, written by `controllerlite pki mosquitto`.\n")
@@ -85,6 +115,11 @@ func MosquittoConfig(o MosquittoOptions) (conf, acl []byte, err error) {
 	b.WriteString("# Security settings apply to every listener.\n")
 	b.WriteString("per_listener_settings false\n")
 	fmt.Fprintf(&b, "acl_file %s\n\n", o.ACLFile)
+	b.WriteString("# The largest MQTT packet of the protocol: a 4096-byte payload and its topic, with room\n")
+	b.WriteString("# to spare. A client announcing a larger packet is disconnected before it is read.\n")
+	fmt.Fprintf(&b, "max_packet_size %d\n", protocol.MaxPacketSize)
+	b.WriteString("# Mosquitto 2.0 has no setting for the time a new connection may take to send CONNECT:\n")
+	b.WriteString("# it closes one that sends nothing after 90 s (1.5 times a 60 s keep-alive).\n\n")
 	b.WriteString("# MQTT over TLS with mutual authentication.\n")
 	if o.BindAddress != "" {
 		fmt.Fprintf(&b, "listener %d %s\n", o.Port, o.BindAddress)
@@ -99,7 +134,8 @@ func MosquittoConfig(o MosquittoOptions) (conf, acl []byte, err error) {
 	b.WriteString("# Every client must present a certificate issued by cafile.\n")
 	b.WriteString("require_certificate true\n")
 	b.WriteString("# The certificate's CN is the username, and the username is the client id:\n")
-	b.WriteString("# no client can take another's id.\n")
+	b.WriteString("# no client can take another's id. Mosquitto takes the first CN of the subject,\n")
+	b.WriteString("# Go the last: the fleet CA never issues or signs a subject with two CNs.\n")
 	b.WriteString("use_identity_as_username true\n")
 	b.WriteString("use_username_as_clientid true\n")
 	b.WriteString("# Without it every TLS connect took 43-50 ms instead of 3-5 ms.\n")
@@ -107,13 +143,36 @@ func MosquittoConfig(o MosquittoOptions) (conf, acl []byte, err error) {
 
 	var a strings.Builder
 	a.WriteString("# Mosquitto ACL for the thermofleet PKI, written by `controllerlite pki mosquitto`.\n")
-	a.WriteString("# The username is the CN of the client's certificate: the device id.\n\n")
-	a.WriteString("# A device reads and writes only its own topics.\n")
-	fmt.Fprintf(&a, "pattern readwrite %s/%%u/#\n\n", o.TopicRoot)
-	a.WriteString("# The controller reads and writes every device's topics.\n")
-	fmt.Fprintf(&a, "user %s\n", ControllerCN)
-	fmt.Fprintf(&a, "topic readwrite %s/#\n", o.TopicRoot)
+	a.WriteString("# The username is the CN of the client's certificate. Exactly the topics of PROTOCOL.md:\n")
+	a.WriteString("# the same rule as controllerlite's embedded broker (protocol.Grants).\n\n")
+	a.WriteString("# A device (username = device id) publishes its own event, telemetry and status,\n")
+	a.WriteString("# and reads its own cmd and event. Patterns apply to every user.\n")
+	a.WriteString("# Mosquitto cannot refuse the RETAIN flag on one topic: the embedded broker drops a\n")
+	a.WriteString("# retained telemetry message, Mosquitto keeps one per device (of at most max_packet_size).\n")
+	writeGrants(&a, "pattern", o.TopicRoot, protocol.DeviceGrants(), "%u")
+	for _, cn := range controllers {
+		fmt.Fprintf(&a, "\n# A controller publishes every device's cmd and reads everything under %s.\n", o.TopicRoot)
+		a.WriteString("# The device patterns above would give it topics of its own name: denied.\n")
+		fmt.Fprintf(&a, "user %s\n", cn)
+		fmt.Fprintf(&a, "topic deny %s/%s/#\n", o.TopicRoot, cn)
+		writeGrants(&a, "topic", o.TopicRoot, protocol.ControllerGrants(), cn)
+	}
 	return []byte(b.String()), []byte(a.String()), nil
+}
+
+// writeGrants writes one ACL line per right of grants: "write" for a
+// publish, "read" for a subscription, with self in place of the client's own
+// id (Mosquitto's %u in a pattern).
+func writeGrants(w *strings.Builder, keyword, root string, grants []protocol.Grant, self string) {
+	for _, g := range grants {
+		topic := root + "/" + strings.ReplaceAll(g.Filter, protocol.SelfID, self)
+		if g.Publish {
+			fmt.Fprintf(w, "%s write %s\n", keyword, topic)
+		}
+		if g.Subscribe {
+			fmt.Fprintf(w, "%s read %s\n", keyword, topic)
+		}
+	}
 }
 
 // WriteMosquittoConfig writes mosquitto.conf and mosquitto.acl into dir
@@ -145,10 +204,14 @@ func WriteMosquittoConfig(dir string, o MosquittoOptions) (confFile, aclFile str
 
 // ValidateTopicRoot checks a topic root: one or more non-empty topic levels
 // without MQTT wildcards, '%' (an ACL substitution), '$' at the start (system
-// topics), white space or control characters.
+// topics), white space or control characters, of at most protocol.MaxRootLen
+// bytes (so every topic and its payload fit protocol.MaxPacketSize).
 func ValidateTopicRoot(root string) error {
 	if root == "" {
 		return errors.New("topic root is empty")
+	}
+	if len(root) > protocol.MaxRootLen {
+		return fmt.Errorf("topic root of %d bytes: at most %d", len(root), protocol.MaxRootLen)
 	}
 	if strings.HasPrefix(root, "$") {
 		return fmt.Errorf("topic root %q: cannot start with '$'", root)

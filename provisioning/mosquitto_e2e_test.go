@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"crypto/tls"
 	"errors"
+	"fmt"
 	"net"
 	"os"
 	"path/filepath"
@@ -178,7 +179,8 @@ func TestMosquittoRestart(t *testing.T) {
 	mq.Start()
 	d1 = pki.Connect(t, mq.URL(), "d1")
 	d1.Subscribe(t, "thermo/d1/cmd", 1)
-	d1.Publish(t, "thermo/d1/cmd", 1, false, []byte("marker")) // a device may write its own cmd topic
+	ctl = pki.Connect(t, mq.URL(), provisioning.ControllerCN)
+	ctl.Publish(t, "thermo/d1/cmd", 1, false, []byte("marker"))
 	if _, before := d1.WaitPayload(t, "thermo/d1/cmd", "marker"); len(before) != 0 {
 		t.Errorf("wiped broker still delivered %v", before)
 	}
@@ -198,5 +200,159 @@ func waitSaved(t *testing.T, mq *testenv.Mosquitto) {
 			t.Fatal("mosquitto did not save its persistence file")
 		}
 		time.Sleep(20 * time.Millisecond) // polling a file written by another process
+	}
+}
+
+// TestMosquittoACLIsTheContract runs a real Mosquitto with the generated
+// ACL: a device publishes only event, telemetry and status of its own id,
+// a controller (controller, and a controller-NAME listed for it) only
+// commands; everything else is acknowledged, dropped, and never retained.
+func TestMosquittoACLIsTheContract(t *testing.T) {
+	pki := testenv.NewPKI(t)
+	mq := testenv.StartMosquitto(t, pki, &testenv.MosquittoOptions{Controllers: []string{"controller-b"}})
+	bCert, bKey := pki.ClientWithCN(t, "controller-b")
+
+	ctl := pki.Connect(t, mq.URL(), provisioning.ControllerCN)
+	ctl.Subscribe(t, "thermo/#", 1)
+	ctlB := testenv.Connect(t, mq.URL(), testenv.ClientOptions{CAFile: pki.CAFile, CertFile: bCert, KeyFile: bKey})
+	d1 := pki.Connect(t, mq.URL(), "d1")
+	d1.Subscribe(t, "thermo/d1/#", 1) // granted by Mosquitto 2.0; deliveries are checked
+	d2 := pki.Connect(t, mq.URL(), "d2")
+
+	tests := []struct {
+		who     string
+		c       *testenv.Client
+		topic   string
+		retain  bool
+		allowed bool
+	}{
+		{"d1", d1, "thermo/d1/event", true, true},
+		{"d1", d1, "thermo/d1/telemetry", false, true},
+		{"d1", d1, "thermo/d1/status", true, true},
+		{"d1", d1, "thermo/d1/cmd", true, false},
+		{"d1", d1, "thermo/d1/junk", true, false},
+		{"d1", d1, "thermo/d1/junk/1", true, false},
+		{"d1", d1, "thermo/d1/event/x", true, false},
+		{"d1", d1, "thermo/d1", true, false},
+		{"d1", d1, "thermo/d2/event", true, false},
+		{"d1", d1, "thermo/d2/status", true, false},
+		{"d1", d1, "thermo/status", true, false},
+		{"controller", ctl, "thermo/d1/cmd", true, true},
+		{"controller", ctl, "thermo/d1/event", true, false},
+		{"controller", ctl, "thermo/d1/junk", true, false},
+		{"controller", ctl, "thermo/controller/event", true, false},
+		{"controller", ctl, "thermo/controller/status", true, false},
+		{"controller-b", ctlB, "thermo/d2/cmd", true, true},
+		{"controller-b", ctlB, "thermo/controller-b/event", true, false},
+		{"controller-b", ctlB, "thermo/d2/status", true, false},
+	}
+	// Each publisher's marker, on a topic it may publish, is handled after
+	// its publish on the same connection: once the controller has the
+	// marker, it would have had the publish too.
+	markerTopic := map[*testenv.Client]string{d1: "thermo/d1/event", ctl: "thermo/d1/cmd", ctlB: "thermo/d2/cmd"}
+	for i, tc := range tests {
+		t.Run(fmt.Sprintf("%s %s retain %v", tc.who, tc.topic, tc.retain), func(t *testing.T) {
+			payload := fmt.Sprintf("%s %d", tc.who, i)
+			if err := tc.c.PublishErr(tc.topic, 1, tc.retain, []byte(payload)); err != nil {
+				t.Fatalf("publish: %v (Mosquitto acknowledges a forbidden publish)", err)
+			}
+			tc.c.Publish(t, markerTopic[tc.c], 1, false, []byte("marker "+payload))
+			_, before := ctl.WaitPayload(t, markerTopic[tc.c], "marker "+payload)
+			delivered := false
+			for _, m := range before {
+				delivered = delivered || string(m.Payload) == payload
+			}
+			if delivered != tc.allowed {
+				t.Errorf("delivered = %v, want %v", delivered, tc.allowed)
+			}
+		})
+	}
+	for _, m := range d2.Messages() {
+		t.Errorf("d2 received %q on %s", m.Payload, m.Topic)
+	}
+	for _, m := range d1.Messages() {
+		if m.Topic != "thermo/d1/cmd" && m.Topic != "thermo/d1/event" {
+			t.Errorf("d1 read %q on %s", m.Payload, m.Topic)
+		}
+	}
+
+	// Retained: only what was allowed. Mosquitto sends the retained
+	// messages of a subscription before it handles the subscriber's next
+	// packet, so they all come before the subscriber's own marker.
+	late := pki.Connect(t, mq.URL(), provisioning.ControllerCN)
+	late.Subscribe(t, "thermo/#", 1)
+	late.Publish(t, "thermo/d1/cmd", 1, false, []byte("late marker"))
+	_, before := late.WaitPayload(t, "thermo/d1/cmd", "late marker")
+	retained := map[string]string{}
+	for _, m := range before {
+		if m.Retained {
+			retained[m.Topic] = string(m.Payload)
+		}
+	}
+	want := map[string]string{
+		"thermo/d1/event": "d1 0", "thermo/d1/status": "d1 2", "thermo/d1/cmd": "controller 11", "thermo/d2/cmd": "controller-b 16",
+	}
+	if fmt.Sprint(retained) != fmt.Sprint(want) {
+		t.Errorf("retained %v, want %v", retained, want)
+	}
+}
+
+// TestMosquittoRefusesOversizePackets: max_packet_size closes a connection
+// whose packet announces more than protocol.MaxPacketSize as soon as the
+// fixed header is read, before CONNECT or after it, without Mosquitto
+// reserving the announced size; an oversize retained message is not kept.
+func TestMosquittoRefusesOversizePackets(t *testing.T) {
+	pki := testenv.NewPKI(t)
+	mq := testenv.StartMosquitto(t, pki, nil)
+	cert, key := pki.Client(t, "d1")
+	d1 := pki.Connect(t, mq.URL(), "d1")
+	d1.Publish(t, "thermo/d1/event", 1, true, []byte("marker"))
+	d1.Close()
+
+	big := bytes.Repeat([]byte("x"), 100_000)
+	tests := []struct {
+		name    string
+		connect bool
+		send    []byte
+	}{
+		{"5-byte header before CONNECT", false, testenv.OversizeHeader},
+		{"PUBLISH header announcing 256 MiB", true, testenv.Header(0x31, 268_435_455)},
+		{"retained PUBLISH of 100 KB", true, testenv.PublishPacket("thermo/d1/event", big, 1, true)},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			c := pki.DialRawTLS(t, mq.Addr(), cert, key)
+			if tc.connect {
+				testenv.RawConnect(t, c, "d1")
+			}
+			before, _, err := testenv.ProcessMemory(mq.Pid())
+			if err != nil {
+				t.Fatal(err)
+			}
+			closed, after := true, time.Duration(0)
+			if err := testenv.RawWriteErr(c, tc.send); err != nil {
+				t.Logf("closed while the packet was sent: %v", err)
+			} else {
+				closed, after = testenv.WaitClosed(c, testenv.WaitTimeout)
+			}
+			// Measured before the test closes its side: a broker waiting
+			// for the announced packet holds its buffer now.
+			vm, _, err := testenv.ProcessMemory(mq.Pid())
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Logf("closed %v after %v; Mosquitto's virtual size %d KiB -> %d KiB", closed, after, before>>10, vm>>10)
+			if !closed {
+				t.Errorf("connection still open %v after the oversize packet", after)
+			}
+			if vm > before+32<<20 {
+				t.Errorf("Mosquitto's virtual size grew by %d MiB", (vm-before)>>20)
+			}
+		})
+	}
+	d1 = pki.Connect(t, mq.URL(), "d1")
+	d1.Subscribe(t, "thermo/d1/event", 1)
+	if m, _ := d1.WaitFor(t, "thermo/d1/event"); string(m.Payload) != "marker" {
+		t.Errorf("retained event of %d bytes, want the marker", len(m.Payload))
 	}
 }

@@ -24,14 +24,26 @@ func TestMosquittoConfig(t *testing.T) {
 		wantErr  string
 	}{
 		{"defaults", base,
-			[]string{"acl_file /p/mosquitto.acl", "listener 8883", "cafile /p/ca.crt", "certfile /p/server.crt", "keyfile /p/server.key",
+			[]string{"acl_file /p/mosquitto.acl", "max_packet_size 8192", "listener 8883", "cafile /p/ca.crt", "certfile /p/server.crt", "keyfile /p/server.key",
 				"require_certificate true", "use_identity_as_username true", "use_username_as_clientid true", "set_tcp_nodelay true"},
-			[]string{"pattern readwrite thermo/%u/#", "user controller", "topic readwrite thermo/#"}, ""},
-		{"port, bind, root, globals", with(func(o *provisioning.MosquittoOptions) {
+			[]string{
+				"pattern write thermo/%u/event", "pattern read thermo/%u/event", "pattern write thermo/%u/telemetry",
+				"pattern write thermo/%u/status", "pattern read thermo/%u/cmd",
+				"user controller", "topic deny thermo/controller/#", "topic write thermo/+/cmd", "topic read thermo/#",
+			}, ""},
+		{"port, bind, root, globals, controllers", with(func(o *provisioning.MosquittoOptions) {
 			o.Port, o.BindAddress, o.TopicRoot, o.Global = 18883, "127.0.0.1", "site/a", []string{"user root", "persistence true"}
+			o.Controllers = []string{"controller-b", "controller", "controller-b"}
 		}),
 			[]string{"user root", "persistence true", "acl_file /p/mosquitto.acl", "listener 18883 127.0.0.1", "require_certificate true"},
-			[]string{"pattern readwrite site/a/%u/#", "user controller", "topic readwrite site/a/#"}, ""},
+			[]string{
+				"pattern write site/a/%u/event", "pattern read site/a/%u/cmd",
+				"user controller", "topic deny site/a/controller/#", "topic write site/a/+/cmd", "topic read site/a/#",
+				"user controller-b", "topic deny site/a/controller-b/#", "topic write site/a/+/cmd", "topic read site/a/#",
+			}, ""},
+		{"a device as controller", with(func(o *provisioning.MosquittoOptions) { o.Controllers = []string{"d1"} }), nil, nil, "not a controller's CN"},
+		{"a controller name with a slash", with(func(o *provisioning.MosquittoOptions) { o.Controllers = []string{"controller-a/b"} }), nil, nil, "not a controller's CN"},
+		{"root too long", with(func(o *provisioning.MosquittoOptions) { o.TopicRoot = strings.Repeat("r", 257) }), nil, nil, "at most 256"},
 		{"port out of range", with(func(o *provisioning.MosquittoOptions) { o.Port = 70000 }), nil, nil, "out of range"},
 		{"no key file", with(func(o *provisioning.MosquittoOptions) { o.KeyFile = "" }), nil, nil, "key file not set"},
 		{"line break in a path", with(func(o *provisioning.MosquittoOptions) { o.CAFile = "/p\nallow_anonymous true" }), nil, nil, "line break"},
@@ -58,6 +70,16 @@ func TestMosquittoConfig(t *testing.T) {
 			assertLinesInOrder(t, "acl", string(acl), tt.wantACL)
 			if strings.Contains(string(conf), "allow_anonymous true") {
 				t.Error("config allows anonymous clients")
+			}
+			// Exactly the contract's topics: nothing broader than a
+			// device's own topics or the controller's reading.
+			for _, l := range strings.Split(string(acl), "\n") {
+				if strings.HasPrefix(l, "pattern") && (strings.Contains(l, "#") || strings.Contains(l, "readwrite")) {
+					t.Errorf("ACL line %q is broader than a topic of the contract", l)
+				}
+			}
+			if n := strings.Count(string(acl), "user controller-b\n"); n > 1 {
+				t.Errorf("controller-b listed %d times", n)
 			}
 		})
 	}

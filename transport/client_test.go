@@ -182,7 +182,7 @@ func TestReconnectAfterKill(t *testing.T) {
 	cert, key := pki.Client(t, "d1")
 	rec := newRecorder()
 	c := start(t, rec.options(Options{Broker: m.URL(), CAFile: pki.CAFile, CertFile: cert, KeyFile: key}))
-	c.Subscribe("thermo/d1/cmd", 1)
+	c.Subscribe("thermo/d1/event", 1) // a device reads its own event (rejoin) and may publish it
 	for i := 1; i <= 4; i++ {
 		if i > 1 {
 			m.Kill()
@@ -190,13 +190,13 @@ func TestReconnectAfterKill(t *testing.T) {
 			if c.Connected() {
 				t.Fatal("still connected with the broker dead")
 			}
-			if err := c.Publish(context.Background(), "thermo/d1/cmd", nil, 1, false); err != ErrNotConnected {
+			if err := c.Publish(context.Background(), "thermo/d1/event", nil, 1, false); err != ErrNotConnected {
 				t.Fatalf("publish while down: %v, want ErrNotConnected", err)
 			}
 			m.Start()
 		}
 		rec.wait(t, "connect", 10*time.Second, func() bool { return rec.connects == i })
-		if err := c.Publish(context.Background(), "thermo/d1/cmd", []byte{byte(i)}, 1, false); err != nil {
+		if err := c.Publish(context.Background(), "thermo/d1/event", []byte{byte(i)}, 1, false); err != nil {
 			t.Fatal(err)
 		}
 		// Receiving its own message proves the subscription was renewed.

@@ -13,23 +13,22 @@ import (
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/packets"
 
+	"github.com/thermofleet/thermo/protocol"
 	"github.com/thermofleet/thermo/provisioning"
 )
 
-// controllerID is the certificate CN of the controller: it may use the
-// whole topic root.
-const controllerID = provisioning.ControllerCN
-
-// validDevice reports whether id is a device id of PROTOCOL.md.
-func validDevice(id string) bool { return provisioning.ValidateDeviceID(id) == nil }
+// controllerID is the certificate CN of the controller.
+const controllerID = protocol.ControllerID
 
 // reservedIDs are ids no certificate may claim: mochi's in-process client
 // is registered under "inline", and a network client with that id would
 // take over its session.
 var reservedIDs = map[string]bool{mqtt.InlineClientId: true}
 
-// authHook identifies clients by their certificate and enforces the ACL.
-// It is the broker's only authentication and ACL hook.
+// authHook identifies clients by their certificate and enforces the ACL:
+// protocol.MayPublish and protocol.MaySubscribe, the rule the generated
+// Mosquitto ACL states too. It is the broker's only authentication and ACL
+// hook.
 type authHook struct {
 	mqtt.HookBase
 	root string
@@ -72,8 +71,9 @@ func (h *authHook) setOnClient(fn func(id string, connected bool)) {
 }
 
 // OnConnectAuthenticate admits a client whose verified certificate CN is a
-// valid id equal to its MQTT client id, and whose will (if any) stays in its
-// own topics. The TLS listener has already verified the certificate chain.
+// device id or a controller's name (protocol.IsControllerID) equal to its
+// MQTT client id, and whose will (if any) is a publish it may make. The TLS
+// listener has already verified the certificate chain.
 func (h *authHook) OnConnectAuthenticate(cl *mqtt.Client, pk packets.Packet) bool {
 	id, err := h.identify(cl, pk)
 	if err != nil {
@@ -96,13 +96,13 @@ func (h *authHook) identify(cl *mqtt.Client, pk packets.Packet) (string, error) 
 	switch {
 	case reservedIDs[cn]:
 		return "", fmt.Errorf("certificate CN %q is reserved", cn)
-	case cn != controllerID && !validDevice(cn):
-		return "", fmt.Errorf("certificate CN %q is not a valid device id", cn)
+	case !protocol.IsControllerID(cn) && protocol.CheckDeviceID(cn) != nil:
+		return "", fmt.Errorf("certificate CN %q is not a valid device id or controller name: %w", cn, protocol.CheckDeviceID(cn))
 	case pk.Connect.ClientIdentifier != cn:
 		return "", fmt.Errorf("client id %q does not match certificate CN %q", pk.Connect.ClientIdentifier, cn)
-	case pk.Connect.WillFlag && !h.mayAccess(cn, pk.Connect.WillTopic):
+	case pk.Connect.WillFlag && !protocol.MayPublish(h.root, cn, pk.Connect.WillTopic, pk.Connect.WillRetain):
 		// mochi sends wills without an ACL check: stop them here.
-		return "", fmt.Errorf("will topic %q is outside the topics of %q", pk.Connect.WillTopic, cn)
+		return "", fmt.Errorf("will topic %q (retained %v) is not a topic %q may publish", pk.Connect.WillTopic, pk.Connect.WillRetain, cn)
 	}
 	return cn, nil
 }
@@ -119,32 +119,33 @@ func (h *authHook) OnACLCheck(cl *mqtt.Client, topic string, write bool) bool {
 	if cl.Net.Inline {
 		return true
 	}
-	return h.mayAccess(cl.ID, topic)
+	return h.maySubscribe(cl.ID, topic)
 }
 
-// OnPublish drops (after acknowledging) a publish outside the client's
-// topics. It sees the topic after alias resolution, so an MQTT 5 topic
+// OnPublish drops (after acknowledging) a publish the client may not make:
+// a topic outside the contract's topics of its own id, or the RETAIN flag
+// where the contract says not retained. Nothing of it is delivered or
+// retained. It sees the topic after alias resolution, so an MQTT 5 topic
 // alias cannot get around it.
 func (h *authHook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
-	if cl.Net.Inline || h.mayAccess(cl.ID, pk.TopicName) {
+	if cl.Net.Inline || h.mayPublish(cl.ID, pk.TopicName, pk.FixedHeader.Retain) {
 		return pk, nil
 	}
-	h.log.Warn("publish dropped: topic outside the client's topics", "client", cl.ID, "topic", pk.TopicName, "qos", pk.FixedHeader.Qos, "retain", pk.FixedHeader.Retain)
+	h.log.Warn("publish dropped: not a publish the client may make", "client", cl.ID, "topic", pk.TopicName, "qos", pk.FixedHeader.Qos, "retain", pk.FixedHeader.Retain)
 	return pk, packets.CodeSuccessIgnore
 }
 
-// mayAccess reports whether id may read and write topic, a topic name or a
-// filter. The controller gets <root> and everything under it; a device gets
-// <root>/<id> and everything under it. A filter passes only if its first
-// levels are exactly that prefix, so no wildcard reaches another device.
-func (h *authHook) mayAccess(id, topic string) bool {
-	if id == controllerID {
-		return underRoot(h.root, topic)
-	}
-	if reservedIDs[id] || !validDevice(id) {
-		return false
-	}
-	return underRoot(h.root+"/"+id, topic)
+// mayPublish is protocol.MayPublish under the broker's root, for a client id
+// the broker does not reserve.
+func (h *authHook) mayPublish(id, topic string, retain bool) bool {
+	return !reservedIDs[id] && protocol.MayPublish(h.root, id, topic, retain)
+}
+
+// maySubscribe is protocol.MaySubscribe under the broker's root, for a
+// client id the broker does not reserve. mochi asks it for subscription
+// filters and for the topics of deliveries alike.
+func (h *authHook) maySubscribe(id, filter string) bool {
+	return !reservedIDs[id] && protocol.MaySubscribe(h.root, id, filter)
 }
 
 // underRoot reports whether topic is prefix or below it.

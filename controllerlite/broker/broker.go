@@ -3,8 +3,13 @@
 // It wraps mochi-mqtt with the rules of the sync protocol: a TLS listener
 // that requires a client certificate from our CA, the certificate's Common
 // Name as the client's only identity (the MQTT client id must equal it), an
-// ACL that confines a device to <root>/<id>/# and gives the controller
-// <root>/#, and a bolt store in the data directory so that retained messages
+// ACL that lets a device publish only the contract's topics of its own id
+// (retained only where the contract says) and read only its cmd and event,
+// and lets the controller publish commands and read <root>/# (the rule is
+// protocol.MayPublish and protocol.MaySubscribe), limits that keep one
+// client from exhausting the process (protocol.MaxPacketSize, checked before
+// a packet is read; a deadline for the TLS handshake and CONNECT), and a
+// bolt store in the data directory so that retained messages
 // and persistent sessions survive restarts, kill -9 included, and are never
 // expired by age. A client that reconnects under its id, however quickly,
 // starts its new session only once its old connection is torn down (see
@@ -32,6 +37,7 @@ import (
 	"go.etcd.io/bbolt"
 
 	"github.com/thermofleet/thermo/controllerlite/store"
+	"github.com/thermofleet/thermo/protocol"
 	"github.com/thermofleet/thermo/provisioning"
 )
 
@@ -39,6 +45,12 @@ import (
 const (
 	DefaultListen    = ":8883"
 	DefaultTopicRoot = "thermo"
+	// DefaultConnectTimeout bounds the time from accepting a TCP connection
+	// to reading its MQTT CONNECT, TLS handshake included. Every client of
+	// ours sends CONNECT at once; a connection that does not only holds a
+	// goroutine, a socket and buffers, and enough of them exhaust the
+	// controller.
+	DefaultConnectTimeout = 10 * time.Second
 )
 
 // storeFile is the name of the bolt database inside Options.DataDir.
@@ -73,6 +85,11 @@ type Options struct {
 
 	// Logger receives the broker's and mochi's logs; slog.Default() if nil.
 	Logger *slog.Logger
+
+	// ConnectTimeout bounds the TLS handshake and the wait for CONNECT
+	// together: the connection is closed when it passes without a CONNECT.
+	// DefaultConnectTimeout if zero.
+	ConnectTimeout time.Duration
 }
 
 // Broker is the embedded MQTT broker. Create it with New, then Start it;
@@ -109,6 +126,12 @@ func New(opts Options) (*Broker, error) {
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()
 	}
+	if opts.ConnectTimeout == 0 {
+		opts.ConnectTimeout = DefaultConnectTimeout
+	}
+	if opts.ConnectTimeout < 0 {
+		return nil, fmt.Errorf("broker: connect timeout %v is negative", opts.ConnectTimeout)
+	}
 	if opts.CAFile == "" || opts.CertFile == "" || opts.KeyFile == "" {
 		return nil, errors.New("broker: the CA file, certificate file and key file are all required")
 	}
@@ -126,6 +149,12 @@ func New(opts Options) (*Broker, error) {
 	// Sessions of MQTT 3.1.1 clients (no expiry of their own) are kept this
 	// long after disconnecting: about 136 years, that is, forever.
 	caps.MaximumSessionExpiryInterval = math.MaxUint32
+	// mochi's default 0 means unlimited, and it trusts the length a fixed
+	// header announces: five bytes made it allocate 256 MiB for one packet,
+	// before CONNECT. With a limit, mochi (ReadFixedHeader, v2.7.9) closes
+	// the connection as soon as it has read a larger length, before it
+	// allocates the packet; a retained message can never outgrow it either.
+	caps.MaximumPacketSize = protocol.MaxPacketSize
 
 	srv := mqtt.New(&mqtt.Options{
 		Capabilities: caps,
@@ -170,7 +199,7 @@ func (b *Broker) Start() error {
 	if err != nil {
 		return fmt.Errorf("broker: listen on %s: %w", b.opts.Listen, err)
 	}
-	b.ln = newTLSListener(listenerID, raw, b.tls, b.log)
+	b.ln = newTLSListener(listenerID, raw, b.tls, b.opts.ConnectTimeout, b.log)
 	if err := b.serve(); err != nil {
 		b.closeLocked()
 		return err
@@ -238,8 +267,8 @@ func (b *Broker) openStore() error {
 // without this their retained status would say "online" forever.
 func (b *Broker) publishRestoredWills(wills []restoredWill) {
 	for _, w := range wills {
-		if !b.auth.mayAccess(w.client, w.topic) {
-			b.log.Warn("restored will dropped: topic outside the client's namespace", "client", w.client, "topic", w.topic)
+		if !b.auth.mayPublish(w.client, w.topic, w.retain) {
+			b.log.Warn("restored will dropped: not a publish the client may make", "client", w.client, "topic", w.topic, "retain", w.retain)
 			continue
 		}
 		if err := b.srv.Publish(w.topic, w.payload, w.retain, w.qos); err != nil {

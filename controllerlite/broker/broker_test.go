@@ -1,6 +1,7 @@
 package broker
 
 import (
+	"fmt"
 	"strings"
 	"sync"
 	"testing"
@@ -65,6 +66,8 @@ func TestConnectIdentity(t *testing.T) {
 	expiredCert, expiredKey := pki.ExpiredClient(t, "d1")
 	badCert, badKey := pki.ClientWithCN(t, "Bad.ID")
 	inlineCert, inlineKey := pki.ClientWithCN(t, "inline")
+	ctrlBCert, ctrlBKey := pki.ClientWithCN(t, "controller-b")
+	prefixCert, prefixKey := pki.ClientWithCN(t, "controller-")
 
 	tests := []struct {
 		name    string
@@ -85,6 +88,15 @@ func TestConnectIdentity(t *testing.T) {
 			[]string{"connection refused", "not a valid device id"}},
 		{"CN is the reserved inline id", testenv.ClientOptions{CertFile: inlineCert, KeyFile: inlineKey, ClientID: "inline"}, true,
 			[]string{"connection refused", "reserved"}},
+		{"controller process", testenv.ClientOptions{CertFile: ctrlBCert, KeyFile: ctrlBKey}, false, nil},
+		{"CN is a bare controller prefix", testenv.ClientOptions{CertFile: prefixCert, KeyFile: prefixKey, ClientID: "controller-"}, true,
+			[]string{"connection refused", "not a valid device id"}},
+		{"retained will on its telemetry", testenv.ClientOptions{CertFile: d1Cert, KeyFile: d1Key,
+			Will: &testenv.Message{Topic: "thermo/d1/telemetry", Payload: []byte(`{}`), QoS: 0, Retained: true}}, true,
+			[]string{"connection refused", "will topic", "retained true"}},
+		{"will on its own junk topic", testenv.ClientOptions{CertFile: d1Cert, KeyFile: d1Key,
+			Will: &testenv.Message{Topic: "thermo/d1/junk", Payload: []byte(`{}`), QoS: 1}}, true,
+			[]string{"connection refused", "will topic"}},
 		{"will on another device's topic", testenv.ClientOptions{CertFile: d1Cert, KeyFile: d1Key,
 			Will: &testenv.Message{Topic: "thermo/d2/status", Payload: []byte(`{"v":1,"online":false}`), QoS: 1, Retained: true}}, true,
 			[]string{"connection refused", "will topic"}},
@@ -142,39 +154,15 @@ func TestImpostorDoesNotTakeOver(t *testing.T) {
 	}
 }
 
-func TestMayAccess(t *testing.T) {
-	h := newAuthHook("site/thermo", nil)
-	tests := []struct {
-		id, topic string
-		want      bool
-	}{
-		{"d1", "site/thermo/d1", true},
-		{"d1", "site/thermo/d1/cmd", true},
-		{"d1", "site/thermo/d1/#", true},
-		{"d1", "site/thermo/d1/+", true},
-		{"d1", "site/thermo/d10/cmd", false},
-		{"d1", "site/thermo/d1x", false},
-		{"d1", "site/thermo/+/cmd", false},
-		{"d1", "site/thermo/#", false},
-		{"d1", "site/+/d1/cmd", false},
-		{"d1", "+/thermo/d1/cmd", false},
-		{"d1", "#", false},
-		{"d1", "$share/g/site/thermo/d1/cmd", false},
-		{"d1", "thermo/d1/cmd", false},
-		{"controller", "site/thermo", true},
-		{"controller", "site/thermo/#", true},
-		{"controller", "site/thermo/+/event", true},
-		{"controller", "site/#", false},
-		{"controller", "site/thermostat/x", false},
-		{"controller", "#", false},
-		{"inline", "site/thermo/inline/cmd", false},
-		{"Bad", "site/thermo/Bad/cmd", false},
-		{"", "site/thermo//cmd", false},
+// TestReservedIDs: the broker's own reserved ids get no rights, whatever
+// the protocol's rule says of them.
+func TestReservedIDs(t *testing.T) {
+	h := newAuthHook("thermo", nil)
+	if h.mayPublish("inline", "thermo/inline/event", true) || h.maySubscribe("inline", "thermo/inline/cmd") {
+		t.Error("the reserved id inline has rights")
 	}
-	for _, tc := range tests {
-		if got := h.mayAccess(tc.id, tc.topic); got != tc.want {
-			t.Errorf("mayAccess(%q, %q) = %v, want %v", tc.id, tc.topic, got, tc.want)
-		}
+	if !h.mayPublish("d1", "thermo/d1/event", true) || !h.maySubscribe("d1", "thermo/d1/cmd") {
+		t.Error("device d1 has no rights")
 	}
 }
 
@@ -183,6 +171,8 @@ func TestSubscribeACL(t *testing.T) {
 	tb := startBroker(t, pki, "", nil)
 	d1 := pki.Connect(t, tb.url, "d1")
 	ctrl := pki.Connect(t, tb.url, "controller")
+	bCert, bKey := pki.ClientWithCN(t, "controller-b")
+	ctrlB := testenv.Connect(t, tb.url, testenv.ClientOptions{CAFile: pki.CAFile, CertFile: bCert, KeyFile: bKey})
 
 	tests := []struct {
 		client  *testenv.Client
@@ -190,10 +180,14 @@ func TestSubscribeACL(t *testing.T) {
 		filter  string
 		allowed bool
 	}{
-		{d1, "d1", "thermo/d1/#", true},
 		{d1, "d1", "thermo/d1/cmd", true},
-		{d1, "d1", "thermo/d1/+", true},
-		{d1, "d1", "thermo/d1", true},
+		{d1, "d1", "thermo/d1/event", true}, // rejoining: its own retained event
+		{d1, "d1", "thermo/d1/#", false},
+		{d1, "d1", "thermo/d1/+", false},
+		{d1, "d1", "thermo/d1", false},
+		{d1, "d1", "thermo/d1/status", false},
+		{d1, "d1", "thermo/d1/telemetry", false},
+		{d1, "d1", "thermo/d1/junk/#", false},
 		{d1, "d1", "thermo/d2/cmd", false},
 		{d1, "d1", "thermo/d10/cmd", false},
 		{d1, "d1", "thermo/+/cmd", false},
@@ -209,6 +203,8 @@ func TestSubscribeACL(t *testing.T) {
 		{ctrl, "controller", "+/d1/cmd", false},
 		{ctrl, "controller", "other/#", false},
 		{ctrl, "controller", "thermostat/#", false},
+		{ctrlB, "controller-b", "thermo/#", true},
+		{ctrlB, "controller-b", "#", false},
 	}
 	for _, tc := range tests {
 		t.Run(tc.who+" "+tc.filter, func(t *testing.T) {
@@ -238,9 +234,11 @@ func TestForbiddenPublishIsAckedAndDropped(t *testing.T) {
 	d1 := pki.Connect(t, tb.url, "d1")
 	d2 := pki.Connect(t, tb.url, "d2")
 	ctrl := pki.Connect(t, tb.url, "controller")
-	d2.Subscribe(t, "thermo/d2/#", 1)
+	d2.Subscribe(t, "thermo/d2/cmd", 1)
+	d2.Subscribe(t, "thermo/d2/event", 1)
 	ctrl.Subscribe(t, "thermo/#", 1)
 	inline := subscribe(t, tb.Broker, "thermo/#")
+	d1.Subscribe(t, "thermo/d1/cmd", 1)
 
 	tests := []struct {
 		topic  string
@@ -253,10 +251,19 @@ func TestForbiddenPublishIsAckedAndDropped(t *testing.T) {
 		{"thermo/d2/status", 1, true},
 		{"thermo/status", 1, true},
 		{"other/d1/event", 1, true},
+		// Its own id, but not the contract's topics or not retained.
+		{"thermo/d1/cmd", 1, true},
+		{"thermo/d1/cmd", 1, false},
+		{"thermo/d1/telemetry", 1, true},
+		{"thermo/d1/junk", 1, true},
+		{"thermo/d1/junk/1", 1, true},
+		{"thermo/d1/junk/2", 0, false},
+		{"thermo/d1/event/x", 1, true},
+		{"thermo/d1", 1, true},
 	}
 	for i, tc := range tests {
 		d1.Publish(t, tc.topic, tc.qos, tc.retain, []byte("forbidden"))
-		tb.log.waitFor(t, "publish dropped", "client=d1", "topic="+tc.topic, "qos="+string('0'+rune(tc.qos)))
+		tb.log.waitFor(t, "publish dropped", "client=d1", fmt.Sprintf("topic=%s qos=%d retain=%v", tc.topic, tc.qos, tc.retain))
 		// d1's messages are handled in order: once its next, allowed,
 		// message is delivered, the forbidden one would have been too.
 		marker := "marker " + string('a'+rune(i))
@@ -276,6 +283,9 @@ func TestForbiddenPublishIsAckedAndDropped(t *testing.T) {
 	}
 	if msgs := d2.Messages(); len(msgs) != 0 {
 		t.Errorf("d2 received %+v", msgs)
+	}
+	if msgs := d1.Messages(); len(msgs) != 0 {
+		t.Errorf("d1 received %+v", msgs)
 	}
 	// Nothing forbidden was retained.
 	late := subscribe(t, tb.Broker, "thermo/#")
@@ -300,8 +310,8 @@ func TestDeliveryACL(t *testing.T) {
 	ctrl := pki.Connect(t, tb.url, "controller")
 	d1 := pki.Connect(t, tb.url, "d1")
 	d2 := pki.Connect(t, tb.url, "d2")
-	d1.Subscribe(t, "thermo/d1/#", 1)
-	d2.Subscribe(t, "thermo/d2/#", 1)
+	d1.Subscribe(t, "thermo/d1/cmd", 1)
+	d2.Subscribe(t, "thermo/d2/cmd", 1)
 	ctrl.Subscribe(t, "thermo/+/event", 1)
 
 	ctrl.Publish(t, "thermo/d1/cmd", 1, true, []byte("for d1"))
@@ -325,7 +335,8 @@ func TestDeliveryACL(t *testing.T) {
 	// A new session of d1 gets its retained command, flagged retained,
 	// and nothing of d2's.
 	d1b := pki.Connect(t, tb.url, "d1")
-	d1b.Subscribe(t, "thermo/d1/#", 1)
+	d1b.Subscribe(t, "thermo/d1/cmd", 1)
+	d1b.Subscribe(t, "thermo/d1/event", 1)
 	m, _ := d1b.WaitPayload(t, "thermo/d1/cmd", "for d1")
 	if !m.Retained {
 		t.Error("retained command delivered without the retain flag")

@@ -131,15 +131,18 @@ type testBroker struct {
 // setup, if not nil, runs between New and Start.
 func startBroker(t *testing.T, pki *testenv.PKI, dir string, setup func(*Broker)) *testBroker {
 	t.Helper()
+	return startBrokerWith(t, pki, Options{DataDir: dir}, setup)
+}
+
+// startBrokerWith is startBroker with more options: the listener, the
+// credentials of pki and the logger are set here.
+func startBrokerWith(t *testing.T, pki *testenv.PKI, o Options, setup func(*Broker)) *testBroker {
+	t.Helper()
 	rec := newLogRecorder()
-	b, err := New(Options{
-		Listen:   "127.0.0.1:0",
-		CAFile:   pki.CAFile,
-		CertFile: pki.ServerCert,
-		KeyFile:  pki.ServerKey,
-		DataDir:  dir,
-		Logger:   slog.New(rec),
-	})
+	o.Listen = "127.0.0.1:0"
+	o.CAFile, o.CertFile, o.KeyFile = pki.CAFile, pki.ServerCert, pki.ServerKey
+	o.Logger = slog.New(rec)
+	b, err := New(o)
 	if err != nil {
 		t.Fatalf("New: %v", err)
 	}

@@ -3,28 +3,32 @@ package broker
 import (
 	"context"
 	"crypto/tls"
+	"errors"
 	"log/slog"
 	"net"
+	"os"
+	"strings"
 	"sync"
 	"time"
 
 	"github.com/mochi-mqtt/server/v2/listeners"
-)
+	"github.com/mochi-mqtt/server/v2/packets"
 
-// handshakeTimeout bounds a TLS handshake, so a peer that connects and
-// says nothing does not hold a goroutine forever.
-const handshakeTimeout = 10 * time.Second
+	"github.com/thermofleet/thermo/protocol"
+)
 
 // tlsListener is a mochi listener over a bound TCP socket. Unlike mochi's
 // own listeners it completes the TLS handshake itself (so a refused
 // certificate is logged with its reason before MQTT starts) and tracks the
 // connection goroutines it starts, so Close can wait for them before the
-// store is closed.
+// store is closed. A connection must complete its TLS handshake and send
+// CONNECT within connectTimeout of being accepted.
 type tlsListener struct {
-	id   string
-	raw  net.Listener
-	conf *tls.Config
-	log  *slog.Logger
+	id             string
+	raw            net.Listener
+	conf           *tls.Config
+	connectTimeout time.Duration
+	log            *slog.Logger
 
 	ctx    context.Context // canceled by shutdown: ends pending handshakes
 	cancel context.CancelFunc
@@ -34,9 +38,9 @@ type tlsListener struct {
 	conns  sync.WaitGroup
 }
 
-func newTLSListener(id string, raw net.Listener, conf *tls.Config, log *slog.Logger) *tlsListener {
+func newTLSListener(id string, raw net.Listener, conf *tls.Config, connectTimeout time.Duration, log *slog.Logger) *tlsListener {
 	ctx, cancel := context.WithCancel(context.Background())
-	return &tlsListener{id: id, raw: raw, conf: conf, log: log, ctx: ctx, cancel: cancel}
+	return &tlsListener{id: id, raw: raw, conf: conf, connectTimeout: connectTimeout, log: log, ctx: ctx, cancel: cancel}
 }
 
 // ID, Address, Protocol, Init, Serve and Close implement listeners.Listener.
@@ -78,11 +82,19 @@ func (l *tlsListener) Serve(establish listeners.EstablishFn) {
 	}
 }
 
+// handle runs one connection: the TLS handshake, then mochi. One deadline
+// covers the handshake and the wait for CONNECT: mochi v2.7.9 reads CONNECT
+// with none of its own and replaces the deadline only after it has read
+// CONNECT (with the client's keep-alive), so a peer that connects and says
+// nothing, or stops halfway, is closed after connectTimeout.
 func (l *tlsListener) handle(conn net.Conn, establish listeners.EstablishFn) {
+	if err := conn.SetDeadline(time.Now().Add(l.connectTimeout)); err != nil {
+		l.log.Warn("connection dropped: cannot set its connect deadline", "remote", conn.RemoteAddr().String(), "error", err)
+		conn.Close()
+		return
+	}
 	tc := tls.Server(conn, l.conf)
-	ctx, cancel := context.WithTimeout(l.ctx, handshakeTimeout)
-	err := tc.HandshakeContext(ctx)
-	cancel()
+	err := tc.HandshakeContext(l.ctx) // l.ctx ends pending handshakes at shutdown
 	if err == nil && l.isClosed() {
 		tc.Close()
 		return
@@ -92,10 +104,22 @@ func (l *tlsListener) handle(conn net.Conn, establish listeners.EstablishFn) {
 		tc.Close()
 		return
 	}
-	if err := establish(l.id, tc); err != nil {
+	err = establish(l.id, tc)
+	switch {
+	case err == nil:
+	case errors.Is(err, packets.ErrPacketTooLarge):
+		l.log.Warn("connection closed: packet over the size limit", "remote", conn.RemoteAddr().String(), "limit", protocol.MaxPacketSize)
+	case errors.Is(err, os.ErrDeadlineExceeded) && strings.HasPrefix(err.Error(), connectReadError):
+		l.log.Warn("connection closed: no CONNECT within the connect timeout", "remote", conn.RemoteAddr().String(), "timeout", l.connectTimeout)
+	default:
 		l.log.Debug("client connection ended", "remote", conn.RemoteAddr().String(), "error", err)
 	}
 }
+
+// connectReadError begins the error mochi v2.7.9 returns when it could not
+// read a connection's CONNECT (server.go, attachClient); later errors
+// (keep-alive expiry and the like) are logged with the client's disconnect.
+const connectReadError = "read connection:"
 
 // Close stops accepting and disconnects the listener's clients.
 func (l *tlsListener) Close(closeClients listeners.CloseFn) {

@@ -49,6 +49,8 @@ type MosquittoOptions struct {
 	Verbose bool
 	// Global holds extra configuration lines placed before the listener.
 	Global []string
+	// Controllers are further controller CNs (controller-NAME) for the ACL.
+	Controllers []string
 }
 
 // Mosquitto is a real Mosquitto broker run by a test with the configuration
@@ -144,6 +146,7 @@ func (m *Mosquitto) writeConfig(pki *PKI, o MosquittoOptions) error {
 		CertFile:    pki.ServerCert,
 		KeyFile:     pki.ServerKey,
 		TopicRoot:   o.TopicRoot,
+		Controllers: o.Controllers,
 		Global:      global,
 	})
 	return err
@@ -241,6 +244,16 @@ func (m *Mosquitto) Stop() { m.signal(syscall.SIGSTOP) }
 
 // Cont resumes a broker frozen by Stop.
 func (m *Mosquitto) Cont() { m.signal(syscall.SIGCONT) }
+
+// Pid is the process id of the running broker, 0 when it is not running.
+func (m *Mosquitto) Pid() int {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.proc == nil {
+		return 0
+	}
+	return m.proc.Pid
+}
 
 // Running reports whether the broker process is alive (stopped counts).
 func (m *Mosquitto) Running() bool {

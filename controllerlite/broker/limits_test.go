@@ -1,0 +1,190 @@
+package broker
+
+import (
+	"bytes"
+	"net"
+	"runtime"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/thermofleet/thermo/internal/testenv"
+	"github.com/thermofleet/thermo/protocol"
+)
+
+// allocSlack bounds what the broker (and the test) may allocate while one
+// attack is handled: far below the 256 MiB one oversize header made mochi
+// allocate without a packet size limit.
+const allocSlack = 32 << 20
+
+// totalAlloc is the bytes allocated by the process so far.
+func totalAlloc() uint64 {
+	var m runtime.MemStats
+	runtime.ReadMemStats(&m)
+	return m.TotalAlloc
+}
+
+// TestOversizePacketsRefused: a packet announced over protocol.MaxPacketSize
+// closes the connection as soon as its fixed header is read, before CONNECT
+// or after it, without the broker allocating the announced size, and nothing
+// of it is delivered or retained. The connect timeout is long here, so a
+// prompt close can only come from the size check.
+func TestOversizePacketsRefused(t *testing.T) {
+	pki := testenv.NewPKI(t)
+	tb := startBrokerWith(t, pki, Options{ConnectTimeout: time.Minute}, nil)
+	addr := tb.Addr().String()
+	cert, key := pki.Client(t, "d1")
+
+	// A retained event the attacks below must not replace.
+	d1 := pki.Connect(t, tb.url, "d1")
+	d1.Publish(t, "thermo/d1/event", 1, true, []byte("marker"))
+	inline := subscribe(t, tb.Broker, "thermo/#")
+	inline.waitFor(t, "thermo/d1/event", "marker")
+	d1.Close()
+
+	big := bytes.Repeat([]byte("x"), 100_000)
+	tests := []struct {
+		name    string
+		connect bool   // send CONNECT as d1 first
+		send    []byte // then this
+	}{
+		{"5-byte header before CONNECT", false, testenv.OversizeHeader},
+		{"CONNECT announcing MaxPacketSize bytes", false, testenv.Header(0x10, protocol.MaxPacketSize)},
+		{"PUBLISH header announcing 256 MiB", true, testenv.Header(0x31, 268_435_455)},
+		{"retained PUBLISH of 100 KB", true, testenv.PublishPacket("thermo/d1/event", big, 1, true)},
+		{"PUBLISH of 100 KB", true, testenv.PublishPacket("thermo/d1/telemetry", big, 0, false)},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			runtime.GC()
+			before := totalAlloc()
+			c := pki.DialRawTLS(t, addr, cert, key)
+			if tc.connect {
+				testenv.RawConnect(t, c, "d1")
+			}
+			closed, after := true, time.Duration(0)
+			if err := testenv.RawWriteErr(c, tc.send); err != nil {
+				t.Logf("closed while the packet was sent: %v", err)
+			} else {
+				closed, after = testenv.WaitClosed(c, waitTimeout)
+			}
+			if !closed {
+				t.Errorf("connection still open %v after the oversize packet", after)
+			} else {
+				t.Logf("closed after %v", after)
+			}
+			grew := totalAlloc() - before
+			t.Logf("allocated %d KiB meanwhile", grew>>10)
+			if grew > allocSlack {
+				t.Errorf("the process allocated %d MiB handling it", grew>>20)
+			}
+			tb.log.waitFor(t, "packet over the size limit")
+		})
+	}
+	// Nothing oversize was delivered or retained: the marker stands.
+	for _, m := range inline.all() {
+		if len(m.payload) > protocol.MaxPayload {
+			t.Errorf("delivered: %d bytes on %s", len(m.payload), m.topic)
+		}
+	}
+	late := subscribe(t, tb.Broker, "thermo/#")
+	if got := late.all(); len(got) != 1 || got[0].payload != "marker" {
+		t.Errorf("retained after the attacks: %d messages, want only the marker", len(got))
+	}
+
+	// The limit leaves room for the contract's largest message: a payload
+	// of MaxPayload bytes goes through and is retained.
+	c := pki.DialRawTLS(t, addr, cert, key)
+	testenv.RawConnect(t, c, "d1")
+	full := bytes.Repeat([]byte("f"), protocol.MaxPayload)
+	testenv.RawWrite(t, c, testenv.PublishPacket("thermo/d1/event", full, 1, true))
+	inline.waitFor(t, "thermo/d1/event", string(full))
+}
+
+// TestConnectTimeout: a connection that has not sent a whole CONNECT when
+// the connect timeout passes since it was accepted is closed, whether it
+// stopped before, inside or after the TLS handshake; a client that sent
+// CONNECT stays connected past it.
+func TestConnectTimeout(t *testing.T) {
+	const timeout = 300 * time.Millisecond
+	pki := testenv.NewPKI(t)
+	tb := startBrokerWith(t, pki, Options{ConnectTimeout: timeout}, nil)
+	addr := tb.Addr().String()
+	cert, key := pki.Client(t, "d1")
+
+	tests := []struct {
+		name   string
+		open   func(t *testing.T) net.Conn
+		logged string
+	}{
+		{"TCP, nothing sent", func(t *testing.T) net.Conn {
+			return testenv.DialTCP(t, addr)
+		}, "TLS handshake failed"},
+		{"TCP, part of a ClientHello", func(t *testing.T) net.Conn {
+			c := testenv.DialTCP(t, addr)
+			testenv.RawWrite(t, c, []byte{0x16, 0x03, 0x01, 0x02})
+			return c
+		}, "TLS handshake failed"},
+		{"TLS, nothing sent", func(t *testing.T) net.Conn {
+			return pki.DialRawTLS(t, addr, cert, key)
+		}, "no CONNECT within the connect timeout"},
+		{"TLS, one byte of CONNECT", func(t *testing.T) net.Conn {
+			c := pki.DialRawTLS(t, addr, cert, key)
+			testenv.RawWrite(t, c, []byte{0x10})
+			return c
+		}, "no CONNECT within the connect timeout"},
+		{"TLS, part of a CONNECT", func(t *testing.T) net.Conn {
+			c := pki.DialRawTLS(t, addr, cert, key)
+			testenv.RawWrite(t, c, append(testenv.Header(0x10, 20), 0, 4, 'M'))
+			return c
+		}, "no CONNECT within the connect timeout"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			start := time.Now()
+			c := tc.open(t)
+			closed, _ := testenv.WaitClosed(c, waitTimeout)
+			after := time.Since(start)
+			if !closed {
+				t.Fatalf("connection still open after %v", after)
+			}
+			if after < timeout*9/10 {
+				t.Errorf("closed after %v, before the %v timeout", after, timeout)
+			}
+			tb.log.waitFor(t, tc.logged)
+		})
+	}
+
+	t.Run("CONNECT sent in time", func(t *testing.T) {
+		c := pki.DialRawTLS(t, addr, cert, key)
+		testenv.RawConnect(t, c, "d1")
+		// Well past the connect timeout, the connection is still open:
+		// the client's keep-alive (30 s) rules it now.
+		if closed, after := testenv.WaitClosed(c, 3*timeout); closed {
+			t.Fatalf("a connected client was closed after %v", after)
+		}
+		if err := testenv.RawPing(c); err != nil {
+			t.Fatal(err)
+		}
+	})
+}
+
+// TestConnectTimeoutDefault: 10 s unless set, and never negative.
+func TestConnectTimeoutDefault(t *testing.T) {
+	pki := testenv.NewPKI(t)
+	o := Options{CAFile: pki.CAFile, CertFile: pki.ServerCert, KeyFile: pki.ServerKey}
+	b, err := New(o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b.opts.ConnectTimeout != 10*time.Second || DefaultConnectTimeout != 10*time.Second {
+		t.Errorf("connect timeout %v, want 10 s", b.opts.ConnectTimeout)
+	}
+	o.ConnectTimeout = -time.Second
+	if _, err := New(o); err == nil || !strings.Contains(err.Error(), "negative") {
+		t.Errorf("New with a negative connect timeout: %v", err)
+	}
+	if caps := capabilities(t); caps.MaximumPacketSize != protocol.MaxPacketSize {
+		t.Errorf("mochi's MaximumPacketSize %d, want %d", caps.MaximumPacketSize, protocol.MaxPacketSize)
+	}
+}
