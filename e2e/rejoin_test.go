@@ -212,7 +212,7 @@ func TestControllerRebuildsFromRetained(t *testing.T) {
 		}
 		// d1's old Command (18@cmd) and its Event (23@devStamp) were read
 		// back as receives; they are concurrent and the device's value stood.
-		w.logs.wait(t, mark, "who=controller", `msg="message applied"`, "topic=thermo/d1/", "conflicts=[setpoint_c]")
+		w.logs.wait(t, mark, "who=controller", `msg="message applied"`, "topic=thermo/d1/", `conflicts="[preset setpoint_c]"`)
 		c := w.mustCtl("d1")
 		if sp, w := setpoint(c.Props); sp != 23 || w != devStamp {
 			t.Fatalf("rebuilt d1 setpoint %v@%v, want the device's 23@%v", sp, w, devStamp)
