@@ -655,17 +655,21 @@ func (a *Agent) receive(tm transport.Message) {
 		return
 	}
 	switch {
-	case out.Duplicate:
-		a.counters.duplicates.Add(1)
-		a.log.Debug("duplicate ignored", "topic", tm.Topic, "vc", m.VC, "clock", a.dev.Clock())
 	case kind == protocol.KindEvent:
+		// Even a duplicate (older than a Command merged before it) ends
+		// the rejoin.
 		a.log.Info("rejoin: own retained event received", "vc", m.VC, "retained", tm.Retained)
+	case out.Duplicate:
 	case len(out.Applied) > 0:
 		a.counters.applied.Add(1)
 		a.log.Info("command applied", "vc", m.VC, "applied", out.Applied, "kept", out.Kept, "src", m.Src, "retained", tm.Retained)
 	case len(out.Kept) > 0:
 		a.counters.discarded.Add(1)
 		a.log.Info("command discarded: the device's values stand", "vc", m.VC, "kept", out.Kept, "conflicts", out.Conflicts)
+	}
+	if out.Duplicate {
+		a.counters.duplicates.Add(1)
+		a.log.Debug("duplicate ignored", "topic", tm.Topic, "vc", m.VC, "clock", a.dev.Clock())
 	}
 }
 
