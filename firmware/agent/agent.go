@@ -73,7 +73,8 @@ type Conn interface {
 }
 
 // Store persists the device state; *state.Store is one. Save must be
-// atomic and durable when it returns.
+// atomic and durable when it returns, and a Save that fails must leave
+// the stored state as it was: the agent then rolls back to it.
 type Store interface {
 	Save(protocol.DeviceState) error
 }
