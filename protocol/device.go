@@ -68,6 +68,17 @@ func RestoreDevice(st DeviceState) *Device {
 	return &Device{st: st}
 }
 
+// Rollback returns the device to st, a state it persisted earlier,
+// keeping whether it is online. The firmware calls it when it cannot
+// persist what a call changed: the change is then undone rather than kept
+// in memory only, so nothing is sent that a restart would contradict, and
+// a local write made while connected still goes out at once afterwards.
+func (d *Device) Rollback(st DeviceState) {
+	online := d.online
+	*d = *RestoreDevice(st)
+	d.online = online
+}
+
 func cloneState(st DeviceState) DeviceState {
 	if st.Replica != nil {
 		st.Replica = st.Replica.Clone()

@@ -182,3 +182,50 @@ func TestControllerResyncsWhenBehind(t *testing.T) {
 		t.Fatalf("behind: outcome %+v, answer %v", out, m)
 	}
 }
+
+// TestDeviceRollback: a device returned to a state it saved has that
+// state again, not a shared copy of it, and stays online: its next local
+// write is sent at once.
+func TestDeviceRollback(t *testing.T) {
+	d, err := NewDevice(map[string]any{PropSetpoint: 20.0, PropMode: "off"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	d.Connect()
+	d.ReceiveCommand(mustMsg(t, `{"v":1,"vc":[1,0],"props":{},"src":"controller"}`), false) // live: ends the rejoin
+	saved := d.State()
+
+	for _, tc := range []struct {
+		name   string
+		change func(t *testing.T)
+	}{
+		{"local write", func(t *testing.T) {
+			if _, err := d.LocalWrite(map[string]any{PropSetpoint: 25.0}, SrcLocal); err != nil {
+				t.Fatal(err)
+			}
+		}},
+		{"command", func(t *testing.T) {
+			d.ReceiveCommand(mustMsg(t, `{"v":1,"vc":[9,0],"props":{"mode":{"val":"heat","w":[9,0]}},"src":"controller"}`), true)
+		}},
+		{"connect event", func(t *testing.T) { d.Connect() }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			tc.change(t)
+			if d.Clock() == saved.Replica.VC {
+				t.Fatal("the change did not move the clock")
+			}
+			d.Rollback(saved)
+			if d.Clock() != saved.Replica.VC || d.Props()[PropSetpoint].Val != 20.0 || d.Props()[PropMode].Val != "off" {
+				t.Fatalf("after rollback: clock %v props %v, want %v %v", d.Clock(), d.Props(), saved.Replica.VC, saved.Replica.Props)
+			}
+			m, err := d.LocalWrite(map[string]any{PropMode: "cool"}, SrcLocal)
+			if err != nil || m == nil {
+				t.Fatalf("local write after rollback = %v, %v; want it sent at once (still online)", m, err)
+			}
+			if saved.Replica.Props[PropMode].Val != "off" {
+				t.Fatal("the rolled-back device shares its state with the saved copy")
+			}
+			d.Rollback(saved)
+		})
+	}
+}

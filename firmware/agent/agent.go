@@ -11,9 +11,18 @@
 // is slow to acknowledge never delays a local change, and an older Event
 // can never land on the broker after a newer one (the broker retains the
 // last one it got, and a rejoining device trusts it).
+//
+// A state that cannot be saved (a full or read-only disk) never stops the
+// agent, and so never the heating: whatever needed saving is undone, the
+// device goes on with its last saved state (the control loop with its
+// settings, frost protection included), a local change is refused with
+// the reason, nothing that depends on the unsaved state is sent, and the
+// storage_error alert is raised. Saving is tried again, and once it works
+// the device catches up with what it refused (see resync).
 package agent
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -37,7 +46,22 @@ import (
 const (
 	DefaultTelemetryInterval = 30 * time.Second
 	DefaultSyncTimeout       = 10 * time.Second
+	DefaultSaveRetry         = 30 * time.Second
 )
+
+// firstSaveRetry is the wait before the first new attempt to save a state
+// that could not be saved; the waits double up to Config.SaveRetry.
+const firstSaveRetry = time.Second
+
+// saveErrorLogEvery bounds the ERROR lines about a state that cannot be
+// saved: a full disk must not fill the journal too. Each line counts the
+// failures since the previous one.
+const saveErrorLogEvery = time.Minute
+
+// ErrNotSaved is wrapped by the error of a change refused because the
+// state could not be saved; the error wraps the store's error too (such as
+// syscall.ENOSPC or syscall.EROFS).
+var ErrNotSaved = errors.New("refused: the thermostat cannot save its state, and keeps running on its last saved settings")
 
 // Conn is the broker connection the agent uses; *transport.Client is one.
 // Subscriptions are kept across reconnects by the connection itself.
@@ -49,7 +73,8 @@ type Conn interface {
 }
 
 // Store persists the device state; *state.Store is one. Save must be
-// atomic and durable when it returns.
+// atomic and durable when it returns, and a Save that fails must leave
+// the stored state as it was: the agent then rolls back to it.
 type Store interface {
 	Save(protocol.DeviceState) error
 }
@@ -70,8 +95,14 @@ type Config struct {
 	Thermostat        Thermostat
 	TelemetryInterval time.Duration // DefaultTelemetryInterval when 0
 	SyncTimeout       time.Duration // DefaultSyncTimeout when 0
-	// Clock drives the telemetry interval and the sync timeout; the wall
-	// clock when nil.
+	// SaveRetry is the longest wait between attempts to save a state that
+	// could not be saved (DefaultSaveRetry when 0). The attempts start a
+	// second apart and the waits double, so a disk that has room again a
+	// moment later is noticed at once, and one that stays full costs one
+	// write attempt every SaveRetry.
+	SaveRetry time.Duration
+	// Clock drives the telemetry interval, the sync timeout, the save
+	// retries and the rate of save error lines; the wall clock when nil.
 	Clock  hal.Clock
 	Logger *slog.Logger
 }
@@ -96,15 +127,20 @@ type Agent struct {
 	root  string
 
 	// Owned by the Run goroutine.
-	dev       *protocol.Device
-	lastSaved []byte
+	dev *protocol.Device
+	// saved is what a restart would resume from, and what an operation
+	// whose state cannot be saved is rolled back to. On a first boot
+	// whose state was never saved, it is the fresh state: a restart would
+	// start from that too.
+	saved     protocol.DeviceState
+	lastSaved []byte // saved as JSON; nil while nothing is on disk
+	storage   storageState
 	syncTimer hal.Timer
 	conn      Conn
 
 	ops     opQueue
 	out     outbox
 	stopped chan struct{} // closed when Run returns
-	fatal   error         // set before stopped is closed
 
 	// view is a copy of what Status reports, updated by Run after each
 	// operation, so Status never waits for Run.
@@ -121,6 +157,17 @@ type Agent struct {
 	}
 }
 
+// storageState follows a state that cannot be saved, on the Run
+// goroutine.
+type storageState struct {
+	failing  bool
+	since    time.Time // of the first failure of this spell
+	retry    hal.Timer // the next attempt, while failing
+	retries  int       // attempts by the retry timer in this spell
+	failures int       // failed saves not yet counted in an ERROR line
+	lastLog  time.Time // of the last ERROR line
+}
+
 type view struct {
 	props     protocol.Props
 	pending   map[string]any
@@ -134,7 +181,9 @@ type view struct {
 // starting from nothing (a first boot or a wiped state directory): it then
 // rejoins as PROTOCOL.md describes, with control.DefaultSettings until it
 // learns better. The first-boot state is saved at once, so a crash during
-// the rejoin resumes it.
+// the rejoin resumes it. If it cannot be saved, the agent still starts (the
+// thermostat heats on the defaults), raises storage_error, and neither
+// applies nor sends anything until the state can be saved.
 func New(cfg Config, stored *protocol.DeviceState) (*Agent, error) {
 	if err := protocol.CheckDeviceID(cfg.ID); err != nil {
 		return nil, fmt.Errorf("agent: %w", err)
@@ -154,6 +203,9 @@ func New(cfg Config, stored *protocol.DeviceState) (*Agent, error) {
 	if cfg.SyncTimeout <= 0 {
 		cfg.SyncTimeout = DefaultSyncTimeout
 	}
+	if cfg.SaveRetry <= 0 {
+		cfg.SaveRetry = DefaultSaveRetry
+	}
 	if cfg.Clock == nil {
 		cfg.Clock = hal.SystemClock{}
 	}
@@ -171,8 +223,6 @@ func New(cfg Config, stored *protocol.DeviceState) (*Agent, error) {
 		stopped: make(chan struct{}),
 		alerts:  alert.New(cfg.Clock.Now),
 	}
-	// A new or cleared alert goes out at once, not at the next interval.
-	a.alerts.OnChange(func() { a.queueTelemetry(a.cfg.Thermostat.Snapshot()) })
 	if stored == nil {
 		d := control.DefaultSettings
 		dev, err := protocol.NewDevice(map[string]any{
@@ -192,9 +242,15 @@ func New(cfg Config, stored *protocol.DeviceState) (*Agent, error) {
 			a.log.Warn("resuming an unfinished rejoin")
 		}
 	}
-	if err := a.persist(); err != nil {
-		return nil, err
-	}
+	a.saved = a.dev.State()
+	// A failure is reported (the alert, a log line) and retried by Run;
+	// there is nothing to roll back.
+	_ = a.persist()
+	// Registered only now: the control loop may not exist before New
+	// returns, and the first save's alert goes out with the first
+	// telemetry anyway. From now on a new or cleared alert goes out at
+	// once, not at the next interval.
+	a.alerts.OnChange(func() { a.queueTelemetry(a.cfg.Thermostat.Snapshot()) })
 	a.updateView()
 	return a, nil
 }
@@ -232,9 +288,10 @@ func (a *Agent) Farewell() *transport.Message { return a.Will() }
 
 // Run owns the protocol state until ctx is done. It subscribes conn to the
 // device's cmd topic (and its own event topic while rejoining), and
-// publishes on conn. It returns nil when ctx is done, and an error when the
-// state cannot be saved: nothing that depends on unsaved state is sent,
-// and the caller should exit so a restart resumes from what was saved.
+// publishes on conn. It returns nil when ctx is done, and nothing else
+// stops it: a state that cannot be saved is reported, retried and caught
+// up with (see the package comment), because stopping would leave the
+// heating off for as long as the disk stays full.
 func (a *Agent) Run(ctx context.Context, conn Conn) error {
 	a.conn = conn
 	defer close(a.stopped)
@@ -259,23 +316,25 @@ func (a *Agent) Run(ctx context.Context, conn Conn) error {
 	telemetry := a.clock.NewTimer(a.cfg.TelemetryInterval)
 	defer func() { telemetry.Stop() }()
 	for {
-		var syncC <-chan time.Time
+		var syncC, retryC <-chan time.Time
 		if a.syncTimer != nil {
 			syncC = a.syncTimer.C()
 		}
+		if a.storage.retry != nil {
+			retryC = a.storage.retry.C()
+		}
 		select {
 		case <-ctx.Done():
-			a.fail(nil)
-			if a.syncTimer != nil {
-				a.syncTimer.Stop()
+			a.ops.close()
+			for _, t := range []hal.Timer{a.syncTimer, a.storage.retry} {
+				if t != nil {
+					t.Stop()
+				}
 			}
 			return nil
 		case <-a.ops.wake:
 			for _, op := range a.ops.take() {
-				if err := op(); err != nil {
-					a.fail(err)
-					return err
-				}
+				op()
 			}
 		case <-telemetry.C():
 			telemetry = a.clock.NewTimer(a.cfg.TelemetryInterval)
@@ -286,33 +345,23 @@ func (a *Agent) Run(ctx context.Context, conn Conn) error {
 				a.log.Warn("rejoin: nothing heard from the controller or the broker in time; resuming with what the device has",
 					"sync_timeout", a.cfg.SyncTimeout)
 				if err := a.after(a.dev.SyncTimeout()); err != nil {
-					a.fail(err)
-					return err
+					a.log.Warn("rejoin: the state cannot be saved, so the device keeps waiting; the wait starts again once it can", "err", err)
 				}
 			}
+		case <-retryC:
+			a.retrySave()
 		}
 	}
 }
 
-// fail records why Run stopped and drops every queued operation; their
-// waiters see stopped.
-func (a *Agent) fail(err error) {
-	a.fatal = err
-	a.ops.close()
-}
+// errStopped is returned to callers of an agent whose Run has returned.
+var errStopped = errors.New("agent stopped")
 
 // do runs f on the Run goroutine and waits for it.
 func (a *Agent) do(ctx context.Context, f func() error) error {
 	done := make(chan error, 1)
-	if !a.ops.push(func() error {
-		err := f()
-		done <- err
-		if errors.Is(err, errFatal) {
-			return err
-		}
-		return nil
-	}) {
-		return a.stopErr()
+	if !a.ops.push(func() { done <- f() }) {
+		return errStopped
 	}
 	select {
 	case err := <-done:
@@ -323,53 +372,147 @@ func (a *Agent) do(ctx context.Context, f func() error) error {
 			return err
 		default:
 		}
-		return a.stopErr()
+		return errStopped
 	case <-ctx.Done():
 		return ctx.Err()
 	}
 }
 
-func (a *Agent) stopErr() error {
-	select {
-	case <-a.stopped:
-		if a.fatal != nil {
-			return fmt.Errorf("agent stopped: %w", a.fatal)
-		}
-	default:
-	}
-	return errors.New("agent stopped")
-}
-
-// errFatal marks errors after which Run must stop: the state could not be
-// saved.
-var errFatal = errors.New("state not saved")
-
-// persist saves the state if it changed since the last save.
+// persist saves the state if it changed since the last save. If the save
+// fails it reports the fault and returns an error wrapping ErrNotSaved; the
+// caller must then undo what it did (rollback), since nothing that is not
+// saved may be sent or kept.
 func (a *Agent) persist() error {
 	st := a.dev.State()
 	b, err := json.Marshal(st)
 	if err != nil {
-		return fmt.Errorf("%w: %v", errFatal, err)
+		return a.saveFailed(fmt.Errorf("encode state: %w", err))
 	}
-	if string(b) == string(a.lastSaved) {
+	if a.lastSaved != nil && bytes.Equal(b, a.lastSaved) {
 		return nil
 	}
+	return a.save(st, b)
+}
+
+// save writes st, which b encodes, and keeps it as the state to roll back
+// to.
+func (a *Agent) save(st protocol.DeviceState, b []byte) error {
 	if err := a.cfg.Store.Save(st); err != nil {
-		a.log.Error("saving the state failed; stopping before anything that depends on it is sent", "err", err)
-		return fmt.Errorf("%w: %v", errFatal, err)
+		return a.saveFailed(err)
 	}
-	a.lastSaved = b
+	a.saved, a.lastSaved = st, b
+	a.saveWorks()
 	return nil
+}
+
+// saveFailed reports a failed save: the storage_error alert with the
+// error, an ERROR line at most once a minute (counting the failures since
+// the previous one), and a retry on the agent's clock, so the thermostat
+// resumes by itself once the disk has room. It returns err wrapped in
+// ErrNotSaved.
+func (a *Agent) saveFailed(err error) error {
+	now := a.clock.Now()
+	st := &a.storage
+	if !st.failing {
+		st.failing, st.since, st.retries = true, now, 0
+	}
+	st.failures++
+	a.alerts.Raise(protocol.AlertStorageError, err.Error())
+	if st.lastLog.IsZero() || now.Sub(st.lastLog) >= saveErrorLogEvery {
+		a.log.Error("cannot save the state: changes are refused and nothing that depends on them is sent; the thermostat keeps running on its last saved settings and tries again",
+			"err", err, "failures", st.failures, "failing_since", st.since, "retry_every", a.cfg.SaveRetry)
+		st.lastLog, st.failures = now, 0
+	}
+	if st.retry == nil {
+		st.retry = a.clock.NewTimer(min(firstSaveRetry<<min(st.retries, 16), a.cfg.SaveRetry))
+	}
+	return fmt.Errorf("%w: %w", ErrNotSaved, err)
+}
+
+// saveWorks ends a spell of failed saves: the alert is cleared and the
+// device catches up with what it refused meanwhile (resync, queued after
+// the operation in progress).
+func (a *Agent) saveWorks() {
+	st := &a.storage
+	if !st.failing {
+		return
+	}
+	a.log.Info("the state is saved again: changes are accepted; catching up with what was refused",
+		"failing_since", st.since, "failures_not_logged", st.failures)
+	if st.retry != nil {
+		st.retry.Stop()
+	}
+	*st = storageState{lastLog: st.lastLog}
+	a.alerts.Clear(protocol.AlertStorageError)
+	a.ops.push(a.resync)
+}
+
+// retrySave is the retry timer's attempt: it saves the device's state,
+// which while saves fail is the last saved one (or, on a first boot, the
+// fresh one), even though it did not change: the point is to learn whether
+// the disk takes it now.
+func (a *Agent) retrySave() {
+	a.storage.retry = nil
+	a.storage.retries++
+	st := a.dev.State()
+	b, err := json.Marshal(st)
+	if err != nil {
+		_ = a.saveFailed(fmt.Errorf("encode state: %w", err))
+		return
+	}
+	_ = a.save(st, b)
+}
+
+// rollback undoes what the operation in progress did to the device once
+// its state could not be saved. The device, the status view and the
+// control loop return to the last saved state (undoing a button change the
+// loop made by itself too), so the thermostat runs on what a restart would
+// resume from, and the device stays online: its next local write is still
+// sent at once.
+func (a *Agent) rollback() {
+	a.dev.Rollback(a.saved)
+	a.updateView()
+	eff := settingsOf(a.dev.Effective())
+	if err := a.cfg.Thermostat.SetSettings(eff); err != nil {
+		a.log.Error("the control loop refused the saved settings", "settings", eff, "err", err)
+	}
+}
+
+// resync catches up once the state can be saved again. What was refused
+// meanwhile was not applied, so the device announces its state again (an
+// Event, as on a connect: the one a failed connect could not send) and
+// subscribes again to its cmd topic (and its own event topic while
+// rejoining), for which the broker delivers the retained Command (and
+// Event) once more. Offline it does nothing: the next connect does the
+// same.
+func (a *Agent) resync() {
+	if !a.connected.Load() || a.storage.failing {
+		return
+	}
+	m := a.dev.Connect()
+	if a.dev.Rejoining() && a.syncTimer == nil {
+		a.syncTimer = a.clock.NewTimer(a.cfg.SyncTimeout)
+	}
+	if err := a.after(m); err != nil {
+		return // failing again: the next success resyncs
+	}
+	a.out.push(action{kind: actSubscribe, topic: a.Topic(protocol.KindCmd)})
+	if a.dev.Rejoining() {
+		a.out.push(action{kind: actSubscribe, topic: a.Topic(protocol.KindEvent)})
+	}
 }
 
 // after finishes an operation on the device: it saves the state, brings
 // the thermostat and the status view up to date, and only then queues the
 // message the device wants sent. That order is the protocol's rule (nothing
 // is sent that a restart could contradict) and means that whoever sees the
-// message finds the device already running with what it says.
+// message finds the device already running with what it says. If the
+// state cannot be saved, the operation is rolled back and its error
+// (wrapping ErrNotSaved) returned.
 func (a *Agent) after(m *protocol.Message) error {
 	wasRejoining := a.view.rejoining
 	if err := a.persist(); err != nil {
+		a.rollback()
 		return err
 	}
 	a.updateView()
@@ -379,9 +522,7 @@ func (a *Agent) after(m *protocol.Message) error {
 		a.log.Error("the control loop refused the stored settings", "settings", eff, "err", err)
 	}
 	if m != nil {
-		if err := a.queueEvent(*m); err != nil {
-			return err
-		}
+		a.queueEvent(*m)
 	}
 	if wasRejoining && !a.dev.Rejoining() {
 		a.log.Info("rejoin finished", "vc", a.dev.Clock(), "props", propsLog(a.dev.Props()))
@@ -390,13 +531,15 @@ func (a *Agent) after(m *protocol.Message) error {
 	return nil
 }
 
-func (a *Agent) queueEvent(m protocol.Message) error {
+// queueEvent queues m for the publisher. One that cannot be encoded is a
+// bug: it is logged and left out (the next connect sends the full state).
+func (a *Agent) queueEvent(m protocol.Message) {
 	payload, err := m.Encode()
 	if err != nil {
-		return fmt.Errorf("%w: %v", errFatal, err)
+		a.log.Error("event not sent: it cannot be encoded", "vc", m.VC, "err", err)
+		return
 	}
 	a.out.push(action{kind: actEvent, topic: a.Topic(protocol.KindEvent), payload: payload, qos: 1, retain: true, vc: m.VC})
-	return nil
 }
 
 func (a *Agent) updateView() {
@@ -421,7 +564,7 @@ func (a *Agent) updateView() {
 func (a *Agent) Connected(context.Context, *transport.Client) { a.connect() }
 
 func (a *Agent) connect() {
-	a.ops.push(func() error {
+	a.ops.push(func() {
 		a.connected.Store(true)
 		a.out.push(action{kind: actStatus, topic: a.Topic(protocol.KindStatus), payload: protocol.Status{Online: true}.Encode(), qos: 1, retain: true})
 		m := a.dev.Connect()
@@ -432,27 +575,28 @@ func (a *Agent) connect() {
 			a.log.Info("connected; rejoining: waiting for the device's retained event or a live command", "sync_timeout", a.cfg.SyncTimeout)
 		}
 		if err := a.after(m); err != nil {
-			return err
+			// The Event carries a clock tick that must be saved first. The
+			// connection stays: status and telemetry need no saving, and
+			// the Event goes out once the state is saved again (resync).
+			a.log.Warn("connected, but the device's event is not sent: the state cannot be saved", "err", err)
 		}
 		a.queueTelemetry(a.cfg.Thermostat.Snapshot())
-		return nil
 	})
 }
 
 // Disconnected is transport's OnDisconnect: local writes now wait for the
 // next connection.
 func (a *Agent) Disconnected(err error) {
-	a.ops.push(func() error {
+	a.ops.push(func() {
 		a.connected.Store(false)
 		a.dev.Disconnect()
 		a.updateView()
-		return nil
 	})
 }
 
 // Handle is transport's Handler: one message of a subscription.
 func (a *Agent) Handle(m transport.Message) {
-	a.ops.push(func() error { return a.receive(m) })
+	a.ops.push(func() { a.receive(m) })
 }
 
 func (a *Agent) reject(m transport.Message, reason string, args ...any) {
@@ -460,31 +604,37 @@ func (a *Agent) reject(m transport.Message, reason string, args ...any) {
 	a.log.Warn("message rejected", append([]any{"topic", m.Topic, "bytes", len(m.Payload), "reason", reason}, args...)...)
 }
 
-func (a *Agent) receive(tm transport.Message) error {
+// receive handles one message of a subscription. A message whose
+// outcome cannot be saved is not applied: the device keeps its last saved
+// state, sends nothing and acknowledges the delivery all the same (MQTT
+// gives no way to refuse one). It is not lost: the Command and the Event
+// are retained, and the broker delivers them again on the subscription
+// resync makes once the state can be saved, or on the next connect.
+func (a *Agent) receive(tm transport.Message) {
 	a.counters.received.Add(1)
 	id, kind, err := protocol.ParseTopic(a.root, tm.Topic)
 	if err != nil {
 		a.reject(tm, err.Error())
-		return nil
+		return
 	}
 	if id != a.id {
 		a.reject(tm, fmt.Sprintf("topic of another device %q", id))
-		return nil
+		return
 	}
 	switch kind {
 	case protocol.KindCmd:
 	case protocol.KindEvent:
 		if !a.dev.Rejoining() {
-			return nil // the echo of our own event, or a late one from the rejoin subscription
+			return // the echo of our own event, or a late one from the rejoin subscription
 		}
 	default:
 		a.reject(tm, fmt.Sprintf("the device does not take %s messages", kind))
-		return nil
+		return
 	}
 	m, issues, err := protocol.DecodeMessage(tm.Payload)
 	if err != nil {
 		a.reject(tm, err.Error())
-		return nil
+		return
 	}
 	for _, is := range issues {
 		if is.Unknown {
@@ -498,32 +648,35 @@ func (a *Agent) receive(tm transport.Message) error {
 	var reply *protocol.Message
 	if kind == protocol.KindEvent {
 		out, reply, err = a.dev.ReceiveOwnEvent(m)
-		if err != nil {
-			a.reject(tm, err.Error())
-			return nil
-		}
-		a.log.Info("rejoin: own retained event received", "vc", m.VC, "retained", tm.Retained)
 	} else {
 		out, reply, err = a.dev.ReceiveCommand(m, tm.Retained)
-		if err != nil {
-			a.reject(tm, err.Error())
-			return nil
-		}
-		switch {
-		case out.Duplicate:
-		case len(out.Applied) > 0:
-			a.counters.applied.Add(1)
-			a.log.Info("command applied", "vc", m.VC, "applied", out.Applied, "kept", out.Kept, "src", m.Src, "retained", tm.Retained)
-		case len(out.Kept) > 0:
-			a.counters.discarded.Add(1)
-			a.log.Info("command discarded: the device's values stand", "vc", m.VC, "kept", out.Kept, "conflicts", out.Conflicts)
-		}
+	}
+	if err != nil {
+		a.reject(tm, err.Error())
+		return
+	}
+	if err := a.after(reply); err != nil {
+		a.log.Warn("message not applied: the state cannot be saved; it is received again once it can",
+			"topic", tm.Topic, "vc", m.VC, "retained", tm.Retained, "err", err)
+		return
+	}
+	switch {
+	case kind == protocol.KindEvent:
+		// Even a duplicate (older than a Command merged before it) ends
+		// the rejoin.
+		a.log.Info("rejoin: own retained event received", "vc", m.VC, "retained", tm.Retained)
+	case out.Duplicate:
+	case len(out.Applied) > 0:
+		a.counters.applied.Add(1)
+		a.log.Info("command applied", "vc", m.VC, "applied", out.Applied, "kept", out.Kept, "src", m.Src, "retained", tm.Retained)
+	case len(out.Kept) > 0:
+		a.counters.discarded.Add(1)
+		a.log.Info("command discarded: the device's values stand", "vc", m.VC, "kept", out.Kept, "conflicts", out.Conflicts)
 	}
 	if out.Duplicate {
 		a.counters.duplicates.Add(1)
 		a.log.Debug("duplicate ignored", "topic", tm.Topic, "vc", m.VC, "clock", a.dev.Clock())
 	}
-	return a.after(reply)
 }
 
 // Set is a change made at the device through its local control interface
@@ -535,15 +688,20 @@ func (a *Agent) Set(ctx context.Context, changes map[string]any) error {
 
 // LocalWrite applies a change made at the device, a device event that
 // wins concurrent conflicts. An invalid value is refused with the reason
-// and changes nothing.
+// and changes nothing; so is a change that cannot be saved (the error
+// wraps ErrNotSaved and the store's error).
 func (a *Agent) LocalWrite(ctx context.Context, changes map[string]any, src string) error {
 	return a.do(ctx, func() error {
 		m, err := a.dev.LocalWrite(changes, src)
 		if err != nil {
 			return err
 		}
+		if err := a.after(m); err != nil {
+			a.log.Warn("local change refused", "src", src, "changes", changes, "err", err)
+			return err
+		}
 		a.log.Info("local change", "src", src, "changes", changes, "vc", a.dev.Clock(), "connected", a.connected.Load())
-		return a.after(m)
+		return nil
 	})
 }
 
@@ -552,7 +710,7 @@ func (a *Agent) LocalWrite(ctx context.Context, changes map[string]any, src stri
 // settings is written (src "button"), so an untouched property keeps its
 // stamp. It does not block.
 func (a *Agent) ButtonChange(s control.Settings) {
-	a.ops.push(func() error {
+	a.ops.push(func() {
 		eff := a.dev.Effective()
 		changes := map[string]any{}
 		if v, ok := eff[protocol.PropSetpoint].(float64); !ok || math.Abs(v-s.SetpointC) > 1e-9 {
@@ -562,15 +720,19 @@ func (a *Agent) ButtonChange(s control.Settings) {
 			changes[protocol.PropMode] = s.Mode
 		}
 		if len(changes) == 0 {
-			return nil
+			return
 		}
 		m, err := a.dev.LocalWrite(changes, protocol.SrcButton)
 		if err != nil {
 			a.log.Error("button change refused", "changes", changes, "err", err)
-			return nil
+			return
+		}
+		if err := a.after(m); err != nil {
+			// rollback has put the loop back on the saved settings.
+			a.log.Warn("button change refused: the thermostat goes back to its last saved settings", "changes", changes, "err", err)
+			return
 		}
 		a.log.Info("button change", "changes", changes, "vc", a.dev.Clock())
-		return a.after(m)
 	})
 }
 

@@ -1,10 +1,7 @@
 package agent
 
 import (
-	"context"
-	"errors"
 	"strings"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -62,7 +59,11 @@ func TestConnect(t *testing.T) {
 		// And whenever the outputs change.
 		ctl.Reset()
 		d.agent.OutputsChanged(control.Snapshot{Time: time.Now(), SensorOK: false})
-		m, _ = ctl.WaitFor(t, "thermo/d1/telemetry")
+		// Matched by content: the sensor_fault alert this raises sends the
+		// fake loop's own (unchanged) snapshot too, sometimes first.
+		m, _ = ctl.WaitMatch(t, "telemetry of the output change", func(m testenv.Message) bool {
+			return m.Topic == "thermo/d1/telemetry" && strings.Contains(string(m.Payload), `"sensor_ok":false`)
+		})
 		if tel, err := protocol.DecodeTelemetry(m.Payload); err != nil || tel.SensorOK || tel.TempC != nil || tel.Heat {
 			t.Errorf("telemetry on output change %s: %v", m.Payload, err)
 		}
@@ -218,61 +219,6 @@ func TestBadMessages(t *testing.T) {
 		checkProp(t, ev.Props, protocol.PropSetpoint, 20.0, vc(0, 0))
 		if c := d.status().Counters; c.Rejected != uint64(len(whole)) {
 			t.Errorf("counters %+v", c)
-		}
-	})
-}
-
-// failingStore fails every save once armed, like a full or read-only disk.
-type failingStore struct {
-	Store
-	armed atomic.Bool
-}
-
-func (f *failingStore) Save(st protocol.DeviceState) error {
-	if f.armed.Load() {
-		return errors.New("no space left on device")
-	}
-	return f.Store.Save(st)
-}
-
-// TestSaveFailureStopsBeforeSending: when the state cannot be saved, the
-// change is refused, nothing that depends on it is sent, and the agent
-// stops with the error so the process exits and restarts from what was
-// saved.
-func TestSaveFailureStopsBeforeSending(t *testing.T) {
-	forEachBroker(t, func(t *testing.T, e *env) {
-		ctl := newController(t, e, "d1")
-		fs := &failingStore{}
-		d := startDevice(t, e, "d1", t.TempDir(), fresh(), devOpts{wrap: func(s Store) Store { fs.Store = s; return fs }})
-		d.fatalOK = true
-		ctl.waitEvent(vc(0, 1))
-
-		fs.armed.Store(true)
-		ctx, cancel := context.WithTimeout(context.Background(), testenv.WaitTimeout)
-		defer cancel()
-		if err := d.agent.Set(ctx, map[string]any{protocol.PropSetpoint: 30}); err == nil || !strings.Contains(err.Error(), "no space left") {
-			t.Fatalf("Set = %v, want the save error", err)
-		}
-		select {
-		case err := <-d.agentDone:
-			if err == nil || !strings.Contains(err.Error(), "state not saved") {
-				t.Fatalf("Run = %v, want the save error", err)
-			}
-		case <-time.After(testenv.WaitTimeout):
-			t.Fatal("the agent kept running with unsaved state")
-		}
-		if err := d.agent.Set(ctx, map[string]any{protocol.PropMode: "heat"}); err == nil {
-			t.Error("a stopped agent accepted a change")
-		}
-		// A marker through the broker after the stop: had the agent sent
-		// the unsaved change, it would have arrived first. The controller
-		// may publish only commands: one to a device that does not exist.
-		ctl.Publish(t, "thermo/marker/cmd", 0, false, []byte("marker"))
-		_, before := ctl.WaitPayload(t, "thermo/marker/cmd", "marker")
-		for _, m := range before {
-			if m.Topic == "thermo/d1/event" && strings.Contains(string(m.Payload), `"vc":[0,2]`) {
-				t.Fatalf("an event depending on unsaved state was sent: %s", m.Payload)
-			}
 		}
 	})
 }

@@ -39,7 +39,20 @@ func (l *logBuffer) Write(p []byte) (int, error) {
 	return l.buf.Write(p)
 }
 
+func (l *logBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.buf.String()
+}
+
 func newLogger(t *testing.T) *slog.Logger {
+	log, _ := newLoggerBuffer(t)
+	return log
+}
+
+// newLoggerBuffer is newLogger that also returns the buffer, for tests
+// that check what was logged.
+func newLoggerBuffer(t *testing.T) (*slog.Logger, *logBuffer) {
 	lb := &logBuffer{}
 	t.Cleanup(func() {
 		if t.Failed() {
@@ -48,7 +61,7 @@ func newLogger(t *testing.T) *slog.Logger {
 			lb.mu.Unlock()
 		}
 	})
-	return slog.New(slog.NewTextHandler(lb, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	return slog.New(slog.NewTextHandler(lb, &slog.HandlerOptions{Level: slog.LevelDebug})), lb
 }
 
 // env is one broker under test, with its PKI.
@@ -246,10 +259,8 @@ type device struct {
 	store  *state.Store
 	cancel context.CancelFunc
 	done   chan error
-	// agentDone gets the agent's Run result too.
-	agentDone chan error
-	// fatalOK: the test expects the agent to stop with an error.
-	fatalOK bool
+	// logs is what the device logged.
+	logs *logBuffer
 }
 
 type devOpts struct {
@@ -296,7 +307,8 @@ func startDevice(t *testing.T, e *env, id, dir string, seed *protocol.DeviceStat
 	}
 	d := &device{t: t, id: id, dir: dir, therm: newFakeThermostat(), store: store, done: make(chan error, 2),
 		clock: haltest.NewClock(testStart)}
-	log := newLogger(t)
+	log, logs := newLoggerBuffer(t)
+	d.logs = logs
 	var st Store = store
 	if o.wrap != nil {
 		st = o.wrap(store)
@@ -319,12 +331,7 @@ func startDevice(t *testing.T, e *env, id, dir string, seed *protocol.DeviceStat
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	d.cancel = cancel
-	d.agentDone = make(chan error, 1)
-	go func() {
-		err := d.agent.Run(ctx, d.client)
-		d.agentDone <- err
-		d.done <- err
-	}()
+	go func() { d.done <- d.agent.Run(ctx, d.client) }()
 	go func() { d.done <- d.client.Run(ctx) }()
 	t.Cleanup(d.stop)
 	return d
@@ -338,7 +345,7 @@ func (d *device) stop() {
 	d.cancel()
 	d.cancel = nil
 	for range 2 {
-		if err := <-d.done; err != nil && !d.fatalOK {
+		if err := <-d.done; err != nil {
 			d.t.Errorf("device %s stopped with %v", d.id, err)
 		}
 	}

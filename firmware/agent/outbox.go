@@ -14,7 +14,7 @@ import (
 // blocks, so transport's dispatcher and the control loop never wait for Run.
 type opQueue struct {
 	mu     sync.Mutex
-	items  []func() error
+	items  []func()
 	closed bool
 	wake   chan struct{}
 }
@@ -22,7 +22,7 @@ type opQueue struct {
 func newOpQueue() opQueue { return opQueue{wake: make(chan struct{}, 1)} }
 
 // push queues f; it reports false once the queue is closed.
-func (q *opQueue) push(f func() error) bool {
+func (q *opQueue) push(f func()) bool {
 	q.mu.Lock()
 	if q.closed {
 		q.mu.Unlock()
@@ -37,7 +37,7 @@ func (q *opQueue) push(f func() error) bool {
 	return true
 }
 
-func (q *opQueue) take() []func() error {
+func (q *opQueue) take() []func() {
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	items := q.items
@@ -59,10 +59,11 @@ const (
 	actEvent
 	actTelemetry
 	actUnsubscribe
+	actSubscribe
 )
 
 func (k actionKind) String() string {
-	return [...]string{"status", "event", "telemetry", "unsubscribe"}[k]
+	return [...]string{"status", "event", "telemetry", "unsubscribe", "subscribe"}[k]
 }
 
 // action is one thing to send to the broker.
@@ -79,7 +80,8 @@ type action struct {
 // outbox is the ordered list of actions for the publisher. A newer event,
 // status or telemetry replaces an older one that has not gone out yet:
 // each carries the whole state of its kind, so only the latest matters,
-// and the order of what remains is kept.
+// and the order of what remains is kept. (Un)subscriptions are never
+// replaced: each names its own topic.
 type outbox struct {
 	mu    sync.Mutex
 	items []action
@@ -90,7 +92,7 @@ func newOutbox() outbox { return outbox{wake: make(chan struct{}, 1)} }
 
 func (o *outbox) push(a action) {
 	o.mu.Lock()
-	if a.kind != actUnsubscribe {
+	if a.kind != actUnsubscribe && a.kind != actSubscribe {
 		o.items = slicesDeleteKind(o.items, a.kind)
 	}
 	o.items = append(o.items, a)
@@ -160,9 +162,12 @@ func (a *Agent) publishLoop(ctx context.Context) {
 			}
 		}
 		var err error
-		if act.kind == actUnsubscribe {
+		switch act.kind {
+		case actUnsubscribe:
 			err = a.conn.Unsubscribe(act.topic)
-		} else {
+		case actSubscribe:
+			err = a.conn.Subscribe(act.topic, 1)
+		default:
 			err = a.conn.Publish(ctx, act.topic, act.payload, act.qos, act.retain)
 		}
 		if err == nil {
@@ -179,6 +184,10 @@ func (a *Agent) publishLoop(ctx context.Context) {
 		case act.kind == actUnsubscribe:
 			// Harmless if it stays: echoes of our own events are ignored.
 			a.log.Info("unsubscribe failed", "topic", act.topic, "err", err)
+		case act.kind == actSubscribe:
+			// The connection keeps the filter and subscribes again, with
+			// the retained messages, on its next connect.
+			a.log.Info("subscribe failed; made again on the next connect", "topic", act.topic, "err", err)
 		case errors.Is(err, transport.ErrNotConnected) || !a.conn.Connected():
 			a.log.Info("not sent, the connection is down; the next connect sends the full state", "kind", act.kind, "vc", act.vc)
 		case act.kind == actEvent:

@@ -41,6 +41,22 @@ const MaxRequest = 64 << 10
 // byte of the response.
 const Timeout = 15 * time.Second
 
+// MaxConns bounds the exchanges served at once. Each holds a file
+// descriptor and a goroutine; the thermostat shares its descriptors with
+// the broker connection and the state file, so a flood of local clients
+// must not use them all. Connections beyond it wait, unaccepted, in the
+// kernel's listen queue (costing this process nothing) until one ends.
+const MaxConns = 16
+
+// Backoff after a failed accept (out of file descriptors and the like):
+// it starts at minAcceptBackoff and doubles up to maxAcceptBackoff, so the
+// loop neither spins nor gives up on every future client. Giving up would
+// stop the thermostat; the broker's listener behaves the same way.
+const (
+	minAcceptBackoff = 5 * time.Millisecond
+	maxAcceptBackoff = time.Second
+)
+
 // Request is what a client sends.
 type Request struct {
 	Op string `json:"op"`
@@ -70,11 +86,18 @@ type Handler interface {
 // Server is a listening control socket.
 type Server struct {
 	path string
-	ln   *net.UnixListener
+	ln   net.Listener
 	log  *slog.Logger
 
+	slots     chan struct{} // one per exchange in progress, MaxConns at most
+	done      chan struct{} // closed by Close: ends waits for a slot or a backoff
 	wg        sync.WaitGroup
 	closeOnce sync.Once
+}
+
+func newServer(path string, ln net.Listener, log *slog.Logger) *Server {
+	return &Server{path: path, ln: ln, log: log.With("component", "localctl"),
+		slots: make(chan struct{}, MaxConns), done: make(chan struct{})}
 }
 
 // Listen creates the socket at path with mode 0660, and its directory
@@ -105,7 +128,7 @@ func Listen(path string, log *slog.Logger) (*Server, error) {
 		ln.Close()
 		return nil, fmt.Errorf("control socket: %w", err)
 	}
-	return &Server{path: path, ln: ln, log: log.With("component", "localctl")}, nil
+	return newServer(path, ln, log), nil
 }
 
 func removeStale(path string) error {
@@ -135,24 +158,43 @@ func (s *Server) Path() string { return s.path }
 
 // Serve answers requests with h until ctx is done or Close is called, then
 // waits for exchanges in progress and removes the socket. It returns nil on
-// such a stop.
+// such a stop, and never returns because of a client: a failed accept is
+// retried with backoff, and at most MaxConns exchanges run at once.
 func (s *Server) Serve(ctx context.Context, h Handler) error {
 	stop := context.AfterFunc(ctx, func() { s.Close() })
 	defer stop()
 	defer s.wg.Wait()
+	backoff := minAcceptBackoff
 	for {
-		c, err := s.ln.AcceptUnix()
+		// A slot first, so a connection is never accepted (and its
+		// descriptor taken) while MaxConns are being served.
+		select {
+		case s.slots <- struct{}{}:
+		case <-s.done:
+			return nil
+		}
+		c, err := s.ln.Accept()
 		if err != nil {
-			if errors.Is(err, net.ErrClosed) {
+			<-s.slots
+			if errors.Is(err, net.ErrClosed) || s.closed() {
 				return nil
 			}
-			// No "control socket:" here: the runner names the part that
-			// failed (Listen's errors, returned before, say it themselves).
-			return fmt.Errorf("accept: %w", err) // net.OpError names the socket
+			s.log.Error("control socket: accept failed; retrying", "err", err, "retry_in", backoff)
+			t := time.NewTimer(backoff)
+			select {
+			case <-t.C:
+			case <-s.done:
+				t.Stop()
+				return nil
+			}
+			backoff = min(2*backoff, maxAcceptBackoff)
+			continue
 		}
+		backoff = minAcceptBackoff
 		s.wg.Add(1)
 		go func() {
 			defer s.wg.Done()
+			defer func() { <-s.slots }()
 			s.serveConn(ctx, c, h)
 		}()
 	}
@@ -161,11 +203,23 @@ func (s *Server) Serve(ctx context.Context, h Handler) error {
 // Close stops accepting and removes the socket.
 func (s *Server) Close() error {
 	var err error
-	s.closeOnce.Do(func() { err = s.ln.Close() })
+	s.closeOnce.Do(func() {
+		close(s.done)
+		err = s.ln.Close()
+	})
 	return err
 }
 
-func (s *Server) serveConn(ctx context.Context, c *net.UnixConn, h Handler) {
+func (s *Server) closed() bool {
+	select {
+	case <-s.done:
+		return true
+	default:
+		return false
+	}
+}
+
+func (s *Server) serveConn(ctx context.Context, c net.Conn, h Handler) {
 	defer c.Close()
 	ctx, cancel := context.WithTimeout(ctx, Timeout)
 	defer cancel()

@@ -12,6 +12,13 @@
 //
 // Only one process may use a state directory at a time: Open takes an
 // exclusive lock on it, which the kernel releases when the process dies.
+//
+// A state directory that cannot be written (full, read-only, no
+// permission) is not a reason to stop: the thermostat keeps heating on
+// what it last saved, and its agent refuses what it cannot save. So Open
+// succeeds on such a directory, Load reads what is there, and Save returns
+// the error (Unwritable tells these errors apart) and leaves the old file
+// intact, until the directory can be written again.
 package state
 
 import (
@@ -68,36 +75,69 @@ type Store struct {
 
 // Open creates dir (0700) if needed, locks it against other processes and
 // removes temporary files left by a crash in the middle of a Save.
+//
+// A directory that cannot be written does not fail Open (see the package
+// comment). Where even the lock file cannot be created there (a read-only
+// directory never used before), the store starts unlocked and Save takes
+// the lock before it writes anything.
 func Open(dir string) (*Store, error) {
 	if dir == "" {
 		return nil, errors.New("open state: no state directory given")
 	}
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return nil, fmt.Errorf("open state: %w", err)
-	}
-	lock, err := os.OpenFile(filepath.Join(dir, lockName), os.O_CREATE|os.O_RDWR, 0o600)
-	if err != nil {
-		return nil, fmt.Errorf("open state: %w", err)
-	}
-	if err := syscall.Flock(int(lock.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
-		lock.Close()
-		if errors.Is(err, syscall.EWOULDBLOCK) {
-			return nil, fmt.Errorf("open state %s: %w (is another thermostat running with this --state-dir?)", dir, ErrLocked)
-		}
-		return nil, fmt.Errorf("open state %s: lock: %w", dir, err)
+	s := &Store{dir: dir}
+	if err := s.takeLock(); err != nil && (errors.Is(err, ErrLocked) || !Unwritable(err)) {
+		return nil, err
 	}
 	entries, err := os.ReadDir(dir)
-	if err != nil {
-		lock.Close()
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		s.Close()
 		return nil, fmt.Errorf("open state: %w", err)
 	}
 	for _, e := range entries {
 		if strings.HasPrefix(e.Name(), tmpPrefix) {
 			// A Save that never reached its rename: the old file stands.
+			// On a read-only directory it stays, harmless, until the next
+			// Open that can remove it.
 			_ = os.Remove(filepath.Join(dir, e.Name()))
 		}
 	}
-	return &Store{dir: dir, lock: lock}, nil
+	return s, nil
+}
+
+// takeLock creates the directory and the lock file if needed and locks
+// it. The lock file is opened read-only: flock needs only a descriptor,
+// and one open for writing would keep the file system from being
+// remounted read-only while the thermostat runs.
+func (s *Store) takeLock() error {
+	if err := os.MkdirAll(s.dir, 0o700); err != nil {
+		return fmt.Errorf("open state: %w", err)
+	}
+	lock, err := os.OpenFile(filepath.Join(s.dir, lockName), os.O_CREATE|os.O_RDONLY, 0o600)
+	if err != nil {
+		return fmt.Errorf("open state: %w", err)
+	}
+	if err := syscall.Flock(int(lock.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		lock.Close()
+		if errors.Is(err, syscall.EWOULDBLOCK) {
+			return fmt.Errorf("open state %s: %w (is another thermostat running with this --state-dir?)", s.dir, ErrLocked)
+		}
+		return fmt.Errorf("open state %s: lock: %w", s.dir, err)
+	}
+	s.lock = lock
+	return nil
+}
+
+// Unwritable reports whether err means the state directory cannot be
+// written now (full, read-only, over quota, no permission): a condition a
+// person can fix while the thermostat runs, as opposed to a corrupt file
+// or a directory another process holds.
+func Unwritable(err error) bool {
+	for _, e := range []error{syscall.ENOSPC, syscall.EDQUOT, syscall.EROFS, syscall.EACCES, syscall.EPERM} {
+		if errors.Is(err, e) {
+			return true
+		}
+	}
+	return false
 }
 
 // Dir is the state directory.
@@ -196,11 +236,20 @@ func Encode(st protocol.DeviceState) ([]byte, error) {
 // Save replaces the state file atomically: a temporary file is written and
 // synced, renamed over the old one, and the directory is synced, so after a
 // crash at any moment the file holds either the old or the new state, and
-// once Save returns the new state survives a power cut.
+// once Save returns the new state survives a power cut. A Save that fails
+// (a full or read-only disk) leaves the old file as it was and no
+// temporary file behind.
 func (s *Store) Save(st protocol.DeviceState) error {
 	data, err := Encode(st)
 	if err != nil {
 		return fmt.Errorf("save state: %w", err)
+	}
+	if s.lock == nil {
+		// Open could not create the lock file: the directory is writable
+		// now only if this succeeds.
+		if err := s.takeLock(); err != nil {
+			return fmt.Errorf("save state: %w", err)
+		}
 	}
 	if err := writeAtomic(s.dir, FileName, data); err != nil {
 		return fmt.Errorf("save state: %w", err)

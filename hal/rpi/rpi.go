@@ -68,11 +68,19 @@ func (r *relay) set(on bool) error {
 // does not answer is logged and retried at each read (the control loop
 // keeps the outputs off meanwhile); a pin or bus that does not exist, or
 // a config error, is refused with its line.
+//
+// On error the board is a nil interface, never a nil *Board inside a
+// non-nil hal.Board: a caller's "if b != nil { b.Close() }" cleanup would
+// otherwise call Close on nil and panic instead of printing the error.
 func Open(cfg Config, log *slog.Logger) (hal.Board, error) {
 	if _, err := host.Init(); err != nil {
 		return nil, fmt.Errorf("periph host init: %w", err)
 	}
-	return open(cfg, log, hal.SystemClock{}, 500*time.Millisecond)
+	b, err := open(cfg, log, hal.SystemClock{}, 500*time.Millisecond)
+	if err != nil {
+		return nil, err
+	}
+	return b, nil
 }
 
 // open is Open after host.Init, with the clock and the idle wake-up of

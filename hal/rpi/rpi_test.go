@@ -256,6 +256,32 @@ func TestOpenRefusesBadWiringWithLine(t *testing.T) {
 	}
 }
 
+// TestOpenErrorIsNilBoard: every error of Open comes with a nil hal.Board,
+// not a nil *Board in a non-nil interface, so the firmware's cleanup
+// (if board != nil { board.Close() }) prints the error instead of
+// panicking. Open is the exported entry (host.Init does nothing here).
+func TestOpenErrorIsNilBoard(t *testing.T) {
+	tests := []struct {
+		name, yaml, want string
+	}{
+		{"config error", strings.Replace(typical, "type: bme280", "type: bme999", 1), `unknown sensor type "bme999"`},
+		{"relay pin that does not exist", strings.Replace(typical, "GPIO27}", "GPIO71}", 1), `no GPIO pin named "GPIO71"`},
+		{"I2C bus that does not exist", strings.Replace(typical, "pb-typical", "pb-nope", 1), `open I²C bus "pb-nope"`},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			registerI2C(t, "pb-typical", &i2ctest.Playback{DontPanic: true})
+			b, err := Open(parse(t, tc.yaml), quiet())
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("Open = %v, want %q", err, tc.want)
+			}
+			if b != nil {
+				t.Fatalf("Open returned %#v with its error: a non-nil hal.Board", b)
+			}
+		})
+	}
+}
+
 func TestUnpluggedSensorDoesNotStopTheBoard(t *testing.T) {
 	// Nothing answers on the bus: Open succeeds, reads fail until the
 	// chip answers, then it is opened and read.
