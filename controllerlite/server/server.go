@@ -133,6 +133,16 @@ func Start(ctx context.Context, cfg Config) (_ *Server, err error) {
 		if err != nil {
 			return nil, err
 		}
+		// What only the broker sees about a device's identity (a
+		// certificate used by two boards, a certificate refused) becomes
+		// the device's alert; the fleet logs every raise at ERROR.
+		s.br.OnAlert(func(id, code string, raised bool, detail string) {
+			if raised {
+				s.fl.RaiseAlert(id, code, detail)
+			} else {
+				s.fl.ClearAlert(id, code)
+			}
+		})
 		if err = s.br.Start(); err != nil {
 			return nil, err
 		}
@@ -143,7 +153,8 @@ func Start(ctx context.Context, cfg Config) (_ *Server, err error) {
 		s.tc, err = fleet.Connect(s.fl, transport.Options{
 			Broker: cfg.Broker, CAFile: cfg.CAFile, CertFile: cfg.CertFile, KeyFile: cfg.KeyFile,
 			KeepAlive: cfg.KeepAlive, Backoff: LinkBackoff, DialStagger: LinkDialStagger,
-			Logger: s.log.With("part", "transport"),
+			OnTrouble: s.linkTrouble,
+			Logger:    s.log.With("part", "transport"),
 		})
 		if err != nil {
 			return nil, err
@@ -180,6 +191,21 @@ func Start(ctx context.Context, cfg Config) (_ *Server, err error) {
 		close(s.done)
 	}()
 	return s, nil
+}
+
+// linkTrouble logs the troubles of the link to an external broker that a
+// person must act on. The controller has no alerts of its own to carry
+// them: the log says it, at ERROR when one begins.
+func (s *Server) linkTrouble(t transport.Trouble, active bool, detail string) {
+	if !active {
+		s.log.Info("broker link: trouble over", "trouble", t)
+		return
+	}
+	cure := "check the controller's certificate (its dates, its CA) and the broker's"
+	if t == transport.TroubleTakeover {
+		cure = "another process uses the controller's certificate (a second controllerlite on this broker?): stop it"
+	}
+	s.log.Error("broker link: "+t.String(), "detail", detail, "cure", cure)
 }
 
 func check(cfg *Config) error {
