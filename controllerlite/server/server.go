@@ -203,7 +203,7 @@ func (s *Server) linkTrouble(t transport.Trouble, active bool, detail string) {
 	}
 	cure := "check the controller's certificate (its dates, its CA) and the broker's"
 	if t == transport.TroubleTakeover {
-		cure = "another process uses the controller's certificate (a second controllerlite on this broker?): stop it"
+		cure = "another process uses this controller's certificate: give each controller process its own (CN controller-<name>), or stop the other one"
 	}
 	s.log.Error("broker link: "+t.String(), "detail", detail, "cure", cure)
 }
