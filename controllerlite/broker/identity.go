@@ -224,7 +224,7 @@ func (w *takeoverWatch) taken(id, oldRemote, newRemote string, now time.Time) {
 	}
 	t.episode, t.count = true, len(t.times)
 	t.timer = time.AfterFunc(TakeoverQuiet, func() { w.quiet(id, time.Now()) })
-	detail := fmt.Sprintf("%d connections with the certificate of %q took its session from each other within %v (from %s): two boards share one certificate, a cloned SD card? %s",
+	detail := fmt.Sprintf("%d connections with the certificate of %s took its session from each other within %v (from %s): two boards share one certificate, a cloned SD card? %s",
 		len(t.times), id, TakeoverWindow, strings.Join(t.remotes, ", "), identityCure)
 	remotes := slices.Clone(t.remotes)
 	w.mu.Unlock()
