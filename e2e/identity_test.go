@@ -152,12 +152,12 @@ func TestBrokerRestartsAreNoTakeover(t *testing.T) {
 }
 
 // TestExpiredCertificateLogged is issue 9's defect 8 with the real
-// binaries: a thermostat whose certificate has expired retries twice a
-// second or so. Its log has one WARN about the refusal for all those
-// attempts (with the count), not one per attempt and not one ever; its
-// status shows tls_refused. With the embedded broker, the controller's log
-// likewise has one WARN for that peer, and the API shows tls_refused on
-// the device, which the controller saw itself.
+// binaries: a thermostat of the fleet restarts with a certificate that has
+// expired, and retries twice a second or so. Its log has one WARN about the
+// refusal for all those attempts (with the count), not one per attempt and
+// not one ever; its status shows tls_refused. With the embedded broker,
+// the controller's log likewise has one WARN for that peer, and the API
+// shows tls_refused on the device, which the controller saw itself.
 func TestExpiredCertificateLogged(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds and runs both binaries")
@@ -165,8 +165,12 @@ func TestExpiredCertificateLogged(t *testing.T) {
 	eachBroker(t, func(t *testing.T, kind brokerKind) {
 		w := newBareWorld(t, kind)
 		ctl := startBinController(t, w, t.TempDir())
+		d1 := newBinThermostat(t, w, "d1").start()
+		d1.synced()
+		d1.stop()
 		cert, key := w.pki.ExpiredClient(t, "d1")
-		d1 := newBinThermostat(t, w, "d1", "--cert", cert, "--key", key).start()
+		d1.args = append(d1.args, "--cert", cert, "--key", key)
+		d1.start()
 
 		attempts := func() int { return logLines(d1.process, `msg="connect failed"`) }
 		eventually(t, "ten refused attempts", func() (bool, string) {

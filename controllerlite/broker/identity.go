@@ -49,7 +49,8 @@ const identityCure = "give every board its own certificate (controllerlite pki d
 
 // AlertFunc receives the device alerts only the broker can see
 // (protocol.AlertDuplicateIdentity, protocol.AlertTLSRefused): raised with
-// what was seen, or cleared. It must not block.
+// what was seen, or cleared. The broker knows certificates, not the fleet:
+// the receiver decides which ids it takes alerts for. It must not block.
 type AlertFunc func(id, code string, raised bool, detail string)
 
 // identity bundles the watches of this file for the broker's hooks.

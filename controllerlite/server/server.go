@@ -136,13 +136,7 @@ func Start(ctx context.Context, cfg Config) (_ *Server, err error) {
 		// What only the broker sees about a device's identity (a
 		// certificate used by two boards, a certificate refused) becomes
 		// the device's alert; the fleet logs every raise at ERROR.
-		s.br.OnAlert(func(id, code string, raised bool, detail string) {
-			if raised {
-				s.fl.RaiseAlert(id, code, detail)
-			} else {
-				s.fl.ClearAlert(id, code)
-			}
-		})
+		s.br.OnAlert(s.brokerAlert)
 		if err = s.br.Start(); err != nil {
 			return nil, err
 		}
@@ -191,6 +185,23 @@ func Start(ctx context.Context, cfg Config) (_ *Server, err error) {
 		close(s.done)
 	}()
 	return s, nil
+}
+
+// brokerAlert is the embedded broker's AlertFunc. A refused certificate
+// alarms only a device the fleet knows: a handshake that failed creates no
+// device (a connection that never got in is no member of the fleet, and
+// an old certificate of a board since replaced must not bring it back). A
+// duplicate identity is raised for any id: both connections got in.
+func (s *Server) brokerAlert(id, code string, raised bool, detail string) {
+	if !raised {
+		s.fl.ClearAlert(id, code)
+		return
+	}
+	if _, known := s.fl.Device(id); !known && code == protocol.AlertTLSRefused {
+		s.log.Info("refused certificate of a device the fleet does not know: no alert", "device", id)
+		return
+	}
+	s.fl.RaiseAlert(id, code, detail)
 }
 
 // linkTrouble logs the troubles of the link to an external broker that a
