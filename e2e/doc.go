@@ -13,8 +13,11 @@
 // the brokers must refuse and brokers the clients must refuse; a device
 // certificate trying to exhaust the controllerlite binary's broker
 // (oversize packets, topics outside the contract, connections without
-// CONNECT); bad input, which is rejected with a logged reason and changes
-// nothing; and an installer's mistakes (certificates of the wrong kind or
+// CONNECT); two boards on one certificate (a cloned card), which back off
+// and say so on both sides, and broker restarts, which are never taken for
+// that; an expired certificate, logged once a minute on both sides rather
+// than on every attempt; bad input, which is rejected with a logged reason
+// and changes nothing; and an installer's mistakes (certificates of the wrong kind or
 // fleet, a corrupt store), which the binaries refuse at start, before
 // writing anything.
 //

@@ -14,6 +14,7 @@ import (
 
 	mqtt "github.com/eclipse/paho.mqtt.golang"
 
+	"github.com/thermofleet/thermo/internal/lograte"
 	"github.com/thermofleet/thermo/provisioning"
 )
 
@@ -91,6 +92,9 @@ type Options struct {
 	OnConnect func(ctx context.Context, c *Client)
 	// OnDisconnect runs after a connection is lost.
 	OnDisconnect func(err error)
+	// OnTrouble runs when a Trouble begins (active, with what was seen)
+	// and when it ends, in order with OnConnect and OnDisconnect.
+	OnTrouble func(t Trouble, active bool, detail string)
 	// Handler receives every message of every subscription, in order.
 	Handler func(Message)
 	// Logger defaults to slog.Default().
@@ -125,6 +129,12 @@ type Client struct {
 	subs  map[string]byte
 	pc    mqtt.Client
 	stats Stats
+
+	// Only the Run goroutine uses these.
+	takeover    takeoverGuard
+	failures    *lograte.Limiter // connect failures, by kind
+	tlsRefusals int              // TLS refusals since the last connection
+	tlsTrouble  bool             // TroubleTLSRefused reported active
 
 	// dialContext opens one TCP connection; tests replace it.
 	dialContext func(ctx context.Context, network, addr string) (net.Conn, error)
@@ -181,6 +191,9 @@ func New(o Options) (*Client, error) {
 		log:   o.Logger.With("broker", u.Host, "client", id),
 		queue: newQueue(),
 		subs:  map[string]byte{},
+
+		takeover: takeoverGuard{backoff: TakeoverBackoff},
+		failures: lograte.New(lograte.DefaultInterval, nil),
 
 		dialContext: (&net.Dialer{KeepAlive: o.KeepAlive}).DialContext,
 	}, nil
@@ -331,42 +344,29 @@ func (c *Client) Run(ctx context.Context) error {
 
 	attempt := 0
 	for {
+		var (
+			wait     time.Duration
+			takeover bool // the takeover policy's wait applies
+		)
 		lost, err := c.connect(ctx)
 		if err == nil {
 			attempt = 0
-			select {
-			case <-ctx.Done():
+			if err = c.await(ctx, lost); ctx.Err() != nil {
 				c.shutdown()
 				return nil
-			case err = <-lost:
 			}
-			c.connected.Store(false)
-			c.mu.Lock()
-			c.stats.Losses++
-			c.stats.LastLost = time.Now()
-			c.mu.Unlock()
-			c.log.Warn("connection lost", "err", err)
-			c.queue.push(func(context.Context) {
-				if c.opts.OnDisconnect != nil {
-					c.opts.OnDisconnect(err)
-				}
-			})
+			wait, takeover = c.lost(err)
 		} else if ctx.Err() == nil {
-			// The first failure of an outage (or of the start) is a warning,
-			// so the reason shows at the default level: a broker certificate
-			// that fails verification, a wrong address. The retries, one a
-			// second or so, are debug.
-			level := slog.LevelDebug
-			if attempt == 0 {
-				level = slog.LevelWarn
-			}
-			c.log.Log(ctx, level, "connect failed", "attempt", attempt, "err", err)
+			c.connectFailed(ctx, attempt, err)
 		}
 		if ctx.Err() != nil {
 			return nil
 		}
-		t := time.NewTimer(c.opts.Backoff.Delay(attempt))
-		attempt++
+		if !takeover {
+			wait = c.opts.Backoff.Delay(attempt)
+			attempt++
+		}
+		t := time.NewTimer(wait)
 		select {
 		case <-ctx.Done():
 			t.Stop()
@@ -374,6 +374,108 @@ func (c *Client) Run(ctx context.Context) error {
 		case <-t.C:
 		}
 	}
+}
+
+// await waits for the connection to be lost, and returns why, or for ctx
+// to end. During a takeover episode it ends the episode once the
+// connection has stayed up for TakeoverStable.
+func (c *Client) await(ctx context.Context, lost <-chan error) error {
+	var stable <-chan time.Time
+	if c.takeover.active() {
+		t := time.NewTimer(TakeoverStable)
+		defer t.Stop()
+		stable = t.C
+	}
+	for {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case err := <-lost:
+			return err
+		case <-stable:
+			stable = nil
+			c.takeover.end()
+			c.log.Info("connection stable again: the session is no longer taken over", "up_for", TakeoverStable)
+			c.trouble(TroubleTakeover, false, "")
+		}
+	}
+}
+
+// lost records the loss of a connection and returns the wait before the
+// next attempt when the takeover policy sets it (takeover true); else the
+// ordinary backoff applies.
+func (c *Client) lost(err error) (wait time.Duration, takeover bool) {
+	c.connected.Store(false)
+	now := time.Now()
+	c.mu.Lock()
+	c.stats.Losses++
+	c.stats.LastLost = now
+	up := c.stats.LastConnected
+	c.mu.Unlock()
+	c.log.Warn("connection lost", "err", err, "up_for", now.Sub(up).Round(time.Millisecond))
+	c.queue.push(func(context.Context) {
+		if c.opts.OnDisconnect != nil {
+			c.opts.OnDisconnect(err)
+		}
+	})
+	if wait, takeover = c.takeover.lost(now, keepAliveFailed(err)); takeover {
+		c.log.Warn("connection closed by the broker again: the session is being taken over; backing off",
+			"retry_in", wait.Round(time.Millisecond))
+	}
+	return wait, takeover
+}
+
+// connectFailed logs a failed attempt: at WARN for the first failure of a
+// kind and then at most once per lograte interval with the count of
+// attempts since (so a failure that persists neither floods the log nor
+// goes quiet), at DEBUG otherwise. It also feeds the takeover policy and
+// the TLS refusal count.
+func (c *Client) connectFailed(ctx context.Context, attempt int, err error) {
+	c.takeover.failed()
+	key := "connect"
+	args := []any{"attempt", attempt, "err", err}
+	if why, ok := tlsRefusal(err); ok {
+		key = "tls"
+		args = append(args, "refused", why)
+		c.tlsRefusals++
+		if c.tlsRefusals == TLSRefusedAfter {
+			c.tlsTrouble = true
+			c.trouble(TroubleTLSRefused, true, fmt.Sprintf("%d connect attempts in a row refused: %s (%v)", TLSRefusedAfter, why, err))
+		}
+	}
+	if ok, n := c.failures.Allow(key); ok {
+		c.log.Log(ctx, slog.LevelWarn, "connect failed", append(args, "attempts", n, "report_every", c.failures.Interval())...)
+		return
+	}
+	c.log.Log(ctx, slog.LevelDebug, "connect failed", args...)
+}
+
+// connectSucceeded ends what a successful connection ends, the failures
+// being reported and a TLS refusal, and gives the takeover policy its
+// verdict on the loss before (resumed: this connection resumed the TLS
+// session of an earlier one). It runs before OnConnect is queued.
+func (c *Client) connectSucceeded(resumed bool) {
+	if c.takeover.connected(resumed) {
+		detail := fmt.Sprintf("the broker closed this client's healthy connection %d times within %v and let it straight back in: another client is probably using the same certificate",
+			TakeoverCount, TakeoverWindow)
+		c.log.Warn("session taken over repeatedly: backing off from now on", "detail", detail, "backoff_max", TakeoverBackoff.Max)
+		c.trouble(TroubleTakeover, true, detail)
+	}
+	c.failures.Reset("connect")
+	c.failures.Reset("tls")
+	c.tlsRefusals = 0
+	if c.tlsTrouble {
+		c.tlsTrouble = false
+		c.trouble(TroubleTLSRefused, false, "")
+	}
+}
+
+// trouble queues an OnTrouble call.
+func (c *Client) trouble(t Trouble, active bool, detail string) {
+	if c.opts.OnTrouble == nil {
+		return
+	}
+	c.queue.push(func(context.Context) { c.opts.OnTrouble(t, active, detail) })
 }
 
 // connect makes one attempt: TLS connection, CONNECT, subscriptions. On
@@ -384,6 +486,11 @@ func (c *Client) connect(ctx context.Context) (<-chan error, error) {
 	o := mqtt.NewClientOptions().
 		AddBroker(c.broker.String()).
 		SetClientID(c.id).
+		// MQTT 3.1.1 only. Left to guess, paho retries a failed connect
+		// with MQTT 3.1 on a second connection: two attempts where one
+		// was meant, and the second one's error (often a reset) hides the
+		// first one's (a refused certificate).
+		SetProtocolVersion(4).
 		SetCleanSession(true).
 		SetAutoReconnect(false).
 		SetConnectRetry(false).
@@ -422,6 +529,8 @@ func (c *Client) connect(ctx context.Context) (<-chan error, error) {
 	if err := t.Error(); err != nil {
 		return nil, fmt.Errorf("connect: %w", err)
 	}
+	conn.established.Store(true)
+	c.connectSucceeded(conn.resumed)
 	go conn.monitor(c.opts.KeepAlive, func(silent time.Duration) {
 		c.log.Warn("broker silent, dropping the connection", "silent", silent.Round(time.Millisecond))
 	})
@@ -485,7 +594,9 @@ func (c *Client) dial(ctx context.Context, u *url.URL) (*liveConn, error) {
 		raw.Close()
 		return nil, fmt.Errorf("tls: %w", err)
 	}
-	return newLiveConn(tc, time.Now()), nil
+	l := newLiveConn(tc, time.Now())
+	l.resumed = tc.ConnectionState().DidResume
+	return l, nil
 }
 
 func (c *Client) shutdown() {

@@ -19,6 +19,7 @@ type recorder struct {
 	msgs        []Message
 	connects    int
 	disconnects []time.Time
+	troubles    []Trouble // the troubles that began
 	changed     chan struct{}
 }
 
@@ -39,6 +40,13 @@ func (r *recorder) options(o Options) Options {
 		r.disconnects = append(r.disconnects, time.Now())
 		r.mu.Unlock()
 		r.poke()
+	}
+	o.OnTrouble = func(tr Trouble, active bool, _ string) {
+		if active {
+			r.mu.Lock()
+			r.troubles = append(r.troubles, tr)
+			r.mu.Unlock()
+		}
 	}
 	o.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	return o
@@ -201,6 +209,13 @@ func TestReconnectAfterKill(t *testing.T) {
 		}
 		// Receiving its own message proves the subscription was renewed.
 		rec.wait(t, "own message", 10*time.Second, func() bool { return len(rec.msgs) == i })
+	}
+	// Four short connections ended by the broker, within seconds: a
+	// broker restarting, not a session taken over.
+	rec.mu.Lock()
+	defer rec.mu.Unlock()
+	if len(rec.troubles) > 0 {
+		t.Errorf("broker restarts reported as %v", rec.troubles)
 	}
 }
 

@@ -9,6 +9,15 @@
 // outage, and a liveness monitor on the connection probes a silent broker
 // after half the keep-alive and drops it after a full one.
 //
+// Two failures that reconnecting cannot cure are told apart from the ones
+// it can, and reported through Options.OnTrouble so that a person hears of
+// them: a session taken over again and again by another client with the
+// same certificate (a cloned SD card), after which the client backs off to
+// minutes instead of fighting at full speed, and a TLS handshake refused
+// on every attempt. A failure that persists is logged at WARN once a
+// minute with the number of attempts since (internal/lograte), neither
+// once and then never, nor on every attempt.
+//
 // Messages and connection events are handed to the caller in order on one
 // goroutine of their own, so a handler may block, persist state and publish
 // without stalling paho's reader (which with OrderMatters would otherwise

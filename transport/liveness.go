@@ -2,6 +2,7 @@ package transport
 
 import (
 	"errors"
+	"fmt"
 	"net"
 	"sync"
 	"sync/atomic"
@@ -23,8 +24,14 @@ type liveConn struct {
 	net.Conn
 	lastRead atomic.Int64 // unix nanoseconds
 	dead     atomic.Bool
-	closed   chan struct{}
-	once     sync.Once
+	// established is set once the broker has acknowledged CONNECT; until
+	// then nothing else reads the connection.
+	established atomic.Bool
+	// resumed: the TLS handshake resumed an earlier session with this
+	// broker process (see the takeover policy).
+	resumed bool
+	closed  chan struct{}
+	once    sync.Once
 }
 
 func newLiveConn(c net.Conn, now time.Time) *liveConn {
@@ -42,6 +49,38 @@ func (l *liveConn) Read(p []byte) (int, error) {
 		err = errSilent
 	}
 	return n, err
+}
+
+// Write writes p. A TLS 1.3 broker that refuses this client's certificate
+// says so with an alert after the client's side of the handshake is done,
+// and closes: CONNECT, written next, may meet the closed socket and fail
+// with a reset while the alert that says why waits unread. So a write that
+// fails before the CONNACK reads that alert, if there is one, and returns
+// it with the write's error.
+func (l *liveConn) Write(p []byte) (int, error) {
+	n, err := l.Conn.Write(p)
+	if err != nil && !l.established.Load() {
+		if refused := l.refusal(); refused != nil {
+			err = fmt.Errorf("%w (the broker had refused the handshake: %w)", err, refused)
+		}
+	}
+	return n, err
+}
+
+// refusalWait bounds the read of an alert already received.
+const refusalWait = 100 * time.Millisecond
+
+// refusal returns the TLS alert the broker sent before it closed the
+// connection, or nil.
+func (l *liveConn) refusal() error {
+	if err := l.Conn.SetReadDeadline(time.Now().Add(refusalWait)); err != nil {
+		return nil
+	}
+	_, err := l.Conn.Read(make([]byte, 1))
+	if remoteAlert(err) != nil {
+		return err
+	}
+	return nil
 }
 
 func (l *liveConn) Close() error {

@@ -39,6 +39,8 @@ type authHook struct {
 	// gate, if set, holds a new session back until the previous
 	// connection of its client id is torn down (see sessionGate).
 	gate *sessionGate
+	// identity, if set, counts takeovers of live sessions (identity.go).
+	identity *identity
 
 	mu      sync.Mutex
 	current map[string]*mqtt.Client // the live session of each client id
@@ -157,8 +159,12 @@ func (h *authHook) OnSessionEstablish(cl *mqtt.Client, _ packets.Packet) {
 	// Recorded before the older connection of the same id is disconnected,
 	// so its OnWill and OnDisconnect see it was replaced.
 	h.mu.Lock()
+	prev := h.current[cl.ID]
 	h.current[cl.ID] = cl
 	h.mu.Unlock()
+	if prev != nil && !prev.Closed() && h.identity != nil {
+		h.identity.taken(cl.ID, prev.Net.Remote, cl.Net.Remote)
+	}
 	if h.gate != nil {
 		h.gate.establish(cl)
 	}
@@ -187,6 +193,9 @@ func (h *authHook) OnWill(cl *mqtt.Client, will mqtt.Will) (mqtt.Will, error) {
 
 func (h *authHook) OnSessionEstablished(cl *mqtt.Client, _ packets.Packet) {
 	h.log.Info("client connected", "client", cl.ID, "remote", cl.Net.Remote, "clean_session", cl.Properties.Clean)
+	if h.identity != nil {
+		h.identity.established(cl.ID)
+	}
 	if fn := h.onClient.Load(); fn != nil {
 		(*fn)(cl.ID, true)
 	}

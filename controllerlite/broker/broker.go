@@ -101,6 +101,8 @@ type Broker struct {
 	srv  *mqtt.Server
 	auth *authHook
 	gate *sessionGate
+	// identity sees duplicate certificates and refused ones (identity.go).
+	identity *identity
 
 	mu      sync.Mutex
 	started bool
@@ -164,6 +166,10 @@ func New(opts Options) (*Broker, error) {
 		// store (an fsync), so keep them rare.
 		SysTopicResendInterval: 60,
 	})
+	ident, err := newIdentity(opts.Logger, opts.CAFile)
+	if err != nil {
+		return nil, fmt.Errorf("broker: %w", err)
+	}
 	b := &Broker{
 		opts: opts,
 		log:  opts.Logger,
@@ -171,8 +177,11 @@ func New(opts Options) (*Broker, error) {
 		srv:  srv,
 		auth: newAuthHook(opts.TopicRoot, opts.Logger),
 		gate: newSessionGate(opts.Logger, disconnectTakenOver(srv)),
+
+		identity: ident,
 	}
 	b.auth.gate = b.gate
+	b.auth.identity = b.identity
 	// The only hook that answers OnConnectAuthenticate and OnACLCheck. mochi
 	// ORs auth hooks, so an allow-all hook added anywhere would open the
 	// broker to everyone.
@@ -210,6 +219,7 @@ func (b *Broker) Start() error {
 
 // serve does the part of Start after the socket is bound.
 func (b *Broker) serve() error {
+	b.ln.handshakeFailed = b.identity.handshakeFailed
 	if b.opts.DataDir != "" {
 		if err := b.openStore(); err != nil {
 			return err
@@ -303,6 +313,7 @@ func (b *Broker) closeLocked() error {
 		return nil
 	}
 	b.closed = true
+	b.identity.stop()
 	if b.ln != nil {
 		// Stop accepting and disconnect clients before mochi's own Close,
 		// which stops the store hook without waiting for client goroutines

@@ -36,6 +36,9 @@ type tlsListener struct {
 	mu     sync.Mutex
 	closed bool
 	conns  sync.WaitGroup
+
+	// handshakeFailed reports a failed TLS handshake; set before Serve.
+	handshakeFailed func(remote string, err error)
 }
 
 func newTLSListener(id string, raw net.Listener, conf *tls.Config, connectTimeout time.Duration, log *slog.Logger) *tlsListener {
@@ -100,7 +103,7 @@ func (l *tlsListener) handle(conn net.Conn, establish listeners.EstablishFn) {
 		return
 	}
 	if err != nil {
-		l.log.Warn("connection refused: TLS handshake failed", "remote", conn.RemoteAddr().String(), "error", err)
+		l.handshakeFailed(conn.RemoteAddr().String(), err)
 		tc.Close()
 		return
 	}

@@ -133,6 +133,10 @@ func Start(ctx context.Context, cfg Config) (_ *Server, err error) {
 		if err != nil {
 			return nil, err
 		}
+		// What only the broker sees about a device's identity (a
+		// certificate used by two boards, a certificate refused) becomes
+		// the device's alert; the fleet logs every raise at ERROR.
+		s.br.OnAlert(s.brokerAlert)
 		if err = s.br.Start(); err != nil {
 			return nil, err
 		}
@@ -143,7 +147,8 @@ func Start(ctx context.Context, cfg Config) (_ *Server, err error) {
 		s.tc, err = fleet.Connect(s.fl, transport.Options{
 			Broker: cfg.Broker, CAFile: cfg.CAFile, CertFile: cfg.CertFile, KeyFile: cfg.KeyFile,
 			KeepAlive: cfg.KeepAlive, Backoff: LinkBackoff, DialStagger: LinkDialStagger,
-			Logger: s.log.With("part", "transport"),
+			OnTrouble: s.linkTrouble,
+			Logger:    s.log.With("part", "transport"),
 		})
 		if err != nil {
 			return nil, err
@@ -180,6 +185,38 @@ func Start(ctx context.Context, cfg Config) (_ *Server, err error) {
 		close(s.done)
 	}()
 	return s, nil
+}
+
+// brokerAlert is the embedded broker's AlertFunc. A refused certificate
+// alarms only a device the fleet knows: a handshake that failed creates no
+// device (a connection that never got in is no member of the fleet, and
+// an old certificate of a board since replaced must not bring it back). A
+// duplicate identity is raised for any id: both connections got in.
+func (s *Server) brokerAlert(id, code string, raised bool, detail string) {
+	if !raised {
+		s.fl.ClearAlert(id, code)
+		return
+	}
+	if _, known := s.fl.Device(id); !known && code == protocol.AlertTLSRefused {
+		s.log.Info("refused certificate of a device the fleet does not know: no alert", "device", id)
+		return
+	}
+	s.fl.RaiseAlert(id, code, detail)
+}
+
+// linkTrouble logs the troubles of the link to an external broker that a
+// person must act on. The controller has no alerts of its own to carry
+// them: the log says it, at ERROR when one begins.
+func (s *Server) linkTrouble(t transport.Trouble, active bool, detail string) {
+	if !active {
+		s.log.Info("broker link: trouble over", "trouble", t)
+		return
+	}
+	cure := "check the controller's certificate (its dates, its CA) and the broker's"
+	if t == transport.TroubleTakeover {
+		cure = "another process uses this controller's certificate: give each controller process its own (CN controller-<name>), or stop the other one"
+	}
+	s.log.Error("broker link: "+t.String(), "detail", detail, "cure", cure)
 }
 
 func check(cfg *Config) error {

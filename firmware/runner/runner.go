@@ -152,6 +152,7 @@ func New(cfg config.Config, o Options) (_ *Thermostat, err error) {
 		Farewell:     t.agent.Farewell(),
 		OnConnect:    t.agent.Connected,
 		OnDisconnect: t.agent.Disconnected,
+		OnTrouble:    t.agent.LinkTrouble,
 		Handler:      t.agent.Handle,
 		Logger:       log,
 	})
