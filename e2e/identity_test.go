@@ -11,6 +11,12 @@ import (
 	"github.com/thermofleet/thermo/protocol"
 )
 
+// alerted reports whether alerts hold code.
+func alerted(alerts []protocol.Alert, code string) bool {
+	_, ok := hasAlert(alerts, code)
+	return ok
+}
+
 // hasAlert reports whether alerts holds code, and its detail.
 func hasAlert(alerts []protocol.Alert, code string) (string, bool) {
 	i := slices.IndexFunc(alerts, func(a protocol.Alert) bool { return a.Code == code })

@@ -5,7 +5,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -19,11 +18,6 @@ import (
 // that its disk takes the state again: its retries back off to one every
 // 30 s.
 const saveRetryWait = 45 * time.Second
-
-// hasAlert reports whether alerts hold code.
-func hasAlert(alerts []protocol.Alert, code string) bool {
-	return slices.ContainsFunc(alerts, func(a protocol.Alert) bool { return a.Code == code })
-}
 
 // TestStateDirFullOrReadOnly is issue 9's third defect against the real
 // binaries: a full (small tmpfs) or read-only (bind mount remounted ro)
@@ -84,12 +78,12 @@ func TestStateDirFullOrReadOnly(t *testing.T) {
 				if err != nil {
 					t.Fatal(err)
 				}
-				if !hasAlert(st.Alerts, protocol.AlertStorageError) || st.Effective[protocol.PropMode] != protocol.ModeHeat {
+				if !alerted(st.Alerts, protocol.AlertStorageError) || st.Effective[protocol.PropMode] != protocol.ModeHeat {
 					t.Fatalf("status after the refused set: alerts %+v effective %v; want storage_error, still heating", st.Alerts, st.Effective)
 				}
 				eventually(t, "the controller to show the alert", func() (bool, string) {
 					c, err := w.ctl(d.id)
-					return err == nil && hasAlert(c.Alerts, protocol.AlertStorageError), fmt.Sprintf("%+v %v", c.Alerts, err)
+					return err == nil && alerted(c.Alerts, protocol.AlertStorageError), fmt.Sprintf("%+v %v", c.Alerts, err)
 				})
 				// The control loop runs on: heat on, the room warming.
 				first := st.TempC
@@ -120,7 +114,7 @@ func TestStateDirFullOrReadOnly(t *testing.T) {
 				d.start()
 				eventually(t, "the restarted thermostat to run, heating, with the alert", func() (bool, string) {
 					st, err := d.status()
-					return err == nil && st.Connected && hasAlert(st.Alerts, protocol.AlertStorageError) &&
+					return err == nil && st.Connected && alerted(st.Alerts, protocol.AlertStorageError) &&
 							st.Effective[protocol.PropMode] == protocol.ModeHeat && st.Outputs.Heat,
 						fmt.Sprintf("connected=%v alerts=%+v effective=%v outputs=%+v %v", st.Connected, st.Alerts, st.Effective, st.Outputs, err)
 				})
@@ -133,7 +127,7 @@ func TestStateDirFullOrReadOnly(t *testing.T) {
 					st, err := d.status()
 					if err == nil {
 						last = st
-						if !hasAlert(st.Alerts, protocol.AlertStorageError) && st.Effective[protocol.PropSetpoint] == 18.5 {
+						if !alerted(st.Alerts, protocol.AlertStorageError) && st.Effective[protocol.PropSetpoint] == 18.5 {
 							break
 						}
 					}
@@ -144,7 +138,7 @@ func TestStateDirFullOrReadOnly(t *testing.T) {
 				}
 				command(t, d.bin, "set", "--control-socket", d.socket, "--setpoint", "21.5")
 				st, c := d.synced()
-				if sp, _ := setpoint(c.Props); sp != 21.5 || hasAlert(st.Alerts, protocol.AlertStorageError) {
+				if sp, _ := setpoint(c.Props); sp != 21.5 || alerted(st.Alerts, protocol.AlertStorageError) {
 					t.Errorf("after the repair: controller %v, thermostat alerts %+v", c.Props, st.Alerts)
 				}
 			})
