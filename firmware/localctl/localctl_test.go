@@ -6,13 +6,11 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
-	"log/slog"
 	"net"
 	"os"
 	"path/filepath"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 )
@@ -198,38 +196,5 @@ func TestDoWithoutAgent(t *testing.T) {
 	_, err := do(t, filepath.Join(t.TempDir(), "none.sock"), Request{Op: OpStatus})
 	if err == nil || !strings.Contains(err.Error(), "is `thermostat run` running") {
 		t.Fatalf("Do = %v, want a hint that the agent is not running", err)
-	}
-}
-
-// TestServeErrorNotDoubled: the runner prefixes a part's error with its
-// name ("control socket: "), so Serve's own must not: it read "control
-// socket: control socket: accept: ...". An accept that fails for good is
-// made here with a socket that is bound but not listening.
-func TestServeErrorNotDoubled(t *testing.T) {
-	fd, err := syscall.Socket(syscall.AF_UNIX, syscall.SOCK_STREAM, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	path := filepath.Join(t.TempDir(), "ctl.sock")
-	if err := syscall.Bind(fd, &syscall.SockaddrUnix{Name: path}); err != nil {
-		syscall.Close(fd)
-		t.Fatal(err)
-	}
-	f := os.NewFile(uintptr(fd), path)
-	ln, err := net.FileListener(f)
-	f.Close()
-	if err != nil {
-		t.Skipf("no listener from a socket that is not listening: %v", err)
-	}
-	s := &Server{path: path, ln: ln.(*net.UnixListener), log: slog.Default()}
-	defer s.Close()
-	err = s.Serve(context.Background(), &fakeAgent{})
-	if err == nil {
-		t.Fatal("Serve returned nil on a failing accept")
-	}
-	// As the runner reports it.
-	msg := fmt.Errorf("%s: %w", "control socket", err).Error()
-	if strings.Count(msg, "control socket") != 1 || !strings.Contains(msg, path) {
-		t.Errorf("runner's error %q: want \"control socket\" once, and the socket's path", msg)
 	}
 }
