@@ -154,3 +154,30 @@ func TestPacketRoom(t *testing.T) {
 		t.Errorf("a full PUBLISH needs %d bytes, over MaxPacketSize %d", need, MaxPacketSize)
 	}
 }
+
+// One rule for a topic root, the strict one, for every part of the product
+// (the fleet, the firmware, both brokers, the Mosquitto configuration).
+func TestCheckRoot(t *testing.T) {
+	for _, tc := range []struct {
+		root string
+		ok   bool
+	}{
+		{"thermo", true},
+		{"site/a/thermo", true},
+		{"", false},
+		{"$SYS", false},
+		{"a b", false},
+		{"50%", false},
+		{"a/+/b", false},
+		{"a#", false},
+		{"/thermo", false},
+		{"thermo/", false},
+		{"a//b", false},
+		{"tab\there", false},
+		{"nul\x00", false},
+	} {
+		if err := CheckRoot(tc.root); (err == nil) != tc.ok {
+			t.Errorf("CheckRoot(%q) = %v, want ok=%v", tc.root, err, tc.ok)
+		}
+	}
+}

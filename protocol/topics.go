@@ -1,6 +1,7 @@
 package protocol
 
 import (
+	"errors"
 	"fmt"
 	"regexp"
 	"slices"
@@ -33,13 +34,30 @@ var idPattern = regexp.MustCompile(`^[a-z0-9][a-z0-9_-]{0,62}$`)
 // ValidID reports whether id is a well-formed device id.
 func ValidID(id string) bool { return idPattern.MatchString(id) }
 
-// CheckDeviceID returns an error saying why id cannot name a device.
+// ErrReservedID is wrapped by CheckDeviceID's error for an id that names a
+// controller.
+var ErrReservedID = errors.New(`"controller" and names starting with "controller-" are reserved for the controller's certificates`)
+
+// CheckDeviceID returns an error saying why id cannot name a device. The id
+// is the MQTT username, client id and a topic level, so anything else could
+// escape a broker's ACL: Mosquitto substitutes it into a topic pattern as it
+// is, so a '/' would reach into another device's topics and a capital
+// would name another id than the one the embedded broker checks.
 func CheckDeviceID(id string) error {
 	if !ValidID(id) {
-		return fmt.Errorf("device id %q must match %s", id, idPattern)
+		return fmt.Errorf("invalid id %q: a device id is 1-63 characters of a-z, 0-9, '_' or '-', starting with a letter or digit", id)
 	}
 	if id == ControllerID || strings.HasPrefix(id, ControllerPrefix) {
-		return fmt.Errorf("device id %q is reserved for the controller (%q and %q...)", id, ControllerID, ControllerPrefix)
+		return fmt.Errorf("device id %q: %w", id, ErrReservedID)
+	}
+	return nil
+}
+
+// CheckControllerID returns an error saying why cn cannot name a
+// controller (see IsControllerID).
+func CheckControllerID(cn string) error {
+	if !IsControllerID(cn) {
+		return fmt.Errorf("controller name %q: must be %q or %q followed by 1-63 characters of a-z, 0-9, '_' or '-'", cn, ControllerID, ControllerPrefix)
 	}
 	return nil
 }
@@ -55,15 +73,31 @@ func IsControllerID(cn string) bool {
 	return ok && ValidID(name)
 }
 
-// CheckRoot returns an error if root cannot be a topic root: empty, longer
-// than MaxRootLen, with wildcards, or with empty levels.
+// CheckRoot returns an error if root cannot be a topic root: one or more
+// non-empty levels, at most MaxRootLen bytes (so every topic and its
+// payload fit a packet), not starting with '$' (brokers keep those for
+// themselves), and without wildcards, '%' (Mosquitto's ACL patterns
+// substitute it), spaces or control characters. Every part of the product
+// checks a root with this one rule.
 func CheckRoot(root string) error {
-	if root == "" || strings.ContainsAny(root, "+#\x00") || strings.HasPrefix(root, "/") ||
-		strings.HasSuffix(root, "/") || strings.Contains(root, "//") {
-		return fmt.Errorf("topic root %q must be non-empty, without wildcards or empty levels", root)
+	if root == "" {
+		return errors.New("topic root is empty")
 	}
 	if len(root) > MaxRootLen {
 		return fmt.Errorf("topic root of %d bytes: at most %d, so every topic and its payload fit a packet of %d bytes", len(root), MaxRootLen, MaxPacketSize)
+	}
+	if strings.HasPrefix(root, "$") {
+		return fmt.Errorf("topic root %q: cannot start with '$'", root)
+	}
+	for _, level := range strings.Split(root, "/") {
+		if level == "" {
+			return fmt.Errorf("topic root %q: empty topic level (leading, trailing or double '/')", root)
+		}
+	}
+	for _, r := range root {
+		if r == '+' || r == '#' || r == '%' || r <= ' ' || r == 0x7f {
+			return fmt.Errorf("topic root %q: character %q not allowed", root, r)
+		}
 	}
 	return nil
 }

@@ -20,6 +20,8 @@ import (
 	"strings"
 	"time"
 	"unicode/utf8"
+
+	"github.com/thermofleet/thermo/protocol"
 )
 
 // File names of the CA inside its directory.
@@ -238,7 +240,7 @@ func (ca *CA) IssueServer(hosts []string, opts *IssueOptions) (certPEM, keyPEM [
 }
 
 // IssueClient issues a client certificate with Common Name cn: a device id
-// (ValidateDeviceID) or a controller's name (ValidateControllerCN); any
+// (protocol.CheckDeviceID) or a controller's name (protocol.CheckControllerID); any
 // other name is refused, capitals and '/' included, since the broker's ACL
 // is written in terms of it. It returns the certificate and a new private key,
 // PEM-encoded.
@@ -284,8 +286,8 @@ func (ca *CA) SignCSR(csrPEM []byte, opts *IssueOptions) (certPEM []byte, id str
 	if id, err = singleCommonName(csr.Subject); err != nil {
 		return nil, "", fmt.Errorf("sign request: %w", err)
 	}
-	if err := ValidateDeviceID(id); err != nil {
-		if errors.Is(err, ErrReservedID) {
+	if err := protocol.CheckDeviceID(id); err != nil {
+		if errors.Is(err, protocol.ErrReservedID) {
 			return nil, "", fmt.Errorf("sign request: %w; issue the controller's certificate with `controllerlite pki controller`", err)
 		}
 		return nil, "", fmt.Errorf("sign request: Common Name: %w", err)
@@ -301,7 +303,7 @@ func (ca *CA) SignCSR(csrPEM []byte, opts *IssueOptions) (certPEM []byte, id str
 // run on the device: the request goes to `controllerlite pki sign`, the key
 // stays. Both are PEM-encoded.
 func NewCSR(id string) (csrPEM, keyPEM []byte, err error) {
-	if err := ValidateDeviceID(id); err != nil {
+	if err := protocol.CheckDeviceID(id); err != nil {
 		return nil, nil, fmt.Errorf("new certificate request: %w", err)
 	}
 	key, keyPEM, err := newKey()

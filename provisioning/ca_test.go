@@ -20,6 +20,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/thermofleet/thermo/protocol"
 	"github.com/thermofleet/thermo/provisioning"
 )
 
@@ -334,15 +335,15 @@ func TestIssueOptions(t *testing.T) {
 	}
 }
 
-func TestValidateDeviceID(t *testing.T) {
+func TestCheckDeviceID(t *testing.T) {
 	tests := []struct {
 		id      string
 		wantErr error // nil: valid; errAny: any error
 	}{
 		{"d1", nil},
 		{"a_b-c", nil},
-		{"controller", provisioning.ErrReservedID},
-		{"controller-east", provisioning.ErrReservedID},
+		{"controller", protocol.ErrReservedID},
+		{"controller-east", protocol.ErrReservedID},
 		{"controllers", nil},
 		{"Controller", errAny},
 		{"D1", errAny},
@@ -351,12 +352,12 @@ func TestValidateDeviceID(t *testing.T) {
 		{"../etc", errAny},
 	}
 	for _, tt := range tests {
-		err := provisioning.ValidateDeviceID(tt.id)
+		err := protocol.CheckDeviceID(tt.id)
 		switch {
 		case tt.wantErr == nil && err != nil, tt.wantErr != nil && err == nil:
-			t.Errorf("ValidateDeviceID(%q) = %v, want error %v", tt.id, err, tt.wantErr)
+			t.Errorf("protocol.CheckDeviceID(%q) = %v, want error %v", tt.id, err, tt.wantErr)
 		case tt.wantErr != nil && tt.wantErr != errAny && !errors.Is(err, tt.wantErr):
-			t.Errorf("ValidateDeviceID(%q) = %v, want %v", tt.id, err, tt.wantErr)
+			t.Errorf("protocol.CheckDeviceID(%q) = %v, want %v", tt.id, err, tt.wantErr)
 		}
 	}
 }

@@ -11,6 +11,8 @@ import (
 	"slices"
 	"strings"
 	"time"
+
+	"github.com/thermofleet/thermo/protocol"
 )
 
 // Use is what a certificate given to a binary is for; CheckCertificates
@@ -167,9 +169,9 @@ func describeLeaf(cert *x509.Certificate) string {
 	switch {
 	case hasUsage(cert, x509.ExtKeyUsageServerAuth) && len(cert.ExtKeyUsage) > 0 && !hasUsage(cert, x509.ExtKeyUsageClientAuth):
 		return "a server certificate"
-	case ValidateControllerCN(cert.Subject.CommonName) == nil:
+	case protocol.CheckControllerID(cert.Subject.CommonName) == nil:
 		return "a controller's certificate"
-	case ValidateDeviceID(cert.Subject.CommonName) == nil:
+	case protocol.CheckDeviceID(cert.Subject.CommonName) == nil:
 		return "a device's certificate"
 	}
 	return "a leaf certificate"
@@ -293,13 +295,13 @@ func checkClientCert(c CertCheck, leaf *x509.Certificate) error {
 		return fmt.Errorf("certificate %s: %w: %s", c.CertFile, err, remedy(c.Use))
 	}
 	if c.Use == UseController {
-		if err := ValidateControllerCN(cn); err != nil {
+		if err := protocol.CheckControllerID(cn); err != nil {
 			return fmt.Errorf("certificate %s has CN %q: with --broker, --cert must be the controller's client certificate (CN %q): %w; %s",
 				c.CertFile, cn, ControllerCN, err, remedy(UseController))
 		}
 		return nil
 	}
-	if err := ValidateDeviceID(cn); err != nil {
+	if err := protocol.CheckDeviceID(cn); err != nil {
 		return fmt.Errorf("certificate %s: its CN is the device id: %w; %s", c.CertFile, err, remedy(UseDevice))
 	}
 	return nil

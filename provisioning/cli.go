@@ -10,6 +10,7 @@ import (
 	"strings"
 
 	"github.com/thermofleet/thermo/internal/cli"
+	"github.com/thermofleet/thermo/protocol"
 )
 
 // Layout of a PKI directory managed by RunPKI.
@@ -153,9 +154,9 @@ func pkiDevice(args []string, stdout, stderr io.Writer) error {
 	}
 	id := pos[0]
 	if id == ControllerCN {
-		return fmt.Errorf("%w: use `controllerlite pki controller --dir %s`", ErrReservedID, *dir)
+		return fmt.Errorf("%w: use `controllerlite pki controller --dir %s`", protocol.ErrReservedID, *dir)
 	}
-	if err := ValidateDeviceID(id); err != nil {
+	if err := protocol.CheckDeviceID(id); err != nil {
 		return err
 	}
 	ca, err := LoadCA(*dir)
@@ -286,7 +287,7 @@ func pkiMosquitto(args []string, stdout, stderr io.Writer) error {
 	fs := cli.NewFlags("mosquitto", "controllerlite pki mosquitto [--dir DIR] [--port 8883] [--topic-root thermo] [--bind ADDR] [--cert-dir DIR] [--controller controller-NAME ...]", stderr)
 	dir := dirFlag(fs)
 	port := fs.Int("port", DefaultMQTTSPort, "TLS listener port")
-	root := fs.String("topic-root", DefaultTopicRoot, "first topic level of every protocol topic")
+	root := fs.String("topic-root", protocol.DefaultRoot, "first topic level of every protocol topic")
 	bind := fs.String("bind", "", "listen on this address only (default: every interface)")
 	certDir := fs.String("cert-dir", "", "directory Mosquitto reads ca.crt, server.crt, server.key and the ACL from,\nwhen you install them elsewhere (e.g. /etc/mosquitto/certs); default the PKI directory")
 	var controllers []string
@@ -373,7 +374,7 @@ func RunCSR(args []string, stdout, stderr io.Writer) error {
 			return fmt.Errorf("csr: no --id and no host name: %w", err)
 		}
 		*id = strings.ToLower(host)
-		if err := ValidateDeviceID(*id); err != nil {
+		if err := protocol.CheckDeviceID(*id); err != nil {
 			return fmt.Errorf("csr: the host name is not a valid device id, give one with --id: %w", err)
 		}
 	}

@@ -1,7 +1,6 @@
 package provisioning
 
 import (
-	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -72,9 +71,9 @@ func MosquittoConfig(o MosquittoOptions) (conf, acl []byte, err error) {
 		return nil, nil, fmt.Errorf("mosquitto config: port %d out of range", o.Port)
 	}
 	if o.TopicRoot == "" {
-		o.TopicRoot = DefaultTopicRoot
+		o.TopicRoot = protocol.DefaultRoot
 	}
-	if err := ValidateTopicRoot(o.TopicRoot); err != nil {
+	if err := protocol.CheckRoot(o.TopicRoot); err != nil {
 		return nil, nil, fmt.Errorf("mosquitto config: %w", err)
 	}
 	for name, v := range map[string]string{"CA file": o.CAFile, "certificate file": o.CertFile, "key file": o.KeyFile, "ACL file": o.ACLFile} {
@@ -200,31 +199,4 @@ func WriteMosquittoConfig(dir string, o MosquittoOptions) (confFile, aclFile str
 		return "", "", fmt.Errorf("mosquitto config: %w", err)
 	}
 	return confFile, aclFile, nil
-}
-
-// ValidateTopicRoot checks a topic root: one or more non-empty topic levels
-// without MQTT wildcards, '%' (an ACL substitution), '$' at the start (system
-// topics), white space or control characters, of at most protocol.MaxRootLen
-// bytes (so every topic and its payload fit protocol.MaxPacketSize).
-func ValidateTopicRoot(root string) error {
-	if root == "" {
-		return errors.New("topic root is empty")
-	}
-	if len(root) > protocol.MaxRootLen {
-		return fmt.Errorf("topic root of %d bytes: at most %d", len(root), protocol.MaxRootLen)
-	}
-	if strings.HasPrefix(root, "$") {
-		return fmt.Errorf("topic root %q: cannot start with '$'", root)
-	}
-	for _, level := range strings.Split(root, "/") {
-		if level == "" {
-			return fmt.Errorf("topic root %q: empty topic level (leading, trailing or double '/')", root)
-		}
-	}
-	for _, r := range root {
-		if r == '+' || r == '#' || r == '%' || r <= ' ' || r == 0x7f {
-			return fmt.Errorf("topic root %q: character %q not allowed", root, r)
-		}
-	}
-	return nil
 }

@@ -6,6 +6,8 @@ import (
 	"errors"
 	"fmt"
 	"os"
+
+	"github.com/thermofleet/thermo/protocol"
 )
 
 // CommonName returns the Common Name of the first certificate in certFile.
@@ -32,7 +34,7 @@ func DeviceID(certFile string) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	if err := ValidateDeviceID(cn); err != nil {
+	if err := protocol.CheckDeviceID(cn); err != nil {
 		return "", fmt.Errorf("certificate %s: %w", certFile, err)
 	}
 	return cn, nil

@@ -43,8 +43,7 @@ import (
 
 // Defaults for Options fields left empty.
 const (
-	DefaultListen    = ":8883"
-	DefaultTopicRoot = "thermo"
+	DefaultListen = ":8883"
 	// DefaultConnectTimeout bounds the time from accepting a TCP connection
 	// to reading its MQTT CONNECT, TLS handshake included. Every client of
 	// ours sends CONNECT at once; a connection that does not only holds a
@@ -79,7 +78,7 @@ type Options struct {
 	// queued messages). Empty means in memory only: nothing survives Close.
 	DataDir string
 
-	// TopicRoot is the first topic level of every topic, DefaultTopicRoot if
+	// TopicRoot is the first topic level of every topic, protocol.DefaultRoot if
 	// empty. It may have several levels ("site/thermo") but no wildcards.
 	TopicRoot string
 
@@ -120,9 +119,9 @@ func New(opts Options) (*Broker, error) {
 		opts.Listen = DefaultListen
 	}
 	if opts.TopicRoot == "" {
-		opts.TopicRoot = DefaultTopicRoot
+		opts.TopicRoot = protocol.DefaultRoot
 	}
-	if err := provisioning.ValidateTopicRoot(opts.TopicRoot); err != nil {
+	if err := protocol.CheckRoot(opts.TopicRoot); err != nil {
 		return nil, fmt.Errorf("broker: %w", err)
 	}
 	if opts.Logger == nil {

@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	"github.com/thermofleet/thermo/internal/testenv"
+	"github.com/thermofleet/thermo/protocol"
 )
 
 func TestNewRejectsBadOptions(t *testing.T) {
@@ -37,7 +38,7 @@ func TestNewRejectsBadOptions(t *testing.T) {
 	if err != nil {
 		t.Fatalf("New with good options: %v", err)
 	}
-	if b.opts.Listen != DefaultListen || b.opts.TopicRoot != DefaultTopicRoot {
+	if b.opts.Listen != DefaultListen || b.opts.TopicRoot != protocol.DefaultRoot {
 		t.Errorf("defaults: listen %q root %q", b.opts.Listen, b.opts.TopicRoot)
 	}
 	if b.Addr() != nil {

@@ -97,7 +97,7 @@ func TestPutRefusesBadRecords(t *testing.T) {
 		dev  Device
 		want string
 	}{
-		{"bad id", Device{ID: "D1", Replica: replica(protocol.Clock{}, nil)}, "must match"},
+		{"bad id", Device{ID: "D1", Replica: replica(protocol.Clock{}, nil)}, "invalid id"},
 		{"controller id", Device{ID: "controller", Replica: replica(protocol.Clock{}, nil)}, "reserved"},
 		{"no replica", Device{ID: "d1"}, "no replica"},
 	}

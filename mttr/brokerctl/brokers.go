@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strconv"
 
+	"github.com/thermofleet/thermo/protocol"
 	"github.com/thermofleet/thermo/provisioning"
 )
 
@@ -102,7 +103,7 @@ func Aedes(dir string, o Options) (*Process, error) {
 	}
 	root := o.TopicRoot
 	if root == "" {
-		root = provisioning.DefaultTopicRoot
+		root = protocol.DefaultRoot
 	}
 	return &Process{
 		Kind: "aedes",
