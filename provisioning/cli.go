@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strings"
 
+	"github.com/thermofleet/thermo/internal/atomicfile"
 	"github.com/thermofleet/thermo/internal/cli"
 	"github.com/thermofleet/thermo/protocol"
 )
@@ -175,7 +176,7 @@ func pkiDevice(args []string, stdout, stderr io.Writer) error {
 	if err := os.MkdirAll(bundle, 0o700); err != nil {
 		return err
 	}
-	if err := writeFileAtomic(filepath.Join(bundle, CACertFile), ca.CertPEM, CertFileMode); err != nil {
+	if err := atomicfile.WriteFile(filepath.Join(bundle, CACertFile), ca.CertPEM, CertFileMode); err != nil {
 		return err
 	}
 	if err := WriteCertKey(certFile, keyFile, certPEM, keyPEM); err != nil {
@@ -250,7 +251,7 @@ func pkiSign(args []string, stdout, stderr io.Writer) error {
 		if err := refuseExisting(*force, *out); err != nil {
 			return err
 		}
-		if err := writeFileAtomic(*out, certPEM, CertFileMode); err != nil {
+		if err := atomicfile.WriteFile(*out, certPEM, CertFileMode); err != nil {
 			return err
 		}
 		fmt.Fprintf(stdout, "Certificate for device %s: %s (CA certificate: %s)\n", id, *out, ca.CertFile())
@@ -270,10 +271,10 @@ func pkiSign(args []string, stdout, stderr io.Writer) error {
 	if err := os.Remove(keyFile); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return err
 	}
-	if err := writeFileAtomic(filepath.Join(bundle, CACertFile), ca.CertPEM, CertFileMode); err != nil {
+	if err := atomicfile.WriteFile(filepath.Join(bundle, CACertFile), ca.CertPEM, CertFileMode); err != nil {
 		return err
 	}
-	if err := writeFileAtomic(certFile, certPEM, CertFileMode); err != nil {
+	if err := atomicfile.WriteFile(certFile, certPEM, CertFileMode); err != nil {
 		return err
 	}
 	fmt.Fprintf(stdout, "Certificate for device %s: %s (with %s)\n", id, certFile, CACertFile)
@@ -389,10 +390,10 @@ func RunCSR(args []string, stdout, stderr io.Writer) error {
 	if err := os.MkdirAll(*out, 0o700); err != nil {
 		return fmt.Errorf("csr: %w", err)
 	}
-	if err := writeFileAtomic(keyFile, keyPEM, KeyFileMode); err != nil {
+	if err := atomicfile.WriteFile(keyFile, keyPEM, KeyFileMode); err != nil {
 		return fmt.Errorf("csr: %w", err)
 	}
-	if err := writeFileAtomic(csrFile, csrPEM, CertFileMode); err != nil {
+	if err := atomicfile.WriteFile(csrFile, csrPEM, CertFileMode); err != nil {
 		return fmt.Errorf("csr: %w", err)
 	}
 	fmt.Fprintf(stdout, "Key %s (0600, stays on this device) and request %s for device %q.\n", keyFile, csrFile, *id)

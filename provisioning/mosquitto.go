@@ -7,6 +7,7 @@ import (
 	"slices"
 	"strings"
 
+	"github.com/thermofleet/thermo/internal/atomicfile"
 	"github.com/thermofleet/thermo/protocol"
 )
 
@@ -192,10 +193,10 @@ func WriteMosquittoConfig(dir string, o MosquittoOptions) (confFile, aclFile str
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return "", "", fmt.Errorf("mosquitto config: %w", err)
 	}
-	if err := writeFileAtomic(aclFile, acl, CertFileMode); err != nil {
+	if err := atomicfile.WriteFile(aclFile, acl, CertFileMode); err != nil {
 		return "", "", fmt.Errorf("mosquitto config: %w", err)
 	}
-	if err := writeFileAtomic(confFile, conf, CertFileMode); err != nil {
+	if err := atomicfile.WriteFile(confFile, conf, CertFileMode); err != nil {
 		return "", "", fmt.Errorf("mosquitto config: %w", err)
 	}
 	return confFile, aclFile, nil

@@ -15,6 +15,7 @@ import (
 	mqtt "github.com/eclipse/paho.mqtt.golang"
 
 	"github.com/thermofleet/thermo/internal/lograte"
+	"github.com/thermofleet/thermo/internal/workq"
 	"github.com/thermofleet/thermo/provisioning"
 )
 
@@ -123,7 +124,7 @@ type Client struct {
 	log    *slog.Logger
 
 	connected atomic.Bool
-	queue     *queue
+	queue     *workq.Queue[func(context.Context)] // handlers, run in order by runQueue
 
 	mu    sync.Mutex
 	subs  map[string]byte
@@ -189,7 +190,7 @@ func New(o Options) (*Client, error) {
 	return &Client{
 		opts: o, id: id, tls: conf, broker: u,
 		log:   o.Logger.With("broker", u.Host, "client", id),
-		queue: newQueue(),
+		queue: workq.New[func(context.Context)](),
 		subs:  map[string]byte{},
 
 		takeover: takeoverGuard{backoff: TakeoverBackoff},
@@ -327,7 +328,7 @@ func (c *Client) Publish(ctx context.Context, topic string, payload []byte, qos 
 // the dispatcher goroutine.
 func (c *Client) receive(_ mqtt.Client, m mqtt.Message) {
 	msg := Message{Topic: m.Topic(), Payload: append([]byte(nil), m.Payload()...), QoS: m.Qos(), Retained: m.Retained()}
-	c.queue.push(func(context.Context) {
+	c.queue.Push(func(context.Context) {
 		if c.opts.Handler != nil {
 			c.opts.Handler(msg)
 		}
@@ -339,7 +340,7 @@ func (c *Client) receive(_ mqtt.Client, m mqtt.Message) {
 func (c *Client) Run(ctx context.Context) error {
 	var wg sync.WaitGroup
 	wg.Add(1)
-	go func() { defer wg.Done(); c.queue.run(ctx) }()
+	go func() { defer wg.Done(); runQueue(ctx, c.queue) }()
 	defer wg.Wait()
 
 	attempt := 0
@@ -413,7 +414,7 @@ func (c *Client) lost(err error) (wait time.Duration, takeover bool) {
 	up := c.stats.LastConnected
 	c.mu.Unlock()
 	c.log.Warn("connection lost", "err", err, "up_for", now.Sub(up).Round(time.Millisecond))
-	c.queue.push(func(context.Context) {
+	c.queue.Push(func(context.Context) {
 		if c.opts.OnDisconnect != nil {
 			c.opts.OnDisconnect(err)
 		}
@@ -475,7 +476,7 @@ func (c *Client) trouble(t Trouble, active bool, detail string) {
 	if c.opts.OnTrouble == nil {
 		return
 	}
-	c.queue.push(func(context.Context) { c.opts.OnTrouble(t, active, detail) })
+	c.queue.Push(func(context.Context) { c.opts.OnTrouble(t, active, detail) })
 }
 
 // connect makes one attempt: TLS connection, CONNECT, subscriptions. On
@@ -550,7 +551,7 @@ func (c *Client) connect(ctx context.Context) (<-chan error, error) {
 	// to acknowledge the subscriptions, so that when it runs "connected"
 	// also means "subscribed".
 	subscribed := make(chan bool, 1)
-	c.queue.push(func(ctx context.Context) {
+	c.queue.Push(func(ctx context.Context) {
 		select {
 		case ok := <-subscribed:
 			if !ok {
@@ -614,31 +615,12 @@ func (c *Client) shutdown() {
 	pc.Disconnect(250)
 }
 
-// queue runs functions in order on one goroutine; push never blocks.
-type queue struct {
-	mu    sync.Mutex
-	items []func(context.Context)
-	wake  chan struct{}
-}
-
-func newQueue() *queue { return &queue{wake: make(chan struct{}, 1)} }
-
-func (q *queue) push(f func(context.Context)) {
-	q.mu.Lock()
-	q.items = append(q.items, f)
-	q.mu.Unlock()
-	select {
-	case q.wake <- struct{}{}:
-	default:
-	}
-}
-
-func (q *queue) run(ctx context.Context) {
+// runQueue runs q's functions in order on the calling goroutine until ctx
+// is done: the dispatcher, so handlers may persist and publish without
+// stalling paho.
+func runQueue(ctx context.Context, q *workq.Queue[func(context.Context)]) {
 	for {
-		q.mu.Lock()
-		items := q.items
-		q.items = nil
-		q.mu.Unlock()
+		items := q.Drain()
 		for _, f := range items {
 			if ctx.Err() != nil {
 				return
@@ -651,7 +633,7 @@ func (q *queue) run(ctx context.Context) {
 		select {
 		case <-ctx.Done():
 			return
-		case <-q.wake:
+		case <-q.Wake():
 		}
 	}
 }

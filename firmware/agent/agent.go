@@ -38,6 +38,7 @@ import (
 	"github.com/thermofleet/thermo/firmware/control"
 	"github.com/thermofleet/thermo/hal"
 	"github.com/thermofleet/thermo/internal/alert"
+	"github.com/thermofleet/thermo/internal/workq"
 	"github.com/thermofleet/thermo/protocol"
 	"github.com/thermofleet/thermo/transport"
 )
@@ -138,7 +139,7 @@ type Agent struct {
 	syncTimer hal.Timer
 	conn      Conn
 
-	ops     opQueue
+	ops     *workq.Queue[func()] // operations for Run, in order; push never blocks
 	out     outbox
 	stopped chan struct{} // closed when Run returns
 
@@ -218,7 +219,7 @@ func New(cfg Config, stored *protocol.DeviceState) (*Agent, error) {
 		clock:   cfg.Clock,
 		id:      cfg.ID,
 		root:    cfg.Root,
-		ops:     newOpQueue(),
+		ops:     workq.New[func()](),
 		out:     newOutbox(),
 		stopped: make(chan struct{}),
 		alerts:  alert.New(cfg.Clock.Now),
@@ -325,15 +326,15 @@ func (a *Agent) Run(ctx context.Context, conn Conn) error {
 		}
 		select {
 		case <-ctx.Done():
-			a.ops.close()
+			a.ops.Close()
 			for _, t := range []hal.Timer{a.syncTimer, a.storage.retry} {
 				if t != nil {
 					t.Stop()
 				}
 			}
 			return nil
-		case <-a.ops.wake:
-			for _, op := range a.ops.take() {
+		case <-a.ops.Wake():
+			for _, op := range a.ops.Drain() {
 				op()
 			}
 		case <-telemetry.C():
@@ -360,7 +361,7 @@ var errStopped = errors.New("agent stopped")
 // do runs f on the Run goroutine and waits for it.
 func (a *Agent) do(ctx context.Context, f func() error) error {
 	done := make(chan error, 1)
-	if !a.ops.push(func() { done <- f() }) {
+	if !a.ops.Push(func() { done <- f() }) {
 		return errStopped
 	}
 	select {
@@ -444,7 +445,7 @@ func (a *Agent) saveWorks() {
 	}
 	*st = storageState{lastLog: st.lastLog}
 	a.alerts.Clear(protocol.AlertStorageError)
-	a.ops.push(a.resync)
+	a.ops.Push(a.resync)
 }
 
 // retrySave is the retry timer's attempt: it saves the device's state,
@@ -564,7 +565,7 @@ func (a *Agent) updateView() {
 func (a *Agent) Connected(context.Context, *transport.Client) { a.connect() }
 
 func (a *Agent) connect() {
-	a.ops.push(func() {
+	a.ops.Push(func() {
 		a.connected.Store(true)
 		a.out.push(action{kind: actStatus, topic: a.Topic(protocol.KindStatus), payload: protocol.Status{Online: true}.Encode(), qos: 1, retain: true})
 		m := a.dev.Connect()
@@ -587,7 +588,7 @@ func (a *Agent) connect() {
 // Disconnected is transport's OnDisconnect: local writes now wait for the
 // next connection.
 func (a *Agent) Disconnected(err error) {
-	a.ops.push(func() {
+	a.ops.Push(func() {
 		a.connected.Store(false)
 		a.dev.Disconnect()
 		a.updateView()
@@ -596,7 +597,7 @@ func (a *Agent) Disconnected(err error) {
 
 // Handle is transport's Handler: one message of a subscription.
 func (a *Agent) Handle(m transport.Message) {
-	a.ops.push(func() { a.receive(m) })
+	a.ops.Push(func() { a.receive(m) })
 }
 
 func (a *Agent) reject(m transport.Message, reason string, args ...any) {
@@ -710,7 +711,7 @@ func (a *Agent) LocalWrite(ctx context.Context, changes map[string]any, src stri
 // settings is written (src "button"), so an untouched property keeps its
 // stamp. It does not block.
 func (a *Agent) ButtonChange(s control.Settings) {
-	a.ops.push(func() {
+	a.ops.Push(func() {
 		eff := a.dev.Effective()
 		changes := map[string]any{}
 		if v, ok := eff[protocol.PropSetpoint].(float64); !ok || math.Abs(v-s.SetpointC) > 1e-9 {

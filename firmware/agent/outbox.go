@@ -10,48 +10,6 @@ import (
 	"github.com/thermofleet/thermo/transport"
 )
 
-// opQueue hands operations to the Run goroutine in order; push never
-// blocks, so transport's dispatcher and the control loop never wait for Run.
-type opQueue struct {
-	mu     sync.Mutex
-	items  []func()
-	closed bool
-	wake   chan struct{}
-}
-
-func newOpQueue() opQueue { return opQueue{wake: make(chan struct{}, 1)} }
-
-// push queues f; it reports false once the queue is closed.
-func (q *opQueue) push(f func()) bool {
-	q.mu.Lock()
-	if q.closed {
-		q.mu.Unlock()
-		return false
-	}
-	q.items = append(q.items, f)
-	q.mu.Unlock()
-	select {
-	case q.wake <- struct{}{}:
-	default:
-	}
-	return true
-}
-
-func (q *opQueue) take() []func() {
-	q.mu.Lock()
-	defer q.mu.Unlock()
-	items := q.items
-	q.items = nil
-	return items
-}
-
-func (q *opQueue) close() {
-	q.mu.Lock()
-	defer q.mu.Unlock()
-	q.closed = true
-	q.items = nil
-}
-
 type actionKind int
 
 const (

@@ -32,6 +32,7 @@ import (
 	"strings"
 	"syscall"
 
+	"github.com/thermofleet/thermo/internal/atomicfile"
 	"github.com/thermofleet/thermo/protocol"
 )
 
@@ -43,7 +44,7 @@ const lockName = "lock"
 
 // tmpPrefix starts the name of a temporary file being written; leftovers
 // of a crash are removed by Open.
-const tmpPrefix = ".state.json.tmp-"
+var tmpPrefix = atomicfile.TempPrefix(FileName)
 
 // Format is the version of the file layout written by Save.
 const Format = 1
@@ -251,43 +252,8 @@ func (s *Store) Save(st protocol.DeviceState) error {
 			return fmt.Errorf("save state: %w", err)
 		}
 	}
-	if err := writeAtomic(s.dir, FileName, data); err != nil {
+	if err := atomicfile.WriteFile(filepath.Join(s.dir, FileName), data, 0o600); err != nil {
 		return fmt.Errorf("save state: %w", err)
 	}
 	return nil
-}
-
-func writeAtomic(dir, name string, data []byte) (err error) {
-	f, err := os.CreateTemp(dir, tmpPrefix+"*")
-	if err != nil {
-		return err
-	}
-	tmp := f.Name()
-	defer func() {
-		if err != nil {
-			f.Close()
-			os.Remove(tmp)
-		}
-	}()
-	if err = f.Chmod(0o600); err != nil {
-		return err
-	}
-	if _, err = f.Write(data); err != nil {
-		return err
-	}
-	if err = f.Sync(); err != nil {
-		return err
-	}
-	if err = f.Close(); err != nil {
-		return err
-	}
-	if err = os.Rename(tmp, filepath.Join(dir, name)); err != nil {
-		return err
-	}
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	return d.Sync()
 }
