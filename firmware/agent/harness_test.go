@@ -1,7 +1,6 @@
 package agent
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -28,22 +27,7 @@ const root = protocol.DefaultRoot
 
 // logBuffer collects a test's logs and prints them only if it fails, so
 // goroutines that log while stopping never touch a finished test.
-type logBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (l *logBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.buf.Write(p)
-}
-
-func (l *logBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.buf.String()
-}
+type logBuffer = testenv.Buffer
 
 func newLogger(t *testing.T) *slog.Logger {
 	log, _ := newLoggerBuffer(t)
@@ -56,9 +40,7 @@ func newLoggerBuffer(t *testing.T) (*slog.Logger, *logBuffer) {
 	lb := &logBuffer{}
 	t.Cleanup(func() {
 		if t.Failed() {
-			lb.mu.Lock()
-			t.Logf("logs:\n%s", lb.buf.String())
-			lb.mu.Unlock()
+			t.Logf("logs:\n%s", lb.String())
 		}
 	})
 	return slog.New(slog.NewTextHandler(lb, &slog.HandlerOptions{Level: slog.LevelDebug})), lb

@@ -44,9 +44,7 @@ func TestLinkTrouble(t *testing.T) {
 			if st := a.Snapshot(); len(st.Alerts) != 1 || st.Alerts[0].Code != tc.code {
 				t.Errorf("status alerts %+v", st.Alerts)
 			}
-			logs.mu.Lock()
-			text := logs.buf.String()
-			logs.mu.Unlock()
+			text := logs.String()
 			if n := strings.Count(text, "level=ERROR"); n != 1 || !strings.Contains(text, tc.cure) {
 				t.Errorf("%d ERROR lines, want 1 naming the cure (%q):\n%s", n, tc.cure, text)
 			}

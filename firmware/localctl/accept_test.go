@@ -1,7 +1,6 @@
 package localctl
 
 import (
-	"bytes"
 	"context"
 	"github.com/thermofleet/thermo/internal/testenv"
 	"log/slog"
@@ -9,7 +8,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"syscall"
 	"testing"
@@ -35,22 +33,7 @@ func (l *flakyListener) Accept() (net.Conn, error) {
 }
 
 // syncBuffer is a log destination safe for the server's goroutines.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
+type syncBuffer = testenv.Buffer
 
 // serveOn runs a Server on ln with h until the test ends, and checks that
 // Serve returned nil only then.
