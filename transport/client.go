@@ -68,6 +68,10 @@ type Options struct {
 	// later instead of at its next attempt. Not for a fleet of devices: it
 	// multiplies their SYNs.
 	DialStagger time.Duration
+	// Dial opens one TCP connection to the broker's address, TLS is done
+	// over it; nil means a net.Dialer with the keep-alive above. A seam for
+	// a proxy or a tunnel, and for tests.
+	Dial func(ctx context.Context, network, addr string) (net.Conn, error)
 	// DialTimeout bounds the TCP connect to one of the broker's addresses,
 	// inside ConnectTimeout (name resolution is not counted). A SYN that
 	// is not answered is resent by the kernel only after 1, 3, 7, 15 s, so
@@ -137,8 +141,6 @@ type Client struct {
 	tlsRefusals int              // TLS refusals since the last connection
 	tlsTrouble  bool             // TroubleTLSRefused reported active
 
-	// dialContext opens one TCP connection; tests replace it.
-	dialContext func(ctx context.Context, network, addr string) (net.Conn, error)
 }
 
 // New checks the options, loads the certificates and returns a Client that
@@ -171,6 +173,9 @@ func New(o Options) (*Client, error) {
 	if o.ConnectTimeout <= 0 {
 		o.ConnectTimeout = DefaultConnectTimeout
 	}
+	if o.Dial == nil {
+		o.Dial = (&net.Dialer{KeepAlive: o.KeepAlive}).DialContext
+	}
 	if o.DialTimeout <= 0 {
 		o.DialTimeout = DefaultDialTimeout
 	}
@@ -196,7 +201,6 @@ func New(o Options) (*Client, error) {
 		takeover: takeoverGuard{backoff: TakeoverBackoff},
 		failures: lograte.New(lograte.DefaultInterval, nil),
 
-		dialContext: (&net.Dialer{KeepAlive: o.KeepAlive}).DialContext,
 	}, nil
 }
 

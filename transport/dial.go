@@ -48,7 +48,7 @@ func (c *Client) dialAddr(ctx context.Context, addr string) (net.Conn, error) {
 		return err
 	}
 	if stagger <= 0 || stagger >= timeout {
-		conn, err := c.dialContext(ctx, "tcp", addr)
+		conn, err := c.opts.Dial(ctx, "tcp", addr)
 		if err != nil {
 			return nil, noAnswer(err)
 		}
@@ -65,7 +65,7 @@ func (c *Client) dialAddr(ctx context.Context, addr string) (net.Conn, error) {
 	launch := func() {
 		launched++
 		go func() {
-			conn, err := c.dialContext(ctx, "tcp", addr)
+			conn, err := c.opts.Dial(ctx, "tcp", addr)
 			results <- result{conn, err}
 		}()
 	}

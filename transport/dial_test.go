@@ -179,7 +179,7 @@ func TestDialStagger(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			peers := make(chan net.Conn, 10)
 			f := &fakeDials{plays: tc.plays(peers)}
-			c := &Client{opts: Options{DialTimeout: 200 * time.Millisecond, DialStagger: tc.stagger}, dialContext: f.dial}
+			c := &Client{opts: Options{DialTimeout: 200 * time.Millisecond, DialStagger: tc.stagger, Dial: f.dial}}
 			conn, err := c.dialAddr(context.Background(), "192.0.2.1:8883")
 			if tc.wantErr != "" {
 				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
@@ -209,7 +209,7 @@ func TestDialStaggerClosesLateConnections(t *testing.T) {
 		return a, nil
 	}
 	f := &fakeDials{plays: []func(context.Context) (net.Conn, error){slow, answered(peers)}}
-	c := &Client{opts: Options{DialTimeout: time.Second, DialStagger: 10 * time.Millisecond}, dialContext: f.dial}
+	c := &Client{opts: Options{DialTimeout: time.Second, DialStagger: 10 * time.Millisecond, Dial: f.dial}}
 	conn, err := c.dialAddr(context.Background(), "192.0.2.1:8883")
 	if err != nil {
 		t.Fatal(err)
