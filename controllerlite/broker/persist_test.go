@@ -428,3 +428,26 @@ func capabilities(t *testing.T) *mqtt.Capabilities {
 	defer b.Close()
 	return b.srv.Options.Capabilities
 }
+
+// TestFreshStoreLogsNoError: a first start on an empty data directory, a
+// client's session and a clean stop log nothing at ERROR (mochi's bolt hook
+// logged "failed to get data key=SYS" on every fresh store).
+func TestFreshStoreLogsNoError(t *testing.T) {
+	pki := testenv.NewPKI(t)
+	dir := t.TempDir()
+	b := startBroker(t, pki, dir, nil)
+	d1 := pki.Connect(t, b.url, "d1")
+	d1.Publish(t, "thermo/d1/event", 1, true, []byte("e1"))
+	d1.Close()
+	b.log.waitFor(t, "client disconnected", "client=d1")
+	b.Close()
+	again := startBroker(t, pki, dir, nil)
+	again.Close()
+	for _, r := range []*logRecorder{b.log, again.log} {
+		for _, l := range r.all() {
+			if strings.HasPrefix(l, "ERROR") {
+				t.Errorf("logged at ERROR: %s", l)
+			}
+		}
+	}
+}

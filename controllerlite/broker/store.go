@@ -30,6 +30,7 @@ import (
 //   - The wills of clients that were connected when the broker died are
 //     collected, so the broker can publish them (their connection did end
 //     abruptly).
+//   - The broker's $SYS counters are not stored (see OnSysInfoTick).
 //   - mochi stops the hook (closing the database) while its housekeeping
 //     loop may still call it; calls after Stop are ignored here.
 //   - The subscriptions and in-flight messages of a session that ends with
@@ -145,8 +146,14 @@ func (h *storeHook) OnQosDropped(cl *mqtt.Client, pk packets.Packet) {
 	h.open(func() { h.Hook.OnQosDropped(cl, pk) })
 }
 
-func (h *storeHook) OnSysInfoTick(info *system.Info) {
-	h.open(func() { h.Hook.OnSysInfoTick(info) })
+// OnSysInfoTick and StoredSysInfo keep mochi's $SYS counters out of the
+// store: nothing in the product reads them after a restart, each tick was a
+// write, and reading the key from a fresh store logged "failed to get
+// data key=SYS" at ERROR on every first start.
+func (h *storeHook) OnSysInfoTick(*system.Info) {}
+
+func (h *storeHook) StoredSysInfo() (storage.SystemInfo, error) {
+	return storage.SystemInfo{}, nil
 }
 
 func (h *storeHook) OnClientExpired(cl *mqtt.Client) {

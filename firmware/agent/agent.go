@@ -104,7 +104,10 @@ type Config struct {
 	SaveRetry time.Duration
 	// Clock drives the telemetry interval, the sync timeout, the save
 	// retries and the rate of save error lines; the wall clock when nil.
-	Clock  hal.Clock
+	Clock hal.Clock
+	// Logger gets the agent's lines, marked component=agent; the caller
+	// names the device on it (the runner does, for every part), so each
+	// line carries the id once.
 	Logger *slog.Logger
 }
 
@@ -215,7 +218,7 @@ func New(cfg Config, stored *protocol.DeviceState) (*Agent, error) {
 	}
 	a := &Agent{
 		cfg:     cfg,
-		log:     cfg.Logger.With("component", "agent", "device", cfg.ID),
+		log:     cfg.Logger.With("component", "agent"),
 		clock:   cfg.Clock,
 		id:      cfg.ID,
 		root:    cfg.Root,
