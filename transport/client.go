@@ -200,7 +200,6 @@ func New(o Options) (*Client, error) {
 
 		takeover: takeoverGuard{backoff: TakeoverBackoff},
 		failures: lograte.New(lograte.DefaultInterval, nil),
-
 	}, nil
 }
 
