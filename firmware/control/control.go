@@ -23,27 +23,13 @@ import (
 	"time"
 
 	"github.com/thermofleet/thermo/hal"
+	"github.com/thermofleet/thermo/protocol"
 	"periph.io/x/conn/v3/physic"
 )
 
-// Modes of the thermostat, as in the protocol's `mode` property.
-const (
-	ModeOff  = "off"
-	ModeHeat = "heat"
-	ModeCool = "cool"
-	ModeAuto = "auto"
-)
-
-// Modes lists the modes in the order the mode button cycles through them.
-var Modes = []string{ModeOff, ModeHeat, ModeCool, ModeAuto}
-
-// Setpoint limits, as in the protocol's `setpoint_c` property.
-const (
-	MinSetpointC = 5.0
-	MaxSetpointC = 35.0
-)
-
-// Settings is what a user chooses: the protocol's setpoint_c and mode.
+// Settings is what a user chooses: the protocol's setpoint_c and mode,
+// with the protocol's limits, modes and rounding (package protocol is the
+// one rulebook; the loop keeps none of its own).
 type Settings struct {
 	SetpointC float64
 	Mode      string
@@ -51,19 +37,18 @@ type Settings struct {
 
 // DefaultSettings is what a board with no stored state starts with: off,
 // so a fresh install heats only through frost protection until told to.
-var DefaultSettings = Settings{SetpointC: 20, Mode: ModeOff}
+var DefaultSettings = Settings{SetpointC: 20, Mode: protocol.ModeOff}
 
-// Validate reports a setpoint outside 5..35 °C or an unknown mode.
+// Validate reports settings the protocol would refuse: a setpoint outside
+// its range or an unknown mode.
 func (s Settings) Validate() error {
-	if math.IsNaN(s.SetpointC) || s.SetpointC < MinSetpointC || s.SetpointC > MaxSetpointC {
-		return fmt.Errorf("setpoint %v °C is outside %v..%v", s.SetpointC, MinSetpointC, MaxSetpointC)
+	if _, err := protocol.Normalize(protocol.PropSetpoint, s.SetpointC); err != nil {
+		return err
 	}
-	for _, m := range Modes {
-		if s.Mode == m {
-			return nil
-		}
+	if _, err := protocol.Normalize(protocol.PropMode, s.Mode); err != nil {
+		return err
 	}
-	return fmt.Errorf("mode %q is not one of %s", s.Mode, strings.Join(Modes, ", "))
+	return nil
 }
 
 // Snapshot is the loop's state at one instant: what telemetry reports.
@@ -115,16 +100,20 @@ func WithLogger(log *slog.Logger) Option { return func(l *Loop) { l.log = log } 
 // state directory.
 func WithSettings(s Settings) Option { return func(l *Loop) { l.settings = s } }
 
-// OnOutputChange is called, on the loop goroutine, after every change of
-// the driven outputs, with a snapshot taken just after the change. The
-// firmware sends telemetry from here. It must not block for long.
-func OnOutputChange(f func(Snapshot)) Option { return func(l *Loop) { l.onOutput = f } }
-
-// OnLocalChange is called, on the loop goroutine, once at the end of each
-// burst of button presses that changed the settings, with the settings now
-// in force. The firmware makes it a device event with src "button". It
-// must not block for long; it may call SetSettings.
-func OnLocalChange(f func(Settings)) Option { return func(l *Loop) { l.onLocal = f } }
+// Notify wires the loop to whatever keeps its settings, once both exist
+// and before Run: onOutput is called after every change of the driven
+// outputs, with a snapshot taken just after it (the firmware sends
+// telemetry); onLocal at the end of each burst of button presses that
+// asks for other settings, with the settings asked for. The buttons only
+// ask: the loop runs with them once they come back through SetSettings
+// (the firmware's agent records the change as a device event first, and
+// a change it refuses never reaches the outputs). Both are called on the
+// loop goroutine, with no lock held, and must not block for long.
+func (l *Loop) Notify(onOutput func(Snapshot), onLocal func(Settings)) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.onOutput, l.onLocal = onOutput, onLocal
+}
 
 // Loop is the control loop of one board.
 type Loop struct {
@@ -194,7 +183,7 @@ func New(cfg Config, board hal.Board, opts ...Option) (*Loop, error) {
 	if err := l.settings.Validate(); err != nil {
 		return nil, fmt.Errorf("control: initial settings: %w", err)
 	}
-	l.settings.SetpointC = round1(l.settings.SetpointC)
+	l.settings.SetpointC = protocol.RoundSetpoint(l.settings.SetpointC)
 	l.wired = board.Wired()
 	l.sensors = board.Sensors()
 	if len(l.sensors) == 0 {
@@ -229,7 +218,7 @@ func (l *Loop) SetSettings(s Settings) error {
 	if err := s.Validate(); err != nil {
 		return fmt.Errorf("control: %w", err)
 	}
-	s.SetpointC = round1(s.SetpointC)
+	s.SetpointC = protocol.RoundSetpoint(s.SetpointC)
 	l.mu.Lock()
 	changed := s != l.settings
 	l.settings = s
@@ -489,12 +478,13 @@ func (l *Loop) evaluate(now time.Time) {
 	}
 	changed := want != prev
 	snap := l.snapshotLocked(now)
+	onOutput := l.onOutput
 	l.mu.Unlock()
 	if changed {
 		l.log.Info("outputs", "heat", want.Heat, "cool", want.Cool, "fan", want.Fan,
 			"temp", snap.Temperature, "setpoint_c", snap.Settings.SetpointC, "mode", snap.Settings.Mode, "why", reasons)
-		if l.onOutput != nil {
-			l.onOutput(snap)
+		if onOutput != nil {
+			onOutput(snap)
 		}
 	}
 }
@@ -516,11 +506,11 @@ func (l *Loop) decideLocked(now time.Time) (hal.Outputs, string) {
 	heatOn, heatOff := -inf, -inf // never on
 	coolOn, coolOff := inf, inf
 	switch s.Mode {
-	case ModeHeat:
+	case protocol.ModeHeat:
 		heatOn, heatOff = s.SetpointC-half, s.SetpointC+half
-	case ModeCool:
+	case protocol.ModeCool:
 		coolOn, coolOff = s.SetpointC+half, s.SetpointC-half
-	case ModeAuto:
+	case protocol.ModeAuto:
 		h, k := s.SetpointC-c.AutoDeadbandC/2, s.SetpointC+c.AutoDeadbandC/2
 		heatOn, heatOff = h-half, h+half
 		coolOn, coolOff = k+half, k-half
@@ -534,9 +524,9 @@ func (l *Loop) decideLocked(now time.Time) (hal.Outputs, string) {
 	}
 	// A mode that no longer uses an output switches it off at once;
 	// only the thermostat's own hysteresis waits for min_on.
-	modeHeats := s.Mode == ModeHeat || s.Mode == ModeAuto ||
+	modeHeats := s.Mode == protocol.ModeHeat || s.Mode == protocol.ModeAuto ||
 		*c.Frost.Enabled && t < hal.Celsius(c.Frost.FloorC+c.BandC)
-	modeCools := (s.Mode == ModeCool || s.Mode == ModeAuto) && !frost
+	modeCools := (s.Mode == protocol.ModeCool || s.Mode == protocol.ModeAuto) && !frost
 
 	var why []string
 	wantHeat := hyst(l.heat.on, t, heatOn, heatOff, false)
@@ -605,8 +595,6 @@ func (l *Loop) applyTimes(now time.Time, name string, r *relay, oc OutputConfig,
 	return r.on
 }
 
-func round1(v float64) float64 { return math.Round(v*10) / 10 }
-
 // press handles one debounced button press: the change is gathered into
 // the current burst and applied when the burst's window ends.
 func (l *Loop) press(ev hal.ButtonEvent, now time.Time) {
@@ -624,16 +612,16 @@ func (l *Loop) press(ev hal.ButtonEvent, now time.Time) {
 		if ev.Button == hal.ButtonDown {
 			step = -step
 		}
-		b.setpointC = round1(math.Min(MaxSetpointC, math.Max(MinSetpointC, p.SetpointC+step)))
+		b.setpointC = protocol.RoundSetpoint(math.Min(protocol.MaxSetpoint, math.Max(protocol.MinSetpoint, p.SetpointC+step)))
 		b.touchedSP = true
 	case hal.ButtonMode:
 		i := 0
-		for j, m := range Modes {
+		for j, m := range protocol.Modes {
 			if m == p.Mode {
 				i = j
 			}
 		}
-		b.mode = Modes[(i+1)%len(Modes)]
+		b.mode = protocol.Modes[(i+1)%len(protocol.Modes)]
 		b.touchedMode = true
 	default:
 		l.log.Warn("unknown button ignored", "button", ev.Button.String())
@@ -655,14 +643,14 @@ func (l *Loop) endBurstIfDue(now time.Time) {
 	p := l.pendingLocked()
 	l.burst = nil
 	changed := p != l.settings
-	l.settings = p
+	onLocal := l.onLocal
 	l.mu.Unlock()
 	if !changed {
 		l.log.Info("button presses left the settings unchanged", "presses", b.presses)
 		return
 	}
-	l.log.Info("settings changed by buttons", "setpoint_c", p.SetpointC, "mode", p.Mode, "presses", b.presses)
-	if l.onLocal != nil {
-		l.onLocal(p)
+	l.log.Info("buttons ask for new settings", "setpoint_c", p.SetpointC, "mode", p.Mode, "presses", b.presses)
+	if onLocal != nil {
+		onLocal(p)
 	}
 }

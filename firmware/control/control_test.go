@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/thermofleet/thermo/hal"
+	"github.com/thermofleet/thermo/protocol"
 )
 
 // testConfig has short, distinct times so each rule shows in a table:
@@ -46,10 +47,10 @@ func mins(n int) time.Duration { return time.Duration(n) * time.Minute }
 var errUnplugged = errors.New("i2c: no ACK (sensor unplugged?)")
 
 func TestLoopRules(t *testing.T) {
-	heat20 := Settings{SetpointC: 20, Mode: ModeHeat}
-	cool24 := Settings{SetpointC: 24, Mode: ModeCool}
-	auto21 := Settings{SetpointC: 21, Mode: ModeAuto}
-	off20 := Settings{SetpointC: 20, Mode: ModeOff}
+	heat20 := Settings{SetpointC: 20, Mode: protocol.ModeHeat}
+	cool24 := Settings{SetpointC: 24, Mode: protocol.ModeCool}
+	auto21 := Settings{SetpointC: 21, Mode: protocol.ModeAuto}
+	off20 := Settings{SetpointC: 20, Mode: protocol.ModeOff}
 	noFrost := func(c Config) Config { f := false; c.Frost.Enabled = &f; return c }
 	fanWithHeat := func(c Config) Config { c.FanWithHeat = true; return c }
 	same := func(c Config) Config { return c }

@@ -125,12 +125,23 @@ func newHarness(t *testing.T, cfg Config, s Settings, startC float64) *harness {
 	h := &harness{t: t, clk: haltest.NewClock(t0), sensor: &fakeSensor{name: "room", c: startC}}
 	h.board = newFakeBoard(t, h.clk, h.sensor)
 	var err error
-	h.loop, err = New(cfg, h.board, WithClock(h.clk), WithLogger(quietLogger()), WithSettings(s),
-		OnOutputChange(func(s Snapshot) { h.mu.Lock(); h.changes = append(h.changes, s); h.mu.Unlock() }),
-		OnLocalChange(func(s Settings) { h.mu.Lock(); h.locals = append(h.locals, s); h.mu.Unlock() }))
+	h.loop, err = New(cfg, h.board, WithClock(h.clk), WithLogger(quietLogger()), WithSettings(s))
 	if err != nil {
 		t.Fatalf("New: %v", err)
 	}
+	// The harness stands in for the agent: it records what the buttons
+	// ask for and gives it back to the loop, as the agent does once the
+	// change is saved.
+	h.loop.Notify(
+		func(s Snapshot) { h.mu.Lock(); h.changes = append(h.changes, s); h.mu.Unlock() },
+		func(s Settings) {
+			h.mu.Lock()
+			h.locals = append(h.locals, s)
+			h.mu.Unlock()
+			if err := h.loop.SetSettings(s); err != nil {
+				t.Errorf("SetSettings(%v) from the buttons: %v", s, err)
+			}
+		})
 	return h
 }
 

@@ -8,10 +8,11 @@ import (
 
 	"github.com/thermofleet/thermo/hal"
 	"github.com/thermofleet/thermo/hal/haltest"
+	"github.com/thermofleet/thermo/protocol"
 )
 
 func TestRunSafeStateAtStartAndStop(t *testing.T) {
-	h := newHarness(t, testConfig(), Settings{SetpointC: 20, Mode: ModeHeat}, 18)
+	h := newHarness(t, testConfig(), Settings{SetpointC: 20, Mode: protocol.ModeHeat}, 18)
 	// The fake board starts with heat and fan on, as after a crash.
 	h.start()
 	calls := h.board.calls
@@ -31,7 +32,7 @@ func TestRunSafeStateAtStartAndStop(t *testing.T) {
 }
 
 func TestRunPanicLeavesOutputsOff(t *testing.T) {
-	h := newHarness(t, testConfig(), Settings{SetpointC: 20, Mode: ModeHeat}, 18)
+	h := newHarness(t, testConfig(), Settings{SetpointC: 20, Mode: protocol.ModeHeat}, 18)
 	h.start()
 	h.at(sec(120))
 	if got := h.board.outputs(); got != heating {
@@ -59,7 +60,7 @@ func TestRunPanicLeavesOutputsOff(t *testing.T) {
 }
 
 func TestRunFailsWhenOutputsCannotBeSwitchedOffAtStart(t *testing.T) {
-	h := newHarness(t, testConfig(), Settings{SetpointC: 20, Mode: ModeHeat}, 18)
+	h := newHarness(t, testConfig(), Settings{SetpointC: 20, Mode: protocol.ModeHeat}, 18)
 	h.board.failAll = true
 	err := h.loop.Run(context.Background())
 	if err == nil || !strings.Contains(err.Error(), "switch outputs off at start") {
@@ -68,7 +69,7 @@ func TestRunFailsWhenOutputsCannotBeSwitchedOffAtStart(t *testing.T) {
 }
 
 func TestRelayFailureGoesSafeAndIsUnhealthy(t *testing.T) {
-	h := newHarness(t, testConfig(), Settings{SetpointC: 20, Mode: ModeHeat}, 18)
+	h := newHarness(t, testConfig(), Settings{SetpointC: 20, Mode: protocol.ModeHeat}, 18)
 	h.start()
 	if err := h.loop.Healthy(); err != nil {
 		t.Fatalf("Healthy() = %v after start", err)
@@ -100,7 +101,7 @@ func TestRelayFailureGoesSafeAndIsUnhealthy(t *testing.T) {
 }
 
 func TestHealthyNeedsRecentTicks(t *testing.T) {
-	h := newHarness(t, testConfig(), Settings{SetpointC: 20, Mode: ModeOff}, 18)
+	h := newHarness(t, testConfig(), Settings{SetpointC: 20, Mode: protocol.ModeOff}, 18)
 	if err := h.loop.Healthy(); err == nil {
 		t.Fatal("Healthy() before Run = nil")
 	}
@@ -127,7 +128,7 @@ func TestHealthyNeedsRecentTicks(t *testing.T) {
 }
 
 func TestOutputChangeHook(t *testing.T) {
-	h := newHarness(t, testConfig(), Settings{SetpointC: 20, Mode: ModeHeat}, 18)
+	h := newHarness(t, testConfig(), Settings{SetpointC: 20, Mode: protocol.ModeHeat}, 18)
 	h.sensor.hum = 41.2
 	h.start()
 	h.at(sec(120))
@@ -155,12 +156,12 @@ func TestButtonBursts(t *testing.T) {
 		presses []hal.Button
 		want    []Settings // one per burst, nil when nothing changed
 	}{
-		{"three ups are one event", Settings{20, ModeHeat}, []hal.Button{hal.ButtonUp, hal.ButtonUp, hal.ButtonUp}, []Settings{{21.5, ModeHeat}}},
-		{"down clamps at 5", Settings{5.5, ModeHeat}, []hal.Button{hal.ButtonDown, hal.ButtonDown}, []Settings{{5, ModeHeat}}},
-		{"up clamps at 35", Settings{35, ModeHeat}, []hal.Button{hal.ButtonUp}, nil},
-		{"up then down is no change", Settings{20, ModeHeat}, []hal.Button{hal.ButtonUp, hal.ButtonDown}, nil},
-		{"mode cycles off heat cool auto", Settings{20, ModeOff}, []hal.Button{hal.ButtonMode, hal.ButtonMode, hal.ButtonMode}, []Settings{{20, ModeAuto}}},
-		{"mode wraps to off", Settings{20, ModeAuto}, []hal.Button{hal.ButtonMode, hal.ButtonUp}, []Settings{{20.5, ModeOff}}},
+		{"three ups are one event", Settings{20, protocol.ModeHeat}, []hal.Button{hal.ButtonUp, hal.ButtonUp, hal.ButtonUp}, []Settings{{21.5, protocol.ModeHeat}}},
+		{"down clamps at 5", Settings{5.5, protocol.ModeHeat}, []hal.Button{hal.ButtonDown, hal.ButtonDown}, []Settings{{5, protocol.ModeHeat}}},
+		{"up clamps at 35", Settings{35, protocol.ModeHeat}, []hal.Button{hal.ButtonUp}, nil},
+		{"up then down is no change", Settings{20, protocol.ModeHeat}, []hal.Button{hal.ButtonUp, hal.ButtonDown}, nil},
+		{"mode cycles off heat cool auto", Settings{20, protocol.ModeOff}, []hal.Button{hal.ButtonMode, hal.ButtonMode, hal.ButtonMode}, []Settings{{20, protocol.ModeAuto}}},
+		{"mode wraps to off", Settings{20, protocol.ModeAuto}, []hal.Button{hal.ButtonMode, hal.ButtonUp}, []Settings{{20.5, protocol.ModeOff}}},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -197,7 +198,7 @@ func TestButtonBursts(t *testing.T) {
 }
 
 func TestSeparatePressesAreSeparateEvents(t *testing.T) {
-	h := newHarness(t, testConfig(), Settings{20, ModeHeat}, 20)
+	h := newHarness(t, testConfig(), Settings{20, protocol.ModeHeat}, 20)
 	h.start()
 	h.press(hal.ButtonUp)
 	n0 := h.loop.Snapshot().Iterations
@@ -208,40 +209,40 @@ func TestSeparatePressesAreSeparateEvents(t *testing.T) {
 	h.clk.Advance(2 * time.Second)
 	h.settle(n0)
 	got := h.localChanges()
-	want := []Settings{{20.5, ModeHeat}, {21, ModeHeat}}
+	want := []Settings{{20.5, protocol.ModeHeat}, {21, protocol.ModeHeat}}
 	if len(got) != 2 || got[0] != want[0] || got[1] != want[1] {
 		t.Fatalf("local changes %v, want %v", got, want)
 	}
 }
 
 func TestRemoteSettingDuringBurstKeepsUntouchedField(t *testing.T) {
-	h := newHarness(t, testConfig(), Settings{20, ModeHeat}, 20)
+	h := newHarness(t, testConfig(), Settings{20, protocol.ModeHeat}, 20)
 	h.start()
 	h.press(hal.ButtonUp)
-	h.set(Settings{18, ModeCool}) // a command arrives mid-burst
+	h.set(Settings{18, protocol.ModeCool}) // a command arrives mid-burst
 	n0 := h.loop.Snapshot().Iterations
 	h.clk.Advance(2 * time.Second)
 	h.settle(n0)
 	// The person pressed up from 20: their 20.5 wins, the remote mode stays.
-	if got, want := h.loop.Settings(), (Settings{20.5, ModeCool}); got != want {
+	if got, want := h.loop.Settings(), (Settings{20.5, protocol.ModeCool}); got != want {
 		t.Fatalf("settings %v, want %v", got, want)
 	}
 }
 
 func TestSetSettingsValidates(t *testing.T) {
-	h := newHarness(t, testConfig(), Settings{20, ModeHeat}, 20)
-	for _, s := range []Settings{{4.9, ModeHeat}, {35.1, ModeHeat}, {20, "warm"}, {20, ""}} {
+	h := newHarness(t, testConfig(), Settings{20, protocol.ModeHeat}, 20)
+	for _, s := range []Settings{{4.9, protocol.ModeHeat}, {35.1, protocol.ModeHeat}, {20, "warm"}, {20, ""}} {
 		if err := h.loop.SetSettings(s); err == nil {
 			t.Errorf("SetSettings(%v) = nil, want error", s)
 		}
 	}
-	if got := h.loop.Settings(); got != (Settings{20, ModeHeat}) {
+	if got := h.loop.Settings(); got != (Settings{20, protocol.ModeHeat}) {
 		t.Fatalf("settings %v changed by invalid input", got)
 	}
-	if err := h.loop.SetSettings(Settings{21.04, ModeAuto}); err != nil {
+	if err := h.loop.SetSettings(Settings{21.04, protocol.ModeAuto}); err != nil {
 		t.Fatal(err)
 	}
-	if got := h.loop.Settings(); got != (Settings{21, ModeAuto}) {
+	if got := h.loop.Settings(); got != (Settings{21, protocol.ModeAuto}) {
 		t.Fatalf("settings %v, want rounded to 0.1", got)
 	}
 }
@@ -262,7 +263,7 @@ func TestNewRefusesUnknownControlSensor(t *testing.T) {
 }
 
 func TestOutputsTheBoardLacksAreNeverDriven(t *testing.T) {
-	h := newHarness(t, testConfig(), Settings{20, ModeCool}, 30)
+	h := newHarness(t, testConfig(), Settings{20, protocol.ModeCool}, 30)
 	h.board.wired = hal.Outputs{Heat: true} // a heat-only house
 	h.loop.wired = h.board.wired            // New read it before the test changed it
 	h.start()
@@ -274,5 +275,32 @@ func TestOutputsTheBoardLacksAreNeverDriven(t *testing.T) {
 		if c.Cool || c.Fan {
 			t.Fatalf("SetOutputs(%v) on a board without cool and fan", c)
 		}
+	}
+}
+
+// TestButtonsOnlyAsk: a burst of presses asks for settings; the loop runs
+// with them only once they come back through SetSettings. A change the
+// agent refuses (it could not be saved) never reaches the outputs.
+func TestButtonsOnlyAsk(t *testing.T) {
+	h := newHarness(t, testConfig(), Settings{20, protocol.ModeOff}, 20)
+	var asked []Settings
+	h.loop.Notify(nil, func(s Settings) { h.mu.Lock(); asked = append(asked, s); h.mu.Unlock() })
+	h.start()
+	h.press(hal.ButtonMode) // off → heat: would switch the heater on at 20 °C... if applied
+	h.press(hal.ButtonUp)
+	n0 := h.loop.Snapshot().Iterations
+	h.clk.Advance(2 * time.Second)
+	h.settle(n0)
+	h.mu.Lock()
+	got := append([]Settings(nil), asked...)
+	h.mu.Unlock()
+	if want := (Settings{20.5, protocol.ModeHeat}); len(got) != 1 || got[0] != want {
+		t.Fatalf("asked for %v, want %v", got, want)
+	}
+	if s := h.loop.Settings(); s != (Settings{20, protocol.ModeOff}) {
+		t.Fatalf("the loop runs with %v before anyone applied the request", s)
+	}
+	if o := h.loop.Snapshot().Outputs; o.Heat {
+		t.Fatal("the heater went on for a change nobody accepted")
 	}
 }

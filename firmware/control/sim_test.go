@@ -8,6 +8,7 @@ import (
 	"github.com/thermofleet/thermo/hal"
 	"github.com/thermofleet/thermo/hal/haltest"
 	"github.com/thermofleet/thermo/hal/sim"
+	"github.com/thermofleet/thermo/protocol"
 )
 
 // TestSimulatedRoomCycles closes the loop over the simulated room: over
@@ -21,8 +22,8 @@ func TestSimulatedRoomCycles(t *testing.T) {
 		relay     func(hal.Outputs) bool
 		minCycles int
 	}{
-		{"heating", sim.Options{InitialC: 16, OutsideC: 5}, Settings{21, ModeHeat}, func(o hal.Outputs) bool { return o.Heat }, 3},
-		{"cooling", sim.Options{InitialC: 28, OutsideC: 32}, Settings{24, ModeCool}, func(o hal.Outputs) bool { return o.Cool }, 3},
+		{"heating", sim.Options{InitialC: 16, OutsideC: 5}, Settings{21, protocol.ModeHeat}, func(o hal.Outputs) bool { return o.Heat }, 3},
+		{"cooling", sim.Options{InitialC: 28, OutsideC: 32}, Settings{24, protocol.ModeCool}, func(o hal.Outputs) bool { return o.Cool }, 3},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

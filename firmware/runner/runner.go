@@ -113,15 +113,19 @@ func New(cfg config.Config, o Options) (_ *Thermostat, err error) {
 		clock = hal.SystemClock{}
 	}
 
-	// The agent and the loop each need the other: the loop reports output
-	// changes and button bursts to the agent, the agent hands the loop its
-	// settings. The loop is set before anything runs.
-	var loop *control.Loop
+	// The agent and the loop each need the other: the agent hands the loop
+	// its settings, the loop reports output changes and what the buttons
+	// ask for. Both are made first, then wired, before anything runs.
+	loop, err := control.New(cfg.Control, t.board, control.WithClock(clock), control.WithLogger(log))
+	if err != nil {
+		return nil, fmt.Errorf("control loop: %w", err)
+	}
+	t.loop = loop
 	t.agent, err = agent.New(agent.Config{
 		ID:                id,
 		Root:              cfg.TopicRoot,
 		Store:             t.store,
-		Thermostat:        lazyLoop{&loop},
+		Thermostat:        loop,
 		TelemetryInterval: cfg.TelemetryInterval,
 		SyncTimeout:       cfg.SyncTimeout,
 		Logger:            log,
@@ -129,17 +133,10 @@ func New(cfg config.Config, o Options) (_ *Thermostat, err error) {
 	if err != nil {
 		return nil, err
 	}
-	loop, err = control.New(cfg.Control, t.board,
-		control.WithClock(clock),
-		control.WithLogger(log),
-		control.WithSettings(t.agent.Settings()),
-		control.OnOutputChange(t.agent.OutputsChanged),
-		control.OnLocalChange(t.agent.ButtonChange),
-	)
-	if err != nil {
+	if err := loop.SetSettings(t.agent.Settings()); err != nil {
 		return nil, fmt.Errorf("control loop: %w", err)
 	}
-	t.loop = loop
+	loop.Notify(t.agent.OutputsChanged, t.agent.ButtonChange)
 
 	t.client, err = transport.New(transport.Options{
 		Broker:       cfg.Broker,
@@ -166,12 +163,6 @@ func New(cfg config.Config, o Options) (_ *Thermostat, err error) {
 	}
 	return t, nil
 }
-
-// lazyLoop forwards to the control loop once it exists.
-type lazyLoop struct{ l **control.Loop }
-
-func (z lazyLoop) SetSettings(s control.Settings) error { return (*z.l).SetSettings(s) }
-func (z lazyLoop) Snapshot() control.Snapshot           { return (*z.l).Snapshot() }
 
 // Agent is the sync agent (status, local writes).
 func (t *Thermostat) Agent() *agent.Agent { return t.agent }

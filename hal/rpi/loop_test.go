@@ -10,6 +10,7 @@ import (
 	"github.com/thermofleet/thermo/firmware/control"
 	"github.com/thermofleet/thermo/hal"
 	"github.com/thermofleet/thermo/hal/haltest"
+	"github.com/thermofleet/thermo/protocol"
 	"periph.io/x/conn/v3/gpio"
 	"periph.io/x/conn/v3/i2c/i2ctest"
 )
@@ -122,11 +123,18 @@ func TestControlLoopOnRpiBoard(t *testing.T) {
 		ButtonWindow:  2 * time.Second,
 	}
 	loop, err := control.New(cfg, b, control.WithClock(clk), control.WithLogger(quiet()),
-		control.WithSettings(control.Settings{SetpointC: 21, Mode: control.ModeHeat}),
-		control.OnLocalChange(func(s control.Settings) { mu.Lock(); locals = append(locals, s); mu.Unlock() }))
+		control.WithSettings(control.Settings{SetpointC: 21, Mode: protocol.ModeHeat}))
 	if err != nil {
 		t.Fatal(err)
 	}
+	// Standing in for the agent: record what the buttons ask for and
+	// give it back to the loop.
+	loop.Notify(nil, func(s control.Settings) {
+		mu.Lock()
+		locals = append(locals, s)
+		mu.Unlock()
+		loop.SetSettings(s)
+	})
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- loop.Run(ctx) }()
@@ -184,8 +192,8 @@ func TestControlLoopOnRpiBoard(t *testing.T) {
 		ch <- gpio.High
 	}
 	setLevel("GPIO13", gpio.High)
-	press("GPIO5", control.Settings{SetpointC: 21.5, Mode: control.ModeHeat})
-	press("GPIO13", control.Settings{SetpointC: 21.5, Mode: control.ModeCool})
+	press("GPIO5", control.Settings{SetpointC: 21.5, Mode: protocol.ModeHeat})
+	press("GPIO13", control.Settings{SetpointC: 21.5, Mode: protocol.ModeCool})
 	mu.Lock()
 	n := len(locals)
 	mu.Unlock()
@@ -196,7 +204,7 @@ func TestControlLoopOnRpiBoard(t *testing.T) {
 	mu.Lock()
 	got := append([]control.Settings(nil), locals...)
 	mu.Unlock()
-	if len(got) != 1 || got[0] != (control.Settings{SetpointC: 21.5, Mode: control.ModeCool}) {
+	if len(got) != 1 || got[0] != (control.Settings{SetpointC: 21.5, Mode: protocol.ModeCool}) {
 		t.Fatalf("local changes %v, want one to 21.5 °C cool", got)
 	}
 	if s := loop.Settings(); s != got[0] {

@@ -97,24 +97,12 @@ func startDevice(o deviceOptions) (*device, error) {
 		st.Close()
 		return nil, err
 	}
-	var a *agent.Agent
-	loop, err := control.New(control.DefaultConfig(), board,
-		control.WithLogger(log),
-		control.OnOutputChange(func(s control.Snapshot) {
-			if a != nil {
-				a.OutputsChanged(s)
-			}
-		}),
-		control.OnLocalChange(func(s control.Settings) {
-			if a != nil {
-				a.ButtonChange(s)
-			}
-		}))
+	loop, err := control.New(control.DefaultConfig(), board, control.WithLogger(log))
 	if err != nil {
 		st.Close()
 		return nil, err
 	}
-	a, err = agent.New(agent.Config{ID: o.ID, Store: st, Thermostat: loop, Clock: hal.SystemClock{}, Logger: log}, stored)
+	a, err := agent.New(agent.Config{ID: o.ID, Store: st, Thermostat: loop, Clock: hal.SystemClock{}, Logger: log}, stored)
 	if err != nil {
 		st.Close()
 		return nil, err
@@ -123,6 +111,7 @@ func startDevice(o deviceOptions) (*device, error) {
 		st.Close()
 		return nil, err
 	}
+	loop.Notify(a.OutputsChanged, a.ButtonChange)
 	d.agent, d.loop = a, loop
 
 	var conn agent.Conn
