@@ -80,20 +80,20 @@ type Store interface {
 	Save(protocol.DeviceState) error
 }
 
-// Thermostat is the control loop; *control.Loop is one.
-type Thermostat interface {
+// Loop is the control loop as the agent sees it; *control.Loop is one.
+type Loop interface {
 	SetSettings(control.Settings) error
 	Snapshot() control.Snapshot
 }
 
-// Config configures an Agent. ID, Store and Thermostat are required.
+// Config configures an Agent. ID, Store and Loop are required.
 type Config struct {
 	// ID is the device id: the Common Name of the device certificate.
 	ID string
 	// Root is the topic root, protocol.DefaultRoot when empty.
 	Root              string
 	Store             Store
-	Thermostat        Thermostat
+	Loop              Loop
 	TelemetryInterval time.Duration // DefaultTelemetryInterval when 0
 	SyncTimeout       time.Duration // DefaultSyncTimeout when 0
 	// SaveRetry is the longest wait between attempts to save a state that
@@ -198,8 +198,8 @@ func New(cfg Config, stored *protocol.DeviceState) (*Agent, error) {
 	if err := protocol.CheckRoot(cfg.Root); err != nil {
 		return nil, fmt.Errorf("agent: %w", err)
 	}
-	if cfg.Store == nil || cfg.Thermostat == nil {
-		return nil, errors.New("agent: a store and a thermostat are required")
+	if cfg.Store == nil || cfg.Loop == nil {
+		return nil, errors.New("agent: a store and a control loop are required")
 	}
 	if cfg.TelemetryInterval <= 0 {
 		cfg.TelemetryInterval = DefaultTelemetryInterval
@@ -254,7 +254,7 @@ func New(cfg Config, stored *protocol.DeviceState) (*Agent, error) {
 	// returns, and the first save's alert goes out with the first
 	// telemetry anyway. From now on a new or cleared alert goes out at
 	// once, not at the next interval.
-	a.alerts.OnChange(func() { a.queueTelemetry(a.cfg.Thermostat.Snapshot()) })
+	a.alerts.OnChange(func() { a.queueTelemetry(a.cfg.Loop.Snapshot()) })
 	a.updateView()
 	return a, nil
 }
@@ -342,7 +342,7 @@ func (a *Agent) Run(ctx context.Context, conn Conn) error {
 			}
 		case <-telemetry.C():
 			telemetry = a.clock.NewTimer(a.cfg.TelemetryInterval)
-			a.queueTelemetry(a.cfg.Thermostat.Snapshot())
+			a.queueTelemetry(a.cfg.Loop.Snapshot())
 		case <-syncC:
 			a.syncTimer = nil
 			if a.dev.Rejoining() {
@@ -477,7 +477,7 @@ func (a *Agent) rollback() {
 	a.dev.Rollback(a.saved)
 	a.updateView()
 	eff := settingsOf(a.dev.Effective())
-	if err := a.cfg.Thermostat.SetSettings(eff); err != nil {
+	if err := a.cfg.Loop.SetSettings(eff); err != nil {
 		a.log.Error("the control loop refused the saved settings", "settings", eff, "err", err)
 	}
 }
@@ -521,7 +521,7 @@ func (a *Agent) after(m *protocol.Message) error {
 	}
 	a.updateView()
 	eff := settingsOf(a.dev.Effective())
-	if err := a.cfg.Thermostat.SetSettings(eff); err != nil {
+	if err := a.cfg.Loop.SetSettings(eff); err != nil {
 		// Only valid values are ever stored, so this is a bug, not input.
 		a.log.Error("the control loop refused the stored settings", "settings", eff, "err", err)
 	}
@@ -584,7 +584,7 @@ func (a *Agent) connect() {
 			// the Event goes out once the state is saved again (resync).
 			a.log.Warn("connected, but the device's event is not sent: the state cannot be saved", "err", err)
 		}
-		a.queueTelemetry(a.cfg.Thermostat.Snapshot())
+		a.queueTelemetry(a.cfg.Loop.Snapshot())
 	})
 }
 
@@ -829,7 +829,7 @@ func (a *Agent) Snapshot() Status {
 	a.viewMu.Lock()
 	v := a.view
 	a.viewMu.Unlock()
-	s := a.cfg.Thermostat.Snapshot()
+	s := a.cfg.Loop.Snapshot()
 	a.syncSensorAlert(s)
 	st := Status{
 		ID:        a.id,

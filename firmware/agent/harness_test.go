@@ -295,7 +295,7 @@ func startDevice(t *testing.T, e *env, id, dir string, seed *protocol.DeviceStat
 	if o.wrap != nil {
 		st = o.wrap(store)
 	}
-	d.agent, err = New(Config{ID: id, Store: st, Thermostat: d.therm, Clock: d.clock,
+	d.agent, err = New(Config{ID: id, Store: st, Loop: d.therm, Clock: d.clock,
 		SyncTimeout: o.syncTimeout, Logger: log}, stored)
 	if err != nil {
 		t.Fatal(err)

@@ -28,7 +28,7 @@ func TestLinkTrouble(t *testing.T) {
 	} {
 		t.Run(tc.code, func(t *testing.T) {
 			var logs logBuffer
-			a, err := New(Config{ID: "d1", Store: memStore{}, Thermostat: newFakeThermostat(),
+			a, err := New(Config{ID: "d1", Store: memStore{}, Loop: newFakeThermostat(),
 				Logger: slog.New(slog.NewTextHandler(&logs, nil))}, nil)
 			if err != nil {
 				t.Fatal(err)

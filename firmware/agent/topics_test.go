@@ -38,7 +38,7 @@ func TestWrongTopicsRejected(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer store.Close()
-	a, err := New(Config{ID: "d1", Store: store, Thermostat: newFakeThermostat(), Clock: haltest.NewClock(testStart), Logger: newLogger(t)}, fresh())
+	a, err := New(Config{ID: "d1", Store: store, Loop: newFakeThermostat(), Clock: haltest.NewClock(testStart), Logger: newLogger(t)}, fresh())
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -125,7 +125,7 @@ func New(cfg config.Config, o Options) (_ *Thermostat, err error) {
 		ID:                id,
 		Root:              cfg.TopicRoot,
 		Store:             t.store,
-		Thermostat:        loop,
+		Loop:              loop,
 		TelemetryInterval: cfg.TelemetryInterval,
 		SyncTimeout:       cfg.SyncTimeout,
 		Logger:            log,

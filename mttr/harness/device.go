@@ -102,7 +102,7 @@ func startDevice(o deviceOptions) (*device, error) {
 		st.Close()
 		return nil, err
 	}
-	a, err := agent.New(agent.Config{ID: o.ID, Store: st, Thermostat: loop, Clock: hal.SystemClock{}, Logger: log}, stored)
+	a, err := agent.New(agent.Config{ID: o.ID, Store: st, Loop: loop, Clock: hal.SystemClock{}, Logger: log}, stored)
 	if err != nil {
 		st.Close()
 		return nil, err
