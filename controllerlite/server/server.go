@@ -34,9 +34,8 @@ const BrokerDir = "broker"
 // shorter than a device's (transport's default, capped at 1 s). After a
 // broker restart no device's changes reach the controller before the
 // controller is back, so its reconnect delay adds to every device's
-// recovery (the mttr harness measured resync p50 0.69 s with the default,
-// gated by the controller); and it is a single client, so retrying five
-// times a second costs the broker nothing.
+// recovery (docs/mttr.md has the figures); and it is a single client, so
+// retrying five times a second costs the broker nothing.
 var LinkBackoff = transport.Backoff{Min: 20 * time.Millisecond, Max: 200 * time.Millisecond}
 
 // LinkDialStagger: for the same reason, while its TCP connect to an
