@@ -25,6 +25,11 @@ type DeviceState struct {
 	// its merge, and ends this state.
 	Unconfirmed bool     `json:"unconfirmed,omitempty"`
 	Written     []string `json:"written,omitempty"`
+	// ScheduleLast identifies the last schedule entry the device applied
+	// (the occurrence and what it set): the entry in force is applied at
+	// start, and when the schedule is written or enabled, only when it is
+	// another one, so a hold survives a restart (PROTOCOL.md).
+	ScheduleLast string `json:"schedule_last,omitempty"`
 }
 
 // Device is the device side of the protocol for one thermostat: it decides
@@ -124,6 +129,21 @@ func (d *Device) Connect() *Message {
 	}
 	m := d.st.Replica.Send()
 	return &m
+}
+
+// ScheduleLast is the key of the last schedule entry applied.
+func (d *Device) ScheduleLast() string { return d.st.ScheduleLast }
+
+// ScheduleWrite applies a schedule entry: a local write with src
+// "schedule" (a device event, which wins a concurrent controller write),
+// remembered as the last entry applied in the same state. An entry that
+// cannot apply (a preset the presets no longer define) is remembered all
+// the same, so it is not tried again until the next one, and its error
+// returned.
+func (d *Device) ScheduleWrite(key string, changes map[string]any) (*Message, error) {
+	m, err := d.LocalWrite(changes, SrcSchedule)
+	d.st.ScheduleLast = key
+	return m, err
 }
 
 // Disconnect records that the connection is gone: local writes now wait.

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"regexp"
 	"sort"
 	"strconv"
 	"time"
@@ -238,9 +239,69 @@ type Telemetry struct {
 	Heat        bool      `json:"heat"`
 	Cool        bool      `json:"cool"`
 	SensorOK    bool      `json:"sensor_ok"`
+	// Action is what the outputs are doing, in Home Assistant's
+	// hvac_action words (ActionHeating...).
+	Action string `json:"action,omitempty"`
+	// Sensors are every configured sensor by its configured name.
+	Sensors map[string]SensorReport `json:"sensors,omitempty"`
+	// Next is the schedule's next entry while the schedule is enabled.
+	Next *Next `json:"next,omitempty"`
 	// Alerts are the codes of the device's conditions that need a person
 	// (see AlertCodes); absent when there are none.
 	Alerts []string `json:"alerts,omitempty"`
+}
+
+// Actions of telemetry's "action".
+const (
+	ActionHeating = "heating"
+	ActionCooling = "cooling"
+	ActionIdle    = "idle"
+	ActionOff     = "off"
+)
+
+// ActionOf is the action for the outputs as driven and the mode in force:
+// a relay on says what it does (frost protection heats in mode off too);
+// otherwise off in mode off, else idle.
+func ActionOf(heat, cool bool, mode string) string {
+	switch {
+	case heat:
+		return ActionHeating
+	case cool:
+		return ActionCooling
+	case mode == ModeOff:
+		return ActionOff
+	}
+	return ActionIdle
+}
+
+// SensorReport is one sensor in telemetry's "sensors".
+type SensorReport struct {
+	TempC       *float64 `json:"temp_c,omitempty"` // absent while OK is false
+	HumidityPct *float64 `json:"humidity_pct,omitempty"`
+	OK          bool     `json:"ok"`
+}
+
+// Next is the schedule's next entry in telemetry: when, and what it will
+// set (the preset's temperature for a preset entry, with the preset).
+type Next struct {
+	At        time.Time `json:"at"`
+	SetpointC float64   `json:"setpoint_c"`
+	Preset    string    `json:"preset,omitempty"`
+}
+
+// MaxSensors bounds telemetry's "sensors"; sensor names are those a
+// configuration may give.
+const MaxSensors = 16
+
+var sensorNameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]{0,31}$`)
+
+// CheckSensorName reports whether name may name a sensor: it is a key of
+// telemetry's "sensors", so the configuration refuses anything else.
+func CheckSensorName(name string) error {
+	if !sensorNameRE.MatchString(name) {
+		return fmt.Errorf("sensor name %q must be 1-32 characters of letters, digits, '_', '.' or '-'", name)
+	}
+	return nil
 }
 
 // Encode renders telemetry as its JSON payload.
@@ -272,6 +333,38 @@ func DecodeTelemetry(payload []byte) (Telemetry, error) {
 	}
 	if t.HumidityPct != nil && (*t.HumidityPct < 0 || *t.HumidityPct > 100) {
 		return Telemetry{}, invalid("telemetry: humidity_pct %v out of range", *t.HumidityPct)
+	}
+	switch t.Action {
+	case "", ActionHeating, ActionCooling, ActionIdle, ActionOff:
+	default:
+		return Telemetry{}, invalid("telemetry: action %q is not heating, cooling, idle or off", t.Action)
+	}
+	if len(t.Sensors) > MaxSensors {
+		return Telemetry{}, invalid("telemetry: %d sensors, at most %d", len(t.Sensors), MaxSensors)
+	}
+	for name, s := range t.Sensors {
+		if !sensorNameRE.MatchString(name) {
+			return Telemetry{}, invalid("telemetry: sensor name %q does not match %s", name, sensorNameRE)
+		}
+		if s.TempC != nil && (*s.TempC < -100 || *s.TempC > 200) {
+			return Telemetry{}, invalid("telemetry: sensors.%s.temp_c %v out of range", name, *s.TempC)
+		}
+		if s.HumidityPct != nil && (*s.HumidityPct < 0 || *s.HumidityPct > 100) {
+			return Telemetry{}, invalid("telemetry: sensors.%s.humidity_pct %v out of range", name, *s.HumidityPct)
+		}
+	}
+	if n := t.Next; n != nil {
+		if n.At.IsZero() {
+			return Telemetry{}, invalid("telemetry: next without at")
+		}
+		if _, err := setpointValue(n.SetpointC); err != nil {
+			return Telemetry{}, invalid("telemetry: next.setpoint_c %v", err)
+		}
+		if n.Preset != "" {
+			if err := CheckPresetName(n.Preset); err != nil {
+				return Telemetry{}, invalid("telemetry: next: %v", err)
+			}
+		}
 	}
 	if len(t.Alerts) > MaxAlerts {
 		return Telemetry{}, invalid("telemetry: %d alerts, at most %d", len(t.Alerts), MaxAlerts)

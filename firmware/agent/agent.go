@@ -41,6 +41,7 @@ import (
 	"github.com/thermofleet/thermo/internal/workq"
 	"github.com/thermofleet/thermo/protocol"
 	"github.com/thermofleet/thermo/transport"
+	"periph.io/x/conn/v3/physic"
 )
 
 // Defaults of Config.
@@ -105,6 +106,13 @@ type Config struct {
 	// Clock drives the telemetry interval, the sync timeout, the save
 	// retries and the rate of save error lines; the wall clock when nil.
 	Clock hal.Clock
+	// ScheduleClock times the schedule's entries: the board's clock, which
+	// runs fast on a simulated board (--sim-speed), so a week of program
+	// runs in minutes; Clock when nil.
+	ScheduleClock hal.Clock
+	// Zone is the board's own time zone, for a schedule without tz;
+	// time.Local when nil.
+	Zone *time.Location
 	// Logger gets the agent's lines, marked component=agent; the caller
 	// names the device on it (the runner does, for every part), so each
 	// line carries the id once.
@@ -139,6 +147,7 @@ type Agent struct {
 	saved     protocol.DeviceState
 	lastSaved []byte // saved as JSON; nil while nothing is on disk
 	storage   storageState
+	sched     scheduler
 	syncTimer hal.Timer
 	conn      Conn
 
@@ -216,6 +225,12 @@ func New(cfg Config, stored *protocol.DeviceState) (*Agent, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
+	if cfg.ScheduleClock == nil {
+		cfg.ScheduleClock = cfg.Clock
+	}
+	if cfg.Zone == nil {
+		cfg.Zone = time.Local
+	}
 	a := &Agent{
 		cfg:     cfg,
 		log:     cfg.Logger.With("component", "agent"),
@@ -226,6 +241,7 @@ func New(cfg Config, stored *protocol.DeviceState) (*Agent, error) {
 		out:     newOutbox(),
 		stopped: make(chan struct{}),
 		alerts:  alert.New(cfg.Clock.Now),
+		sched:   scheduler{clock: cfg.ScheduleClock, zone: cfg.Zone},
 	}
 	if stored == nil {
 		d := control.DefaultSettings
@@ -320,12 +336,18 @@ func (a *Agent) Run(ctx context.Context, conn Conn) error {
 	telemetry := a.clock.NewTimer(a.cfg.TelemetryInterval)
 	defer func() { telemetry.Stop() }()
 	for {
-		var syncC, retryC <-chan time.Time
+		// After everything the agent does, the schedule may have an entry
+		// to apply (see checkSchedule).
+		a.checkSchedule()
+		var syncC, retryC, schedC <-chan time.Time
 		if a.syncTimer != nil {
 			syncC = a.syncTimer.C()
 		}
 		if a.storage.retry != nil {
 			retryC = a.storage.retry.C()
+		}
+		if a.sched.timer != nil {
+			schedC = a.sched.timer.C()
 		}
 		select {
 		case <-ctx.Done():
@@ -335,7 +357,10 @@ func (a *Agent) Run(ctx context.Context, conn Conn) error {
 					t.Stop()
 				}
 			}
+			a.sched.stop()
 			return nil
+		case <-schedC:
+			a.sched.timer = nil
 		case <-a.ops.Wake():
 			for _, op := range a.ops.Drain() {
 				op()
@@ -761,6 +786,7 @@ func (a *Agent) queueTelemetry(s control.Snapshot) {
 		return // QoS 0 and not queued: the next one after connecting is fresh
 	}
 	t := TelemetryOf(s, a.clock.Now())
+	t.Next = a.Next()
 	t.Alerts = a.alerts.Codes()
 	payload, err := t.Encode()
 	if err != nil {
@@ -781,6 +807,7 @@ func TelemetryOf(s control.Snapshot, now time.Time) protocol.Telemetry {
 		Heat:     s.Outputs.Heat,
 		Cool:     s.Outputs.Cool,
 		SensorOK: s.SensorOK,
+		Action:   protocol.ActionOf(s.Outputs.Heat, s.Outputs.Cool, s.Settings.Mode),
 	}
 	if s.HasTemperature && s.SensorOK {
 		c := s.TempC()
@@ -789,6 +816,24 @@ func TelemetryOf(s control.Snapshot, now time.Time) protocol.Telemetry {
 			h := s.HumidityPct()
 			t.HumidityPct = &h
 		}
+	}
+	for _, r := range s.Sensors {
+		if r.Sensor == "" || protocol.CheckSensorName(r.Sensor) != nil {
+			continue
+		}
+		if t.Sensors == nil {
+			t.Sensors = map[string]protocol.SensorReport{}
+		}
+		rep := protocol.SensorReport{OK: r.OK() && !r.Time.IsZero()}
+		if rep.OK {
+			c := math.Round(r.Temperature.Celsius()*100) / 100
+			rep.TempC = &c
+			if r.HasHumidity {
+				h := math.Round(float64(r.Humidity)/float64(physic.PercentRH)*10) / 10
+				rep.HumidityPct = &h
+			}
+		}
+		t.Sensors[r.Sensor] = rep
 	}
 	return t
 }
@@ -817,6 +862,8 @@ type Status struct {
 	SensorOK    bool           `json:"sensor_ok"`
 	Outputs     Outputs        `json:"outputs"`
 	Counters    Counters       `json:"counters"`
+	// Next is the schedule's next entry while it is enabled.
+	Next *protocol.Next `json:"next,omitempty"`
 	// Alerts are the device's conditions that need a person; [] when none.
 	Alerts []protocol.Alert `json:"alerts"`
 }
@@ -843,6 +890,7 @@ func (a *Agent) Snapshot() Status {
 		Outputs:   Outputs{Heat: s.Outputs.Heat, Cool: s.Outputs.Cool, Fan: s.Outputs.Fan},
 		Counters:  a.Counters(),
 		Alerts:    a.alerts.List(),
+		Next:      a.Next(),
 	}
 	if s.HasTemperature {
 		c := s.TempC()

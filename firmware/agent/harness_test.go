@@ -247,6 +247,8 @@ type device struct {
 
 type devOpts struct {
 	syncTimeout time.Duration
+	// start is the clock's time at start, testStart when zero.
+	start time.Time
 	// wrap, when set, wraps the state store (to make saves fail).
 	wrap func(Store) Store
 }
@@ -287,8 +289,11 @@ func startDevice(t *testing.T, e *env, id, dir string, seed *protocol.DeviceStat
 	if o.syncTimeout == 0 {
 		o.syncTimeout = time.Hour // fires only when the test advances the clock
 	}
+	if o.start.IsZero() {
+		o.start = testStart
+	}
 	d := &device{t: t, id: id, dir: dir, therm: newFakeThermostat(), store: store, done: make(chan error, 2),
-		clock: haltest.NewClock(testStart)}
+		clock: haltest.NewClock(o.start)}
 	log, logs := newLoggerBuffer(t)
 	d.logs = logs
 	var st Store = store

@@ -126,6 +126,7 @@ func New(cfg config.Config, o Options) (_ *Thermostat, err error) {
 		Root:              cfg.TopicRoot,
 		Store:             t.store,
 		Loop:              loop,
+		ScheduleClock:     clock,
 		TelemetryInterval: cfg.TelemetryInterval,
 		SyncTimeout:       cfg.SyncTimeout,
 		Logger:            log,

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/thermofleet/thermo/internal/yamlconf"
+	"github.com/thermofleet/thermo/protocol"
 	"github.com/thermofleet/thermo/sensors"
 	"gopkg.in/yaml.v3"
 )
@@ -194,6 +195,9 @@ func (c Config) Validate() error {
 		p := fmt.Sprintf("sensors[%d]", i)
 		if !known(s.Type) {
 			return l.Errorf(p+".type", "unknown sensor type %q (known: %s)", s.Type, strings.Join(sensors.Types, ", "))
+		}
+		if err := protocol.CheckSensorName(s.Name); err != nil {
+			return l.Errorf(p+".name", "%v", err)
 		}
 		if j, dup := names[s.Name]; dup {
 			return l.Errorf(p+".name", "name %q is already used by sensors[%d]", s.Name, j)
