@@ -6,12 +6,15 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"maps"
 	"os"
 	"strconv"
+	"strings"
 	"text/tabwriter"
 	"time"
 
 	"github.com/thermofleet/thermo/internal/cli"
+	"github.com/thermofleet/thermo/internal/schedfile"
 
 	"github.com/thermofleet/thermo/controllerlite/api"
 	"github.com/thermofleet/thermo/controllerlite/fleet"
@@ -80,55 +83,133 @@ func runDevices(ctx context.Context, args []string, stdout, stderr io.Writer) er
 }
 
 func runSet(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := cli.NewFlags("set", "controllerlite set [--http ADDR] DEVICE [--setpoint CELSIUS] [--mode off|heat|cool|auto]", stderr)
+	fs := cli.NewFlags("set", "controllerlite set [--http ADDR] DEVICE|--all [--setpoint CELSIUS] [--mode off|heat|cool|auto] [--preset NAME] [--schedule FILE] [--schedule-enabled true|false]", stderr)
 	var af apiFlags
 	af.register(fs)
-	var setpoint, mode string
+	var setpoint, mode, preset, schedFile, schedOn string
+	var all bool
 	fs.StringVar(&setpoint, "setpoint", "", "target temperature in `CELSIUS`, 5 to 35")
 	fs.StringVar(&mode, "mode", "", "`MODE`: off, heat, cool or auto")
+	fs.StringVar(&preset, "preset", "", "preset `NAME` (home, away, eco, sleep, comfort by default), or none")
+	fs.StringVar(&schedFile, "schedule", "", "week program `FILE` (YAML or JSON)")
+	fs.StringVar(&schedOn, "schedule-enabled", "", "true or false: run or stop the device's week program")
+	fs.BoolVar(&all, "all", false, "every device the controller knows, a write each (the holiday button: --all --preset away)")
 	pos, err := cli.Parse(fs, args)
 	if err != nil {
 		return err
 	}
-	if len(pos) != 1 {
+	if all != (len(pos) == 0) || len(pos) > 1 {
 		fs.Usage()
-		return fmt.Errorf("%w: set takes one DEVICE, got %d arguments", cli.ErrUsage, len(pos))
+		return cli.Usagef("set takes one DEVICE or --all, got %d arguments", len(pos))
 	}
 	changes := map[string]any{}
 	if setpoint != "" {
 		f, err := strconv.ParseFloat(setpoint, 64)
 		if err != nil {
-			return fmt.Errorf("%w: --setpoint %q is not a number", cli.ErrUsage, setpoint)
+			return cli.Usagef("--setpoint %q is not a number", setpoint)
 		}
 		changes[protocol.PropSetpoint] = f
 	}
 	if mode != "" {
 		changes[protocol.PropMode] = mode
 	}
-	if len(changes) == 0 {
+	if preset != "" {
+		changes[protocol.PropPreset] = preset
+	}
+	if schedFile != "" {
+		s, err := schedfile.Load(schedFile)
+		if err != nil {
+			return err
+		}
+		changes[protocol.PropSchedule] = s
+	}
+	var enable *bool
+	if schedOn != "" {
+		b, err := strconv.ParseBool(schedOn)
+		if err != nil {
+			return cli.Usagef("--schedule-enabled %q: want true or false", schedOn)
+		}
+		enable = &b
+	}
+	if len(changes) == 0 && enable == nil {
 		fs.Usage()
-		return fmt.Errorf("%w: nothing to set: give --setpoint and/or --mode", cli.ErrUsage)
+		return cli.Usagef("nothing to set: give --setpoint, --mode, --preset, --schedule or --schedule-enabled")
 	}
 	c, err := af.client()
 	if err != nil {
 		return err
 	}
-	d, err := c.Set(ctx, pos[0], changes)
-	if err != nil {
-		return fmt.Errorf("set %s: %w", pos[0], err)
+	ids := pos
+	if all {
+		devs, err := c.Devices(ctx)
+		if err != nil {
+			return fmt.Errorf("set --all: %w", err)
+		}
+		ids = nil
+		for _, d := range devs {
+			ids = append(ids, d.ID)
+		}
+	}
+	var done []fleet.Device
+	var failed int
+	for _, id := range ids {
+		d, err := setOne(ctx, c, id, changes, enable)
+		if err != nil {
+			if !all {
+				return err
+			}
+			failed++
+			fmt.Fprintf(stderr, "controllerlite: %v\n", err)
+			continue
+		}
+		done = append(done, d)
 	}
 	if af.json {
-		return writeJSON(stdout, d)
+		if all {
+			return writeJSON(stdout, done)
+		}
+		return writeJSON(stdout, done[0])
 	}
-	if err := writeTable(stdout, []fleet.Device{d}, time.Now()); err != nil {
+	if err := writeTable(stdout, done, time.Now()); err != nil {
 		return err
 	}
-	if d.Pending {
-		fmt.Fprintln(stdout, "the controller is not connected to its broker: the command goes out when it is")
-	} else if !d.Online {
-		fmt.Fprintln(stdout, "the device is offline: it gets the command when it reconnects")
+	for _, d := range done {
+		if d.Pending {
+			fmt.Fprintf(stdout, "%s: the controller is not connected to its broker: the command goes out when it is\n", d.ID)
+		} else if !d.Online {
+			fmt.Fprintf(stdout, "%s: the device is offline: it gets the command when it reconnects\n", d.ID)
+		}
+	}
+	if failed > 0 {
+		return fmt.Errorf("set --all: %d of %d devices refused the write", failed, len(ids))
 	}
 	return nil
+}
+
+// setOne writes changes to one device; enable, when set, writes the
+// schedule (the one in changes, or the device's) with enabled set so: the
+// schedule is one register, written whole.
+func setOne(ctx context.Context, c *api.Client, id string, changes map[string]any, enable *bool) (fleet.Device, error) {
+	if enable != nil {
+		changes = maps.Clone(changes)
+		s, ok := changes[protocol.PropSchedule].(protocol.Schedule)
+		if !ok {
+			d, err := c.Device(ctx, id)
+			if err != nil {
+				return fleet.Device{}, fmt.Errorf("set %s: %w", id, err)
+			}
+			if s, ok = d.Props.Schedule(); !ok {
+				return fleet.Device{}, fmt.Errorf("set %s: the device has no schedule to enable or disable: give one with --schedule FILE", id)
+			}
+		}
+		s.Enabled = *enable
+		changes[protocol.PropSchedule] = s
+	}
+	d, err := c.Set(ctx, id, changes)
+	if err != nil {
+		return fleet.Device{}, fmt.Errorf("set %s: %w", id, err)
+	}
+	return d, nil
 }
 
 func writeJSON(w io.Writer, v any) error {
@@ -143,7 +224,7 @@ func writeJSON(w io.Writer, v any) error {
 // writeTable prints devices as an aligned table.
 func writeTable(w io.Writer, devs []fleet.Device, now time.Time) error {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "ID\tONLINE\tSETPOINT\tMODE\tTEMP\tHEAT/COOL\tCLOCK\tLAST SEEN")
+	fmt.Fprintln(tw, "ID\tONLINE\tSETPOINT\tMODE\tPRESET\tTEMP\tACTION\tNEXT\tALERTS\tCLOCK\tLAST SEEN")
 	for _, d := range devs {
 		online := "no"
 		if d.Online {
@@ -157,7 +238,11 @@ func writeTable(w io.Writer, devs []fleet.Device, now time.Time) error {
 		if v, ok := d.Props.Mode(); ok {
 			mode = v
 		}
-		temp, outputs := "-", "-"
+		preset := "-"
+		if v, ok := d.Props.Preset(); ok {
+			preset = v
+		}
+		temp, action, next := "-", "-", "-"
 		var t protocol.Telemetry
 		if len(d.Telemetry) > 0 && json.Unmarshal(d.Telemetry, &t) == nil {
 			if t.TempC != nil {
@@ -166,13 +251,30 @@ func writeTable(w io.Writer, devs []fleet.Device, now time.Time) error {
 			if !t.SensorOK {
 				temp += " (sensor fault)"
 			}
-			outputs = onOff(t.Heat) + "/" + onOff(t.Cool)
+			action = t.Action
+			if action == "" { // a device from before action was added
+				action = protocol.ActionOf(t.Heat, t.Cool, mode)
+			}
+			if n := t.Next; n != nil {
+				next = n.At.Local().Format("Mon 15:04") + " " + strconv.FormatFloat(n.SetpointC, 'f', 1, 64)
+				if n.Preset != "" {
+					next += " (" + n.Preset + ")"
+				}
+			}
+		}
+		alerts := "-"
+		if len(d.Alerts) > 0 {
+			var codes []string
+			for _, a := range d.Alerts {
+				codes = append(codes, a.Code)
+			}
+			alerts = strings.Join(codes, ",")
 		}
 		clock := d.VC.String()
 		if d.Pending {
 			clock += " (pending)"
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", d.ID, online, sp, mode, temp, outputs, clock, ago(d.LastSeen, now))
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", d.ID, online, sp, mode, preset, temp, action, next, alerts, clock, ago(d.LastSeen, now))
 	}
 	return tw.Flush()
 }

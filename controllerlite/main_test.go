@@ -152,11 +152,11 @@ func TestCLIAgainstRunningController(t *testing.T) {
 		t.Fatal(err)
 	}
 	lines := strings.Split(strings.TrimSpace(out), "\n")
-	if len(lines) != 2 || strings.Join(strings.Fields(lines[0]), " ") != "ID ONLINE SETPOINT MODE TEMP HEAT/COOL CLOCK LAST SEEN" {
+	if len(lines) != 2 || strings.Join(strings.Fields(lines[0]), " ") != "ID ONLINE SETPOINT MODE PRESET TEMP ACTION NEXT ALERTS CLOCK LAST SEEN" {
 		t.Fatalf("table:\n%s", out)
 	}
 	// The greeting made the clock [2,1].
-	if f := strings.Fields(lines[1]); len(f) < 8 || strings.Join(f[:7], " ") != "d1 yes 20.0 heat 19.9 on/off [2,1]" {
+	if f := strings.Fields(lines[1]); len(f) < 10 || strings.Join(f[:10], " ") != "d1 yes 20.0 heat - 19.9 heating - - [2,1]" {
 		t.Fatalf("row: %q", lines[1])
 	}
 
@@ -317,15 +317,21 @@ func TestTable(t *testing.T) {
 			Props:     protocol.Props{"setpoint_c": {Val: 21.5, W: protocol.Clock{4, 2}}, "mode": {Val: "heat", W: protocol.Clock{0, 1}}},
 			Telemetry: json.RawMessage(`{"v":1,"ts":"2026-11-24T17:00:00Z","heat":false,"cool":true,"sensor_ok":false}`)},
 		{ID: "d2", Props: protocol.Props{}},
+		{ID: "d3", Online: true, VC: protocol.Clock{2, 5}, LastSeen: &seen,
+			Props: protocol.Props{"setpoint_c": {Val: 16.0, W: protocol.Clock{2, 5}}, "mode": {Val: "heat", W: protocol.Clock{0, 1}},
+				"preset": {Val: "away", W: protocol.Clock{2, 5}}},
+			Alerts:    []protocol.Alert{{Code: protocol.AlertStorageError}, {Code: protocol.AlertSensorFault}},
+			Telemetry: json.RawMessage(`{"v":1,"ts":"2026-11-24T17:00:00Z","temp_c":17.25,"heat":true,"cool":false,"sensor_ok":true,"action":"heating","next":{"at":"2026-11-25T05:30:00Z","setpoint_c":21,"preset":"home"}}`)},
 	}
 	var b bytes.Buffer
 	if err := writeTable(&b, devs, now); err != nil {
 		t.Fatal(err)
 	}
 	want := []string{
-		"ID ONLINE SETPOINT MODE TEMP HEAT/COOL CLOCK LAST SEEN",
-		"d1 yes 21.5 heat - (sensor fault) off/on [4,2] (pending) 1m ago",
-		"d2 no - - - - [0,0] never",
+		"ID ONLINE SETPOINT MODE PRESET TEMP ACTION NEXT ALERTS CLOCK LAST SEEN",
+		"d1 yes 21.5 heat - - (sensor fault) cooling - - [4,2] (pending) 1m ago",
+		"d2 no - - - - - - - [0,0] never",
+		"d3 yes 16.0 heat away 17.2 heating " + time.Date(2026, 11, 25, 5, 30, 0, 0, time.UTC).Local().Format("Mon 15:04") + " 21.0 (home) storage_error,sensor_fault [2,5] 1m ago",
 	}
 	got := strings.Split(strings.TrimSpace(b.String()), "\n")
 	for i := range got {

@@ -74,8 +74,25 @@ func (r *Replica) Write(changes map[string]any, src string) error {
 	if err := r.canTick(); err != nil {
 		return err
 	}
+	saved := r.Clone()
 	r.tick()
 	r.stamp(norm, src)
+	if err := r.fits(); err != nil {
+		*r = *saved
+		return err
+	}
+	return nil
+}
+
+// ErrTooLarge is returned for a write after which the replica's state
+// would not fit one message (PROTOCOL.md: at most MaxPayload bytes).
+var ErrTooLarge = errors.New("the device's state would not fit one message")
+
+// fits checks that a message carrying the replica's state fits a payload.
+func (r *Replica) fits() error {
+	if _, err := r.message().Encode(); err != nil {
+		return fmt.Errorf("%w: %w", ErrTooLarge, err)
+	}
 	return nil
 }
 
@@ -96,8 +113,13 @@ func (r *Replica) WriteAndSend(changes map[string]any, src string) (Message, err
 	if err := r.canTick(); err != nil {
 		return Message{}, err
 	}
+	saved := r.Clone()
 	r.tick()
 	r.stamp(norm, src)
+	if err := r.fits(); err != nil {
+		*r = *saved
+		return Message{}, err
+	}
 	return r.message(), nil
 }
 
