@@ -106,6 +106,11 @@ type Config struct {
 	// Clock drives the telemetry interval, the sync timeout, the save
 	// retries and the rate of save error lines; the wall clock when nil.
 	Clock hal.Clock
+	// FirstValues are the values of properties (presets, schedule) the
+	// device holds until a write replaces them: a first boot starts with
+	// them, and a device that never held one of them gains it, with the
+	// zero stamp either way.
+	FirstValues map[string]any
 	// ScheduleClock times the schedule's entries: the board's clock, which
 	// runs fast on a simulated board (--sim-speed), so a week of program
 	// runs in minutes; Clock when nil.
@@ -245,10 +250,12 @@ func New(cfg Config, stored *protocol.DeviceState) (*Agent, error) {
 	}
 	if stored == nil {
 		d := control.DefaultSettings
-		dev, err := protocol.NewDevice(map[string]any{
+		first := map[string]any{
 			protocol.PropSetpoint: d.SetpointC,
 			protocol.PropMode:     d.Mode,
-		})
+		}
+		maps.Copy(first, cfg.FirstValues)
+		dev, err := protocol.NewDevice(first)
 		if err != nil {
 			return nil, fmt.Errorf("agent: %w", err)
 		}
@@ -256,6 +263,13 @@ func New(cfg Config, stored *protocol.DeviceState) (*Agent, error) {
 		a.log.Warn("no stored state: rejoining; no event is sent until the device has caught up",
 			"sync_timeout", cfg.SyncTimeout)
 	} else {
+		if len(cfg.FirstValues) > 0 {
+			st, err := withFirstValues(*stored, cfg.FirstValues)
+			if err != nil {
+				return nil, fmt.Errorf("agent: %w", err)
+			}
+			stored = &st
+		}
 		a.dev = protocol.RestoreDevice(*stored)
 		a.lastSaved, _ = json.Marshal(a.dev.State())
 		if a.dev.Rejoining() {
@@ -273,6 +287,25 @@ func New(cfg Config, stored *protocol.DeviceState) (*Agent, error) {
 	a.alerts.OnChange(func() { a.queueTelemetry(a.cfg.Loop.Snapshot()) })
 	a.updateView()
 	return a, nil
+}
+
+// withFirstValues adds to stored state the first values of the properties
+// it has never held (the configuration's presets and schedule), with the
+// zero stamp, as a first boot has them: any write, from either side,
+// supersedes them.
+func withFirstValues(st protocol.DeviceState, first map[string]any) (protocol.DeviceState, error) {
+	st.Replica = st.Replica.Clone()
+	for name, v := range first {
+		if _, ok := st.Replica.Props[name]; ok {
+			continue
+		}
+		norm, err := protocol.Normalize(name, v)
+		if err != nil {
+			return st, err
+		}
+		st.Replica.Props[name] = protocol.Prop{Val: norm}
+	}
+	return st, nil
 }
 
 // Settings returns the settings the thermostat should start with: the

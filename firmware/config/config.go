@@ -27,6 +27,7 @@ import (
 
 	"github.com/thermofleet/thermo/firmware/control"
 	"github.com/thermofleet/thermo/hal/rpi"
+	"github.com/thermofleet/thermo/internal/schedfile"
 	"github.com/thermofleet/thermo/internal/yamlconf"
 	"github.com/thermofleet/thermo/protocol"
 	"github.com/thermofleet/thermo/transport"
@@ -79,6 +80,11 @@ type Config struct {
 	Hardware rpi.Config `yaml:"hardware"`
 	// Control tunes the control loop.
 	Control control.Config `yaml:"control"`
+	// Presets and Schedule are the device's first values of those
+	// properties (zero-stamped like every default), used until a write
+	// replaces them; nil when not given.
+	Presets  protocol.Presets   `yaml:"-"`
+	Schedule *protocol.Schedule `yaml:"-"`
 
 	// File is the configuration file read, "" when none.
 	File string `yaml:"-"`
@@ -118,7 +124,7 @@ func Default() Config {
 
 // keys are the top-level keys of the file, in the order of Config.
 var keys = []string{"broker", "ca", "cert", "key", "state_dir", "hal", "control_socket", "topic_root",
-	"telemetry_interval", "sync_timeout", "keep_alive", "log_level", "sim", "hardware", "control"}
+	"telemetry_interval", "sync_timeout", "keep_alive", "log_level", "sim", "hardware", "control", "presets", "schedule"}
 
 // Parse reads a configuration file's contents over Default(). name is the
 // file's name, for messages.
@@ -159,10 +165,28 @@ func Parse(data []byte, name string) (Config, error) {
 		seen[k.Value] = k.Line
 	}
 	for i := 0; i+1 < len(root.Content); i += 2 {
-		if k, v := root.Content[i], root.Content[i+1]; k.Value == "sim" {
+		k, v := root.Content[i], root.Content[i+1]
+		switch k.Value {
+		case "sim":
 			if err := yamlconf.CheckKnown("sim", v, &SimConfig{}); err != nil {
 				return c, fmt.Errorf("%s: %w", name, err)
 			}
+		case "presets":
+			var raw map[string]any
+			if err := v.Decode(&raw); err != nil {
+				return c, fmt.Errorf("%s: line %d: presets: %w", name, v.Line, err)
+			}
+			p, err := protocol.Normalize(protocol.PropPresets, raw)
+			if err != nil {
+				return c, fmt.Errorf("%s: line %d: %w", name, v.Line, err)
+			}
+			c.Presets = p.(protocol.Presets)
+		case "schedule":
+			s, err := schedfile.FromNode(v)
+			if err != nil {
+				return c, fmt.Errorf("%s: %w", name, err)
+			}
+			c.Schedule = &s
 		}
 	}
 	if err := root.Decode(&c); err != nil {

@@ -208,3 +208,32 @@ func TestExampleConfig(t *testing.T) {
 		t.Errorf("the example's hardware and control sections did not load: %+v", c)
 	}
 }
+
+// The configuration may give the device's first presets and week program,
+// checked by the properties' own rules, with the line of a problem.
+func TestPresetsAndSchedule(t *testing.T) {
+	c, err := Parse([]byte(`broker: mqtts://b:8883
+presets: {home: 21.5, away: 15}
+schedule:
+  enabled: true
+  tz: Europe/Berlin
+  week:
+    mon: [{at: "06:30", preset: home}, {at: "22:00", setpoint_c: 17}]
+`), "config.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Presets["home"] != 21.5 || c.Schedule == nil || !c.Schedule.Enabled || len(c.Schedule.Week["mon"]) != 2 {
+		t.Fatalf("presets %v schedule %+v", c.Presets, c.Schedule)
+	}
+	for _, tc := range []struct{ in, want string }{
+		{"presets: {none: 20}\n", "line 1: "},
+		{"presets: [20]\n", "line 1: presets"},
+		{"schedule:\n  enabled: true\n  week:\n    mon:\n      - {at: \"25:00\", setpoint_c: 20}\n", "line 5: "},
+		{"schedule:\n  week: {}\n", "no enabled"},
+	} {
+		if _, err := Parse([]byte(tc.in), "config.yaml"); err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%q: err = %v, want it to contain %q", tc.in, err, tc.want)
+		}
+	}
+}

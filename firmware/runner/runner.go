@@ -127,6 +127,7 @@ func New(cfg config.Config, o Options) (_ *Thermostat, err error) {
 		Store:             t.store,
 		Loop:              loop,
 		ScheduleClock:     clock,
+		FirstValues:       firstValues(cfg),
 		TelemetryInterval: cfg.TelemetryInterval,
 		SyncTimeout:       cfg.SyncTimeout,
 		Logger:            log,
@@ -163,6 +164,19 @@ func New(cfg config.Config, o Options) (_ *Thermostat, err error) {
 		}
 	}
 	return t, nil
+}
+
+// firstValues are the configuration's presets and schedule, the device's
+// values of them until a write replaces them.
+func firstValues(cfg config.Config) map[string]any {
+	out := map[string]any{}
+	if cfg.Presets != nil {
+		out[protocol.PropPresets] = cfg.Presets
+	}
+	if cfg.Schedule != nil {
+		out[protocol.PropSchedule] = *cfg.Schedule
+	}
+	return out
 }
 
 // Agent is the sync agent (status, local writes).

@@ -48,8 +48,15 @@ func Parse(b []byte) (protocol.Schedule, error) {
 	if len(doc.Content) == 0 {
 		return protocol.Schedule{}, errors.New("empty: a schedule has enabled, tz (optional) and week")
 	}
+	return FromNode(doc.Content[0])
+}
+
+// FromNode reads a schedule from a YAML node of a larger document (the
+// schedule: key of the thermostat's configuration); errors name the
+// document's lines.
+func FromNode(n *yaml.Node) (protocol.Schedule, error) {
 	lines := map[string]int{}
-	v, err := value(doc.Content[0], "", lines)
+	v, err := value(n, "", lines)
 	if err != nil {
 		return protocol.Schedule{}, err
 	}
