@@ -111,7 +111,7 @@ func TestUsageErrors(t *testing.T) {
 		{[]string{"run", "--hal", "sim", "--config", "/nonexistent/config.yaml"}, 1, "/nonexistent/config.yaml"},
 		{[]string{"run", "--hal", "sim"}, 1, "no broker given"},
 		{[]string{"run", "--hal", "sim", "--broker", "mqtt://b:1883"}, 1, "plain-text"},
-		{[]string{"set"}, 2, "give --setpoint, --mode or both"},
+		{[]string{"set"}, 2, "give --setpoint, --mode, --preset, --schedule or --schedule-enabled"},
 		{[]string{"status", "extra"}, 2, `unexpected argument "extra"`},
 		{[]string{"service"}, 2, "thermostat service install|"},
 		{[]string{"service", "frobnicate"}, 2, "thermostat service install|"},
