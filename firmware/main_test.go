@@ -282,7 +282,7 @@ func TestRunSetStatusStop(t *testing.T) {
 	waitStatus(t, p, d.socket, "connected and rejoined", func(s agent.Status) bool { return s.Connected && !s.Rejoining })
 
 	out, stderr, err := thermostat(t, "set", "--control-socket", d.socket, "--setpoint", "22.5", "--mode", "heat")
-	if err != nil || !strings.Contains(out, "setpoint_c 22.5, mode heat: saved and sent to the controller") {
+	if err != nil || !strings.Contains(out, "setpoint_c 22.5, mode heat, preset none: saved and sent to the controller") {
 		t.Fatalf("set: %v\n%s%s", err, out, stderr)
 	}
 	ctl.WaitMatch(t, "the local change", isEvent("s1", func(ev protocol.Message) bool {
