@@ -90,14 +90,23 @@ type sim struct {
 	ctlStored map[string]*Replica
 	devs      map[string]*simDev
 	retained  map[string]simMsg
-	know      map[string]map[int]bool // per side: "d1", "controller/d1"
-	seq       int
-	inflight  []simMsg
-	lossy     bool
-	wipes     bool                             // sides may lose their stores
-	writes    map[string]map[string][]writeRec // device id, property
-	conflicts int
-	log       []string
+	// lostCmd marks a device whose retained Command the broker lost and
+	// has not had again; ctlAtRisk a device the controller lost its store
+	// for meanwhile. That double fault leaves a controller nothing to
+	// recover its counter for the device from (neither its store nor the
+	// broker remembers the Commands it sent): it may stamp a new write
+	// with a stamp the device already holds for an older one, and the
+	// sides can disagree until one of them writes again. The same limit
+	// as a board's double fault (README, "How the sync behaves").
+	lostCmd, ctlAtRisk map[string]bool
+	know               map[string]map[int]bool // per side: "d1", "controller/d1"
+	seq                int
+	inflight           []simMsg
+	lossy              bool
+	wipes              bool                             // sides may lose their stores
+	writes             map[string]map[string][]writeRec // device id, property
+	conflicts          int
+	log                []string
 }
 
 func newSim(seed uint64, devices int) *sim {
@@ -107,9 +116,10 @@ func newSim(seed uint64, devices int) *sim {
 		ctlStored: map[string]*Replica{},
 		devs:      map[string]*simDev{},
 		retained:  map[string]simMsg{},
-		know:      map[string]map[int]bool{},
-		lossy:     true,
-		writes:    map[string]map[string][]writeRec{},
+		lostCmd:   map[string]bool{}, ctlAtRisk: map[string]bool{},
+		know:   map[string]map[int]bool{},
+		lossy:  true,
+		writes: map[string]map[string][]writeRec{},
 	}
 	for i := range devices {
 		id := fmt.Sprintf("d%d", i+1)
@@ -217,7 +227,7 @@ func (s *sim) record(id string, props Props, device bool) {
 		// A stamp may repeat one of a write lost with a wiped store (nobody
 		// else ever saw that one); it may not repeat a live one.
 		if slices.ContainsFunc(recs, func(r writeRec) bool {
-			return r.w == p.W && (!r.mayLose || fmt.Sprint(r.val) == fmt.Sprint(p.Val))
+			return r.w == p.W && (!r.mayLose || sameVal(r.val, p.Val))
 		}) {
 			continue
 		}
@@ -337,6 +347,9 @@ func (s *sim) deliver(i int) error {
 	if m.to == "broker" {
 		if m.retained {
 			s.retained[m.topic] = m
+			if id, k, err := ParseTopic(s.root, m.topic); err == nil && k == KindCmd {
+				delete(s.lostCmd, id)
+			}
 		}
 		for _, sub := range s.subscribers(m.topic) {
 			s.inflight = append(s.inflight, simMsg{to: sub, topic: m.topic, payload: m.payload, know: m.know})
@@ -415,32 +428,67 @@ func (s *sim) deliver(i int) error {
 	return nil
 }
 
-func (s *sim) randomValue() map[string]any {
-	if s.rng.IntN(3) == 0 {
+// randomValue is a change a person (or the schedule) makes, given the
+// values in force: a mode, a setpoint, a preset, new presets or a new week
+// program. The rules that tie presets to the setpoint (ExpandWrite) then
+// add to it what they add for every writer.
+func (s *sim) randomValue(current map[string]any) map[string]any {
+	setpoint := func() float64 { return RoundSetpoint(MinSetpoint + s.rng.Float64()*(MaxSetpoint-MinSetpoint)) }
+	switch r := s.rng.IntN(12); {
+	case r < 3:
 		return map[string]any{PropMode: Modes[s.rng.IntN(len(Modes))]}
+	case r < 7:
+		v := map[string]any{PropSetpoint: setpoint()}
+		if s.rng.IntN(4) == 0 {
+			v[PropMode] = Modes[s.rng.IntN(len(Modes))]
+		}
+		return v
+	case r < 9: // a preset in force, or none (a schedule's preset entry too)
+		presets := DefaultPresets
+		if ps, ok := current[PropPresets].(Presets); ok {
+			presets = ps
+		}
+		names := append(presets.Names(), PresetNone)
+		return map[string]any{PropPreset: names[s.rng.IntN(len(names))]}
+	case r < 10:
+		ps := Presets{}
+		for _, n := range []string{"home", "away", "night", "eco"}[:1+s.rng.IntN(4)] {
+			ps[n] = setpoint()
+		}
+		return map[string]any{PropPresets: ps}
 	}
-	v := map[string]any{PropSetpoint: RoundSetpoint(MinSetpoint + s.rng.Float64()*(MaxSetpoint-MinSetpoint))}
-	if s.rng.IntN(4) == 0 {
-		v[PropMode] = Modes[s.rng.IntN(len(Modes))]
+	sch := Schedule{Enabled: s.rng.IntN(2) == 0, Week: map[string][]Entry{}}
+	for _, d := range Weekdays[:1+s.rng.IntN(7)] {
+		sp := setpoint()
+		sch.Week[d] = []Entry{{At: "06:30", SetpointC: &sp}, {At: "22:00", Preset: "home"}}
 	}
-	return v
+	return map[string]any{PropSchedule: sch}
 }
 
 func (s *sim) step() error {
 	dv := s.devs[s.ids[s.rng.IntN(len(s.ids))]]
 	switch r := s.rng.IntN(100); {
-	case r < 12: // a person changes the device
-		ch := s.randomValue()
-		m, err := dv.d.LocalWrite(ch, SrcButton)
+	case r < 12: // a person, or the schedule's transition, changes the device
+		ch := s.randomValue(dv.d.Effective())
+		src := SrcButton
+		if _, ok := ch[PropMode]; !ok && s.rng.IntN(3) == 0 {
+			src = SrcSchedule
+		}
+		m, err := dv.d.LocalWrite(ch, src)
 		if err != nil {
-			return err
+			s.logf("%s local write %v refused: %v", dv.id, ch, err)
+			return nil // a preset the presets do not define: refused, as at the device
 		}
 		dv.stored = dv.d.State()
 		s.record(dv.id, dv.d.Props(), true)
 		s.logf("%s local write %v -> clock %v", dv.id, ch, dv.d.Clock())
 		s.publishMsg(dv.id, Topic(s.root, dv.id, KindEvent), m)
 	case r < 22: // a remote user changes it at the controller
-		ch := s.randomValue()
+		var current map[string]any
+		if r := s.ctl.Replica(dv.id); r != nil {
+			current = r.Props.Values()
+		}
+		ch := s.randomValue(current)
 		m, err := s.ctl.Set(dv.id, ch)
 		if err != nil {
 			return nil // not ready, or not heard of yet: the API refuses
@@ -534,6 +582,9 @@ func (s *sim) step() error {
 		for _, id := range s.ids {
 			s.forget(id, false)
 			s.know["controller/"+id] = map[int]bool{}
+			if s.lostCmd[id] {
+				s.ctlAtRisk[id] = true
+			}
 		}
 		clear(s.ctlStored)
 		s.logf("controller wiped")
@@ -541,6 +592,9 @@ func (s *sim) step() error {
 	case r < 96 && s.wipes && s.rng.IntN(3) == 0: // the broker loses its retained messages
 		s.logf("broker loses retained messages")
 		clear(s.retained)
+		for _, id := range s.ids {
+			s.lostCmd[id] = true
+		}
 	case r < 97: // a rejoining device's sync timeout expires
 		// Only once whatever it was sent on subscribing has arrived: the
 		// timeout is seconds, a delivery milliseconds.
@@ -614,16 +668,22 @@ func (s *sim) check() error {
 			return fmt.Errorf("controller never heard of %s", id)
 		}
 		dp := dv.d.Props()
-		for _, name := range []string{PropSetpoint, PropMode} {
+		if s.ctlAtRisk[id] {
+			continue // the controller-side double fault: see ctlAtRisk
+		}
+		for _, name := range Names {
 			c, d := cr.Props[name], dp[name]
 			cj, _ := json.Marshal(c)
 			dj, _ := json.Marshal(d)
 			if string(cj) != string(dj) {
 				return fmt.Errorf("%s %s: controller %s, device %s", id, name, cj, dj)
 			}
+			if _, written := dp[name]; !written {
+				continue // never written by either side
+			}
 			var final *writeRec
 			for i, w := range s.writes[id][name] {
-				if w.w != d.W || fmt.Sprint(w.val) != fmt.Sprint(d.Val) {
+				if w.w != d.W || !sameVal(w.val, d.Val) {
 					continue
 				}
 				if final != nil && !final.mayLose && !w.mayLose {
@@ -633,7 +693,7 @@ func (s *sim) check() error {
 					final = &s.writes[id][name][i]
 				}
 			}
-			if final == nil || fmt.Sprint(final.val) != fmt.Sprint(d.Val) {
+			if final == nil || !sameVal(final.val, d.Val) {
 				return fmt.Errorf("%s %s: final %v stamped %v is no recorded write", id, name, d.Val, d.W)
 			}
 			for _, w := range s.writes[id][name] {
@@ -652,4 +712,12 @@ func (s *sim) check() error {
 		}
 	}
 	return nil
+}
+
+// sameVal compares property values by their JSON, as the wire does (a
+// schedule's entries hold pointers).
+func sameVal(a, b any) bool {
+	aj, _ := json.Marshal(a)
+	bj, _ := json.Marshal(b)
+	return string(aj) == string(bj)
 }
