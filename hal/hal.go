@@ -96,6 +96,9 @@ func (b Button) String() string {
 type ButtonEvent struct {
 	Button Button
 	Time   time.Time
+	// Long is a press held for the board's long-press time (the mode
+	// button's: it cycles the presets instead of the modes).
+	Long bool
 }
 
 // Board is a thermostat's hardware: sensors, relays and buttons.

@@ -798,6 +798,36 @@ func (a *Agent) ButtonChange(s control.Settings) {
 	})
 }
 
+// PresetButton is the control loop's long press of the mode button: the
+// next preset, in the order of their names, after the one in force (the
+// first when none is), written as a button change. It does not block.
+func (a *Agent) PresetButton() {
+	a.ops.Push(func() {
+		eff := a.dev.Effective()
+		presets := protocol.DefaultPresets
+		if ps, ok := eff[protocol.PropPresets].(protocol.Presets); ok {
+			presets = ps
+		}
+		names := presets.Names()
+		cur, _ := eff[protocol.PropPreset].(string)
+		next := names[0]
+		if i := slices.Index(names, cur); i >= 0 {
+			next = names[(i+1)%len(names)]
+		}
+		changes := map[string]any{protocol.PropPreset: next}
+		m, err := a.dev.LocalWrite(changes, protocol.SrcButton)
+		if err != nil {
+			a.log.Error("preset button refused", "preset", next, "err", err)
+			return
+		}
+		if err := a.after(m); err != nil {
+			a.log.Warn("preset button refused: the thermostat goes back to its last saved settings", "preset", next, "err", err)
+			return
+		}
+		a.log.Info("preset button", "preset", next, "vc", a.dev.Clock())
+	})
+}
+
 // OutputsChanged is the control loop's OnOutputChange: telemetry goes out
 // at once when a relay switches. It does not block.
 func (a *Agent) OutputsChanged(s control.Snapshot) { a.queueTelemetry(s) }

@@ -118,3 +118,26 @@ func TestScheduleWriteAppliesAtOnce(t *testing.T) {
 		t.Errorf("setpoint %v next %+v after disabling, want 23 and no next", sp, d.agent.Next())
 	}
 }
+
+// TestPresetButton: a long press of the mode button takes the next preset
+// in the order of their names, its temperature with it, as a button write.
+func TestPresetButton(t *testing.T) {
+	e := embeddedEnv(t)
+	ctl := newController(t, e, "d1")
+	d := startDevice(t, e, "d1", t.TempDir(), fresh(), devOpts{})
+	ctl.waitEvent(protocol.Clock{0, 1})
+	for _, want := range []struct {
+		preset string
+		sp     float64
+	}{{"away", 16}, {"comfort", 22}, {"eco", 18}, {"home", 21}, {"sleep", 18}, {"away", 16}} {
+		d.agent.PresetButton()
+		testenv.WaitFor(t, "preset "+want.preset, func() bool {
+			p, _ := d.status().Props.Preset()
+			sp, _ := d.status().Props.Setpoint()
+			return p == want.preset && sp == want.sp
+		})
+	}
+	if ev := ctl.events(); ev[len(ev)-1].Src != protocol.SrcButton {
+		t.Errorf("preset button sent src %q", ev[len(ev)-1].Src)
+	}
+}

@@ -115,6 +115,16 @@ func (l *Loop) Notify(onOutput func(Snapshot), onLocal func(Settings)) {
 	l.onOutput, l.onLocal = onOutput, onLocal
 }
 
+// NotifyPresetButton wires a long press of the mode button, which asks for
+// the next preset: the loop does not know the presets (they are the
+// protocol's properties), so it only passes the request on. Called on the
+// loop goroutine, with no lock held; before Run.
+func (l *Loop) NotifyPresetButton(f func()) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.onPreset = f
+}
+
 // Loop is the control loop of one board.
 type Loop struct {
 	cfg      Config
@@ -126,6 +136,7 @@ type Loop struct {
 	wired    hal.Outputs
 	onOutput func(Snapshot)
 	onLocal  func(Settings)
+	onPreset func()
 	wake     chan struct{}
 
 	mu         sync.Mutex
@@ -598,6 +609,16 @@ func (l *Loop) applyTimes(now time.Time, name string, r *relay, oc OutputConfig,
 // press handles one debounced button press: the change is gathered into
 // the current burst and applied when the burst's window ends.
 func (l *Loop) press(ev hal.ButtonEvent, now time.Time) {
+	if ev.Button == hal.ButtonMode && ev.Long {
+		l.mu.Lock()
+		f := l.onPreset
+		l.mu.Unlock()
+		l.log.Info("mode button held: next preset")
+		if f != nil {
+			f()
+		}
+		return
+	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	b := l.burst

@@ -304,3 +304,21 @@ func TestButtonsOnlyAsk(t *testing.T) {
 		t.Fatal("the heater went on for a change nobody accepted")
 	}
 }
+
+// TestLongModePressAsksForAPreset: holding the mode button asks for the
+// next preset (the loop does not know the presets) and changes no mode.
+func TestLongModePressAsksForAPreset(t *testing.T) {
+	h := newHarness(t, testConfig(), Settings{20, protocol.ModeHeat}, 20)
+	asked := make(chan struct{}, 1)
+	h.loop.NotifyPresetButton(func() { asked <- struct{}{} })
+	h.start()
+	h.board.buttons <- hal.ButtonEvent{Button: hal.ButtonMode, Long: true, Time: h.clk.Now()}
+	select {
+	case <-asked:
+	case <-time.After(5 * time.Second):
+		t.Fatal("a long press of the mode button asked for nothing")
+	}
+	if s := h.loop.Settings(); s != (Settings{20, protocol.ModeHeat}) || len(h.localChanges()) != 0 {
+		t.Fatalf("settings %v, local changes %v after a long press", s, h.localChanges())
+	}
+}

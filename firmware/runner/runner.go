@@ -139,6 +139,7 @@ func New(cfg config.Config, o Options) (_ *Thermostat, err error) {
 		return nil, fmt.Errorf("control loop: %w", err)
 	}
 	loop.Notify(t.agent.OutputsChanged, t.agent.ButtonChange)
+	loop.NotifyPresetButton(t.agent.PresetButton)
 
 	t.client, err = transport.New(transport.Options{
 		Broker:       cfg.Broker,

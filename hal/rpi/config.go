@@ -85,6 +85,9 @@ type ButtonsConfig struct {
 	// Debounce is how long a contact must be quiet before its level
 	// counts. Default 30ms.
 	Debounce time.Duration `yaml:"debounce"`
+	// LongPress is how long the mode button is held for a long press,
+	// which cycles the presets (a short press cycles the modes). Default 1s.
+	LongPress time.Duration `yaml:"long_press"`
 }
 
 // ButtonConfig is one push button.
@@ -102,6 +105,7 @@ type ButtonConfig struct {
 const (
 	DefaultSysfs          = "/sys"
 	DefaultDebounce       = 30 * time.Millisecond
+	DefaultLongPress      = time.Second
 	DefaultResolutionBits = 11
 )
 
@@ -128,6 +132,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.Buttons.Debounce == 0 {
 		c.Buttons.Debounce = DefaultDebounce
+	}
+	if c.Buttons.LongPress == 0 {
+		c.Buttons.LongPress = DefaultLongPress
 	}
 	s := make([]SensorConfig, len(c.Sensors))
 	for i, sc := range c.Sensors {
@@ -280,6 +287,9 @@ func (c Config) Validate() error {
 	}
 	if b.Debounce < time.Millisecond || b.Debounce > time.Second {
 		return l.Errorf("buttons.debounce", "%v is outside 1ms..1s", b.Debounce)
+	}
+	if b.LongPress != 0 && (b.LongPress <= b.Debounce || b.LongPress > 10*time.Second) {
+		return l.Errorf("buttons.long_press", "%v must be longer than debounce (%v) and at most 10s", b.LongPress, b.Debounce)
 	}
 	return nil
 }

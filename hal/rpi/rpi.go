@@ -219,7 +219,7 @@ func open(cfg Config, log *slog.Logger, clock hal.Clock, idle time.Duration) (_ 
 
 	for _, w := range watches {
 		b.wg.Add(1)
-		go b.watch(w.btn, w.pin, w.pressed, cfg.Buttons.Debounce, idle)
+		go b.watch(w.btn, w.pin, w.pressed, cfg.Buttons.Debounce, cfg.Buttons.LongPress, idle)
 	}
 	if len(watches) == 0 {
 		close(b.buttons)
@@ -369,11 +369,30 @@ func (b *Board) Close() error {
 	return nil
 }
 
+// held waits while a pressed button stays pressed, up to longPress: it
+// reports whether it was held that long, and the settled level it left.
+func held(p gpio.PinIO, pressed gpio.Level, debounce, longPress time.Duration) (bool, gpio.Level) {
+	deadline := time.Now().Add(longPress)
+	for {
+		left := time.Until(deadline)
+		if left <= 0 || !p.WaitForEdge(left) {
+			return true, pressed
+		}
+		for p.WaitForEdge(debounce) { // bouncing: wait until quiet
+		}
+		if lvl := p.Read(); lvl != pressed {
+			return false, lvl
+		}
+	}
+}
+
 // watch turns one button's edges into presses. It waits for an edge
 // (edge-triggered: no polling of the level), then for the contact to be
 // quiet for debounce, and reads the settled level: a change from released
-// to pressed is one press. The bounded wait only lets Close be noticed.
-func (b *Board) watch(btn hal.Button, p gpio.PinIO, pressed gpio.Level, debounce, idle time.Duration) {
+// to pressed is one press. The mode button's press is reported when it is
+// released, or once it has been held for longPress (a long press, no
+// waiting for the release). The bounded wait only lets Close be noticed.
+func (b *Board) watch(btn hal.Button, p gpio.PinIO, pressed gpio.Level, debounce, longPress, idle time.Duration) {
 	defer b.wg.Done()
 	stable := p.Read()
 	for {
@@ -400,8 +419,12 @@ func (b *Board) watch(btn hal.Button, p gpio.PinIO, pressed gpio.Level, debounce
 		if lvl != pressed {
 			continue
 		}
+		long := false
+		if btn == hal.ButtonMode {
+			long, stable = held(p, pressed, debounce, longPress)
+		}
 		select {
-		case b.buttons <- hal.ButtonEvent{Button: btn, Time: b.clock.Now()}:
+		case b.buttons <- hal.ButtonEvent{Button: btn, Time: b.clock.Now(), Long: long}:
 		default:
 			b.log.Warn("button press dropped: nobody is reading presses", "button", btn.String())
 		}

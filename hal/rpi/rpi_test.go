@@ -78,7 +78,9 @@ func registerOneWire(t *testing.T, name string, bus *onewiretest.Playback) {
 	t.Cleanup(func() { _ = onewirereg.Unregister(name) })
 }
 
-func quiet() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
+func quiet() *slog.Logger {
+	return slog.New(slog.NewTextHandler(io.Discard, nil))
+}
 
 func parse(t *testing.T, src string) Config {
 	t.Helper()
@@ -184,16 +186,18 @@ func TestOpenSafeStateRelaysAndClose(t *testing.T) {
 	}
 }
 
-func waitPress(t *testing.T, b *Board, want hal.Button) {
+func waitPress(t *testing.T, b *Board, want hal.Button) hal.ButtonEvent {
 	t.Helper()
 	select {
 	case ev := <-b.Buttons():
 		if ev.Button != want || !ev.Time.Equal(t0) {
 			t.Fatalf("press %+v, want %v", ev, want)
 		}
+		return ev
 	case <-time.After(5 * time.Second):
 		t.Fatalf("no %v press", want)
 	}
+	return hal.ButtonEvent{}
 }
 
 func noPress(t *testing.T, b *Board, within time.Duration) {
@@ -227,9 +231,22 @@ func TestButtonsDebounced(t *testing.T) {
 	up <- gpio.Low
 	waitPress(t, b, hal.ButtonUp)
 	up <- gpio.High
-	pins["GPIO13"].EdgesChan <- gpio.Low
-	waitPress(t, b, hal.ButtonMode)
-	pins["GPIO13"].EdgesChan <- gpio.High
+	// The mode button: a short press is reported at its release; one held
+	// for the long-press time (1 s by default) at once, as a long press,
+	// and its release is nothing more.
+	mode := pins["GPIO13"].EdgesChan
+	mode <- gpio.Low
+	noPress(t, b, 300*time.Millisecond) // past the 150ms debounce, not a long press yet
+	mode <- gpio.High
+	if ev := waitPress(t, b, hal.ButtonMode); ev.Long {
+		t.Error("a short press of the mode button reported as long")
+	}
+	start := time.Now()
+	mode <- gpio.Low
+	if ev := waitPress(t, b, hal.ButtonMode); !ev.Long || time.Since(start) < DefaultLongPress {
+		t.Errorf("held mode button: %+v after %v, want a long press after %v", ev, time.Since(start), DefaultLongPress)
+	}
+	mode <- gpio.High
 	noPress(t, b, 300*time.Millisecond)
 }
 

@@ -169,14 +169,22 @@ func (b *Board) Close() error {
 
 // Press simulates a press of a wall button. It reports false when the
 // board is closed or 32 presses are already waiting to be read.
-func (b *Board) Press(btn hal.Button) bool {
+func (b *Board) Press(btn hal.Button) bool { return b.press(hal.ButtonEvent{Button: btn}) }
+
+// PressLong simulates a long press (held for the long-press time).
+func (b *Board) PressLong(btn hal.Button) bool {
+	return b.press(hal.ButtonEvent{Button: btn, Long: true})
+}
+
+func (b *Board) press(ev hal.ButtonEvent) bool {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if b.closed {
 		return false
 	}
+	ev.Time = b.clock.Now()
 	select {
-	case b.buttons <- hal.ButtonEvent{Button: btn, Time: b.clock.Now()}:
+	case b.buttons <- ev:
 		return true
 	default:
 		return false

@@ -112,6 +112,7 @@ func startDevice(o deviceOptions) (*device, error) {
 		return nil, err
 	}
 	loop.Notify(a.OutputsChanged, a.ButtonChange)
+	loop.NotifyPresetButton(a.PresetButton)
 	d.agent, d.loop = a, loop
 
 	var conn agent.Conn
