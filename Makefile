@@ -9,7 +9,7 @@ DATE     ?= $(shell git log -1 --format=%cI 2>/dev/null || echo unknown)
 LDFLAGS  := -s -w -X main.version=$(VERSION) -X main.commit=$(COMMIT) -X main.date=$(DATE)
 GOFLAGS_BUILD := -trimpath -ldflags "$(LDFLAGS)"
 
-.PHONY: all build demo test test-short fuzz vet aedes clean
+.PHONY: all build demo test test-short fuzz soak vet aedes clean
 
 all: build
 
@@ -33,6 +33,11 @@ test: aedes
 
 test-short:
 	$(GO) test -short -count=1 ./...
+
+# Thirty days of simulated life of 20 thermostats at 10,000x real time
+# (about 5 minutes here); see README "Thirty days of simulated life".
+soak:
+	$(GO) run ./soak --days 30 --devices 20 --speed 10000
 
 fuzz:
 	$(GO) test -run XXX -fuzz FuzzDecodeMessage -fuzztime 60s ./protocol

@@ -286,9 +286,12 @@ func (t *thermometer) Read() hal.Reading {
 
 // ScaledClock is the wall clock running speed times faster, from now on.
 // Timers fire after d/speed of real time.
-func ScaledClock(speed float64) hal.Clock {
-	now := time.Now()
-	return &scaledClock{speed: speed, origin: now, realOrigin: now}
+func ScaledClock(speed float64) hal.Clock { return ScaledClockFrom(time.Now(), speed) }
+
+// ScaledClockFrom is ScaledClock starting at origin: a simulation that
+// must cross a given date (a change of the clocks) starts before it.
+func ScaledClockFrom(origin time.Time, speed float64) hal.Clock {
+	return &scaledClock{speed: speed, origin: origin, realOrigin: time.Now()}
 }
 
 type scaledClock struct {
