@@ -306,8 +306,8 @@ type appliedLog struct {
 }
 
 func (l *appliedLog) Enabled(_ context.Context, lv slog.Level) bool { return lv >= slog.LevelInfo }
-func (l *appliedLog) WithAttrs([]slog.Attr) slog.Handler             { return l }
-func (l *appliedLog) WithGroup(string) slog.Handler                  { return l }
+func (l *appliedLog) WithAttrs([]slog.Attr) slog.Handler            { return l }
+func (l *appliedLog) WithGroup(string) slog.Handler                 { return l }
 func (l *appliedLog) Handle(_ context.Context, r slog.Record) error {
 	if r.Message != "schedule entry applied" {
 		return nil
