@@ -279,13 +279,6 @@ func writeTable(w io.Writer, devs []fleet.Device, now time.Time) error {
 	return tw.Flush()
 }
 
-func onOff(b bool) string {
-	if b {
-		return "on"
-	}
-	return "off"
-}
-
 // ago renders a time as a short age, or the date when it is old.
 func ago(t *time.Time, now time.Time) string {
 	if t == nil {

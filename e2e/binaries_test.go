@@ -14,7 +14,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/thermofleet/thermo/controllerlite/api"
 	"github.com/thermofleet/thermo/controllerlite/fleet"
 	"github.com/thermofleet/thermo/controllerlite/store"
 	"github.com/thermofleet/thermo/firmware/agent"
@@ -157,56 +156,15 @@ func TestBinariesSurviveKill9(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds and runs both binaries")
 	}
-	thermostatBin, controllerBin := binaries(t)
 	eachBroker(t, func(t *testing.T, kind brokerKind) {
 		w := newBareWorld(t, kind)
 		dataDir := t.TempDir()
-		var ctl *process
-		var apiAddr string
-		serve := func() {
-			t.Helper()
-			args := []string{controllerBin, "serve", "--ca", w.pki.CAFile, "--data-dir", dataDir, "--http", "127.0.0.1:0", "--log-level", "debug"}
-			switch kind {
-			case embedded:
-				args = append(args, "--cert", w.pki.ServerCert, "--key", w.pki.ServerKey, "--listen", w.brokerAddr())
-			case mosquitto:
-				cert, key := w.pki.Client(t, protocol.ControllerID)
-				args = append(args, "--cert", cert, "--key", key, "--broker", w.brokerURL())
-			}
-			ctl = spawn(t, "controllerlite", args...)
-			if kind == embedded {
-				if got := ctl.line("controllerlite: mqtt broker listening on"); got != w.brokerAddr() {
-					t.Fatalf("embedded broker on %s, want %s", got, w.brokerAddr())
-				}
-			}
-			apiAddr = ctl.line("controllerlite: http listening on")
-			ctl.line("controllerlite: ready")
-			var err error
-			if w.api, err = api.NewClient(apiAddr, ""); err != nil {
-				t.Fatal(err)
-			}
-		}
-		serve()
-
-		cert, key := w.pki.Client(t, "d1")
-		dir := t.TempDir()
-		socket := filepath.Join(dir, "ctl.sock")
-		var th *process
-		run := func() {
-			th = spawn(t, "thermostat", thermostatBin, "run", "--hal", "sim", "--broker", w.brokerURL(),
-				"--ca", w.pki.CAFile, "--cert", cert, "--key", key, "--state-dir", filepath.Join(dir, "state"),
-				"--control-socket", socket, "--log-level", "debug")
-		}
-		status := func() (agent.Status, error) {
-			var st agent.Status
-			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-			defer cancel()
-			out, err := exec.CommandContext(ctx, thermostatBin, "status", "--control-socket", socket).Output()
-			if err != nil {
-				return st, err
-			}
-			return st, json.Unmarshal(out, &st)
-		}
+		ctl := startBinController(t, w, dataDir)
+		serve := func() { ctl = startBinController(t, w, dataDir) }
+		th := newBinThermostat(t, w, "d1")
+		thermostatBin, controllerBin, socket := th.bin, ctl.bin, th.socket
+		run := func() { th.start() }
+		status := th.status
 		waitStatus := func(what string, cond func(agent.Status) bool) agent.Status {
 			t.Helper()
 			var st agent.Status
@@ -217,24 +175,7 @@ func TestBinariesSurviveKill9(t *testing.T) {
 			})
 			return st
 		}
-		synced := func() (agent.Status, fleet.Device) {
-			t.Helper()
-			var st agent.Status
-			var c fleet.Device
-			eventually(t, "thermostat and controller in agreement", func() (bool, string) {
-				var err error
-				if st, err = status(); err != nil {
-					return false, err.Error()
-				}
-				if c, err = w.ctl("d1"); err != nil {
-					return false, err.Error()
-				}
-				return st.Connected && !st.Rejoining && c.Online && sameProps(st.Props, c.Props),
-					fmt.Sprintf("thermostat %v %v connected=%v rejoining=%v; controller %v %v online=%v",
-						st.VC, st.Props, st.Connected, st.Rejoining, c.VC, c.Props, c.Online)
-			})
-			return st, c
-		}
+		synced := th.synced
 		run()
 		synced()
 
@@ -245,7 +186,7 @@ func TestBinariesSurviveKill9(t *testing.T) {
 			return err == nil && !c.Online, fmt.Sprintf("%+v %v", c, err)
 		})
 		var c fleet.Device
-		if err := json.Unmarshal([]byte(command(t, controllerBin, "set", "--http", apiAddr, "--json", "d1", "--setpoint", "19", "--mode", "cool")), &c); err != nil {
+		if err := json.Unmarshal([]byte(command(t, controllerBin, "set", "--http", ctl.apiAddr, "--json", "d1", "--setpoint", "19", "--mode", "cool")), &c); err != nil {
 			t.Fatal(err)
 		}
 		if sp, w := setpoint(c.Props); sp != 19 || w != c.VC || c.Online {

@@ -27,10 +27,7 @@ func ExpandWrite(current, changes map[string]any) (map[string]any, error) {
 		return nil, err
 	}
 	out := maps.Clone(norm)
-	presets := DefaultPresets
-	if ps, ok := current[PropPresets].(Presets); ok {
-		presets = ps
-	}
+	presets := PresetsIn(current)
 	newPresets, presetsWritten := norm[PropPresets].(Presets)
 	if presetsWritten {
 		presets = newPresets

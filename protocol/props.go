@@ -201,9 +201,11 @@ func (p Props) Preset() (string, bool) {
 	return s, ok
 }
 
-// Presets returns presets, DefaultPresets when never written.
-func (p Props) Presets() Presets {
-	if ps, ok := p[PropPresets].Val.(Presets); ok {
+// PresetsIn returns the presets among property values (what
+// Props.Values or a device's Effective gives), DefaultPresets when the
+// presets were never written: the one place that default applies.
+func PresetsIn(values map[string]any) Presets {
+	if ps, ok := values[PropPresets].(Presets); ok {
 		return ps
 	}
 	return DefaultPresets

@@ -444,11 +444,7 @@ func (s *sim) randomValue(current map[string]any) map[string]any {
 		}
 		return v
 	case r < 9: // a preset in force, or none (a schedule's preset entry too)
-		presets := DefaultPresets
-		if ps, ok := current[PropPresets].(Presets); ok {
-			presets = ps
-		}
-		names := append(presets.Names(), PresetNone)
+		names := append(PresetsIn(current).Names(), PresetNone)
 		return map[string]any{PropPreset: names[s.rng.IntN(len(names))]}
 	case r < 10:
 		ps := Presets{}

@@ -804,11 +804,7 @@ func (a *Agent) ButtonChange(s control.Settings) {
 func (a *Agent) PresetButton() {
 	a.ops.Push(func() {
 		eff := a.dev.Effective()
-		presets := protocol.DefaultPresets
-		if ps, ok := eff[protocol.PropPresets].(protocol.Presets); ok {
-			presets = ps
-		}
-		names := presets.Names()
+		names := protocol.PresetsIn(eff).Names()
 		cur, _ := eff[protocol.PropPreset].(string)
 		next := names[0]
 		if i := slices.Index(names, cur); i >= 0 {

@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"fmt"
 	"sync/atomic"
 	"time"
 
@@ -18,6 +19,11 @@ type scheduler struct {
 	timer hal.Timer      // fires at the next entry
 	locs  map[string]*time.Location
 	next  atomic.Pointer[protocol.Next]
+	// basis is what the armed timer was computed from (the stamps of the
+	// schedule and the presets, the last entry applied): checkSchedule
+	// runs after everything the agent does, and while none of it changed
+	// and the timer has not fired there is nothing to compute.
+	basis string
 }
 
 // location returns the schedule's zone, loaded once per name.
@@ -44,6 +50,7 @@ func (s *scheduler) stop() {
 		s.timer.Stop()
 		s.timer = nil
 	}
+	s.basis = ""
 	s.next.Store(nil)
 }
 
@@ -60,6 +67,11 @@ func (a *Agent) checkSchedule() {
 		// What the controller holds may still replace the schedule, and a
 		// write that cannot be saved is refused: decide once both are past.
 		s.stop()
+		return
+	}
+	props := a.dev.Props()
+	basis := fmt.Sprint(props[protocol.PropSchedule].W, props[protocol.PropPresets].W, a.dev.ScheduleLast())
+	if s.timer != nil && basis == s.basis {
 		return
 	}
 	eff := a.dev.Effective()
@@ -89,17 +101,12 @@ func (a *Agent) checkSchedule() {
 		return
 	}
 	s.timer = s.clock.NewTimer(next.Time.Sub(now))
+	s.basis = fmt.Sprint(props[protocol.PropSchedule].W, props[protocol.PropPresets].W, a.dev.ScheduleLast())
 	n := &protocol.Next{At: next.Time.UTC()}
 	if next.Entry.SetpointC != nil {
 		n.SetpointC = *next.Entry.SetpointC
 	} else {
-		var t float64
-		var ok bool
-		if ps, defined := eff[protocol.PropPresets].(protocol.Presets); defined {
-			t, ok = ps[next.Entry.Preset]
-		} else {
-			t, ok = protocol.DefaultPresets[next.Entry.Preset]
-		}
+		t, ok := protocol.PresetsIn(eff)[next.Entry.Preset]
 		if !ok {
 			// A preset not (yet) defined: nothing to announce; the entry
 			// is skipped when it comes unless a presets write defines it.

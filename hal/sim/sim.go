@@ -171,11 +171,6 @@ func (b *Board) Close() error {
 // board is closed or 32 presses are already waiting to be read.
 func (b *Board) Press(btn hal.Button) bool { return b.press(hal.ButtonEvent{Button: btn}) }
 
-// PressLong simulates a long press (held for the long-press time).
-func (b *Board) PressLong(btn hal.Button) bool {
-	return b.press(hal.ButtonEvent{Button: btn, Long: true})
-}
-
 func (b *Board) press(ev hal.ButtonEvent) bool {
 	b.mu.Lock()
 	defer b.mu.Unlock()
