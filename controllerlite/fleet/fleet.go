@@ -90,6 +90,9 @@ type Options struct {
 	// Now is the fleet's clock (time.Now by default): it stamps last_seen
 	// and alerts, and times the wait for retained messages.
 	Now func() time.Time
+	// Telemetry, if set, is told of every live telemetry message accepted
+	// (not retained ones: those were told when they were live).
+	Telemetry TelemetrySink
 }
 
 // Device is what the fleet knows of one device, as the HTTP API returns it.
@@ -146,9 +149,10 @@ type Fleet struct {
 	connected atomic.Bool
 	count     counters
 
-	mu   sync.RWMutex
-	view map[string]Device // what readers see, updated at the end of each batch
-	owed int
+	mu       sync.RWMutex
+	view     map[string]Device // what readers see, updated at the end of each batch
+	owed     int
+	watchers map[*Watcher]bool
 
 	// Owned by the Run goroutine.
 	ctrl  *protocol.Controller
@@ -219,17 +223,18 @@ func New(opts Options) (*Fleet, error) {
 	}
 	replicas := make(map[string]*protocol.Replica, len(devs))
 	f := &Fleet{
-		opts:    opts,
-		root:    opts.TopicRoot,
-		log:     opts.Logger,
-		st:      opts.Store,
-		q:       workq.New[func(context.Context)](),
-		ready:   make(chan struct{}),
-		stopped: make(chan struct{}),
-		view:    map[string]Device{},
-		recs:    map[string]*store.Device{},
-		dirty:   map[string]bool{},
-		batch:   batch{persist: map[string]bool{}, touched: map[string]bool{}},
+		opts:     opts,
+		root:     opts.TopicRoot,
+		log:      opts.Logger,
+		st:       opts.Store,
+		q:        workq.New[func(context.Context)](),
+		ready:    make(chan struct{}),
+		stopped:  make(chan struct{}),
+		view:     map[string]Device{},
+		watchers: map[*Watcher]bool{},
+		recs:     map[string]*store.Device{},
+		dirty:    map[string]bool{},
+		batch:    batch{persist: map[string]bool{}, touched: map[string]bool{}},
 	}
 	for _, d := range devs {
 		replicas[d.ID] = d.Replica
@@ -506,6 +511,9 @@ func (f *Fleet) handle(topic string, payload []byte, retained bool) {
 		rec.Telemetry = b
 		rec.Reported = f.reported(id, rec.Reported, t.Alerts)
 		f.dirty[id] = true
+		if f.opts.Telemetry != nil && !retained {
+			f.opts.Telemetry.Telemetry(id, f.opts.Now().UTC(), t)
+		}
 	}
 	if !retained && kind != protocol.KindCmd {
 		f.record(id).LastSeen = f.opts.Now().UTC()
@@ -572,4 +580,5 @@ func (f *Fleet) updateView(id string) {
 		f.owed++
 	}
 	f.view[id] = d
+	f.notify(id)
 }
