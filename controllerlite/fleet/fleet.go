@@ -512,7 +512,7 @@ func (f *Fleet) handle(topic string, payload []byte, retained bool) {
 		rec.Reported = f.reported(id, rec.Reported, t.Alerts)
 		f.dirty[id] = true
 		if f.opts.Telemetry != nil && !retained {
-			f.opts.Telemetry.Telemetry(id, f.opts.Now().UTC(), t)
+			f.opts.Telemetry.Telemetry(id, f.opts.Now().UTC(), t, f.ctrl.Replica(id).Props)
 		}
 	}
 	if !retained && kind != protocol.KindCmd {

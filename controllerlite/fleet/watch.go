@@ -101,8 +101,10 @@ func (f *Fleet) notify(id string) {
 }
 
 // TelemetrySink is told of every live telemetry message the fleet accepts,
-// in the order received, on the fleet's loop: it must not block (the
-// history records a sample in memory and writes in the background).
+// in the order received, with the properties the controller holds for the
+// device at that moment (the setpoint in force is not in telemetry). It
+// runs on the fleet's loop: it must not block (the history records a
+// sample in memory and writes in the background) and must not keep props.
 type TelemetrySink interface {
-	Telemetry(id string, at time.Time, t protocol.Telemetry)
+	Telemetry(id string, at time.Time, t protocol.Telemetry, props protocol.Props)
 }
