@@ -22,6 +22,7 @@ import (
 	"github.com/thermofleet/thermo/internal/cli"
 
 	"github.com/thermofleet/thermo/provisioning"
+	"github.com/thermofleet/thermo/release"
 	"github.com/thermofleet/thermo/svcctl"
 )
 
@@ -39,6 +40,7 @@ Commands:
   devices    list the devices of a running controller
   set        set a device's setpoint and/or mode through a running controller
   pki        manage the fleet's certificates (controllerlite pki help)
+  release    make the release key, sign thermostat releases (controllerlite release help)
   version    print the version
 
 Service (systemd, as root):
@@ -89,6 +91,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return runSet(ctx, rest, stdout, stderr)
 	case "pki":
 		return provisioning.RunPKI(rest, stdout, stderr)
+	case "release":
+		return release.RunCLI(rest, stdout, stderr)
 	case "version", "--version", "-version":
 		// -h too: the version is all this command has to say.
 		fmt.Fprintln(stdout, cli.Version("controllerlite", version, commit, date))
