@@ -122,7 +122,7 @@ func ParseTopic(root, topic string) (id string, k Kind, err error) {
 		return "", "", fmt.Errorf("topic %q: bad device id %q", topic, id)
 	}
 	switch k := Kind(kind); k {
-	case KindCmd, KindEvent, KindTelemetry, KindStatus:
+	case KindCmd, KindEvent, KindTelemetry, KindStatus, KindOTA, KindOTAState:
 		return id, k, nil
 	}
 	return "", "", fmt.Errorf("topic %q: unknown kind %q", topic, kind)
@@ -204,10 +204,10 @@ func Grants(client string) []Grant {
 }
 
 // DeviceGrants returns the rights of every device, SelfID being its own id.
-func DeviceGrants() []Grant { return slices.Clone(deviceGrants) }
+func DeviceGrants() []Grant { return slices.Concat(deviceGrants, otaDeviceGrants) }
 
 // ControllerGrants returns the rights of every controller CN.
-func ControllerGrants() []Grant { return slices.Clone(controllerGrants) }
+func ControllerGrants() []Grant { return slices.Concat(controllerGrants, otaControllerGrants) }
 
 // MayPublish reports whether client may publish on topic under root, with
 // the RETAIN flag if retain. Only topics <root>/<device id>/<kind> of the
