@@ -41,6 +41,7 @@ Commands:
   set        set a device's setpoint and/or mode through a running controller
   pki        manage the fleet's certificates (controllerlite pki help)
   release    make the release key, sign thermostat releases (controllerlite release help)
+  ota        roll a signed release out to the fleet: rollout, status, pause (controllerlite ota help)
   version    print the version
 
 Service (systemd, as root):
@@ -93,6 +94,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return provisioning.RunPKI(rest, stdout, stderr)
 	case "release":
 		return release.RunCLI(rest, stdout, stderr)
+	case "ota":
+		return runOTA(ctx, rest, stdout, stderr)
 	case "version", "--version", "-version":
 		// -h too: the version is all this command has to say.
 		fmt.Fprintln(stdout, cli.Version("controllerlite", version, commit, date))

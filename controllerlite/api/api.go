@@ -61,6 +61,8 @@ type Options struct {
 	SetTimeout time.Duration
 	// Logger defaults to slog.Default().
 	Logger *slog.Logger
+	// OTA, when set, serves the /api/ota endpoints (api/ota.go).
+	OTA OTA
 }
 
 type handler struct {
@@ -84,6 +86,7 @@ func NewHandler(f Fleet, o Options) http.Handler {
 	mux.HandleFunc("GET /api/devices/{id}", h.auth(h.get))
 	mux.HandleFunc("PUT /api/devices/{id}", h.auth(h.put))
 	mux.HandleFunc("GET /healthz", h.health)
+	h.registerOTA(mux)
 	return mux
 }
 

@@ -251,13 +251,15 @@ func New(opts Options) (*Fleet, error) {
 // Filters are the subscriptions a link must make for the fleet: every
 // device's event, status and telemetry, and the controller's own commands.
 func (f *Fleet) Filters() []string {
-	return []string{
-		protocol.Filter(f.root, protocol.KindCmd),
-		protocol.Filter(f.root, protocol.KindEvent),
-		protocol.Filter(f.root, protocol.KindStatus),
-		protocol.Filter(f.root, protocol.KindTelemetry),
+	var out []string
+	for _, k := range fleetKinds {
+		out = append(out, protocol.Filter(f.root, k))
 	}
+	return out
 }
+
+// fleetKinds are the topics the fleet reads.
+var fleetKinds = []protocol.Kind{protocol.KindCmd, protocol.KindEvent, protocol.KindStatus, protocol.KindTelemetry}
 
 // Run processes events until ctx is done, then writes what is not yet
 // stored. It returns nil on cancellation.

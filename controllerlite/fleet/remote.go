@@ -3,6 +3,9 @@ package fleet
 import (
 	"context"
 	"fmt"
+	"slices"
+
+	"github.com/thermofleet/thermo/protocol"
 
 	"github.com/thermofleet/thermo/transport"
 )
@@ -17,7 +20,16 @@ import (
 // accepted the subscriptions. Later connections are subscribed by the
 // client, which renews every filter on every connection.
 func Connect(f *Fleet, o transport.Options) (*transport.Client, error) {
-	o.Handler = func(m transport.Message) { f.Receive(m.Topic, m.Payload, m.Retained) }
+	// A caller's Handler gets what the caller subscribed to beyond the
+	// fleet's own topics (the OTA state reports).
+	other := o.Handler
+	o.Handler = func(m transport.Message) {
+		if _, k, err := protocol.ParseTopic(f.root, m.Topic); other != nil && err == nil && !slices.Contains(fleetKinds, k) {
+			other(m)
+			return
+		}
+		f.Receive(m.Topic, m.Payload, m.Retained)
+	}
 	o.OnConnect = func(_ context.Context, c *transport.Client) {
 		if !f.IsReady() {
 			for _, filter := range f.Filters() {

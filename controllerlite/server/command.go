@@ -16,6 +16,7 @@ import (
 	"github.com/thermofleet/thermo/internal/cli"
 
 	"github.com/thermofleet/thermo/controllerlite/api"
+	"github.com/thermofleet/thermo/controllerlite/ota"
 	"github.com/thermofleet/thermo/protocol"
 	"github.com/thermofleet/thermo/provisioning"
 	"github.com/thermofleet/thermo/systemd"
@@ -47,6 +48,11 @@ func ParseFlags(args []string, stderr io.Writer) (Flags, error) {
 	fs.DurationVar(&cfg.KeepAlive, "keep-alive", transport.DefaultKeepAlive, "MQTT keep-alive of the link to --broker; a broker silent this long is dropped and reconnected")
 	fs.StringVar(&cfg.TopicRoot, "topic-root", protocol.DefaultRoot, "first topic level")
 	fs.StringVar(level, "log-level", "info", "log level: debug, info, warn or error")
+	fs.StringVar(&cfg.ReleasesDir, "releases-dir", "", "`DIR` of signed thermostat releases (binary and BINARY.manifest.json) to serve and roll out; OTA is off without it")
+	fs.StringVar(&cfg.OTAListen, "ota-listen", "", "HTTPS listen `ADDR` of the release server, mutual TLS with the fleet CA (default "+ota.DefaultListen+" with --releases-dir)")
+	fs.StringVar(&cfg.OTAURL, "ota-url", "", "base `URL` devices fetch releases from (default https://<the device's broker host>:<--ota-listen port>)")
+	fs.StringVar(&cfg.OTACert, "ota-cert", "", "server certificate `FILE` of the release server (default --cert with the embedded broker)")
+	fs.StringVar(&cfg.OTAKey, "ota-key", "", "private key `FILE` of --ota-cert")
 	if pos, err := cli.Parse(fs, args); err != nil {
 		return o, err
 	} else if len(pos) > 0 {
@@ -95,6 +101,9 @@ func Command(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		fmt.Fprintf(stdout, "controllerlite: mqtt broker %s (external)\n", strings.TrimSpace(cfg.Broker))
 	}
 	fmt.Fprintf(stdout, "controllerlite: http listening on %s\n", s.HTTPAddr())
+	if a := s.OTAAddr(); a != nil {
+		fmt.Fprintf(stdout, "controllerlite: ota listening on %s\n", a)
+	}
 	// Under systemd (Type=notify): READY=1 once the fleet has read the
 	// retained state, WATCHDOG=1 only while it is running; no-op elsewhere.
 	supervised := make(chan struct{})

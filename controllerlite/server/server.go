@@ -19,6 +19,7 @@ import (
 	"github.com/thermofleet/thermo/controllerlite/api"
 	"github.com/thermofleet/thermo/controllerlite/broker"
 	"github.com/thermofleet/thermo/controllerlite/fleet"
+	"github.com/thermofleet/thermo/controllerlite/ota"
 	"github.com/thermofleet/thermo/controllerlite/store"
 	"github.com/thermofleet/thermo/protocol"
 	"github.com/thermofleet/thermo/provisioning"
@@ -76,6 +77,12 @@ type Config struct {
 	TopicRoot string
 	// Logger defaults to slog.Default().
 	Logger *slog.Logger
+
+	// ReleasesDir, when set, turns over-the-air updates on: the release
+	// server on OTAListen (ota.DefaultListen if empty) serves it with
+	// OTACert/OTAKey (CertFile/KeyFile with the embedded broker), and
+	// offers name OTAURL or the device's broker host.
+	ReleasesDir, OTAListen, OTAURL, OTACert, OTAKey string
 }
 
 // Server is a running controller.
@@ -88,6 +95,8 @@ type Server struct {
 	tc     *transport.Client
 	ln     net.Listener
 	http   *http.Server
+	ota    *ota.Manager
+	rel    *ota.ReleaseServer
 	cancel context.CancelFunc
 	wg     sync.WaitGroup // the fleet and transport goroutines
 	errc   chan error     // a fatal error of a part
@@ -121,6 +130,11 @@ func Start(ctx context.Context, cfg Config) (_ *Server, err error) {
 	if s.fl, err = fleet.New(fleet.Options{Store: s.st, TopicRoot: cfg.TopicRoot, Logger: s.log.With("part", "fleet")}); err != nil {
 		return nil, err
 	}
+	if cfg.ReleasesDir != "" {
+		if err = s.newOTA(); err != nil {
+			return nil, err
+		}
+	}
 
 	runCtx, cancel := context.WithCancel(context.Background())
 	s.cancel = cancel
@@ -142,14 +156,21 @@ func Start(ctx context.Context, cfg Config) (_ *Server, err error) {
 		if err = fleet.AttachBroker(s.fl, s.br); err != nil {
 			return nil, err
 		}
+		if err = s.attachOTA(); err != nil {
+			return nil, err
+		}
 	} else {
 		s.tc, err = fleet.Connect(s.fl, transport.Options{
 			Broker: cfg.Broker, CAFile: cfg.CAFile, CertFile: cfg.CertFile, KeyFile: cfg.KeyFile,
 			KeepAlive: cfg.KeepAlive, Backoff: LinkBackoff, DialStagger: LinkDialStagger,
 			OnTrouble: s.linkTrouble,
+			Handler:   s.otherMessage,
 			Logger:    s.log.With("part", "transport"),
 		})
 		if err != nil {
+			return nil, err
+		}
+		if err = s.attachOTA(); err != nil {
 			return nil, err
 		}
 		s.wg.Add(1)
@@ -157,9 +178,16 @@ func Start(ctx context.Context, cfg Config) (_ *Server, err error) {
 	}
 	s.wg.Add(1)
 	go func() { defer s.wg.Done(); s.fl.Run(runCtx) }()
+	if s.ota != nil {
+		s.runOTA(runCtx)
+	}
 
+	apiOpts := api.Options{Token: cfg.HTTPToken, Logger: s.log.With("part", "api")}
+	if s.ota != nil {
+		apiOpts.OTA = s.ota
+	}
 	s.http = &http.Server{
-		Handler:           api.NewHandler(s.fl, api.Options{Token: cfg.HTTPToken, Logger: s.log.With("part", "api")}),
+		Handler:           api.NewHandler(s.fl, apiOpts),
 		ReadHeaderTimeout: 10 * time.Second,
 		ReadTimeout:       30 * time.Second,
 		IdleTimeout:       2 * time.Minute,
@@ -239,6 +267,17 @@ func check(cfg *Config) error {
 			return fmt.Errorf("--keep-alive %v: %w", cfg.KeepAlive, err)
 		}
 	}
+	if cfg.ReleasesDir != "" {
+		if cfg.OTAListen == "" {
+			cfg.OTAListen = ota.DefaultListen
+		}
+		if cfg.OTACert == "" && cfg.OTAKey == "" && cfg.Broker == "" {
+			cfg.OTACert, cfg.OTAKey = cfg.CertFile, cfg.KeyFile
+		}
+		if cfg.OTACert == "" || cfg.OTAKey == "" {
+			return errors.New("--releases-dir with --broker needs --ota-cert and --ota-key: a server certificate for the release server")
+		}
+	}
 	if cfg.Broker != "" {
 		if cfg.Listen != "" {
 			return errors.New("--listen and --broker exclude each other: --listen runs the embedded broker, --broker connects to another")
@@ -285,6 +324,11 @@ func (s *Server) shutdown() {
 		s.cancel()
 	}
 	s.wg.Wait()
+	if s.rel != nil {
+		if err := s.rel.Close(); err != nil {
+			s.log.Warn("release server close", "error", err)
+		}
+	}
 	if s.br != nil {
 		if err := s.br.Close(); err != nil {
 			s.log.Warn("broker close", "error", err)
