@@ -42,6 +42,7 @@ const (
 	DefaultKey           = "/etc/thermostat/device.key"
 	DefaultStateDir      = "/var/lib/thermostat"
 	DefaultControlSocket = "/run/thermostat/control.sock"
+	DefaultReleaseKey    = "/etc/thermostat/release.pub"
 )
 
 // Boards --hal selects.
@@ -73,6 +74,13 @@ type Config struct {
 	// KeepAlive is the MQTT keep-alive; a broker silent this long is dropped.
 	KeepAlive time.Duration `yaml:"keep_alive"`
 	LogLevel  string        `yaml:"log_level"`
+	// ReleaseKey is the release public key the board trusts for
+	// over-the-air updates (docs/ota.md). The .deb installs it at the
+	// default path; without the file there, updates are off.
+	ReleaseKey string `yaml:"release_key"`
+	// OTATrialDeadline is how long a new release has, at each start, to
+	// prove healthy before it is rolled back.
+	OTATrialDeadline time.Duration `yaml:"ota_trial_deadline"`
 
 	// Sim tunes the simulated board of --hal sim.
 	Sim SimConfig `yaml:"sim"`
@@ -119,12 +127,14 @@ func Default() Config {
 		SyncTimeout:       10 * time.Second,
 		KeepAlive:         transport.DefaultKeepAlive,
 		LogLevel:          "info",
+		ReleaseKey:        DefaultReleaseKey,
+		OTATrialDeadline:  3 * time.Minute,
 	}
 }
 
 // keys are the top-level keys of the file, in the order of Config.
 var keys = []string{"broker", "ca", "cert", "key", "state_dir", "hal", "control_socket", "topic_root",
-	"telemetry_interval", "sync_timeout", "keep_alive", "log_level", "sim", "hardware", "control", "presets", "schedule"}
+	"telemetry_interval", "sync_timeout", "keep_alive", "log_level", "release_key", "ota_trial_deadline", "sim", "hardware", "control", "presets", "schedule"}
 
 // Parse reads a configuration file's contents over Default(). name is the
 // file's name, for messages.
@@ -258,6 +268,7 @@ func (c *Config) Validate() error {
 		{"telemetry_interval", c.TelemetryInterval, time.Second, time.Hour},
 		{"sync_timeout", c.SyncTimeout, 100 * time.Millisecond, time.Hour},
 		{"keep_alive", c.KeepAlive, time.Second, 30 * time.Minute},
+		{"ota_trial_deadline", c.OTATrialDeadline, time.Second, time.Hour},
 	} {
 		if d.v < d.min || d.v > d.max {
 			return c.errorf(d.key, "%v is outside %v..%v", d.v, d.min, d.max)
@@ -307,6 +318,7 @@ var flagKeys = map[string]string{
 	"hal": "hal", "control-socket": "control_socket", "topic-root": "topic_root",
 	"telemetry-interval": "telemetry_interval", "sync-timeout": "sync_timeout",
 	"keep-alive": "keep_alive", "log-level": "log_level", "sim-speed": "sim",
+	"release-key": "release_key", "ota-trial-deadline": "ota_trial_deadline",
 }
 
 // RegisterFlags adds the flags of `thermostat run` to fs.
@@ -326,6 +338,8 @@ func RegisterFlags(fs *flag.FlagSet) *Flags {
 	fs.DurationVar(&s.SyncTimeout, "sync-timeout", s.SyncTimeout, "how long a device with lost state waits to hear from the controller")
 	fs.DurationVar(&s.KeepAlive, "keep-alive", s.KeepAlive, "MQTT keep-alive; a broker silent this long is dropped")
 	fs.StringVar(&s.LogLevel, "log-level", s.LogLevel, "debug, info, warn or error")
+	fs.StringVar(&s.ReleaseKey, "release-key", s.ReleaseKey, "release public key trusted for over-the-air updates (updates are off without the default file)")
+	fs.DurationVar(&s.OTATrialDeadline, "ota-trial-deadline", s.OTATrialDeadline, "how long a new release has at each start to prove healthy before it is rolled back")
 	fs.Float64Var(&s.Sim.Speed, "sim-speed", 0, "with --hal sim: run the simulated room this many times faster than real time")
 	return f
 }
@@ -382,6 +396,10 @@ func (f *Flags) Config() (Config, error) {
 			c.LogLevel = s.LogLevel
 		case "sim":
 			c.Sim.Speed = s.Sim.Speed
+		case "release_key":
+			c.ReleaseKey = s.ReleaseKey
+		case "ota_trial_deadline":
+			c.OTATrialDeadline = s.OTATrialDeadline
 		}
 	})
 	return c, nil

@@ -227,3 +227,26 @@ func CommitTrial(dir, slot string, now time.Time) (bool, error) {
 
 // errNoChange makes Update write nothing.
 var errNoChange = errors.New("no change")
+
+// Describe says in one or two lines which binary the launcher runs for
+// st, the packaged binary being packagedVersion.
+func Describe(st State, packagedVersion string) string {
+	s := fmt.Sprintf("runs: the packaged binary (%s)", packagedVersion)
+	if st.Active != "" {
+		s = fmt.Sprintf("runs: slot %s (%s), active", st.Active, st.Slots[st.Active].Version)
+	}
+	if t := st.Trial; t != nil {
+		s = fmt.Sprintf("runs: slot %s (%s) on trial, start %d of %d; before it: %s", t.Slot, t.Version, t.Attempts, t.MaxAttempts, slotName(st.Active, st))
+	}
+	if rb := st.LastRollback; rb != nil {
+		s += fmt.Sprintf("\nlast rollback: %s at %s: %s", rb.Version, rb.At.Format(time.RFC3339), rb.Reason)
+	}
+	return s
+}
+
+func slotName(slot string, st State) string {
+	if slot == "" {
+		return "the packaged binary"
+	}
+	return fmt.Sprintf("slot %s (%s)", slot, st.Slots[slot].Version)
+}

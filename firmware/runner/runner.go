@@ -41,6 +41,10 @@ type Options struct {
 	NoControlSocket bool
 	// Backoff overrides transport's reconnect backoff.
 	Backoff transport.Backoff
+	// OnOTA, if set, gets the payload of every message on the device's
+	// ota topic (an update offer; empty when withdrawn), which the
+	// thermostat then subscribes to.
+	OnOTA func(payload []byte)
 }
 
 // Thermostat is one running thermostat: board, control loop, agent,
@@ -153,11 +157,16 @@ func New(cfg config.Config, o Options) (_ *Thermostat, err error) {
 		OnConnect:    t.agent.Connected,
 		OnDisconnect: t.agent.Disconnected,
 		OnTrouble:    t.agent.LinkTrouble,
-		Handler:      t.agent.Handle,
+		Handler:      t.handler(o.OnOTA),
 		Logger:       log,
 	})
 	if err != nil {
 		return nil, err
+	}
+	if o.OnOTA != nil {
+		if err := t.client.Subscribe(protocol.Topic(cfg.TopicRoot, id, protocol.KindOTA), 1); err != nil {
+			return nil, fmt.Errorf("ota: %w", err)
+		}
 	}
 	if !o.NoControlSocket {
 		if t.ctl, err = localctl.Listen(cfg.ControlSocket, log); err != nil {
@@ -165,6 +174,36 @@ func New(cfg config.Config, o Options) (_ *Thermostat, err error) {
 		}
 	}
 	return t, nil
+}
+
+// handler routes the device's ota topic to onOTA, the rest to the agent.
+func (t *Thermostat) handler(onOTA func([]byte)) func(transport.Message) {
+	if onOTA == nil {
+		return t.agent.Handle
+	}
+	ota := protocol.Topic(t.cfg.TopicRoot, t.ID, protocol.KindOTA)
+	return func(m transport.Message) {
+		if m.Topic == ota {
+			onOTA(m.Payload)
+			return
+		}
+		t.agent.Handle(m)
+	}
+}
+
+// Synced reports whether the device has heard from the controller since
+// this start and is not rejoining: its state is in sync.
+func (t *Thermostat) Synced() error {
+	s := t.agent.Snapshot()
+	switch {
+	case !s.Connected:
+		return errors.New("broker not connected")
+	case s.Rejoining:
+		return errors.New("rejoining: waiting for the controller's state")
+	case s.Counters.Received == 0:
+		return errors.New("nothing received from the controller yet")
+	}
+	return nil
 }
 
 // firstValues are the configuration's presets and schedule, the device's
