@@ -127,16 +127,22 @@ var errRestartForUpdate = errors.New("update installed: exiting for the service 
 
 // releaseKey reads the release public key: nil (updates off) when the
 // default file is absent; an error for a key given but unreadable.
+// The .deb installs an empty file at the default path when it was built
+// without the fleet's key: that is "off" too.
 func releaseKey(cfg config.Config, log *slog.Logger) (ed25519.PublicKey, error) {
-	key, err := release.ReadPublicKey(cfg.ReleaseKey)
-	switch {
-	case err == nil:
-		return key, nil
-	case cfg.ReleaseKey == config.DefaultReleaseKey && errors.Is(err, fs.ErrNotExist):
-		log.Info("over-the-air updates off: no release key", "file", cfg.ReleaseKey)
-		return nil, nil
+	if cfg.ReleaseKey == config.DefaultReleaseKey {
+		fi, err := os.Stat(cfg.ReleaseKey)
+		if errors.Is(err, fs.ErrNotExist) || err == nil && fi.Size() == 0 {
+			log.Info("over-the-air updates off: no release key (put the fleet's release.pub there)", "file", cfg.ReleaseKey)
+			return nil, nil
+		}
 	}
-	return nil, fmt.Errorf("--release-key: %w", err)
+	key, err := release.ReadPublicKey(cfg.ReleaseKey)
+	if err != nil {
+		return nil, fmt.Errorf("--release-key: %w", err)
+	}
+	log.Info("over-the-air updates on", "release_key", release.KeyID(key))
+	return key, nil
 }
 
 // newUpdater makes the OTA updater of a running thermostat.
