@@ -82,6 +82,9 @@ func newOTAWorld(t *testing.T, deadline time.Duration) *otaWorld {
 		}
 	})
 	w.synced("1.0.0")
+	if c, _ := w.world.ctl("d1"); c.Firmware != "1.0.0" {
+		t.Errorf("the fleet shows firmware %q, want 1.0.0", c.Firmware)
+	}
 	return w
 }
 
@@ -165,6 +168,10 @@ func TestOTAUpdate(t *testing.T) {
 		t.Fatalf("after the update: %+v, want 1.1.0 running from slot a", d)
 	}
 	w.synced("1.1.0")
+	eventually(t, "the fleet shows firmware 1.1.0", func() (bool, string) {
+		c, err := w.world.ctl("d1")
+		return err == nil && c.Firmware == "1.1.0", fmt.Sprintf("%+v %v", c, err)
+	})
 	out := command(t, w.dev.bin, "version", "--state-dir", filepath.Join(w.dev.dir, "state"))
 	if !strings.Contains(out, "runs: slot a (1.1.0), active") {
 		t.Errorf("thermostat version says:\n%s", out)

@@ -75,7 +75,7 @@ func runCmd(args []string, stderr io.Writer) error {
 		return err
 	}
 	var updater *ota.Updater
-	opts := runner.Options{Logger: log}
+	opts := runner.Options{Logger: log, Firmware: version}
 	if key != nil {
 		opts.OnOTA = func(p []byte) { updater.Handle(p) }
 	}

@@ -79,3 +79,31 @@ func TestOTAPayloads(t *testing.T) {
 		t.Error("unknown state accepted")
 	}
 }
+
+// TestFirmwareField: status and telemetry carry the firmware version as an
+// optional field; a status without it, or with a bad one, still stands.
+func TestFirmwareField(t *testing.T) {
+	for _, tc := range []struct {
+		payload string
+		want    Status
+	}{
+		{string(Status{Online: true, Firmware: "1.1.0"}.Encode()), Status{V: 1, Online: true, Firmware: "1.1.0"}},
+		{`{"v":1,"online":true}`, Status{V: 1, Online: true}},
+		{`{"v":1,"online":true,"firmware":7}`, Status{V: 1, Online: true}},
+		{`{"v":1,"online":true,"firmware":"` + strings.Repeat("x", 65) + `"}`, Status{V: 1, Online: true}},
+		{string(Status{Online: false, Firmware: "1.1.0"}.Encode()), Status{V: 1}},
+	} {
+		got, err := DecodeStatus([]byte(tc.payload))
+		if err != nil || got != tc.want {
+			t.Errorf("DecodeStatus(%s) = %+v, %v; want %+v", tc.payload, got, err, tc.want)
+		}
+	}
+	tel := `{"v":1,"ts":"2026-11-24T17:00:00Z","heat":false,"cool":false,"sensor_ok":true,"firmware":"1.1.0"}`
+	if got, err := DecodeTelemetry([]byte(tel)); err != nil || got.Firmware != "1.1.0" {
+		t.Errorf("telemetry firmware: %+v, %v", got, err)
+	}
+	long := strings.Replace(tel, "1.1.0", strings.Repeat("x", 65), 1)
+	if _, err := DecodeTelemetry([]byte(long)); err == nil {
+		t.Error("telemetry with a 65-byte firmware accepted")
+	}
+}

@@ -115,6 +115,9 @@ type Device struct {
 	// telemetry reports and those the controller sees (duplicate_identity,
 	// tls_refused), sorted by code; [] when none.
 	Alerts []protocol.Alert `json:"alerts"`
+	// Firmware is the firmware version the device last reported, absent
+	// if it never did (an older firmware).
+	Firmware string `json:"firmware,omitempty"`
 }
 
 // Status is a summary of the fleet's health and counters.
@@ -488,6 +491,9 @@ func (f *Fleet) handle(topic string, payload []byte, retained bool) {
 			f.log.Info("device status", "device", id, "online", s.Online, "retained", retained)
 		}
 		rec.Online = s.Online
+		if s.Firmware != "" {
+			rec.Firmware = s.Firmware
+		}
 		f.dirty[id] = true
 		if s.Online {
 			if g := f.ctrl.Online(id); g != nil {
@@ -511,6 +517,9 @@ func (f *Fleet) handle(topic string, payload []byte, retained bool) {
 		f.ctrl.Seen(id)
 		rec := f.record(id)
 		rec.Telemetry = b
+		if t.Firmware != "" {
+			rec.Firmware = t.Firmware
+		}
 		rec.Reported = f.reported(id, rec.Reported, t.Alerts)
 		f.dirty[id] = true
 		if f.opts.Telemetry != nil && !retained {
@@ -565,7 +574,7 @@ func (f *Fleet) updateView(id string) {
 		return
 	}
 	d := Device{ID: id, Online: rec.Online, VC: r.VC, Props: r.Props, Telemetry: rec.Telemetry, Pending: rec.Owed,
-		Alerts: mergeAlerts(rec.Reported, rec.Raised)}
+		Alerts: mergeAlerts(rec.Reported, rec.Raised), Firmware: rec.Firmware}
 	if d.Props == nil {
 		d.Props = protocol.Props{}
 	}

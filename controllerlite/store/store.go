@@ -61,6 +61,9 @@ type Device struct {
 	// telemetry payload clears only what the device reported.
 	Reported []protocol.Alert `json:"reported,omitempty"`
 	Raised   []protocol.Alert `json:"raised,omitempty"`
+	// Firmware is the firmware version the device last reported (status
+	// or telemetry), "" if it never did.
+	Firmware string `json:"firmware,omitempty"`
 }
 
 // Store is an open database. It is safe for concurrent use, though the

@@ -122,6 +122,9 @@ type Config struct {
 	// names the device on it (the runner does, for every part), so each
 	// line carries the id once.
 	Logger *slog.Logger
+	// Firmware is the running firmware's version, reported in the online
+	// status and in telemetry; "" reports none.
+	Firmware string
 }
 
 // Counters count what happened to incoming messages since start.
@@ -628,7 +631,7 @@ func (a *Agent) Connected(context.Context, *transport.Client) { a.connect() }
 func (a *Agent) connect() {
 	a.ops.Push(func() {
 		a.connected.Store(true)
-		a.out.push(action{kind: actStatus, topic: a.Topic(protocol.KindStatus), payload: protocol.Status{Online: true}.Encode(), qos: 1, retain: true})
+		a.out.push(action{kind: actStatus, topic: a.Topic(protocol.KindStatus), payload: protocol.Status{Online: true, Firmware: a.cfg.Firmware}.Encode(), qos: 1, retain: true})
 		m := a.dev.Connect()
 		if a.dev.Rejoining() && a.syncTimer == nil {
 			// Counted from the first connect: before it, nothing could
@@ -847,6 +850,7 @@ func (a *Agent) queueTelemetry(s control.Snapshot) {
 	t := TelemetryOf(s, a.clock.Now())
 	t.Next = a.Next()
 	t.Alerts = a.alerts.Codes()
+	t.Firmware = a.cfg.Firmware
 	payload, err := t.Encode()
 	if err != nil {
 		a.log.Error("telemetry", "err", err)

@@ -41,6 +41,8 @@ type Options struct {
 	NoControlSocket bool
 	// Backoff overrides transport's reconnect backoff.
 	Backoff transport.Backoff
+	// Firmware is the firmware version the device reports.
+	Firmware string
 	// OnOTA, if set, gets the payload of every message on the device's
 	// ota topic (an update offer; empty when withdrawn), which the
 	// thermostat then subscribes to.
@@ -135,6 +137,7 @@ func New(cfg config.Config, o Options) (_ *Thermostat, err error) {
 		TelemetryInterval: cfg.TelemetryInterval,
 		SyncTimeout:       cfg.SyncTimeout,
 		Logger:            log,
+		Firmware:          o.Firmware,
 	}, stored)
 	if err != nil {
 		return nil, err
