@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -213,4 +214,30 @@ func TestOTARollback(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestOTAKill9DuringSwitch: the thermostat killed with SIGKILL while it
+// switches to the new release (installed, restarting into it): the board
+// boots, takes the release on its next start and proves it healthy.
+func TestOTAKill9DuringSwitch(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds and runs the binaries")
+	}
+	w := newOTAWorld(t, 30*time.Second)
+	manifest := w.release(otaBuild(t, "../firmware", "1.1.0", ""), "thermostat-1.1.0-linux", "1.1.0")
+	before := w.svc.Count("start")
+	w.rollout(manifest, 100)
+	testenv.Eventually(t, 30*time.Second, "the switch begun", func() (bool, string) {
+		return w.svc.Count("start") > before, fmt.Sprint(w.svc.Events())
+	})
+	pid := w.svc.Pid()
+	if pid != 0 {
+		syscall.Kill(pid, syscall.SIGKILL)
+	}
+	d := w.state(60*time.Second, protocol.OTAHealthy)
+	if d.Running != "1.1.0" || d.Slot != "a" {
+		t.Fatalf("after the update: %+v", d)
+	}
+	w.synced("1.1.0")
+	t.Logf("supervisor: %v", w.svc.Events())
 }
