@@ -6,9 +6,11 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strings"
 	"text/tabwriter"
 
 	"github.com/thermofleet/thermo/internal/cli"
+	"github.com/thermofleet/thermo/release"
 )
 
 const otaUsage = `Usage: controllerlite ota COMMAND [flags]
@@ -55,7 +57,7 @@ func otaRollout(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	if *percent <= 0 || *percent > 100 {
 		return cli.Usagef("rollout: --percent %v: give 0 < P <= 100", *percent)
 	}
-	data, err := os.ReadFile(pos[0])
+	data, err := readManifest(pos[0])
 	if err != nil {
 		return err
 	}
@@ -107,9 +109,25 @@ func otaStatus(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		if state == "" {
 			state = "-"
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", d.ID, state, dash(d.Running), dash(d.Slot), d.Reason)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", d.ID, strings.ReplaceAll(state, "_", " "), dash(d.Running), dash(d.Slot), d.Reason)
 	}
 	return tw.Flush()
+}
+
+// readManifest reads the manifest file MANIFEST, or BINARY's manifest
+// (BINARY.manifest.json) when given the release binary.
+func readManifest(path string) ([]byte, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	if _, perr := release.Parse(data); perr != nil {
+		if alt, err := os.ReadFile(path + release.ManifestSuffix); err == nil {
+			return alt, nil
+		}
+		return nil, fmt.Errorf("%s: %w (give the BINARY%s that 'controllerlite release sign' wrote)", path, perr, release.ManifestSuffix)
+	}
+	return data, nil
 }
 
 func dash(s string) string {

@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"sync"
 	"syscall"
@@ -208,6 +209,10 @@ func TestOTARollback(t *testing.T) {
 				t.Errorf("after the rollback: %+v, want 1.0.0 packaged and a reason with %q", d, tc.reason)
 			}
 			w.synced("1.0.0")
+			out := command(t, w.ctl.bin, "ota", "status", "--http", w.ctl.apiAddr)
+			if !strings.Contains(out, "PAUSED (device d1 rolled back 1.1.0") || !regexp.MustCompile(`(?m)^d1\s+rolled back\s+1\.0\.0\s+packaged\s`).MatchString(out) {
+				t.Errorf("ota status:\n%s", out)
+			}
 			st, _ := w.api.OTAStatus(context.Background())
 			if st.Rollout == nil || !st.Rollout.Paused || !strings.Contains(st.Rollout.PauseReason, "device d1 rolled back 1.1.0") {
 				t.Errorf("rollout %+v, want it paused by d1's rollback", st.Rollout)
@@ -226,7 +231,7 @@ func TestOTAKill9DuringSwitch(t *testing.T) {
 	w := newOTAWorld(t, 30*time.Second)
 	manifest := w.release(otaBuild(t, "../firmware", "1.1.0", ""), "thermostat-1.1.0-linux", "1.1.0")
 	before := w.svc.Count("start")
-	w.rollout(manifest, 100)
+	w.rollout(strings.TrimSuffix(manifest, ".manifest.json"), 100) // the binary's path names its manifest too
 	testenv.Eventually(t, 30*time.Second, "the switch begun", func() (bool, string) {
 		return w.svc.Count("start") > before, fmt.Sprint(w.svc.Events())
 	})
