@@ -66,7 +66,8 @@ const (
 	// OTARefused: the release failed a check (signature, expiry,
 	// architecture, version, size, hash); Reason says which.
 	OTARefused = "refused"
-	// OTAFailed: a download or install error; the device retries.
+	// OTAFailed: a download or install error; the next offer of the
+	// release (the controller offers again at its restart) tries again.
 	OTAFailed = "failed"
 )
 

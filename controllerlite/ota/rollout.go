@@ -11,6 +11,7 @@
 package ota
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/binary"
@@ -204,14 +205,14 @@ func (m *Manager) Start(data []byte, percent float64) (Rollout, error) {
 	return r, nil
 }
 
+// compact returns data without insignificant white space: the offer
+// carries the manifest inside an MQTT payload of at most 4096 bytes.
 func compact(data []byte) []byte {
-	var b []byte
-	if v, err := json.Marshal(json.RawMessage(data)); err == nil {
-		b = v
-	} else {
-		b = data
+	var b bytes.Buffer
+	if err := json.Compact(&b, data); err != nil {
+		return data // Parse accepted it: cannot happen
 	}
-	return b
+	return b.Bytes()
 }
 
 // Pause stops offering the release: offers not yet taken up (no download

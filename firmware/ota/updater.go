@@ -261,10 +261,16 @@ func (u *Updater) offer(ctx context.Context, payload []byte) {
 	}
 	u.report(ctx, protocol.OTAState{State: protocol.OTAOffered, Release: m.Version, Size: m.Size})
 	path, err := u.download(ctx, m, src)
-	if err != nil {
-		if ctx.Err() == nil {
-			u.refused(ctx, m.Version, err)
-		}
+	switch {
+	case err == nil:
+	case ctx.Err() != nil || errors.Is(err, context.Canceled):
+		return
+	case errors.Is(err, release.ErrSize) || errors.Is(err, release.ErrHash):
+		u.refused(ctx, m.Version, err)
+		return
+	default:
+		u.o.Log.Error("ota: download failed", "release", m.Version, "err", err)
+		u.report(ctx, protocol.OTAState{State: protocol.OTAFailed, Release: m.Version, Code: "download", Reason: err.Error()})
 		return
 	}
 	slot, err := Install(u.o.Dir, m, path, u.o.Trial)
@@ -313,6 +319,10 @@ func (u *Updater) download(ctx context.Context, m release.Manifest, src string) 
 		var perm permanentError
 		if errors.As(err, &perm) {
 			return "", perm.error
+		}
+		if len(u.offers) > 0 {
+			// A newer offer (or a withdrawal) waits: it decides.
+			return "", fmt.Errorf("download of %s abandoned for a newer offer: %w", m.Version, context.Canceled)
 		}
 		u.o.Log.Warn("ota: download interrupted; resuming", "release", m.Version, "have", have, "size", m.Size, "err", err)
 		select {

@@ -160,18 +160,20 @@ func TestOffer(t *testing.T) {
 		sk      ed25519.PrivateKey
 		at      time.Time
 		tamper  bool
+		remove  bool // the binary is not on the server
 		running string
 		want    string // final state:code
 		msg     string
 	}{
-		{"good", nil, nil, now, false, "1.0.0", "installed:", ""},
-		{"tampered binary", nil, nil, now, true, "1.0.0", "refused:bad_hash", "SHA-256"},
-		{"wrong signature", nil, otherSK, now, false, "1.0.0", "refused:bad_signature", "this thermostat trusts key"},
-		{"wrong architecture", func(m *release.Manifest) { m.Arch = "linux/mips" }, nil, now, false, "1.0.0", "refused:wrong_arch", "for linux/mips"},
-		{"expired manifest", nil, nil, now.Add(-48 * time.Hour), false, "1.0.0", "refused:expired", "expired at"},
-		{"downgrade", nil, nil, now, false, "1.2.0", "refused:downgrade", "older than the running 1.2.0"},
-		{"too old to upgrade", func(m *release.Manifest) { m.MinVersion = "1.0.5" }, nil, now, false, "1.0.0", "refused:too_old", "upgrades 1.0.5 or later"},
-		{"already running", nil, nil, now, false, "1.1.0", "healthy:", ""},
+		{"good", nil, nil, now, false, false, "1.0.0", "installed:", ""},
+		{"tampered binary", nil, nil, now, true, false, "1.0.0", "refused:bad_hash", "SHA-256"},
+		{"wrong signature", nil, otherSK, now, false, false, "1.0.0", "refused:bad_signature", "this thermostat trusts key"},
+		{"wrong architecture", func(m *release.Manifest) { m.Arch = "linux/mips" }, nil, now, false, false, "1.0.0", "refused:wrong_arch", "for linux/mips"},
+		{"expired manifest", nil, nil, now.Add(-48 * time.Hour), false, false, "1.0.0", "refused:expired", "expired at"},
+		{"downgrade", nil, nil, now, false, false, "1.2.0", "refused:downgrade", "older than the running 1.2.0"},
+		{"too old to upgrade", func(m *release.Manifest) { m.MinVersion = "1.0.5" }, nil, now, false, false, "1.0.0", "refused:too_old", "upgrades 1.0.5 or later"},
+		{"already running", nil, nil, now, false, false, "1.1.0", "healthy:", ""},
+		{"not on the server", nil, nil, now, false, true, "1.0.0", "failed:download", "404 Not Found"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			name := "thermostat-" + strings.ReplaceAll(tc.name, " ", "-")
@@ -181,6 +183,9 @@ func TestOffer(t *testing.T) {
 				data, _ := os.ReadFile(bin)
 				data[1000] ^= 0xff
 				os.WriteFile(bin, data, 0o644)
+			}
+			if tc.remove {
+				os.Remove(filepath.Join(w.releases, name))
 			}
 			d := w.device("d1", tc.running)
 			w.offer(d, mf, name)
