@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/thermofleet/thermo/controllerlite/ota"
+	"github.com/thermofleet/thermo/firmware/agent"
 	"github.com/thermofleet/thermo/internal/testenv"
 	"github.com/thermofleet/thermo/protocol"
 )
@@ -65,6 +66,7 @@ type otaWorld struct {
 	keys     string
 	dev      *binThermostat
 	svc      *testenv.Service
+	clock    protocol.Clock // the device's clock when last synced
 }
 
 func newOTAWorld(t *testing.T, deadline time.Duration) *otaWorld {
@@ -90,11 +92,15 @@ func newOTAWorld(t *testing.T, deadline time.Duration) *otaWorld {
 	return w
 }
 
-// synced waits until the thermostat and the controller agree again.
+// synced waits until the thermostat and the controller agree again, and
+// checks that the device's clock went on from where it was: an update in
+// either direction never restarts or rewrites the clock's history.
 func (w *otaWorld) synced(version string) {
 	w.t.Helper()
+	var st agent.Status
 	eventually(w.t, "d1 synced", func() (bool, string) {
-		st, err := w.dev.status()
+		var err error
+		st, err = w.dev.status()
 		if err != nil {
 			return false, err.Error()
 		}
@@ -104,6 +110,10 @@ func (w *otaWorld) synced(version string) {
 		}
 		return st.Connected && !st.Rejoining && c.Online && sameProps(st.Props, c.Props), fmt.Sprintf("%+v %+v", st, c)
 	})
+	if w.clock != (protocol.Clock{}) && (st.VC[0] < w.clock[0] || st.VC[1] <= w.clock[1]) {
+		w.t.Errorf("the device's clock is %v after the restart into %s, was %v: it must go on, not start again", st.VC, version, w.clock)
+	}
+	w.clock = st.VC
 	out := command(w.t, w.dev.bin, "version", "--state-dir", filepath.Join(w.dev.dir, "state"))
 	w.t.Logf("thermostat version: %s", out)
 }
