@@ -4,6 +4,7 @@
 //	GET  /api/devices        every device, a JSON array sorted by id
 //	GET  /api/devices/{id}   one device
 //	PUT  /api/devices/{id}   set properties: {"setpoint_c": 21.5, "mode": "heat"}
+//	GET  /api/events         the live feed, when Options.Events is set (package web)
 //	GET  /healthz            fleet status; 200 once ready, 503 before
 //
 // A device is the JSON of fleet.Device: id, online, vc, props (name to
@@ -15,7 +16,8 @@
 //
 // With a token (always required when the listener is not on a loopback
 // address: see Listen), every /api/ request must carry
-// "Authorization: Bearer TOKEN". /healthz needs no token.
+// "Authorization: Bearer TOKEN", or be a browser logged in to the
+// dashboard (Options.Session). /healthz needs no token.
 package api
 
 import (
@@ -61,6 +63,13 @@ type Options struct {
 	SetTimeout time.Duration
 	// Logger defaults to slog.Default().
 	Logger *slog.Logger
+	// Session, if set, is a second way past the token: it reports whether
+	// the request carries a valid dashboard session (package web's
+	// cookie), so the browser needs no bearer token.
+	Session func(*http.Request) bool
+	// Events, if set, is served at GET /api/events behind the same check
+	// as every /api/ request: the dashboard's live feed.
+	Events http.Handler
 }
 
 type handler struct {
@@ -83,6 +92,9 @@ func NewHandler(f Fleet, o Options) http.Handler {
 	mux.HandleFunc("GET /api/devices", h.auth(h.list))
 	mux.HandleFunc("GET /api/devices/{id}", h.auth(h.get))
 	mux.HandleFunc("PUT /api/devices/{id}", h.auth(h.put))
+	if o.Events != nil {
+		mux.HandleFunc("GET /api/events", h.auth(o.Events.ServeHTTP))
+	}
 	mux.HandleFunc("GET /healthz", h.health)
 	return mux
 }
@@ -93,6 +105,10 @@ func (h *handler) auth(next http.HandlerFunc) http.HandlerFunc {
 		return next
 	}
 	return func(w http.ResponseWriter, r *http.Request) {
+		if h.opts.Session != nil && h.opts.Session(r) {
+			next(w, r)
+			return
+		}
 		scheme, tok, _ := strings.Cut(r.Header.Get("Authorization"), " ")
 		// Hashing first makes the comparison constant-time in the
 		// token's length as well as its content.

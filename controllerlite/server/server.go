@@ -20,6 +20,7 @@ import (
 	"github.com/thermofleet/thermo/controllerlite/broker"
 	"github.com/thermofleet/thermo/controllerlite/fleet"
 	"github.com/thermofleet/thermo/controllerlite/store"
+	"github.com/thermofleet/thermo/controllerlite/web"
 	"github.com/thermofleet/thermo/protocol"
 	"github.com/thermofleet/thermo/provisioning"
 	"github.com/thermofleet/thermo/transport"
@@ -158,13 +159,19 @@ func Start(ctx context.Context, cfg Config) (_ *Server, err error) {
 	s.wg.Add(1)
 	go func() { defer s.wg.Done(); s.fl.Run(runCtx) }()
 
+	// The dashboard shares the API's listener: its pages write through
+	// the API, which takes its session cookie in place of the token.
+	dash := web.New(s.fl, web.Options{Token: cfg.HTTPToken, Logger: s.log.With("part", "web")})
+	apiHandler := api.NewHandler(s.fl, api.Options{Token: cfg.HTTPToken, Logger: s.log.With("part", "api"),
+		Session: dash.Session, Events: dash.Events()})
 	s.http = &http.Server{
-		Handler:           api.NewHandler(s.fl, api.Options{Token: cfg.HTTPToken, Logger: s.log.With("part", "api")}),
+		Handler:           dash.Handler(apiHandler),
 		ReadHeaderTimeout: 10 * time.Second,
 		ReadTimeout:       30 * time.Second,
 		IdleTimeout:       2 * time.Minute,
 		ErrorLog:          slog.NewLogLogger(s.log.With("part", "http").Handler(), slog.LevelWarn),
 	}
+	s.http.RegisterOnShutdown(dash.Close) // the live feeds would hold Shutdown
 	go func() {
 		if err := s.http.Serve(s.ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			s.errc <- fmt.Errorf("http: %w", err)
