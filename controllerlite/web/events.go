@@ -16,10 +16,9 @@ import (
 //	event: device     data: one device whose view changed, as GET /api/devices/{id}
 //	event: removed    data: {"id":"d1"}: the device is gone
 //
-// plus a comment line every HeartbeatInterval so that proxies keep the
+// plus a comment line every Options.Heartbeat so that proxies keep the
 // connection open. A reconnecting browser gets a new snapshot.
 const (
-	HeartbeatInterval = 15 * time.Second
 	// writeTimeout bounds one write to the client: a client that does not
 	// read is dropped instead of holding a goroutine for ever. It loses
 	// nothing: the watcher coalesces, and a reconnect starts from a
@@ -79,7 +78,7 @@ func (d *Dashboard) events(w http.ResponseWriter, r *http.Request) {
 	}
 
 	for {
-		wait, cancelWait := context.WithTimeout(ctx, HeartbeatInterval)
+		wait, cancelWait := context.WithTimeout(ctx, d.opts.Heartbeat)
 		ids, err := watcher.Next(wait)
 		cancelWait()
 		switch {

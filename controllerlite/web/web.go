@@ -22,6 +22,7 @@ package web
 import (
 	"context"
 	"embed"
+	"encoding/json"
 	"html/template"
 	"io/fs"
 	"log/slog"
@@ -33,6 +34,7 @@ import (
 	"time"
 
 	"github.com/thermofleet/thermo/controllerlite/fleet"
+	"github.com/thermofleet/thermo/protocol"
 )
 
 // static holds what the pages load (CSS, ES modules, the vendored chart
@@ -56,6 +58,7 @@ type Fleet interface {
 const (
 	DefaultSessionTTL = 30 * 24 * time.Hour
 	DefaultMaxStreams = 64
+	DefaultHeartbeat  = 15 * time.Second
 )
 
 // Options configure the dashboard.
@@ -67,6 +70,9 @@ type Options struct {
 	// MaxStreams bounds the live feeds open at once (DefaultMaxStreams):
 	// each holds a goroutine and a fleet watcher.
 	MaxStreams int
+	// Heartbeat is how often an idle live feed sends a comment, so that
+	// proxies and NAT boxes keep it open (DefaultHeartbeat).
+	Heartbeat time.Duration
 	// Logger defaults to slog.Default().
 	Logger *slog.Logger
 	// Now is the sessions' clock, time.Now by default.
@@ -94,6 +100,9 @@ func New(f Fleet, o Options) *Dashboard {
 	}
 	if o.MaxStreams <= 0 {
 		o.MaxStreams = DefaultMaxStreams
+	}
+	if o.Heartbeat <= 0 {
+		o.Heartbeat = DefaultHeartbeat
 	}
 	if o.Logger == nil {
 		o.Logger = slog.Default()
@@ -145,11 +154,11 @@ func (d *Dashboard) Handler(next http.Handler) http.Handler {
 			"origin", r.Header.Get("Origin"), "remote", r.RemoteAddr)
 		http.Error(w, "cross-origin request refused", http.StatusForbidden)
 	}))
-	h := cop.Handler(securityHeaders(mux))
+	h := cop.Handler(mux)
 	if d.opts.Token == "" {
 		h = loopbackHostOnly(h)
 	}
-	return h
+	return securityHeaders(h)
 }
 
 // page serves one of the static pages, after the login when there is a
@@ -160,7 +169,7 @@ func (d *Dashboard) page(name string) http.HandlerFunc {
 			http.Redirect(w, r, "/login?next="+url.QueryEscape(r.URL.RequestURI()), http.StatusSeeOther)
 			return
 		}
-		d.render(w, http.StatusOK, name, pageData{Login: d.opts.Token != ""})
+		d.render(w, http.StatusOK, name, pageData{Login: d.opts.Token != "", Protocol: protocolRules})
 	}
 }
 
@@ -168,10 +177,27 @@ func (d *Dashboard) page(name string) http.HandlerFunc {
 type pageData struct {
 	// Login: the controller has a token, so the pages offer to log out.
 	Login bool
+	// Protocol is protocolRules.
+	Protocol string
 	// Next and Error are the login page's: where to go after it, and why
 	// the last attempt was refused.
 	Next, Error string
 }
+
+// protocolRules are the rules of package protocol the pages check before
+// sending (JSON in the body's data-protocol), so that they live in one
+// place: the setpoint's range, the entries a day, and the presets of a
+// device that never received a presets write.
+var protocolRules = func() string {
+	b, err := json.Marshal(map[string]any{
+		"min_c": protocol.MinSetpoint, "max_c": protocol.MaxSetpoint,
+		"max_entries": protocol.MaxEntriesPerDay, "default_presets": protocol.DefaultPresets,
+	})
+	if err != nil {
+		panic(err)
+	}
+	return string(b)
+}()
 
 func (d *Dashboard) render(w http.ResponseWriter, code int, name string, data pageData) {
 	w.Header().Set("Content-Type", "text/html; charset=utf-8")
