@@ -23,8 +23,10 @@ type clock struct {
 	t  time.Time
 }
 
-func (c *clock) Now() time.Time { c.mu.Lock(); defer c.mu.Unlock(); return c.t }
+func (c *clock) Now() time.Time  { c.mu.Lock(); defer c.mu.Unlock(); return c.t }
 func (c *clock) Set(t time.Time) { c.mu.Lock(); c.t = t; c.mu.Unlock() }
+
+var quietLog = slog.New(slog.DiscardHandler)
 
 var base = time.Date(2026, 12, 3, 0, 0, 0, 0, time.UTC)
 
@@ -62,7 +64,7 @@ func open(t testing.TB, dir string, clk *clock, o Options) *History {
 	t.Helper()
 	o.Now = clk.Now
 	if o.Logger == nil {
-		o.Logger = slog.New(slog.DiscardHandler)
+		o.Logger = quietLog
 	}
 	h, err := Open(dir, o)
 	if err != nil {
