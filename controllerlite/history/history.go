@@ -319,8 +319,14 @@ func (h *History) write(batch []sample) error {
 			if s.ms < d.compacted {
 				continue
 			}
+			// Two messages in one millisecond: the later one takes the
+			// next free millisecond rather than overwrite the first.
+			key := rawKey(s.ms)
+			for ms := s.ms + 1; d.raw.Get(key) != nil && ms < s.ms+1000; ms++ {
+				key = rawKey(ms)
+			}
 			// A fresh value each time: bbolt keeps it until the commit.
-			if err := d.raw.Put(rawKey(s.ms), encodeRaw(nil, s)); err != nil {
+			if err := d.raw.Put(key, encodeRaw(nil, s)); err != nil {
 				return fmt.Errorf("device %s: %w", s.id, err)
 			}
 		}

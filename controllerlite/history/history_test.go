@@ -195,6 +195,9 @@ var aggCases = []struct {
 	{"setpoint: the last, and the mean", []in{{0, nan, 20, false, false, ""}, {10 * time.Second, nan, 21, false, false, ""}, {20 * time.Second, nan, nan, false, false, ""}},
 		time.Hour, time.Minute,
 		[]out{{t: 0, n: 3, spn: 2, sp: 21, spMean: 20.5}}},
+	{"two samples in one millisecond", []in{{0, 20, nan, false, false, ""}, {0, 21, nan, true, false, ""}},
+		2 * time.Minute, time.Minute,
+		[]out{{t: 0, n: 2, tn: 2, min: 20, mean: 20.5, max: 21, heat: 60}, {t: time.Minute, heat: 60}}},
 	{"buckets without data are left out", []in{{0, 20, nan, false, false, ""}, {10 * time.Minute, 22, nan, false, false, ""}},
 		time.Hour, time.Minute,
 		[]out{{t: 0, n: 1, tn: 1, min: 20, mean: 20, max: 20}, {t: 10 * time.Minute, n: 1, tn: 1, min: 22, mean: 22, max: 22}}},
@@ -463,6 +466,22 @@ func TestBufferFull(t *testing.T) {
 	}
 	if st := h.Stats(); st.Written != 4 || st.Pending != 0 {
 		t.Fatalf("stats after flush %+v", st)
+	}
+
+	// A write that fails (the disk full, here the file gone) loses its
+	// batch, counted and logged; the buffer does not keep it.
+	h.db.Close()
+	for i := range 3 {
+		in{time.Minute + time.Duration(i)*time.Second, 20, 20, false, false, ""}.record(h, "d1", base)
+	}
+	if err := h.Flush(); err == nil {
+		t.Fatal("a flush to a closed database succeeded")
+	}
+	if st := h.Stats(); st.Dropped != 9 || st.Pending != 0 || st.Written != 4 {
+		t.Fatalf("stats after a failed write %+v, want 9 dropped and none pending", st)
+	}
+	if !l.has("history: write failed: samples lost samples=3") {
+		t.Fatalf("the failed write not logged: %v", l.lines)
 	}
 }
 
