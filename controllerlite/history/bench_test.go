@@ -1,6 +1,7 @@
 package history
 
 import (
+	"fmt"
 	"math"
 	"os"
 	"sync"
@@ -86,6 +87,14 @@ func fillYear(tb testing.TB, dir string) *year {
 type size struct {
 	file, pages, inuse int64
 	raw, buckets       int
+	// rawInuse and bucketsInuse are the page bytes the raw samples and
+	// the buckets use, with bolt's 16 bytes per key.
+	rawInuse, bucketsInuse int64
+}
+
+func (s size) String() string {
+	return fmt.Sprintf("file %d B, bolt pages %d B (%d B in use): %d buckets in %d B (%.1f B each), %d raw samples (the last 48 h) in %d B (%.1f B each)",
+		s.file, s.pages, s.inuse, s.buckets, s.bucketsInuse, float64(s.bucketsInuse)/float64(s.buckets), s.raw, s.rawInuse, float64(s.rawInuse)/float64(s.raw))
 }
 
 func (y *year) size(tb testing.TB) size {
@@ -95,6 +104,10 @@ func (y *year) size(tb testing.TB) size {
 		st := tx.Bucket(bucketDevices).Stats()
 		s.pages = int64(st.BranchAlloc + st.LeafAlloc)
 		s.inuse = int64(st.BranchInuse + st.LeafInuse)
+		dev := tx.Bucket(bucketDevices).Bucket([]byte("living-room"))
+		rs, bs := dev.Bucket(subRaw).Stats(), dev.Bucket(subBuckets).Stats()
+		s.rawInuse = int64(rs.BranchInuse + rs.LeafInuse)
+		s.bucketsInuse = int64(bs.BranchInuse + bs.LeafInuse)
 		return nil
 	})
 	if err != nil {
@@ -126,8 +139,8 @@ func sharedYear(b *testing.B) *year {
 		start := time.Now()
 		theYear = fillYear(b, dir)
 		s := theYear.size(b)
-		b.Logf("a year of one device (%d samples of 30 s telemetry) filled and compacted in %v: file %d B, bolt pages %d B (%d B in use), %d buckets, %d raw samples (the last 48 h)",
-			theYear.sample, time.Since(start).Round(time.Millisecond), s.file, s.pages, s.inuse, s.buckets, s.raw)
+		b.Logf("a year of one device (%d samples of 30 s telemetry) filled and compacted in %v: %s",
+			theYear.sample, time.Since(start).Round(time.Millisecond), s)
 	})
 	return theYear
 }
@@ -178,7 +191,8 @@ func BenchmarkHistorySize(b *testing.B) {
 	b.ReportMetric(float64(s.file), "file-B/device-year")
 	b.ReportMetric(float64(s.pages), "pages-B/device-year")
 	b.ReportMetric(float64(s.inuse), "inuse-B/device-year")
-	b.ReportMetric(float64(s.inuse)/float64(s.buckets+s.raw), "B/record")
+	b.ReportMetric(float64(s.bucketsInuse)/float64(s.buckets), "B/bucket")
+	b.ReportMetric(float64(s.rawInuse)/float64(s.raw), "B/raw-sample")
 }
 
 // BenchmarkHistoryTelemetry is the cost on the fleet's loop of one
@@ -210,7 +224,7 @@ func TestYearIsBounded(t *testing.T) {
 	y := fillYear(t, t.TempDir())
 	defer y.h.Close()
 	s := y.size(t)
-	t.Logf("a year of one device: file %d B, bolt pages %d B (%d in use), %d buckets, %d raw samples", s.file, s.pages, s.inuse, s.buckets, s.raw)
+	t.Logf("a year of one device: %s", s)
 	if s.buckets < (yearDays-2)*96-1 || s.buckets > yearDays*96 {
 		t.Errorf("%d buckets, want about %d", s.buckets, (yearDays-2)*96)
 	}
