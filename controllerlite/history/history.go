@@ -122,8 +122,8 @@ type History struct {
 	done chan struct{}
 }
 
-// Open opens (creating if needed) the history in dir and starts its writer
-// and compaction. A corrupt file is refused with store.ErrCorrupt and the
+// Open opens (creating if needed) the history in dir, compacts it, and
+// starts its writer and compaction. A corrupt file is refused with store.ErrCorrupt and the
 // cure; Close flushes and closes.
 func Open(dir string, o Options) (*History, error) {
 	if dir == "" {
@@ -175,6 +175,10 @@ func Open(dir string, o Options) (*History, error) {
 		pending: make([]sample, 0, o.Buffer), spare: make([]sample, 0, o.Buffer),
 		full: make(chan struct{}, 1), stop: make(chan struct{}), done: make(chan struct{}),
 	}
+	// Catch up now, before any sample: after a stop of days the raw
+	// window holds what is due, and a controller restarted more often
+	// than CompactEvery would otherwise never compact.
+	h.compactLogged()
 	go h.run()
 	return h, nil
 }
@@ -224,7 +228,6 @@ func (h *History) run() {
 	defer flush.Stop()
 	compact := time.NewTicker(CompactEvery)
 	defer compact.Stop()
-	h.compactLogged()
 	for {
 		select {
 		case <-flush.C:
