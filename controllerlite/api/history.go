@@ -6,6 +6,7 @@ import (
 	"math"
 	"net/http"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/thermofleet/thermo/controllerlite/history"
@@ -21,7 +22,8 @@ type History interface {
 // GET /api/devices/{id}/history?from=RFC3339&to=RFC3339&step=DURATION
 //
 // from and to are RFC 3339 times or unix seconds (to defaults to now,
-// from to 24 h before to); step is a Go duration ("15m") or seconds
+// from to 24 h before to); step is a Go duration ("15m"), days ("1d") or
+// seconds
 // (defaults to the smallest of 1m, 5m, 15m, 1h, 6h, 1d giving at most 500
 // points). The answer:
 //
@@ -127,7 +129,8 @@ func parseTime(s string) (time.Time, error) {
 	return t.UTC(), nil
 }
 
-// parseStep reads a Go duration or whole seconds; "" is 0 (the default).
+// parseStep reads a Go duration, whole days ("1d") or whole seconds; ""
+// is 0 (the default).
 func parseStep(s string) (time.Duration, error) {
 	if s == "" {
 		return 0, nil
@@ -138,9 +141,14 @@ func parseStep(s string) (time.Duration, error) {
 		}
 		return time.Duration(n) * time.Second, nil
 	}
+	if days, ok := strings.CutSuffix(s, "d"); ok { // 1d: Go durations stop at hours
+		if n, err := strconv.ParseInt(days, 10, 64); err == nil && n > 0 && n <= int64(history.MaxRange/(24*time.Hour)) {
+			return time.Duration(n) * 24 * time.Hour, nil
+		}
+	}
 	d, err := time.ParseDuration(s)
 	if err != nil || d <= 0 {
-		return 0, fmt.Errorf("%q is neither a duration (15m, 1h) nor seconds", s)
+		return 0, fmt.Errorf("%q is neither a duration (15m, 1h, 1d) nor seconds", s)
 	}
 	return d, nil
 }

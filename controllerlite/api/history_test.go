@@ -105,7 +105,8 @@ func TestHistoryParams(t *testing.T) {
 		{"step under a minute", "?step=30s", 400, "", "", 0, 0, 0, 0, "step 30s is under 1m0s"},
 		{"fine step beyond 48 h", "?from=2026-12-01T00:00:00Z&step=5m", 400, "", "", 0, 0, 0, 0, "must be a multiple of 15m0s"},
 		{"too many points", "?from=2026-09-01T00:00:00Z&step=15m", 400, "", "", 0, 0, 0, 0, "at most 5000"},
-		{"1d is no Go duration", "?from=2025-10-01T00:00:00Z&step=1d", 400, "", "", 0, 0, 0, 0, "step: "},
+		{"step in days", "?from=2026-11-01T00:00:00Z&step=1d", 200, "2026-11-01T00:00:00Z", "2026-12-04T00:00:00Z", 86400, 1, 96 * 420, 2880, ""},
+		{"step in days, not whole", "?step=1.5d", 400, "", "", 0, 0, 0, 0, `step: \"1.5d\" is neither`},
 		{"longer than 400 days", "?from=2025-10-01T00:00:00Z&step=24h", 400, "", "", 0, 0, 0, 0, "longer than 400 days"},
 	}
 	for _, tc := range tests {
