@@ -2,6 +2,7 @@ package history
 
 import (
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"maps"
 	"slices"
@@ -79,7 +80,9 @@ func (h *History) Compact() error {
 	}); err != nil {
 		return fmt.Errorf("history: compact: %w", err)
 	}
-	// One transaction per device, so a flush waits for one device at most.
+	// One transaction per device, so a flush waits for one device at most;
+	// a device that fails leaves the others compacted.
+	var errs []error
 	for _, id := range ids {
 		h.writeMu.Lock()
 		err := h.db.Update(func(tx *bbolt.Tx) error {
@@ -96,10 +99,10 @@ func (h *History) Compact() error {
 		})
 		h.writeMu.Unlock()
 		if err != nil {
-			return fmt.Errorf("history: compact %s: %w", id, err)
+			errs = append(errs, fmt.Errorf("history: compact %s: %w", id, err))
 		}
 	}
-	return nil
+	return errors.Join(errs...)
 }
 
 // compactDevice compacts one device's bucket up to cutoff and expires what

@@ -567,3 +567,29 @@ func garble(t *testing.T, path string) {
 		t.Fatal(err)
 	}
 }
+
+// TestCompactBadValue: a stored value this version cannot read fails its
+// device's compaction and query with a reason, and the other devices are
+// compacted all the same.
+func TestCompactBadValue(t *testing.T) {
+	clk := &clock{t: base}
+	h := open(t, t.TempDir(), clk, Options{})
+	for _, id := range []string{"d1", "d2"} {
+		recordAll(t, h, id, base, []in{{0, 20, 20, false, false, ""}, {time.Minute, 21, 20, false, false, ""}})
+	}
+	if err := h.db.Update(func(tx *bbolt.Tx) error {
+		return tx.Bucket(bucketDevices).Bucket([]byte("d1")).Bucket(subRaw).Put(rawKey(base.Add(time.Second).UnixMilli()), []byte{flagTemp})
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := h.Query("d1", base, base.Add(time.Hour), time.Minute); err == nil || !strings.Contains(err.Error(), "bad stored value") {
+		t.Fatalf("query of a bad value: %v", err)
+	}
+	clk.Set(base.Add(50 * time.Hour))
+	if err := h.Compact(); err == nil || !strings.Contains(err.Error(), "compact d1") || strings.Contains(err.Error(), "d2") {
+		t.Fatalf("compaction: %v, want d1's error only", err)
+	}
+	if raw, buckets := count(t, h, "d2"); raw != 0 || buckets != 1 {
+		t.Fatalf("d2: %d raw, %d buckets; want compacted", raw, buckets)
+	}
+}
