@@ -4,6 +4,7 @@
 //	GET  /api/devices        every device, a JSON array sorted by id
 //	GET  /api/devices/{id}   one device
 //	PUT  /api/devices/{id}   set properties: {"setpoint_c": 21.5, "mode": "heat"}
+//	GET  /api/devices/{id}/history?from=&to=&step=   telemetry history (history.go)
 //	GET  /healthz            fleet status; 200 once ready, 503 before
 //
 // A device is the JSON of fleet.Device: id, online, vc, props (name to
@@ -61,6 +62,8 @@ type Options struct {
 	SetTimeout time.Duration
 	// Logger defaults to slog.Default().
 	Logger *slog.Logger
+	// History answers GET /api/devices/{id}/history; nil: 404.
+	History History
 }
 
 type handler struct {
@@ -83,6 +86,7 @@ func NewHandler(f Fleet, o Options) http.Handler {
 	mux.HandleFunc("GET /api/devices", h.auth(h.list))
 	mux.HandleFunc("GET /api/devices/{id}", h.auth(h.get))
 	mux.HandleFunc("PUT /api/devices/{id}", h.auth(h.put))
+	mux.HandleFunc("GET /api/devices/{id}/history", h.auth(h.history))
 	mux.HandleFunc("GET /healthz", h.health)
 	return mux
 }

@@ -19,6 +19,7 @@ import (
 	"github.com/thermofleet/thermo/controllerlite/api"
 	"github.com/thermofleet/thermo/controllerlite/broker"
 	"github.com/thermofleet/thermo/controllerlite/fleet"
+	"github.com/thermofleet/thermo/controllerlite/history"
 	"github.com/thermofleet/thermo/controllerlite/store"
 	"github.com/thermofleet/thermo/protocol"
 	"github.com/thermofleet/thermo/provisioning"
@@ -83,6 +84,7 @@ type Server struct {
 	cfg    Config
 	log    *slog.Logger
 	st     *store.Store
+	hist   *history.History
 	fl     *fleet.Fleet
 	br     *broker.Broker
 	tc     *transport.Client
@@ -118,7 +120,10 @@ func Start(ctx context.Context, cfg Config) (_ *Server, err error) {
 	if s.st, err = store.Open(cfg.DataDir); err != nil {
 		return nil, err
 	}
-	if s.fl, err = fleet.New(fleet.Options{Store: s.st, TopicRoot: cfg.TopicRoot, Logger: s.log.With("part", "fleet")}); err != nil {
+	if s.hist, err = history.Open(cfg.DataDir, history.Options{Logger: s.log.With("part", "history")}); err != nil {
+		return nil, err
+	}
+	if s.fl, err = fleet.New(fleet.Options{Store: s.st, Telemetry: s.hist, TopicRoot: cfg.TopicRoot, Logger: s.log.With("part", "fleet")}); err != nil {
 		return nil, err
 	}
 
@@ -159,7 +164,7 @@ func Start(ctx context.Context, cfg Config) (_ *Server, err error) {
 	go func() { defer s.wg.Done(); s.fl.Run(runCtx) }()
 
 	s.http = &http.Server{
-		Handler:           api.NewHandler(s.fl, api.Options{Token: cfg.HTTPToken, Logger: s.log.With("part", "api")}),
+		Handler:           api.NewHandler(s.fl, api.Options{Token: cfg.HTTPToken, History: s.hist, Logger: s.log.With("part", "api")}),
 		ReadHeaderTimeout: 10 * time.Second,
 		ReadTimeout:       30 * time.Second,
 		IdleTimeout:       2 * time.Minute,
@@ -265,8 +270,9 @@ func check(cfg *Config) error {
 }
 
 // shutdown stops the parts in order: no new API requests, then the fleet
-// (which writes what it has not yet stored), then the broker (its clients'
-// wills go out), then the store.
+// (which writes what it has not yet stored), then the history (its
+// samples waiting are written), then the broker (its clients' wills go
+// out), then the store.
 func (s *Server) shutdown() {
 	if s.http != nil {
 		ctx, cancel := context.WithTimeout(context.Background(), shutdownGrace)
@@ -285,6 +291,11 @@ func (s *Server) shutdown() {
 		s.cancel()
 	}
 	s.wg.Wait()
+	if s.hist != nil {
+		if err := s.hist.Close(); err != nil {
+			s.log.Warn("history close", "error", err)
+		}
+	}
 	if s.br != nil {
 		if err := s.br.Close(); err != nil {
 			s.log.Warn("broker close", "error", err)
