@@ -233,6 +233,19 @@ func (c *Client) Messages() []Message {
 	return append([]Message(nil), c.msgs...)
 }
 
+// Last is the payload of the latest message received on topic, "" when
+// none (or an empty one) was.
+func (c *Client) Last(topic string) string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for i := len(c.msgs) - 1; i >= 0; i-- {
+		if c.msgs[i].Topic == topic {
+			return string(c.msgs[i].Payload)
+		}
+	}
+	return ""
+}
+
 // ErrTimeout is returned by WaitErr when no matching message arrives in time.
 var ErrTimeout = errors.New("timed out waiting for a message")
 
