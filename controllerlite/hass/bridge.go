@@ -122,10 +122,21 @@ func ReadPasswordFile(path string) (string, error) {
 	return pw, nil
 }
 
+// Fleet is what the bridge uses of a *fleet.Fleet.
+type Fleet interface {
+	Ready() <-chan struct{}
+	Watch() *fleet.Watcher
+	Devices() []fleet.Device
+	Device(id string) (fleet.Device, bool)
+	Set(ctx context.Context, id string, changes map[string]any) (fleet.Device, error)
+}
+
+var _ Fleet = (*fleet.Fleet)(nil)
+
 // Bridge links a fleet to Home Assistant's broker. Create it with New,
 // run it with Run.
 type Bridge struct {
-	f      *fleet.Fleet
+	f      Fleet
 	t      Topics
 	log    *slog.Logger
 	client *transport.Client
@@ -143,7 +154,7 @@ type Bridge struct {
 }
 
 // New checks o and returns a bridge that has not connected yet.
-func New(f *fleet.Fleet, o Options) (*Bridge, error) {
+func New(f Fleet, o Options) (*Bridge, error) {
 	if err := o.Check(); err != nil {
 		return nil, err
 	}
