@@ -210,8 +210,10 @@ func entities(t Topics, d fleet.Device) ([]entity, error) {
 	return out, nil
 }
 
-func device(id string) deviceInfo {
-	return deviceInfo{Identifiers: []string{"thermofleet_" + id}, Name: id, Manufacturer: "thermofleet", Model: "thermostat"}
+// device is the device block: its identifier carries the root, like the
+// unique ids, so two fleets with the same device ids stay apart.
+func (t Topics) device(id string) deviceInfo {
+	return deviceInfo{Identifiers: []string{t.uniqueID(id)}, Name: id, Manufacturer: "thermofleet", Model: "thermostat"}
 }
 
 // uniqueID is unique across Home Assistant: the bridge's root keeps two
@@ -239,7 +241,7 @@ func climateEntity(t Topics, d fleet.Device, tel *protocol.Telemetry) (entity, e
 	id := d.ID
 	doc := climateDoc{
 		UniqueID:         t.uniqueID(id, "climate"),
-		Device:           device(id),
+		Device:           t.device(id),
 		Origin:           origin{Name: "thermofleet controllerlite"},
 		Availability:     t.availability(id),
 		AvailabilityMode: "all",
@@ -304,7 +306,7 @@ func sensorEntity(t Topics, id, name string, r protocol.SensorReport) (entity, e
 	doc := sensorDoc{
 		Name:               name + " temperature",
 		UniqueID:           t.uniqueID(id, "sensor", name, "temperature"),
-		Device:             device(id),
+		Device:             t.device(id),
 		Origin:             origin{Name: "thermofleet controllerlite"},
 		Availability:       t.availability(id, t.sensorAvailability(id, name)),
 		AvailabilityMode:   "all",
