@@ -19,6 +19,7 @@ import (
 	"github.com/thermofleet/thermo/controllerlite/api"
 	"github.com/thermofleet/thermo/controllerlite/broker"
 	"github.com/thermofleet/thermo/controllerlite/fleet"
+	"github.com/thermofleet/thermo/controllerlite/hass"
 	"github.com/thermofleet/thermo/controllerlite/history"
 	"github.com/thermofleet/thermo/controllerlite/store"
 	"github.com/thermofleet/thermo/protocol"
@@ -75,6 +76,9 @@ type Config struct {
 	KeepAlive time.Duration
 	// TopicRoot defaults to protocol.DefaultRoot.
 	TopicRoot string
+	// HomeAssistant, when its Broker is set, bridges the fleet to Home
+	// Assistant's broker (package hass).
+	HomeAssistant hass.Options
 	// Logger defaults to slog.Default().
 	Logger *slog.Logger
 }
@@ -162,6 +166,14 @@ func Start(ctx context.Context, cfg Config) (_ *Server, err error) {
 	}
 	s.wg.Add(1)
 	go func() { defer s.wg.Done(); s.fl.Run(runCtx) }()
+	if cfg.HomeAssistant.Broker != "" {
+		bridge, err := hass.New(s.fl, cfg.HomeAssistant)
+		if err != nil {
+			return nil, err
+		}
+		s.wg.Add(1)
+		go func() { defer s.wg.Done(); bridge.Run(runCtx) }()
+	}
 
 	s.http = &http.Server{
 		Handler:           api.NewHandler(s.fl, api.Options{Token: cfg.HTTPToken, History: s.hist, Logger: s.log.With("part", "api")}),
@@ -232,6 +244,14 @@ func check(cfg *Config) error {
 	}
 	if cfg.DataDir == "" {
 		return errors.New("--data-dir is required")
+	}
+	if cfg.HomeAssistant.Broker != "" {
+		if cfg.HomeAssistant.Logger == nil {
+			cfg.HomeAssistant.Logger = cfg.Logger.With("part", "hass")
+		}
+		if err := cfg.HomeAssistant.Check(); err != nil {
+			return err
+		}
 	}
 	if cfg.TopicRoot == "" {
 		cfg.TopicRoot = protocol.DefaultRoot

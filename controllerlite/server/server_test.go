@@ -143,6 +143,7 @@ func TestConfigErrors(t *testing.T) {
 		{"bad topic root", func(c *Config) { c.TopicRoot = "thermo/#" }, "--topic-root"},
 		{"keep-alive under a second", func(c *Config) { c.KeepAlive = 500 * time.Millisecond }, "--keep-alive 500ms: MQTT counts keep-alive in whole seconds"},
 		{"keep-alive not whole seconds", func(c *Config) { c.KeepAlive = 1500 * time.Millisecond }, "--keep-alive 1.5s"},
+		{"Home Assistant broker not MQTT", func(c *Config) { c.HomeAssistant.Broker = "http://localhost:8123" }, "--ha-broker"},
 		{"missing key", func(c *Config) { c.KeyFile = filepath.Join(t.TempDir(), "none") }, "broker TLS"},
 	}
 	for _, tc := range tests {
