@@ -19,6 +19,7 @@ import (
 	"github.com/thermofleet/thermo/controllerlite/api"
 	"github.com/thermofleet/thermo/controllerlite/broker"
 	"github.com/thermofleet/thermo/controllerlite/fleet"
+	"github.com/thermofleet/thermo/controllerlite/metrics"
 	"github.com/thermofleet/thermo/controllerlite/store"
 	"github.com/thermofleet/thermo/protocol"
 	"github.com/thermofleet/thermo/provisioning"
@@ -74,6 +75,9 @@ type Config struct {
 	KeepAlive time.Duration
 	// TopicRoot defaults to protocol.DefaultRoot.
 	TopicRoot string
+	// Metrics serves Prometheus metrics at /metrics on the API's listener,
+	// with the API's authentication (package controllerlite/metrics).
+	Metrics bool
 	// Logger defaults to slog.Default().
 	Logger *slog.Logger
 }
@@ -118,7 +122,13 @@ func Start(ctx context.Context, cfg Config) (_ *Server, err error) {
 	if s.st, err = store.Open(cfg.DataDir); err != nil {
 		return nil, err
 	}
-	if s.fl, err = fleet.New(fleet.Options{Store: s.st, TopicRoot: cfg.TopicRoot, Logger: s.log.With("part", "fleet")}); err != nil {
+	fopts := fleet.Options{Store: s.st, TopicRoot: cfg.TopicRoot, Logger: s.log.With("part", "fleet")}
+	var m *metrics.Metrics
+	if cfg.Metrics {
+		m = metrics.New(s.log.With("part", "metrics"))
+		fopts.Meter = m
+	}
+	if s.fl, err = fleet.New(fopts); err != nil {
 		return nil, err
 	}
 
@@ -158,8 +168,17 @@ func Start(ctx context.Context, cfg Config) (_ *Server, err error) {
 	s.wg.Add(1)
 	go func() { defer s.wg.Done(); s.fl.Run(runCtx) }()
 
+	aopts := api.Options{Token: cfg.HTTPToken, Logger: s.log.With("part", "api")}
+	if m != nil {
+		var b metrics.Broker
+		if s.br != nil {
+			b = s.br
+		}
+		m.Watch(s.fl, b)
+		aopts.Metrics = m.Handler()
+	}
 	s.http = &http.Server{
-		Handler:           api.NewHandler(s.fl, api.Options{Token: cfg.HTTPToken, Logger: s.log.With("part", "api")}),
+		Handler:           api.NewHandler(s.fl, aopts),
 		ReadHeaderTimeout: 10 * time.Second,
 		ReadTimeout:       30 * time.Second,
 		IdleTimeout:       2 * time.Minute,

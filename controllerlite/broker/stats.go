@@ -1,0 +1,27 @@
+package broker
+
+// Stats are the embedded broker's own figures, for metrics: what mochi
+// counts in its server.Info.
+type Stats struct {
+	// ClientsConnected are the network clients connected now (the
+	// controller's in-process link is not one).
+	ClientsConnected int64
+	// Retained is how many retained messages the broker holds.
+	Retained int64
+	// MessagesReceived and MessagesSent count PUBLISH packets from and to
+	// network clients since start; MessagesDropped those dropped because
+	// a client was too slow to take them.
+	MessagesReceived, MessagesSent, MessagesDropped int64
+}
+
+// Stats returns the broker's figures now.
+func (b *Broker) Stats() Stats {
+	i := b.srv.Info.Clone()
+	return Stats{
+		ClientsConnected: i.ClientsConnected,
+		Retained:         i.Retained,
+		MessagesReceived: i.MessagesReceived,
+		MessagesSent:     i.MessagesSent,
+		MessagesDropped:  i.MessagesDropped,
+	}
+}
