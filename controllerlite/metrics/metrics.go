@@ -113,14 +113,15 @@ func (m *Metrics) Watch(f Fleet, b Broker) {
 func (m *Metrics) Registry() *prometheus.Registry { return m.reg }
 
 // Handler serves the registry in the Prometheus text format (or
-// OpenMetrics, when asked). A collector's error is logged and answered
-// with 500, never half a page.
+// OpenMetrics, when asked), counting its scrapes
+// (promhttp_metric_handler_requests_total). A collector's error is logged
+// and answered with 500, never half a page. Call it once.
 func (m *Metrics) Handler() http.Handler {
-	return promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{
+	return promhttp.InstrumentMetricHandler(m.reg, promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{
 		ErrorLog:      slog.NewLogLogger(m.log.Handler(), slog.LevelError),
 		ErrorHandling: promhttp.HTTPErrorOnError,
 		Registry:      m.reg,
-	})
+	}))
 }
 
 func desc(name, help string, labels ...string) *prometheus.Desc {
