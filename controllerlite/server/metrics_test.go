@@ -4,86 +4,20 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"sort"
 	"strings"
 	"testing"
 
 	"github.com/prometheus/client_golang/prometheus/testutil/promlint"
-	dto "github.com/prometheus/client_model/go"
-	"github.com/prometheus/common/expfmt"
-	"github.com/prometheus/common/model"
 
 	"github.com/thermofleet/thermo/internal/testenv"
 	"github.com/thermofleet/thermo/protocol"
 )
 
-// scrape GETs /metrics with the bearer token (none when empty) and
-// returns the status and the body.
+// scrape GETs the controller's /metrics with the token (none when
+// empty).
 func scrape(t *testing.T, s *Server, token string) (int, string) {
 	t.Helper()
-	req, err := http.NewRequest("GET", "http://"+s.HTTPAddr().String()+"/metrics", nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if token != "" {
-		req.Header.Set("Authorization", "Bearer "+token)
-	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(resp.Body)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return resp.StatusCode, string(b)
-}
-
-// families parses a scrape in the Prometheus text format.
-func families(t *testing.T, body string) map[string]*dto.MetricFamily {
-	t.Helper()
-	p := expfmt.NewTextParser(model.UTF8Validation)
-	fams, err := p.TextToMetricFamilies(strings.NewReader(body))
-	if err != nil {
-		t.Fatalf("parse the scrape: %v\n%s", err, body)
-	}
-	return fams
-}
-
-// sample finds the value of a series by name and labels ("k=v,k=v"); a
-// histogram's value is its sample count.
-func sample(fams map[string]*dto.MetricFamily, name, labels string) (float64, bool) {
-	fam, ok := fams[name]
-	if !ok {
-		return 0, false
-	}
-	for _, m := range fam.GetMetric() {
-		var got []string
-		for _, l := range m.GetLabel() {
-			got = append(got, l.GetName()+"="+l.GetValue())
-		}
-		sort.Strings(got)
-		want := []string{}
-		if labels != "" {
-			want = strings.Split(labels, ",")
-		}
-		sort.Strings(want)
-		if strings.Join(got, ",") != strings.Join(want, ",") {
-			continue
-		}
-		switch {
-		case m.Gauge != nil:
-			return m.GetGauge().GetValue(), true
-		case m.Counter != nil:
-			return m.GetCounter().GetValue(), true
-		case m.Histogram != nil:
-			return float64(m.GetHistogram().GetSampleCount()), true
-		case m.Untyped != nil:
-			return m.GetUntyped().GetValue(), true
-		}
-	}
-	return 0, false
+	return testenv.Scrape(t, "http://"+s.HTTPAddr().String()+"/metrics", token)
 }
 
 // TestMetrics runs a controller with --metrics and a token, plays a
@@ -189,22 +123,22 @@ func TestMetrics(t *testing.T) {
 		{"controllerlite_broker_clients_connected", "", 1},
 		{"controllerlite_broker_retained_messages", "", 3}, // d1's status, event and cmd
 	}
-	var fams map[string]*dto.MetricFamily
+	var fams testenv.Metrics
 	testenv.Eventually(t, testenv.WaitTimeout, "the metrics to show every message", func() (bool, string) {
 		code, body := scrape(t, s, token)
 		if code != http.StatusOK {
 			return false, fmt.Sprintf("status %d", code)
 		}
-		fams = families(t, body)
+		fams = testenv.ParseMetrics(t, body)
 		var off []string
 		for _, w := range want {
-			if v, ok := sample(fams, w.name, w.labels); !ok || v != w.val {
+			if v, ok := fams.Value(w.name, w.labels); !ok || v != w.val {
 				off = append(off, fmt.Sprintf("%s{%s} = %v (present %v), want %v", w.name, w.labels, v, ok, w.val))
 			}
 		}
 		return len(off) == 0, strings.Join(off, "; ")
 	})
-	if n, _ := sample(fams, "controllerlite_commit_duration_seconds", ""); n < 1 {
+	if n, _ := fams.Value("controllerlite_commit_duration_seconds", ""); n < 1 {
 		t.Errorf("commit histogram: %v commits, want at least the greeting's", n)
 	}
 	for _, name := range []string{"go_goroutines", "process_cpu_seconds_total", "promhttp_metric_handler_requests_total"} {
@@ -217,10 +151,10 @@ func TestMetrics(t *testing.T) {
 	dev.Publish(t, "thermo/d1/status", 1, true, protocol.Status{}.Encode())
 	testenv.Eventually(t, testenv.WaitTimeout, "d1 offline in the metrics", func() (bool, string) {
 		_, body := scrape(t, s, token)
-		fams := families(t, body)
-		on, _ := sample(fams, "controllerlite_device_online", "device=d1")
-		_, heating := sample(fams, "controllerlite_device_heating", "device=d1")
-		n, _ := sample(fams, "controllerlite_devices_online", "")
+		fams := testenv.ParseMetrics(t, body)
+		on, _ := fams.Value("controllerlite_device_online", "device=d1")
+		_, heating := fams.Value("controllerlite_device_heating", "device=d1")
+		n, _ := fams.Value("controllerlite_devices_online", "")
 		return on == 0 && !heating && n == 0, fmt.Sprintf("online %v, heating series %v, devices online %v", on, heating, n)
 	})
 
