@@ -4,6 +4,9 @@ import (
 	"encoding/json"
 	"io"
 	"log/slog"
+	"os"
+	"regexp"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -174,5 +177,43 @@ func TestLint(t *testing.T) {
 	reg.MustRegister(fleetCollector{stub(t)}, brokerCollector{stubBroker{}})
 	if _, err := reg.Gather(); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// documented returns the metric names with prefix that docs/metrics.md
+// lists in the first column of its tables.
+func documented(t *testing.T, prefix string) []string {
+	t.Helper()
+	b, err := os.ReadFile("../../docs/metrics.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	re := regexp.MustCompile("(?m)^\\| `(" + prefix + "[a-z_]+)` \\|")
+	var names []string
+	for _, m := range re.FindAllStringSubmatch(string(b), -1) {
+		names = append(names, m[1])
+	}
+	slices.Sort(names)
+	return names
+}
+
+// TestDocumented: docs/metrics.md lists exactly the metrics the controller
+// serves.
+func TestDocumented(t *testing.T) {
+	m := New(slog.New(slog.NewTextHandler(io.Discard, nil)))
+	m.Watch(stub(t), stubBroker{})
+	fams, err := m.Registry().Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var served []string
+	for _, f := range fams {
+		if strings.HasPrefix(f.GetName(), Namespace+"_") {
+			served = append(served, f.GetName())
+		}
+	}
+	slices.Sort(served)
+	if docs := documented(t, Namespace+"_"); !slices.Equal(served, docs) {
+		t.Errorf("served and documented differ:\nserved     %v\ndocumented %v", served, docs)
 	}
 }
