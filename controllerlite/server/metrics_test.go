@@ -178,3 +178,20 @@ func TestMetricsOff(t *testing.T) {
 		t.Fatalf("GET /metrics without --metrics: %d %s", code, body)
 	}
 }
+
+// TestMetricsExternal: with an external broker the fleet's metrics are
+// served and the embedded broker's are absent (Mosquitto has its own).
+func TestMetricsExternal(t *testing.T) {
+	pki := testenv.NewPKI(t)
+	m := testenv.StartMosquitto(t, pki, nil)
+	cert, key := pki.Client(t, protocol.ControllerID)
+	s := start(t, Config{CAFile: pki.CAFile, CertFile: cert, KeyFile: key, DataDir: t.TempDir(), HTTPAddr: "127.0.0.1:0", Broker: m.URL(), Metrics: true})
+	testenv.Eventually(t, testenv.WaitTimeout, "the link up in the metrics", func() (bool, string) {
+		code, body := scrape(t, s, "")
+		fams := testenv.ParseMetrics(t, body)
+		up, _ := fams.Value("controllerlite_broker_link_up", "")
+		ready, _ := fams.Value("controllerlite_ready", "")
+		_, embedded := fams["controllerlite_broker_clients_connected"]
+		return code == http.StatusOK && up == 1 && ready == 1 && !embedded, fmt.Sprintf("status %d, link up %v, ready %v, embedded broker series %v", code, up, ready, embedded)
+	})
+}
