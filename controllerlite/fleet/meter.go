@@ -52,14 +52,14 @@ const (
 )
 
 // RejectReasons lists every reason, in the order Counts keeps them.
-var RejectReasons = []string{ReasonBadTopic, ReasonReservedID, ReasonTooLarge, ReasonInvalid, ReasonClockExhausted, ReasonOther}
+var RejectReasons = [...]string{ReasonBadTopic, ReasonReservedID, ReasonTooLarge, ReasonInvalid, ReasonClockExhausted, ReasonOther}
 
 // KindUnknown labels a message whose topic names no known kind.
 const KindUnknown = "unknown"
 
-// CountedKinds are the kinds Counts keeps: the protocol's four and
+// CountedKinds are the kinds Counts keeps: the protocol's four, then
 // KindUnknown.
-var CountedKinds = []string{string(protocol.KindEvent), string(protocol.KindCmd), string(protocol.KindStatus),
+var CountedKinds = [...]string{string(protocol.KindEvent), string(protocol.KindCmd), string(protocol.KindStatus),
 	string(protocol.KindTelemetry), KindUnknown}
 
 // Counts are the fleet's message counts since it was made, by kind (one
@@ -73,8 +73,8 @@ type Counts struct {
 // breakdown holds the counts by kind and reason; its indexes are those of
 // CountedKinds and RejectReasons.
 type breakdown struct {
-	received [5]atomic.Uint64
-	rejected [5][6]atomic.Uint64
+	received [len(CountedKinds)]atomic.Uint64
+	rejected [len(CountedKinds)][len(RejectReasons)]atomic.Uint64
 }
 
 // Counts returns the message counts by kind and reason.
@@ -97,15 +97,17 @@ func (b *breakdown) reject(root, topic string, payload []byte, err error) {
 	b.rejected[kindIndex(topic)][reasonIndex(root, topic, payload, err)].Add(1)
 }
 
-// kindIndex is the index in CountedKinds of the topic's last level.
+// kindIndex is the index in CountedKinds of the topic's last level, the
+// last one (KindUnknown) when it names no kind.
 func kindIndex(topic string) int {
 	last := topic[strings.LastIndexByte(topic, '/')+1:]
-	for i, k := range CountedKinds[:4] {
+	unknown := len(CountedKinds) - 1
+	for i, k := range CountedKinds[:unknown] {
 		if last == k {
 			return i
 		}
 	}
-	return 4
+	return unknown
 }
 
 // reasonIndex is the index in RejectReasons of why a message was rejected.
@@ -152,7 +154,8 @@ func RejectReason(payload []byte, err error) string {
 //
 // A greeting owed while the broker link is down counts from the status
 // all the same; a status "offline" before the Event ends the wait with no
-// figure; a status "online" seen before the fleet is ready (its greeting
+// figure, and another live "online" starts it again; a status "online"
+// seen before the fleet is ready (its greeting
 // comes from becomeReady) or a retained one (the device came online
 // before this controller) starts none.
 
