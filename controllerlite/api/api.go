@@ -6,6 +6,7 @@
 //	PUT  /api/devices/{id}   set properties: {"setpoint_c": 21.5, "mode": "heat"}
 //	GET  /api/devices/{id}/history?from=&to=&step=   telemetry history (history.go)
 //	GET  /healthz            fleet status; 200 once ready, 503 before
+//	GET  /metrics            Prometheus metrics, when Options.Metrics is set
 //
 // A device is the JSON of fleet.Device: id, online, vc, props (name to
 // {"val", "w"} as on the wire), telemetry (the latest, as on the wire, or
@@ -16,7 +17,8 @@
 //
 // With a token (always required when the listener is not on a loopback
 // address: see Listen), every /api/ request must carry
-// "Authorization: Bearer TOKEN". /healthz needs no token.
+// "Authorization: Bearer TOKEN", and so must /metrics. /healthz needs no
+// token.
 package api
 
 import (
@@ -64,6 +66,9 @@ type Options struct {
 	Logger *slog.Logger
 	// History answers GET /api/devices/{id}/history; nil: 404.
 	History History
+	// Metrics, if set, is served at GET /metrics under the same
+	// authentication as /api/ (see package controllerlite/metrics).
+	Metrics http.Handler
 }
 
 type handler struct {
@@ -88,10 +93,13 @@ func NewHandler(f Fleet, o Options) http.Handler {
 	mux.HandleFunc("PUT /api/devices/{id}", h.auth(h.put))
 	mux.HandleFunc("GET /api/devices/{id}/history", h.auth(h.history))
 	mux.HandleFunc("GET /healthz", h.health)
+	if o.Metrics != nil {
+		mux.HandleFunc("GET /metrics", h.auth(o.Metrics.ServeHTTP))
+	}
 	return mux
 }
 
-// auth wraps an /api/ handler with the bearer-token check.
+// auth wraps an /api/ handler (and /metrics) with the bearer-token check.
 func (h *handler) auth(next http.HandlerFunc) http.HandlerFunc {
 	if h.opts.Token == "" {
 		return next

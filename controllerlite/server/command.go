@@ -44,6 +44,7 @@ func ParseFlags(args []string, stderr io.Writer) (Flags, error) {
 	fs.StringVar(&cfg.BrokerDataDir, "broker-data-dir", "", "`DIR` of the embedded broker's store (default DATA-DIR/broker)")
 	fs.StringVar(&cfg.HTTPAddr, "http", api.DefaultAddr, "HTTP API listen `ADDR`; off loopback it requires --http-token-file")
 	fs.StringVar(tokenFile, "http-token-file", "", "`FILE` holding the API's bearer token")
+	fs.BoolVar(&cfg.Metrics, "metrics", false, "serve Prometheus metrics at /metrics on the --http listener (with its token)")
 	fs.StringVar(&cfg.Listen, "listen", "", "embedded broker's TLS listen `ADDR` (default :8883 unless --broker)")
 	fs.StringVar(&cfg.Broker, "broker", "", "external broker mqtts://HOST:PORT instead of the embedded one")
 	fs.DurationVar(&cfg.KeepAlive, "keep-alive", transport.DefaultKeepAlive, "MQTT keep-alive of the link to --broker; a broker silent this long is dropped and reconnected")

@@ -21,6 +21,7 @@ import (
 	"github.com/thermofleet/thermo/controllerlite/fleet"
 	"github.com/thermofleet/thermo/controllerlite/hass"
 	"github.com/thermofleet/thermo/controllerlite/history"
+	"github.com/thermofleet/thermo/controllerlite/metrics"
 	"github.com/thermofleet/thermo/controllerlite/store"
 	"github.com/thermofleet/thermo/protocol"
 	"github.com/thermofleet/thermo/provisioning"
@@ -79,6 +80,9 @@ type Config struct {
 	// HomeAssistant, when its Broker is set, bridges the fleet to Home
 	// Assistant's broker (package hass).
 	HomeAssistant hass.Options
+	// Metrics serves Prometheus metrics at /metrics on the API's listener,
+	// with the API's authentication (package controllerlite/metrics).
+	Metrics bool
 	// Logger defaults to slog.Default().
 	Logger *slog.Logger
 }
@@ -127,7 +131,13 @@ func Start(ctx context.Context, cfg Config) (_ *Server, err error) {
 	if s.hist, err = history.Open(cfg.DataDir, history.Options{Logger: s.log.With("part", "history")}); err != nil {
 		return nil, err
 	}
-	if s.fl, err = fleet.New(fleet.Options{Store: s.st, Telemetry: s.hist, TopicRoot: cfg.TopicRoot, Logger: s.log.With("part", "fleet")}); err != nil {
+	fopts := fleet.Options{Store: s.st, Telemetry: s.hist, TopicRoot: cfg.TopicRoot, Logger: s.log.With("part", "fleet")}
+	var m *metrics.Metrics
+	if cfg.Metrics {
+		m = metrics.New(s.log.With("part", "metrics"))
+		fopts.Meter = m
+	}
+	if s.fl, err = fleet.New(fopts); err != nil {
 		return nil, err
 	}
 
@@ -175,8 +185,17 @@ func Start(ctx context.Context, cfg Config) (_ *Server, err error) {
 		go func() { defer s.wg.Done(); bridge.Run(runCtx) }()
 	}
 
+	aopts := api.Options{Token: cfg.HTTPToken, History: s.hist, Logger: s.log.With("part", "api")}
+	if m != nil {
+		var b metrics.Broker
+		if s.br != nil {
+			b = s.br
+		}
+		m.Watch(s.fl, b)
+		aopts.Metrics = m.Handler()
+	}
 	s.http = &http.Server{
-		Handler:           api.NewHandler(s.fl, api.Options{Token: cfg.HTTPToken, History: s.hist, Logger: s.log.With("part", "api")}),
+		Handler:           api.NewHandler(s.fl, aopts),
 		ReadHeaderTimeout: 10 * time.Second,
 		ReadTimeout:       30 * time.Second,
 		IdleTimeout:       2 * time.Minute,
