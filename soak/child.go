@@ -96,7 +96,7 @@ func childMain(specJSON string, stdin io.Reader, stdout io.Writer) error {
 	}
 	board := &reportingBoard{Board: sb, clk: clk, rep: rep}
 	th, err := runner.New(cfg, runner.Options{Board: board, BoardClock: clk, NoControlSocket: true,
-		Logger: slog.New(&writeLog{clk: clk, rep: rep})})
+		Logger: slog.New(&writeLog{clk: clk, rep: rep, log: slog.NewTextHandler(os.Stderr, nil)})})
 	if err != nil {
 		return fmt.Errorf("%s: %w", s.ID, err)
 	}
@@ -174,12 +174,19 @@ func (b *reportingBoard) SetOutputs(o hal.Outputs) error {
 type writeLog struct {
 	clk hal.Clock
 	rep *reporter
+	log slog.Handler // the thermostat's log (thermostat.log in its directory)
 }
 
 func (l *writeLog) Enabled(_ context.Context, lv slog.Level) bool { return lv >= slog.LevelInfo }
-func (l *writeLog) WithAttrs([]slog.Attr) slog.Handler            { return l }
-func (l *writeLog) WithGroup(string) slog.Handler                 { return l }
-func (l *writeLog) Handle(_ context.Context, r slog.Record) error {
+func (l *writeLog) WithAttrs(as []slog.Attr) slog.Handler {
+	return &writeLog{clk: l.clk, rep: l.rep, log: l.log.WithAttrs(as)}
+}
+func (l *writeLog) WithGroup(name string) slog.Handler {
+	return &writeLog{clk: l.clk, rep: l.rep, log: l.log.WithGroup(name)}
+}
+func (l *writeLog) Handle(ctx context.Context, r slog.Record) error {
+	r.AddAttrs(slog.Time("sim", l.clk.Now()))
+	l.log.Handle(ctx, r)
 	var src string
 	switch r.Message {
 	case "button change", "preset button":

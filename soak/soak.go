@@ -38,12 +38,12 @@ var zones = []string{"Europe/Berlin", "Australia/Sydney", "Asia/Tokyo", "America
 
 // An entry must apply at its minute. The agent's timer fires on a clock
 // running thousands of times faster than real time, so how late it may
-// be is bounded in both times: 10 simulated minutes, or what 250 ms of
+// be is bounded in both times: 10 simulated minutes, or what 500 ms of
 // real time (a busy machine's scheduling hiccup) is at the soak's speed,
 // whichever is longer. The soak prints the latest it saw in both.
 const (
 	simTolerance  = 10 * time.Minute
-	realTolerance = 250 * time.Millisecond
+	realTolerance = 500 * time.Millisecond
 )
 
 func tolerance(speed float64) time.Duration {
