@@ -9,6 +9,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -18,6 +19,7 @@ import (
 	"github.com/chromedp/cdproto/runtime"
 	"github.com/chromedp/chromedp"
 
+	"github.com/thermofleet/thermo/controllerlite/api"
 	"github.com/thermofleet/thermo/controllerlite/web"
 )
 
@@ -201,7 +203,7 @@ func TestDashboard(t *testing.T) {
 	// The device page: the setpoint typed in the field reaches the thermostat.
 	do(t, ctx, "open d1", chromedp.Click(chromedp.CSS(`#dev-d1 a`)), chromedp.WaitVisible(chromedp.ID("sp")))
 	waitPage(t, ctx, "d1's setpoint in the field", `document.getElementById('sp').value !== ''`, `document.getElementById('sp').value`)
-	do(t, ctx, "type 23.5", chromedp.SetValue(chromedp.ID("sp"), ""), chromedp.SendKeys(chromedp.ID("sp"), "23.5\r"))
+	typeInto(t, ctx, "#sp", "23.5\r")
 	waitPage(t, ctx, "saved next to the setpoint", `document.getElementById('sp-msg').textContent.startsWith('saved')`, `document.getElementById('sp-msg').textContent`)
 	waitThermostat(t, d1, "setpoint 23.5 from the page", func(sp float64, mode, preset string) bool { return sp == 23.5 && preset == "none" })
 
@@ -210,7 +212,7 @@ func TestDashboard(t *testing.T) {
 	waitThermostat(t, d1, "setpoint 24.5 from +", func(sp float64, _, _ string) bool { return sp == 24.5 })
 
 	// A refused value: the controller's reason beside the control, nothing sent.
-	do(t, ctx, "type 40", chromedp.SetValue(chromedp.ID("sp"), ""), chromedp.SendKeys(chromedp.ID("sp"), "40\r"))
+	typeInto(t, ctx, "#sp", "40\r")
 	waitPage(t, ctx, "the reason 40 is refused", `document.getElementById('sp-msg').classList.contains('error') && /setpoint/.test(document.getElementById('sp-msg').textContent)`, `document.getElementById('sp-msg').textContent`)
 	t.Logf("refusal shown: %q", evalJS[string](t, ctx, `document.getElementById('sp-msg').textContent`))
 	if st, err := d1.status(); err != nil || mustSetpoint(st.Props.Setpoint()) != 24.5 {
@@ -326,6 +328,10 @@ func TestDashboardLogin(t *testing.T) {
 		t.Fatal(err)
 	}
 	ctl := startBinController(t, w, t.TempDir(), "--http-token-file", tokenFile)
+	var err error
+	if w.api, err = api.NewClient(ctl.apiAddr, token); err != nil {
+		t.Fatal(err)
+	}
 	newBinThermostat(t, w, "d1").start()
 	eventually(t, "d1 known to the controller", func() (bool, string) {
 		req, _ := http.NewRequest("GET", "http://"+ctl.apiAddr+"/api/devices/d1", nil)
@@ -421,6 +427,15 @@ func TestDashboardLogin(t *testing.T) {
 	if resp, err := http.DefaultClient.Do(req); err != nil || resp.StatusCode != http.StatusUnauthorized {
 		t.Errorf("the API with the logged-out cookie: %v %v, want 401", resp.Status, err)
 	}
+}
+
+// typeInto clears a field with the cursor in it, as a person selecting
+// its text does, and types keys.
+func typeInto(t *testing.T, ctx context.Context, sel, keys string) {
+	t.Helper()
+	do(t, ctx, "type "+keys+" into "+sel,
+		chromedp.Evaluate[chromedp.Void](`(() => { const e = document.querySelector(`+strconv.Quote(sel)+`); e.focus(); e.value = ''; return true; })()`),
+		chromedp.SendKeys(chromedp.CSS(sel), keys))
 }
 
 // setInput sets an input or select as a person would: chromedp's SetValue

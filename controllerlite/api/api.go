@@ -4,8 +4,10 @@
 //	GET  /api/devices        every device, a JSON array sorted by id
 //	GET  /api/devices/{id}   one device
 //	PUT  /api/devices/{id}   set properties: {"setpoint_c": 21.5, "mode": "heat"}
+//	GET  /api/devices/{id}/history?from=&to=&step=   telemetry history (history.go)
 //	GET  /api/events         the live feed, when Options.Events is set (package web)
 //	GET  /healthz            fleet status; 200 once ready, 503 before
+//	GET  /metrics            Prometheus metrics, when Options.Metrics is set
 //
 // A device is the JSON of fleet.Device: id, online, vc, props (name to
 // {"val", "w"} as on the wire), telemetry (the latest, as on the wire, or
@@ -16,8 +18,9 @@
 //
 // With a token (always required when the listener is not on a loopback
 // address: see Listen), every /api/ request must carry
-// "Authorization: Bearer TOKEN", or be a browser logged in to the
-// dashboard (Options.Session). /healthz needs no token.
+// "Authorization: Bearer TOKEN", and so must /metrics; a browser logged in
+// to the dashboard (Options.Session) may use its session cookie instead.
+// /healthz needs no token.
 package api
 
 import (
@@ -70,6 +73,11 @@ type Options struct {
 	// Events, if set, is served at GET /api/events behind the same check
 	// as every /api/ request: the dashboard's live feed.
 	Events http.Handler
+	// History answers GET /api/devices/{id}/history; nil: 404.
+	History History
+	// Metrics, if set, is served at GET /metrics under the same
+	// authentication as /api/ (see package controllerlite/metrics).
+	Metrics http.Handler
 }
 
 type handler struct {
@@ -92,14 +100,18 @@ func NewHandler(f Fleet, o Options) http.Handler {
 	mux.HandleFunc("GET /api/devices", h.auth(h.list))
 	mux.HandleFunc("GET /api/devices/{id}", h.auth(h.get))
 	mux.HandleFunc("PUT /api/devices/{id}", h.auth(h.put))
+	mux.HandleFunc("GET /api/devices/{id}/history", h.auth(h.history))
 	if o.Events != nil {
 		mux.HandleFunc("GET /api/events", h.auth(o.Events.ServeHTTP))
 	}
 	mux.HandleFunc("GET /healthz", h.health)
+	if o.Metrics != nil {
+		mux.HandleFunc("GET /metrics", h.auth(o.Metrics.ServeHTTP))
+	}
 	return mux
 }
 
-// auth wraps an /api/ handler with the bearer-token check.
+// auth wraps an /api/ handler (and /metrics) with the bearer-token check.
 func (h *handler) auth(next http.HandlerFunc) http.HandlerFunc {
 	if h.opts.Token == "" {
 		return next

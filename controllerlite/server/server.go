@@ -19,6 +19,9 @@ import (
 	"github.com/thermofleet/thermo/controllerlite/api"
 	"github.com/thermofleet/thermo/controllerlite/broker"
 	"github.com/thermofleet/thermo/controllerlite/fleet"
+	"github.com/thermofleet/thermo/controllerlite/hass"
+	"github.com/thermofleet/thermo/controllerlite/history"
+	"github.com/thermofleet/thermo/controllerlite/metrics"
 	"github.com/thermofleet/thermo/controllerlite/store"
 	"github.com/thermofleet/thermo/controllerlite/web"
 	"github.com/thermofleet/thermo/protocol"
@@ -75,6 +78,12 @@ type Config struct {
 	KeepAlive time.Duration
 	// TopicRoot defaults to protocol.DefaultRoot.
 	TopicRoot string
+	// HomeAssistant, when its Broker is set, bridges the fleet to Home
+	// Assistant's broker (package hass).
+	HomeAssistant hass.Options
+	// Metrics serves Prometheus metrics at /metrics on the API's listener,
+	// with the API's authentication (package controllerlite/metrics).
+	Metrics bool
 	// Logger defaults to slog.Default().
 	Logger *slog.Logger
 }
@@ -84,6 +93,7 @@ type Server struct {
 	cfg    Config
 	log    *slog.Logger
 	st     *store.Store
+	hist   *history.History
 	fl     *fleet.Fleet
 	br     *broker.Broker
 	tc     *transport.Client
@@ -119,7 +129,16 @@ func Start(ctx context.Context, cfg Config) (_ *Server, err error) {
 	if s.st, err = store.Open(cfg.DataDir); err != nil {
 		return nil, err
 	}
-	if s.fl, err = fleet.New(fleet.Options{Store: s.st, TopicRoot: cfg.TopicRoot, Logger: s.log.With("part", "fleet")}); err != nil {
+	if s.hist, err = history.Open(cfg.DataDir, history.Options{Logger: s.log.With("part", "history")}); err != nil {
+		return nil, err
+	}
+	fopts := fleet.Options{Store: s.st, Telemetry: s.hist, TopicRoot: cfg.TopicRoot, Logger: s.log.With("part", "fleet")}
+	var m *metrics.Metrics
+	if cfg.Metrics {
+		m = metrics.New(s.log.With("part", "metrics"))
+		fopts.Meter = m
+	}
+	if s.fl, err = fleet.New(fopts); err != nil {
 		return nil, err
 	}
 
@@ -158,14 +177,30 @@ func Start(ctx context.Context, cfg Config) (_ *Server, err error) {
 	}
 	s.wg.Add(1)
 	go func() { defer s.wg.Done(); s.fl.Run(runCtx) }()
+	if cfg.HomeAssistant.Broker != "" {
+		bridge, err := hass.New(s.fl, cfg.HomeAssistant)
+		if err != nil {
+			return nil, err
+		}
+		s.wg.Add(1)
+		go func() { defer s.wg.Done(); bridge.Run(runCtx) }()
+	}
 
 	// The dashboard shares the API's listener: its pages write through
 	// the API, which takes its session cookie in place of the token.
 	dash := web.New(s.fl, web.Options{Token: cfg.HTTPToken, Logger: s.log.With("part", "web")})
-	apiHandler := api.NewHandler(s.fl, api.Options{Token: cfg.HTTPToken, Logger: s.log.With("part", "api"),
-		Session: dash.Session, Events: dash.Events()})
+	aopts := api.Options{Token: cfg.HTTPToken, History: s.hist, Logger: s.log.With("part", "api"),
+		Session: dash.Session, Events: dash.Events()}
+	if m != nil {
+		var b metrics.Broker
+		if s.br != nil {
+			b = s.br
+		}
+		m.Watch(s.fl, b)
+		aopts.Metrics = m.Handler()
+	}
 	s.http = &http.Server{
-		Handler:           dash.Handler(apiHandler),
+		Handler:           dash.Handler(api.NewHandler(s.fl, aopts)),
 		ReadHeaderTimeout: 10 * time.Second,
 		ReadTimeout:       30 * time.Second,
 		IdleTimeout:       2 * time.Minute,
@@ -235,6 +270,14 @@ func check(cfg *Config) error {
 	if cfg.DataDir == "" {
 		return errors.New("--data-dir is required")
 	}
+	if cfg.HomeAssistant.Broker != "" {
+		if cfg.HomeAssistant.Logger == nil {
+			cfg.HomeAssistant.Logger = cfg.Logger.With("part", "hass")
+		}
+		if err := cfg.HomeAssistant.Check(); err != nil {
+			return err
+		}
+	}
 	if cfg.TopicRoot == "" {
 		cfg.TopicRoot = protocol.DefaultRoot
 	}
@@ -272,8 +315,9 @@ func check(cfg *Config) error {
 }
 
 // shutdown stops the parts in order: no new API requests, then the fleet
-// (which writes what it has not yet stored), then the broker (its clients'
-// wills go out), then the store.
+// (which writes what it has not yet stored), then the history (its
+// samples waiting are written), then the broker (its clients' wills go
+// out), then the store.
 func (s *Server) shutdown() {
 	if s.http != nil {
 		ctx, cancel := context.WithTimeout(context.Background(), shutdownGrace)
@@ -292,6 +336,11 @@ func (s *Server) shutdown() {
 		s.cancel()
 	}
 	s.wg.Wait()
+	if s.hist != nil {
+		if err := s.hist.Close(); err != nil {
+			s.log.Warn("history close", "error", err)
+		}
+	}
 	if s.br != nil {
 		if err := s.br.Close(); err != nil {
 			s.log.Warn("broker close", "error", err)

@@ -18,8 +18,10 @@ import (
 	"io/fs"
 	"log/slog"
 	"math"
+	"net"
 	"os"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -73,6 +75,9 @@ type Config struct {
 	// KeepAlive is the MQTT keep-alive; a broker silent this long is dropped.
 	KeepAlive time.Duration `yaml:"keep_alive"`
 	LogLevel  string        `yaml:"log_level"`
+	// MetricsAddr, if set, serves Prometheus metrics at /metrics on this
+	// host:port, without authentication (firmware/metrics).
+	MetricsAddr string `yaml:"metrics_addr"`
 
 	// Sim tunes the simulated board of --hal sim.
 	Sim SimConfig `yaml:"sim"`
@@ -124,7 +129,7 @@ func Default() Config {
 
 // keys are the top-level keys of the file, in the order of Config.
 var keys = []string{"broker", "ca", "cert", "key", "state_dir", "hal", "control_socket", "topic_root",
-	"telemetry_interval", "sync_timeout", "keep_alive", "log_level", "sim", "hardware", "control", "presets", "schedule"}
+	"telemetry_interval", "sync_timeout", "keep_alive", "log_level", "metrics_addr", "sim", "hardware", "control", "presets", "schedule"}
 
 // Parse reads a configuration file's contents over Default(). name is the
 // file's name, for messages.
@@ -266,6 +271,13 @@ func (c *Config) Validate() error {
 	if _, err := ParseLevel(c.LogLevel); err != nil {
 		return c.errorf("log_level", "%v", err)
 	}
+	if c.MetricsAddr != "" {
+		if _, port, err := net.SplitHostPort(c.MetricsAddr); err != nil {
+			return c.errorf("metrics_addr", "%q is not host:port (such as 127.0.0.1:9100): %v", c.MetricsAddr, err)
+		} else if _, err := strconv.ParseUint(port, 10, 16); err != nil {
+			return c.errorf("metrics_addr", "%q: port %q is not a number from 0 to 65535", c.MetricsAddr, port)
+		}
+	}
 	if s := c.Sim.Speed; math.IsNaN(s) || s < 0 || s > 10000 {
 		return c.errorf("sim", "speed %v is outside 0..10000", s)
 	}
@@ -306,7 +318,7 @@ var flagKeys = map[string]string{
 	"broker": "broker", "ca": "ca", "cert": "cert", "key": "key", "state-dir": "state_dir",
 	"hal": "hal", "control-socket": "control_socket", "topic-root": "topic_root",
 	"telemetry-interval": "telemetry_interval", "sync-timeout": "sync_timeout",
-	"keep-alive": "keep_alive", "log-level": "log_level", "sim-speed": "sim",
+	"keep-alive": "keep_alive", "log-level": "log_level", "metrics-addr": "metrics_addr", "sim-speed": "sim",
 }
 
 // RegisterFlags adds the flags of `thermostat run` to fs.
@@ -326,6 +338,7 @@ func RegisterFlags(fs *flag.FlagSet) *Flags {
 	fs.DurationVar(&s.SyncTimeout, "sync-timeout", s.SyncTimeout, "how long a device with lost state waits to hear from the controller")
 	fs.DurationVar(&s.KeepAlive, "keep-alive", s.KeepAlive, "MQTT keep-alive; a broker silent this long is dropped")
 	fs.StringVar(&s.LogLevel, "log-level", s.LogLevel, "debug, info, warn or error")
+	fs.StringVar(&s.MetricsAddr, "metrics-addr", "", "serve Prometheus metrics at /metrics on this host:port (off when empty; no authentication, so keep it on loopback or a trusted network)")
 	fs.Float64Var(&s.Sim.Speed, "sim-speed", 0, "with --hal sim: run the simulated room this many times faster than real time")
 	return f
 }
@@ -380,6 +393,8 @@ func (f *Flags) Config() (Config, error) {
 			c.KeepAlive = s.KeepAlive
 		case "log_level":
 			c.LogLevel = s.LogLevel
+		case "metrics_addr":
+			c.MetricsAddr = s.MetricsAddr
 		case "sim":
 			c.Sim.Speed = s.Sim.Speed
 		}
