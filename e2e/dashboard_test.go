@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
@@ -256,8 +257,6 @@ func TestDashboard(t *testing.T) {
 		chromedp.Click(chromedp.CSS(`[data-day="wed"] .entry:nth-child(1) .del`)))
 	do(t, ctx, "run it and save", chromedp.Click(chromedp.ID("sched-enabled")), chromedp.Click(chromedp.ID("sched-save")))
 	waitPage(t, ctx, "week program saved", `document.getElementById('sched-msg').textContent.startsWith('saved')`, `document.getElementById('sched-msg').textContent`)
-	screenshot(t, ctx, "dashboard-device", desktop)
-	screenshot(t, ctx, "dashboard-device-phone", phone)
 	eventually(t, "d1 runs the page's week program", func() (bool, string) {
 		st, err := d1.status()
 		if err != nil {
@@ -271,6 +270,20 @@ func TestDashboard(t *testing.T) {
 	})
 
 	// The history chart draws from the controller's history.
+	// The history is written every few seconds: wait until it holds
+	// d1's readings, then choose the periods as a person would.
+	eventually(t, "d1's history holds readings", func() (bool, string) {
+		res, err := http.Get(base + "/api/devices/d1/history")
+		if err != nil {
+			return false, err.Error()
+		}
+		defer res.Body.Close()
+		var h struct {
+			Points []json.RawMessage `json:"points"`
+		}
+		b, _ := io.ReadAll(res.Body)
+		return json.Unmarshal(b, &h) == nil && len(h.Points) > 0, string(b)
+	})
 	waitPage(t, ctx, "the chart's canvas", `document.querySelector('#chart canvas') !== null`, `document.getElementById('chart-msg').textContent`)
 	do(t, ctx, "7 days", chromedp.Click(chromedp.CSS(`#range button[data-range="7d"]`)))
 	waitPage(t, ctx, "the 7-day chart has points", `document.querySelector('#chart canvas') && +document.getElementById('chart').dataset.points > 0`,
@@ -278,6 +291,8 @@ func TestDashboard(t *testing.T) {
 	do(t, ctx, "24 hours", chromedp.Click(chromedp.CSS(`#range button[data-range="24h"]`)))
 	waitPage(t, ctx, "the 24-hour chart has points", `+document.getElementById('chart').dataset.points > 0`,
 		`document.getElementById('chart').dataset.points + ' ' + document.getElementById('chart-msg').textContent`)
+	screenshot(t, ctx, "dashboard-device", desktop)
+	screenshot(t, ctx, "dashboard-device-phone", phone)
 
 	// Back to the fleet; a stopped thermostat greys out within a second of
 	// the controller knowing it is offline.

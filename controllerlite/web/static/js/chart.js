@@ -89,6 +89,9 @@ export class HistoryChart {
       ...this.size(),
       scales: {
         x: { time: true, range: () => [this.from, this.to] },
+        // At least 2 degrees tall, so a steady room is a flat line in the
+        // middle rather than noise blown up to the full height.
+        y: { range: (_, lo, hi) => (lo == null ? [15, 25] : [Math.floor(Math.min(lo, (lo + hi) / 2 - 1)), Math.ceil(Math.max(hi, (lo + hi) / 2 + 1))]) },
         duty: { range: [0, 1] },
       },
       series: [
@@ -100,7 +103,7 @@ export class HistoryChart {
       ],
       axes: [
         {},
-        { label: u, values: (_, ticks) => ticks.map((v) => v.toFixed(0)) },
+        { label: u },
         { scale: 'duty', show: false },
       ],
       legend: { live: true },

@@ -15,11 +15,15 @@ let dev = null;
 document.title = id + ' · controllerlite';
 $('name').textContent = id;
 
-// msg shows the outcome of a change next to its control.
+// msg shows the outcome of a change next to its control; "saved" fades
+// after a while, a refusal stays until the next try.
+const fades = {};
 function msg(target, text, kind) {
   const m = $(target);
   m.textContent = text;
   m.className = 'msg' + (kind ? ' ' + kind : '');
+  clearTimeout(fades[target]);
+  if (kind === 'ok') fades[target] = setTimeout(() => { if (m.textContent === text) m.textContent = ''; }, 8000);
 }
 
 // send writes changes and shows the outcome in target.
@@ -61,6 +65,7 @@ function renderNow() {
 
 const sp = $('sp');
 let spTimer = null;
+let shownSp; // the setpoint the field last showed
 
 function renderSetpoint() {
   $('sp-unit').textContent = unitLabel();
@@ -68,6 +73,9 @@ function renderSetpoint() {
   // Never overwrite what a person is typing or about to send.
   if (document.activeElement === sp || spTimer || !dev) return;
   const c = prop(dev, 'setpoint_c');
+  // A refusal next to the field is stale once the setpoint changed.
+  if (c !== shownSp && $('sp-msg').classList.contains('error')) msg('sp-msg', '', '');
+  shownSp = c;
   sp.value = typeof c === 'number' ? String(Math.round(toUnit(c) * 10) / 10) : '';
 }
 
