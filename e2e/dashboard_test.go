@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/chromedp/cdproto/network"
+	"github.com/chromedp/cdproto/page"
 	"github.com/chromedp/cdproto/runtime"
 	"github.com/chromedp/chromedp"
 
@@ -77,6 +78,13 @@ func browser(t *testing.T) context.Context {
 		}
 	}); err != nil {
 		t.Fatalf("start chromium: %v", err)
+	}
+	// Anything the pages' Content-Security-Policy blocks is a bug: it
+	// would silently not work for the user.
+	if _, err := chromedp.Call(ctx, page.AddScriptToEvaluateOnNewDocument, page.AddScriptToEvaluateOnNewDocumentParams{
+		Source: `window.cspViolations = []; document.addEventListener('securitypolicyviolation', (e) => window.cspViolations.push(e.violatedDirective + ' ' + e.blockedURI));`,
+	}); err != nil {
+		t.Fatal(err)
 	}
 	t.Cleanup(func() {
 		mu.Lock()
@@ -143,6 +151,9 @@ func screenshot(t *testing.T, ctx context.Context, name string, size [2]int64) {
 		}),
 		chromedp.EmulateViewport(desktop[0], desktop[1]),
 	)
+	if v := evalJS[[]string](t, ctx, `window.cspViolations || []`); len(v) > 0 {
+		t.Errorf("%s: the Content-Security-Policy blocked %q", name, v)
+	}
 	dirs := []string{os.Getenv("THERMO_ARTIFACTS")}
 	if dirs[0] == "" {
 		dirs[0] = "artifacts"

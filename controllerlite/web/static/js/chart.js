@@ -32,7 +32,15 @@ export class HistoryChart {
     return { width: w, height: Math.round(Math.min(320, Math.max(200, w * 0.45))) };
   }
 
+  // fresh reloads the chart when the feed brought news and the last load
+  // is over a minute old: the history grows with the telemetry, and this
+  // follows it without a polling loop of its own.
+  fresh() {
+    if (this.loadedAt && Date.now() - this.loadedAt > 60e3) this.load();
+  }
+
   async load() {
+    this.loadedAt = Date.now();
     const r = RANGES[this.range];
     const to = new Date();
     const from = new Date(to.getTime() - r.ms);

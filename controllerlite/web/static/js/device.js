@@ -178,7 +178,11 @@ live({
     }
     show(d);
   },
-  onDevice(d) { if (d.id === id) show(d); },
+  onDevice(d) {
+    if (d.id !== id) return;
+    show(d);
+    chart.fresh();
+  },
   onRemoved(x) {
     if (x !== id) return;
     $('unknown').hidden = false;
