@@ -124,7 +124,7 @@ func (d *Dashboard) login(w http.ResponseWriter, r *http.Request) {
 	http.SetCookie(w, &http.Cookie{
 		Name: CookieName, Value: id, Path: "/", Expires: exp,
 		MaxAge: int(d.opts.SessionTTL / time.Second), HttpOnly: true,
-		Secure: r.TLS != nil, SameSite: http.SameSiteStrictMode,
+		Secure: overTLS(r), SameSite: http.SameSiteStrictMode,
 	})
 	d.log.Info("web: login", "remote", r.RemoteAddr)
 	http.Redirect(w, r, next, http.StatusSeeOther)
@@ -136,8 +136,16 @@ func (d *Dashboard) logout(w http.ResponseWriter, r *http.Request) {
 		d.sessions.remove(c.Value)
 	}
 	http.SetCookie(w, &http.Cookie{Name: CookieName, Value: "", Path: "/", MaxAge: -1,
-		HttpOnly: true, Secure: r.TLS != nil, SameSite: http.SameSiteStrictMode})
+		HttpOnly: true, Secure: overTLS(r), SameSite: http.SameSiteStrictMode})
 	http.Redirect(w, r, "/login", http.StatusSeeOther)
+}
+
+// overTLS reports whether the browser reached us over TLS: directly, or
+// through a reverse proxy that terminates TLS and says so. Trusting the
+// header is safe here: it can only add Secure to the cookie, which keeps
+// it off plain HTTP.
+func overTLS(r *http.Request) bool {
+	return r.TLS != nil || strings.EqualFold(r.Header.Get("X-Forwarded-Proto"), "https")
 }
 
 // localPath returns p if it is a path on this site, else "/": the login's

@@ -7,7 +7,7 @@
 // listener: a setpoint set on the page is a PUT /api/devices/{id} like the
 // CLI's. With a token (--http-token-file) a browser logs in once with it
 // at /login and gets a session cookie (HttpOnly, SameSite=Strict, Secure
-// over TLS), which the API accepts in place of the bearer token. Without a
+// over TLS, a TLS-terminating proxy's included), which the API accepts in place of the bearer token. Without a
 // token the controller listens on loopback only (api.Listen) and the pages
 // open directly.
 //

@@ -235,6 +235,15 @@ func TestLoginCookieSecureOverTLS(t *testing.T) {
 	if cs := res.Cookies(); len(cs) != 1 || !cs[0].Secure || !cs[0].HttpOnly {
 		t.Errorf("cookie over TLS: %v, want Secure and HttpOnly", res.Header["Set-Cookie"])
 	}
+
+	// Behind a proxy that terminates TLS.
+	plain := httptest.NewServer(d.Handler(http.NotFoundHandler()))
+	defer plain.Close()
+	res = do(t, "POST", plain.URL+"/login", strings.NewReader("token=tok"), map[string]string{
+		"Content-Type": "application/x-www-form-urlencoded", "X-Forwarded-Proto": "https"})
+	if cs := res.Cookies(); len(cs) != 1 || !cs[0].Secure {
+		t.Errorf("cookie behind a TLS proxy: %v, want Secure", res.Header["Set-Cookie"])
+	}
 }
 
 // sse reads server-sent events.
