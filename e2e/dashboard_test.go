@@ -4,7 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"io"
+	"math"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
@@ -22,7 +22,9 @@ import (
 	"github.com/chromedp/chromedp"
 
 	"github.com/thermofleet/thermo/controllerlite/api"
+	"github.com/thermofleet/thermo/controllerlite/history"
 	"github.com/thermofleet/thermo/controllerlite/web"
+	"github.com/thermofleet/thermo/protocol"
 )
 
 // The dashboard in a real browser: headless Chromium (Debian's chromium,
@@ -184,7 +186,9 @@ func TestDashboard(t *testing.T) {
 	}
 	ctx := browser(t)
 	w := newBareWorld(t, embedded)
-	ctl := startBinController(t, w, t.TempDir())
+	dataDir := t.TempDir()
+	seedHistory(t, dataDir, "d1", 8*24*time.Hour)
+	ctl := startBinController(t, w, dataDir)
 	fast := []string{"--telemetry-interval", "1s", "--sim-speed", "60"}
 	d1 := newBinThermostat(t, w, "d1", fast...).start()
 	d2 := newBinThermostat(t, w, "d2", fast...).start()
@@ -280,28 +284,25 @@ func TestDashboard(t *testing.T) {
 			len(tue) == 1 && tue[0].At == "22:15" && tue[0].Preset == "sleep" && len(s.Week["wed"]) == 0, string(b)
 	})
 
-	// The history chart draws from the controller's history.
-	// The history is written every few seconds: wait until it holds
-	// d1's readings, then choose the periods as a person would.
-	eventually(t, "d1's history holds readings", func() (bool, string) {
-		res, err := http.Get(base + "/api/devices/d1/history")
-		if err != nil {
-			return false, err.Error()
-		}
-		defer res.Body.Close()
-		var h struct {
-			Points []json.RawMessage `json:"points"`
-		}
-		b, _ := io.ReadAll(res.Body)
-		return json.Unmarshal(b, &h) == nil && len(h.Points) > 0, string(b)
-	})
-	waitPage(t, ctx, "the chart's canvas", `document.querySelector('#chart canvas') !== null`, `document.getElementById('chart-msg').textContent`)
-	do(t, ctx, "7 days", chromedp.Click(chromedp.CSS(`#range button[data-range="7d"]`)))
-	waitPage(t, ctx, "the 7-day chart has points", `document.querySelector('#chart canvas') && +document.getElementById('chart').dataset.points > 0`,
+	// The history chart draws from the controller's history: a week
+	// recorded before this controller started, and what it records now.
+	waitPage(t, ctx, "the 24-hour chart", `document.querySelector('#chart canvas') && +document.getElementById('chart').dataset.points >= 250`,
 		`document.getElementById('chart').dataset.points + ' ' + document.getElementById('chart-msg').textContent`)
-	do(t, ctx, "24 hours", chromedp.Click(chromedp.CSS(`#range button[data-range="24h"]`)))
-	waitPage(t, ctx, "the 24-hour chart has points", `+document.getElementById('chart').dataset.points > 0`,
-		`document.getElementById('chart').dataset.points + ' ' + document.getElementById('chart-msg').textContent`)
+	for _, c := range []struct {
+		button string
+		min    int
+	}{
+		{"7d", 7 * 24}, // an hour a point
+		{"30d", 8 * 4}, // six hours a point, 8 days recorded
+		{"24h", 250},   // five minutes a point
+	} {
+		do(t, ctx, "choose "+c.button, chromedp.Click(chromedp.CSS(`#range button[data-range="`+c.button+`"]`)))
+		waitPage(t, ctx, fmt.Sprintf("the %s chart with at least %d points", c.button, c.min),
+			fmt.Sprintf(`document.querySelector('#chart canvas') && +document.getElementById('chart').dataset.points >= %d`, c.min),
+			`document.getElementById('chart').dataset.points + ' ' + document.getElementById('chart-msg').textContent`)
+	}
+	do(t, ctx, "choose 7 days", chromedp.Click(chromedp.CSS(`#range button[data-range="7d"]`)))
+	waitPage(t, ctx, "the 7-day chart", `+document.getElementById('chart').dataset.points >= 168`, `document.getElementById('chart').dataset.points`)
 	screenshot(t, ctx, "dashboard-device", desktop)
 	screenshot(t, ctx, "dashboard-device-phone", phone)
 
@@ -309,6 +310,9 @@ func TestDashboard(t *testing.T) {
 	// the controller knowing it is offline.
 	do(t, ctx, "open the fleet", chromedp.Navigate(base+"/"), chromedp.WaitVisible(chromedp.ID("dev-d2")))
 	waitPage(t, ctx, "the feed is live", `document.getElementById('feed').dataset.state === 'live'`, `document.getElementById('feed').dataset.state`)
+	// d1's card shows its week program's next entry, from its telemetry.
+	waitPage(t, ctx, "d1's next entry on its card", `(document.querySelector('#dev-d1 .next') || {}).textContent?.startsWith('next: ')`,
+		`document.querySelector('#dev-d1').innerText`)
 	screenshot(t, ctx, "dashboard-fleet", desktop)
 	screenshot(t, ctx, "dashboard-fleet-phone", phone)
 	evalJS[bool](t, ctx, `window.greyAt = 0; new MutationObserver(() => {
@@ -462,6 +466,36 @@ func typeInto(t *testing.T, ctx context.Context, sel, keys string) {
 	do(t, ctx, "type "+keys+" into "+sel,
 		chromedp.Evaluate[chromedp.Void](`(() => { const e = document.querySelector(`+strconv.Quote(sel)+`); e.focus(); e.value = ''; return true; })()`),
 		chromedp.SendKeys(chromedp.CSS(sel), keys))
+}
+
+// seedHistory writes span of a room's life for device id into the
+// controller's history in dataDir, as the controller records telemetry
+// (history.Open, Telemetry): a heated room following a day and night
+// setpoint, a sample every two minutes, up to a minute ago.
+func seedHistory(t *testing.T, dataDir, id string, span time.Duration) {
+	t.Helper()
+	h, err := history.Open(dataDir, history.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := time.Now()
+	for at := now.Add(-span); at.Before(now.Add(-time.Minute)); at = at.Add(2 * time.Minute) {
+		sp := 18.0
+		if hr := at.Hour(); hr >= 7 && hr < 22 {
+			sp = 21
+		}
+		temp := sp - 0.4 + 0.5*math.Sin(float64(at.Unix())/1500) + 0.1*math.Sin(float64(at.Unix())/97)
+		heat := temp < sp-0.2
+		action := protocol.ActionIdle
+		if heat {
+			action = protocol.ActionHeating
+		}
+		h.Telemetry(id, at, protocol.Telemetry{V: 1, TS: at, TempC: &temp, Heat: heat, SensorOK: true, Action: action},
+			protocol.Props{protocol.PropSetpoint: {Val: sp}, protocol.PropMode: {Val: protocol.ModeHeat}})
+	}
+	if err := h.Close(); err != nil {
+		t.Fatal(err)
+	}
 }
 
 // setInput sets an input or select as a person would: chromedp's SetValue

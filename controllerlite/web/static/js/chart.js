@@ -106,8 +106,8 @@ export class HistoryChart {
         {},
         { label: 'room', stroke: '#d35400', width: 2, value: (_, v) => (v == null ? '–' : v.toFixed(1) + ' ' + u) },
         { label: 'setpoint', stroke: '#2c3e50', width: 1.5, dash: [6, 4], paths: stepped, value: (_, v) => (v == null ? '–' : v.toFixed(1) + ' ' + u) },
-        { label: 'heating', scale: 'duty', stroke: 'rgba(231,76,60,0.6)', fill: 'rgba(231,76,60,0.2)', width: 0, paths: stepped, value: (_, v) => (v == null ? '–' : Math.round(v * 100) + ' %') },
-        { label: 'cooling', scale: 'duty', stroke: 'rgba(41,128,185,0.6)', fill: 'rgba(41,128,185,0.2)', width: 0, paths: stepped, value: (_, v) => (v == null ? '–' : Math.round(v * 100) + ' %') },
+        { label: 'heating', scale: 'duty', stroke: 'rgba(231,76,60,0.6)', fill: 'rgba(231,76,60,0.13)', width: 0, paths: stepped, value: (_, v) => (v == null ? '–' : Math.round(v * 100) + ' %') },
+        { label: 'cooling', scale: 'duty', stroke: 'rgba(41,128,185,0.6)', fill: 'rgba(41,128,185,0.13)', width: 0, paths: stepped, value: (_, v) => (v == null ? '–' : Math.round(v * 100) + ' %') },
       ],
       axes: [
         {},
