@@ -284,6 +284,20 @@ func TestDashboard(t *testing.T) {
 			len(tue) == 1 && tue[0].At == "22:15" && tue[0].Preset == "sleep" && len(s.Week["wed"]) == 0, string(b)
 	})
 
+	// What only the controller can check, it refuses with the reason,
+	// shown beside the week program; the device keeps its program.
+	do(t, ctx, "a zone that does not exist", chromedp.SendKeys(chromedp.ID("sched-tz"), "Mars/Olympus"), chromedp.Click(chromedp.ID("sched-save")))
+	waitPage(t, ctx, "the zone refused with the reason", `document.getElementById('sched-msg').classList.contains('error') && document.getElementById('sched-msg').textContent.includes('Mars/Olympus')`,
+		`document.getElementById('sched-msg').textContent`)
+	t.Logf("refusal shown: %q", evalJS[string](t, ctx, `document.getElementById('sched-msg').textContent`))
+	if st, err := d1.status(); err != nil {
+		t.Error(err)
+	} else if sch, _ := st.Props.Schedule(); sch.TZ != "" || len(sch.Week["mon"]) != 1 {
+		t.Errorf("after a refused zone the thermostat holds %+v", sch)
+	}
+	do(t, ctx, "revert", chromedp.Click(chromedp.ID("sched-revert")))
+	waitPage(t, ctx, "the zone reverted", `document.getElementById('sched-tz').value === ''`, `document.getElementById('sched-tz').value`)
+
 	// The history chart draws from the controller's history: a week
 	// recorded before this controller started, and what it records now.
 	waitPage(t, ctx, "the 24-hour chart", `document.querySelector('#chart canvas') && +document.getElementById('chart').dataset.points >= 250`,
