@@ -7,9 +7,9 @@
 // listener: a setpoint set on the page is a PUT /api/devices/{id} like the
 // CLI's. With a token (--http-token-file) a browser logs in once with it
 // at /login and gets a session cookie (HttpOnly, SameSite=Strict, Secure
-// over TLS, a TLS-terminating proxy's included), which the API accepts in place of the bearer token. Without a
-// token the controller listens on loopback only (api.Listen) and the pages
-// open directly.
+// over TLS, a TLS-terminating proxy's included), which the API accepts in
+// place of the bearer token. Without a token the controller listens on
+// loopback only (api.Listen) and the pages open directly.
 //
 // Handler wraps the whole site, the API included, in two checks a browser
 // makes necessary: http.CrossOriginProtection refuses a state-changing
@@ -37,8 +37,9 @@ import (
 	"github.com/thermofleet/thermo/protocol"
 )
 
-// static holds what the pages load (CSS, ES modules, the vendored chart
-// library); pages the HTML, filled in by html/template.
+// staticFS holds what the pages load (CSS, ES modules, the vendored chart
+// library), served as they are; pagesFS the HTML, filled in by
+// html/template.
 var (
 	//go:embed static
 	staticFS embed.FS
