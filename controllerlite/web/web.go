@@ -21,6 +21,8 @@ package web
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"embed"
 	"encoding/json"
 	"html/template"
@@ -119,7 +121,7 @@ func New(f Fleet, o Options) *Dashboard {
 	return &Dashboard{
 		f: f, opts: o, log: o.Logger,
 		sessions: newSessions(o.SessionTTL, o.Now),
-		static:   http.StripPrefix("/static/", http.FileServerFS(sub)),
+		static:   http.StripPrefix("/static/", etagged(sub, http.FileServerFS(sub))),
 		slots:    make(chan struct{}, o.MaxStreams),
 		ctx:      ctx, cancel: cancel,
 	}
@@ -207,6 +209,35 @@ func (d *Dashboard) render(w http.ResponseWriter, code int, name string, data pa
 	if err := pages.ExecuteTemplate(w, name, data); err != nil {
 		d.log.Warn("web: page", "page", name, "error", err)
 	}
+}
+
+// etagged gives each static file an ETag of its content and asks
+// browsers to revalidate: embedded files have no modification time, so
+// without it a phone would fetch the chart library on every page.
+func etagged(fsys fs.FS, next http.Handler) http.Handler {
+	tags := map[string]string{}
+	err := fs.WalkDir(fsys, ".", func(p string, d fs.DirEntry, err error) error {
+		if err != nil || d.IsDir() {
+			return err
+		}
+		b, err := fs.ReadFile(fsys, p)
+		if err != nil {
+			return err
+		}
+		sum := sha256.Sum256(b)
+		tags[p] = `"` + hex.EncodeToString(sum[:12]) + `"`
+		return nil
+	})
+	if err != nil {
+		panic(err) // the embedded tree is part of the binary
+	}
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if tag, ok := tags[strings.TrimPrefix(r.URL.Path, "/")]; ok {
+			w.Header().Set("ETag", tag)
+			w.Header().Set("Cache-Control", "no-cache")
+		}
+		next.ServeHTTP(w, r)
+	})
 }
 
 // securityHeaders: the pages load nothing from elsewhere and are never

@@ -109,6 +109,26 @@ func TestPagesWithoutToken(t *testing.T) {
 	}
 }
 
+// Static files carry an ETag, so a browser revalidates instead of
+// fetching them again.
+func TestStaticETag(t *testing.T) {
+	d := web.New(nil, web.Options{Logger: quiet})
+	srv := httptest.NewServer(d.Handler(http.NotFoundHandler()))
+	defer srv.Close()
+	u := srv.URL + "/static/vendor/uplot/uPlot.iife.min.js"
+	res := do(t, "GET", u, nil, nil)
+	tag := res.Header.Get("ETag")
+	if res.StatusCode != 200 || tag == "" || res.Header.Get("Cache-Control") != "no-cache" {
+		t.Fatalf("GET %s: %s ETag %q Cache-Control %q", u, res.Status, tag, res.Header.Get("Cache-Control"))
+	}
+	if res := do(t, "GET", u, nil, map[string]string{"If-None-Match": tag}); res.StatusCode != http.StatusNotModified {
+		t.Errorf("with If-None-Match: %s, want 304", res.Status)
+	}
+	if res := do(t, "GET", srv.URL+"/static/app.css", nil, map[string]string{"If-None-Match": tag}); res.StatusCode != 200 {
+		t.Errorf("another file with the first's tag: %s, want 200", res.Status)
+	}
+}
+
 // Cross-site state changes are refused before they reach the API; safe
 // methods, same-origin requests and clients that are no browser pass.
 func TestCrossOrigin(t *testing.T) {
