@@ -227,12 +227,21 @@ func TestDashboard(t *testing.T) {
 	do(t, ctx, "press + twice", chromedp.Click(chromedp.ID("sp-up")), chromedp.Click(chromedp.ID("sp-up")))
 	waitThermostat(t, d1, "setpoint 24.5 from +", func(sp float64, _, _ string) bool { return sp == 24.5 })
 
+	// In °F the field shows and takes °F; the thermostat gets Celsius,
+	// rounded to 0.1: 72 °F is 22.2 °C.
+	do(t, ctx, "switch to °F", chromedp.Click(chromedp.ID("unit")))
+	waitPage(t, ctx, "the setpoint in °F", `document.getElementById('sp').value === '76.1' && document.getElementById('sp-unit').textContent === '°F'`,
+		`document.getElementById('sp').value + document.getElementById('sp-unit').textContent`)
+	typeInto(t, ctx, "#sp", "72\r")
+	waitThermostat(t, d1, "72 °F as 22.2 °C", func(sp float64, _, _ string) bool { return sp == 22.2 })
+	do(t, ctx, "back to °C", chromedp.Click(chromedp.ID("unit")))
+
 	// A refused value: the controller's reason beside the control, nothing sent.
 	typeInto(t, ctx, "#sp", "40\r")
 	waitPage(t, ctx, "the reason 40 is refused", `document.getElementById('sp-msg').classList.contains('error') && /setpoint/.test(document.getElementById('sp-msg').textContent)`, `document.getElementById('sp-msg').textContent`)
 	t.Logf("refusal shown: %q", evalJS[string](t, ctx, `document.getElementById('sp-msg').textContent`))
-	if st, err := d1.status(); err != nil || mustSetpoint(st.Props.Setpoint()) != 24.5 {
-		t.Errorf("after a refused 40: thermostat %v %v, want 24.5", st.Props, err)
+	if st, err := d1.status(); err != nil || mustSetpoint(st.Props.Setpoint()) != 22.2 {
+		t.Errorf("after a refused 40: thermostat %v %v, want 22.2 still", st.Props, err)
 	}
 
 	// Mode and preset.
@@ -251,7 +260,8 @@ func TestDashboard(t *testing.T) {
 		t.Error("the page reloaded to show the thermostat's change")
 	}
 
-	// The week program: two entries on Monday, one moved to Tuesday, saved.
+	// The week program: two entries on Monday, one moved to Tuesday,
+	// Monday copied to Wednesday, saved.
 	do(t, ctx, "add two entries on Monday",
 		chromedp.Click(chromedp.CSS(`[data-day="mon"] button.add`)),
 		chromedp.Click(chromedp.CSS(`[data-day="mon"] button.add`)))
@@ -270,6 +280,7 @@ func TestDashboard(t *testing.T) {
 		`document.querySelector('[data-day="wed"] .day-errors').textContent`)
 	do(t, ctx, "delete one of Wednesday's", chromedp.Click(chromedp.CSS(`[data-day="wed"] .entry:nth-child(2) .del`)),
 		chromedp.Click(chromedp.CSS(`[data-day="wed"] .entry:nth-child(1) .del`)))
+	setInput(t, ctx, `[data-day="mon"] .copy`, "wed")
 	do(t, ctx, "run it and save", chromedp.Click(chromedp.ID("sched-enabled")), chromedp.Click(chromedp.ID("sched-save")))
 	waitPage(t, ctx, "week program saved", `document.getElementById('sched-msg').textContent.startsWith('saved')`, `document.getElementById('sched-msg').textContent`)
 	eventually(t, "d1 runs the page's week program", func() (bool, string) {
@@ -281,7 +292,8 @@ func TestDashboard(t *testing.T) {
 		b, _ := json.Marshal(s)
 		mon, tue := s.Week["mon"], s.Week["tue"]
 		return ok && s.Enabled && len(mon) == 1 && mon[0].At == "06:30" && mon[0].SetpointC != nil && *mon[0].SetpointC == 21 &&
-			len(tue) == 1 && tue[0].At == "22:15" && tue[0].Preset == "sleep" && len(s.Week["wed"]) == 0, string(b)
+			len(tue) == 1 && tue[0].At == "22:15" && tue[0].Preset == "sleep" &&
+			len(s.Week["wed"]) == 1 && s.Week["wed"][0].At == "06:30", string(b)
 	})
 
 	// What only the controller can check, it refuses with the reason,
