@@ -192,6 +192,13 @@ func TestLogin(t *testing.T) {
 		}
 	}
 
+	// What the browser sends comes back escaped.
+	res = do(t, "GET", base+"/login?next="+url.QueryEscape(`/"><script>alert(1)</script>`), nil, nil)
+	if b, _ := io.ReadAll(res.Body); res.StatusCode != 200 || strings.Contains(string(b), "<script>alert") ||
+		!strings.Contains(string(b), `value="/&#34;&gt;&lt;script&gt;alert(1)&lt;/script&gt;"`) {
+		t.Errorf("login page with a hostile next: %s %s", res.Status, b)
+	}
+
 	res = do(t, "POST", base+"/login", form(url.Values{"token": {token}, "next": {"//evil.example/"}}), formHdr)
 	if loc := res.Header.Get("Location"); res.StatusCode != 303 || loc != "/" {
 		t.Errorf("login with next=//evil.example: %s to %q, want 303 to /", res.Status, loc)
