@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"time"
 
 	"github.com/thermofleet/thermo/internal/atomicfile"
 	"github.com/thermofleet/thermo/internal/cli"
@@ -34,6 +35,8 @@ const pkiUsage = `Usage: controllerlite pki COMMAND [flags]
 Manage the fleet's certificates. Every command takes --dir DIR, the PKI
 directory (default ./pki), and flags may come before or after arguments.
 No command replaces an existing certificate or key without --force.
+Lifetimes (--days on each command that issues): CA 10 years, server and
+controller 1 year, device 90 days (devices renew themselves at two thirds).
 
 Commands:
   init                      create the CA (ca.crt, ca.key), named "Thermofleet CA NAME" by --name NAME
@@ -88,19 +91,51 @@ func dirFlag(fs *flag.FlagSet) *string {
 	return fs.String("dir", DefaultPKIDir, "PKI directory")
 }
 
+// daysFlag is the --days flag of a command that issues a certificate:
+// its lifetime in days, def by default.
+type daysFlag struct{ days int }
+
+func newDaysFlag(fs *flag.FlagSet, def time.Duration) *daysFlag {
+	d := &daysFlag{}
+	fs.IntVar(&d.days, "days", int(def/(24*time.Hour)), "lifetime of the certificate in `DAYS`")
+	return d
+}
+
+// validity is the lifetime asked for, or a usage error.
+func (d *daysFlag) validity() (time.Duration, error) {
+	if d.days < 1 || d.days > 100*365 {
+		return 0, cli.Usagef("--days %d: want 1 to %d", d.days, 100*365)
+	}
+	return time.Duration(d.days) * 24 * time.Hour, nil
+}
+
+// issueOptions are IssueOptions with the lifetime asked for.
+func (d *daysFlag) issueOptions() (*IssueOptions, error) {
+	v, err := d.validity()
+	if err != nil {
+		return nil, err
+	}
+	return &IssueOptions{Validity: v}, nil
+}
+
 func pkiInit(args []string, stdout, stderr io.Writer) error {
 	fs := cli.NewFlags("init", "controllerlite pki init [--dir DIR] [--name NAME] [--force]", stderr)
 	dir := dirFlag(fs)
 	force := fs.Bool("force", false, "replace an existing CA: every certificate it issued stops being trusted")
 	name := fs.String("name", "", "name of this fleet: the CA's Common Name is \""+CANamePrefix+" NAME\"\n(default: 8 hex digits of the CA key's SHA-256)")
 	cn := fs.String("cn", "", "the CA's whole Common Name, instead of --name")
+	days := newDaysFlag(fs, DefaultCAValidity)
 	if _, err := cli.ParseN(fs, args); err != nil {
 		return cli.HelpOK(err)
 	}
 	if *cn != "" && *name != "" {
 		return errors.New("give --name or --cn, not both")
 	}
-	ca, err := InitCA(*dir, CAOptions{CommonName: *cn, Name: *name, Force: *force})
+	validity, err := days.validity()
+	if err != nil {
+		return err
+	}
+	ca, err := InitCA(*dir, CAOptions{CommonName: *cn, Name: *name, Force: *force, Validity: validity})
 	if err != nil {
 		return err
 	}
@@ -116,8 +151,13 @@ func pkiServer(args []string, stdout, stderr io.Writer) error {
 	var hosts cli.StringList
 	fs.Var(&hosts, "host", "host name or IP address clients use to reach the broker (repeatable; the first is also the CN)")
 	force := fs.Bool("force", false, "replace an existing server certificate")
+	days := newDaysFlag(fs, DefaultServerValidity)
 	if _, err := cli.ParseN(fs, args); err != nil {
 		return cli.HelpOK(err)
+	}
+	opts, err := days.issueOptions()
+	if err != nil {
+		return err
 	}
 	if len(hosts) == 0 {
 		fs.Usage()
@@ -131,7 +171,7 @@ func pkiServer(args []string, stdout, stderr io.Writer) error {
 	if err := refuseExisting(*force, certFile, keyFile); err != nil {
 		return err
 	}
-	certPEM, keyPEM, err := ca.IssueServer(hosts, nil)
+	certPEM, keyPEM, err := ca.IssueServer(hosts, opts)
 	if err != nil {
 		return err
 	}
@@ -149,9 +189,14 @@ func pkiDevice(args []string, stdout, stderr io.Writer) error {
 	fs := cli.NewFlags("device", "controllerlite pki device ID [--dir DIR] [--force]", stderr)
 	dir := dirFlag(fs)
 	force := fs.Bool("force", false, "replace an existing bundle for this device")
+	days := newDaysFlag(fs, DefaultDeviceValidity)
 	pos, err := cli.ParseN(fs, args, "device ID")
 	if err != nil {
 		return cli.HelpOK(err)
+	}
+	opts, err := days.issueOptions()
+	if err != nil {
+		return err
 	}
 	id := pos[0]
 	if id == ControllerCN {
@@ -169,7 +214,7 @@ func pkiDevice(args []string, stdout, stderr io.Writer) error {
 	if err := refuseExisting(*force, certFile, keyFile); err != nil {
 		return err
 	}
-	certPEM, keyPEM, err := ca.IssueClient(id, nil)
+	certPEM, keyPEM, err := ca.IssueClient(id, opts)
 	if err != nil {
 		return err
 	}
@@ -197,8 +242,13 @@ func pkiController(args []string, stdout, stderr io.Writer) error {
 	fs := cli.NewFlags("controller", "controllerlite pki controller [--dir DIR] [--force]", stderr)
 	dir := dirFlag(fs)
 	force := fs.Bool("force", false, "replace an existing controller certificate")
+	days := newDaysFlag(fs, DefaultControllerValidity)
 	if _, err := cli.ParseN(fs, args); err != nil {
 		return cli.HelpOK(err)
+	}
+	opts, err := days.issueOptions()
+	if err != nil {
+		return err
 	}
 	ca, err := LoadCA(*dir)
 	if err != nil {
@@ -208,7 +258,7 @@ func pkiController(args []string, stdout, stderr io.Writer) error {
 	if err := refuseExisting(*force, certFile, keyFile); err != nil {
 		return err
 	}
-	certPEM, keyPEM, err := ca.IssueClient(ControllerCN, nil)
+	certPEM, keyPEM, err := ca.IssueClient(ControllerCN, opts)
 	if err != nil {
 		return err
 	}
@@ -226,9 +276,14 @@ func pkiSign(args []string, stdout, stderr io.Writer) error {
 	dir := dirFlag(fs)
 	out := fs.String("out", "", "write the certificate here instead of DIR/devices/ID/device.crt")
 	force := fs.Bool("force", false, "replace an existing certificate for this device")
+	days := newDaysFlag(fs, DefaultDeviceValidity)
 	pos, err := cli.ParseN(fs, args, "CSRFILE")
 	if err != nil {
 		return cli.HelpOK(err)
+	}
+	opts, err := days.issueOptions()
+	if err != nil {
+		return err
 	}
 	f, err := os.Open(pos[0])
 	if err != nil {
@@ -243,7 +298,7 @@ func pkiSign(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	certPEM, id, err := ca.SignCSR(csrPEM, nil)
+	certPEM, id, err := ca.SignCSR(csrPEM, opts)
 	if err != nil {
 		return fmt.Errorf("%s: %w", pos[0], err)
 	}

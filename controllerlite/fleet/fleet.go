@@ -115,6 +115,9 @@ type Device struct {
 	// telemetry reports and those the controller sees (duplicate_identity,
 	// tls_refused), sorted by code; [] when none.
 	Alerts []protocol.Alert `json:"alerts"`
+	// CertExpires is when the device's certificate ends, as its latest
+	// telemetry reports it; null until it does.
+	CertExpires *time.Time `json:"cert_expires"`
 }
 
 // Status is a summary of the fleet's health and counters.
@@ -571,6 +574,7 @@ func (f *Fleet) updateView(id string) {
 		t := rec.LastSeen
 		d.LastSeen = &t
 	}
+	d.CertExpires = certExpires(rec.Telemetry)
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if old, ok := f.view[id]; ok && old.Pending {

@@ -14,6 +14,8 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
+	"sync/atomic"
+	"time"
 
 	"github.com/thermofleet/thermo/firmware/agent"
 	"github.com/thermofleet/thermo/firmware/config"
@@ -56,6 +58,8 @@ type Thermostat struct {
 	agent  *agent.Agent
 	client *transport.Client
 	ctl    *localctl.Server
+	// notAfter is the end of the certificate in use, in Unix nanoseconds.
+	notAfter atomic.Int64
 }
 
 // New opens everything cfg names and fails with a message a user can act
@@ -72,7 +76,12 @@ func New(cfg config.Config, o Options) (_ *Thermostat, err error) {
 		return nil, fmt.Errorf("device id: %w", err)
 	}
 	log = log.With("device", id)
+	pair, _, err := provisioning.LoadKeyPair(cfg.Cert, cfg.Key)
+	if err != nil {
+		return nil, err
+	}
 	t := &Thermostat{ID: id, cfg: cfg, log: log}
+	t.notAfter.Store(pair.Leaf.NotAfter.UnixNano())
 	defer func() {
 		if err != nil {
 			t.close()
@@ -130,6 +139,7 @@ func New(cfg config.Config, o Options) (_ *Thermostat, err error) {
 		FirstValues:       firstValues(cfg),
 		TelemetryInterval: cfg.TelemetryInterval,
 		SyncTimeout:       cfg.SyncTimeout,
+		CertExpiry:        func() time.Time { return time.Unix(0, t.notAfter.Load()) },
 		Logger:            log,
 	}, stored)
 	if err != nil {
