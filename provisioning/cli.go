@@ -50,7 +50,12 @@ Commands:
                             on the device); writes DIR/devices/ID/device.crt, or --out FILE
   mosquitto                 write mosquitto.conf and mosquitto.acl for this PKI
                             [--port 8883] [--topic-root thermo] [--bind ADDR] [--cert-dir DIR]
-                            [--controller controller-NAME ...]
+                            [--controller controller-NAME ...]; crlfile names DIR/crl.pem
+  revoke DEVICE|SERIAL      revoke a device (every certificate of its id) or one certificate
+                            (SERIAL: 16 or more hex digits, colons allowed) in the controller's
+                            --data-dir; a running controller applies it within a second; the CRL
+                            (DIR/crl.pem) is refreshed when there is one [--reason TEXT]
+  crl                       write DIR/crl.pem (--out FILE), the CRL of --data-dir's revocations
 
 Run 'controllerlite pki COMMAND -h' for a command's flags.
 `
@@ -71,6 +76,8 @@ func RunPKI(args []string, stdout, stderr io.Writer) error {
 		"controller": pkiController,
 		"sign":       pkiSign,
 		"mosquitto":  pkiMosquitto,
+		"revoke":     pkiRevoke,
+		"crl":        pkiCRL,
 	}[cmd]
 	switch {
 	case ok:
@@ -351,6 +358,7 @@ func pkiMosquitto(args []string, stdout, stderr io.Writer) error {
 		controllers = append(controllers, cn)
 		return nil
 	})
+	dataDir := fs.String("data-dir", "", "the controller's data `DIR`: the CRL written (when DIR/"+CRLFile+" is missing) states its revocations")
 	if _, err := cli.ParseN(fs, args); err != nil {
 		return cli.HelpOK(err)
 	}
@@ -367,7 +375,21 @@ func pkiMosquitto(args []string, stdout, stderr io.Writer) error {
 		}
 		from = abs
 	}
+	// Mosquitto refuses to start with a crlfile that is missing: write
+	// one (empty, or the controller's list) unless there is one already.
+	crlFile := filepath.Join(*dir, CRLFile)
+	if !exists(crlFile) {
+		ca, err := LoadCA(*dir)
+		if err != nil {
+			return fmt.Errorf("write %s: %w", crlFile, err)
+		}
+		if _, err := WriteCRL(ca, *dataDir, crlFile, 0); err != nil {
+			return err
+		}
+		fmt.Fprintf(stdout, "Wrote %s (the CRL; refresh it with `controllerlite pki crl`, `pki revoke` does).\n", crlFile)
+	}
 	confFile, aclFile, err := WriteMosquittoConfig(*dir, MosquittoOptions{
+		CRLFile:     filepath.Join(from, CRLFile),
 		Port:        *port,
 		BindAddress: *bind,
 		CAFile:      filepath.Join(from, CACertFile),
@@ -382,7 +404,7 @@ func pkiMosquitto(args []string, stdout, stderr io.Writer) error {
 	}
 	fmt.Fprintf(stdout, "Wrote %s and %s (listener %d, topic root %q).\n", confFile, aclFile, *port, *root)
 	if *certDir != "" {
-		fmt.Fprintf(stdout, "Install ca.crt, server.crt, server.key and %s into %s.\n", MosquittoACLFile, *certDir)
+		fmt.Fprintf(stdout, "Install ca.crt, server.crt, server.key, %s and %s into %s.\n", CRLFile, MosquittoACLFile, *certDir)
 	}
 	fmt.Fprintf(stdout, "Mosquitto drops to user \"mosquitto\": that user must be able to read %s, e.g.\n", filepath.Join(from, ServerKeyFile))
 	fmt.Fprintf(stdout, "  chown mosquitto %s\n", filepath.Join(from, ServerKeyFile))

@@ -19,6 +19,7 @@ package broker
 
 import (
 	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -84,6 +85,11 @@ type Options struct {
 
 	// Logger receives the broker's and mochi's logs; slog.Default() if nil.
 	Logger *slog.Logger
+
+	// Revoked, when set, is asked about every client certificate at
+	// CONNECT: a revoked one is refused (the reason is logged). CutRevoked
+	// asks it again about the connected clients.
+	Revoked func(cert *x509.Certificate) (reason string, revoked bool)
 
 	// ConnectTimeout bounds the TLS handshake and the wait for CONNECT
 	// together: the connection is closed when it passes without a CONNECT.
@@ -174,7 +180,7 @@ func New(opts Options) (*Broker, error) {
 		log:  opts.Logger,
 		tls:  tlsConf,
 		srv:  srv,
-		auth: newAuthHook(opts.TopicRoot, opts.Logger),
+		auth: newAuthHook(opts.TopicRoot, opts.Logger, opts.Revoked),
 		gate: newSessionGate(opts.Logger, disconnectTakenOver(srv)),
 
 		identity: ident,

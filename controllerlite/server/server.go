@@ -7,6 +7,7 @@ package server
 
 import (
 	"context"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -86,6 +87,7 @@ type Server struct {
 	fl     *fleet.Fleet
 	br     *broker.Broker
 	tc     *transport.Client
+	revs   *provisioning.RevocationWatch
 	ln     net.Listener
 	http   *http.Server
 	cancel context.CancelFunc
@@ -122,12 +124,20 @@ func Start(ctx context.Context, cfg Config) (_ *Server, err error) {
 		return nil, err
 	}
 
+	// The revocation list (`controllerlite pki revoke`), re-read when it
+	// changes: the embedded broker refuses and cuts what it names, and
+	// renewal refuses it.
+	if s.revs, err = provisioning.NewRevocationWatch(cfg.DataDir, s.log.With("part", "revocation")); err != nil {
+		return nil, err
+	}
+
 	runCtx, cancel := context.WithCancel(context.Background())
 	s.cancel = cancel
 	if cfg.Broker == "" {
 		s.br, err = broker.New(broker.Options{
 			Listen: cfg.Listen, CAFile: cfg.CAFile, CertFile: cfg.CertFile, KeyFile: cfg.KeyFile,
 			DataDir: cfg.BrokerDataDir, TopicRoot: cfg.TopicRoot, Logger: s.log.With("part", "broker"),
+			Revoked: s.revoked,
 		})
 		if err != nil {
 			return nil, err
@@ -157,6 +167,11 @@ func Start(ctx context.Context, cfg Config) (_ *Server, err error) {
 	}
 	s.wg.Add(1)
 	go func() { defer s.wg.Done(); s.fl.Run(runCtx) }()
+	if s.br != nil {
+		s.revs.OnChange(func(*provisioning.Revocations) { s.br.CutRevoked() })
+	}
+	s.wg.Add(1)
+	go func() { defer s.wg.Done(); s.revs.Run(runCtx, 0) }()
 
 	s.http = &http.Server{
 		Handler:           api.NewHandler(s.fl, api.Options{Token: cfg.HTTPToken, Logger: s.log.With("part", "api")}),
@@ -201,6 +216,19 @@ func (s *Server) brokerAlert(id, code string, raised bool, detail string) {
 		return
 	}
 	s.fl.RaiseAlert(id, code, detail)
+}
+
+// revoked is the embedded broker's Options.Revoked: the list in force.
+func (s *Server) revoked(cert *x509.Certificate) (string, bool) {
+	e, ok := s.revs.List().Check(cert)
+	if !ok {
+		return "", false
+	}
+	why := "revoked " + e.Time.Format(time.RFC3339)
+	if e.Reason != "" {
+		why += ": " + e.Reason
+	}
+	return why, true
 }
 
 // linkTrouble logs the troubles of the link to an external broker that a

@@ -51,6 +51,9 @@ type MosquittoOptions struct {
 	Global []string
 	// Controllers are further controller CNs (controller-NAME) for the ACL.
 	Controllers []string
+	// CRLFile, when set, is the configuration's crlfile (it must exist
+	// before the broker starts).
+	CRLFile string
 }
 
 // Mosquitto is a real Mosquitto broker run by a test with the configuration
@@ -147,6 +150,7 @@ func (m *Mosquitto) writeConfig(pki *PKI, o MosquittoOptions) error {
 		KeyFile:     pki.ServerKey,
 		TopicRoot:   o.TopicRoot,
 		Controllers: o.Controllers,
+		CRLFile:     o.CRLFile,
 		Global:      global,
 	})
 	return err
@@ -237,6 +241,9 @@ func (m *Mosquitto) Restart() {
 	m.Terminate()
 	m.Start()
 }
+
+// Hangup sends SIGHUP: Mosquitto reloads its configuration.
+func (m *Mosquitto) Hangup() { m.signal(syscall.SIGHUP) }
 
 // Stop freezes the broker with SIGSTOP: connections stay open but nothing
 // answers (a hung broker). Cont resumes it.

@@ -1,0 +1,114 @@
+package provisioning
+
+import (
+	"context"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// DefaultRevocationPoll is how often a running controller looks at its
+// revocation list for a change: `pki revoke` takes effect within it.
+const DefaultRevocationPoll = 500 * time.Millisecond
+
+// RevocationWatch keeps the revocation list of a data directory current
+// in memory: Run re-reads the file whenever its size or time changes, and
+// calls OnChange after each new list. A list that does not read keeps the
+// previous one (logged): a half-edited file never un-revokes anything.
+type RevocationWatch struct {
+	dataDir string
+	log     *slog.Logger
+	list    atomic.Pointer[Revocations]
+
+	mu       sync.Mutex
+	onChange []func(*Revocations)
+	stamp    fileStamp
+	kick     chan struct{}
+}
+
+type fileStamp struct {
+	size int64
+	mod  time.Time
+	ok   bool
+}
+
+// NewRevocationWatch loads the list of dataDir now.
+func NewRevocationWatch(dataDir string, log *slog.Logger) (*RevocationWatch, error) {
+	if log == nil {
+		log = slog.Default()
+	}
+	w := &RevocationWatch{dataDir: dataDir, log: log, kick: make(chan struct{}, 1)}
+	w.stamp = w.stat()
+	l, err := LoadRevocations(dataDir)
+	if err != nil {
+		return nil, err
+	}
+	w.list.Store(l)
+	return w, nil
+}
+
+// List is the list in force.
+func (w *RevocationWatch) List() *Revocations { return w.list.Load() }
+
+// OnChange adds a function called (on Run's goroutine) with each new list.
+func (w *RevocationWatch) OnChange(fn func(*Revocations)) {
+	w.mu.Lock()
+	w.onChange = append(w.onChange, fn)
+	w.mu.Unlock()
+}
+
+// Reload asks Run to read the file now (after this process wrote it).
+func (w *RevocationWatch) Reload() {
+	select {
+	case w.kick <- struct{}{}:
+	default:
+	}
+}
+
+func (w *RevocationWatch) stat() fileStamp {
+	fi, err := os.Stat(filepath.Join(w.dataDir, RevokedFile))
+	if err != nil {
+		return fileStamp{}
+	}
+	return fileStamp{size: fi.Size(), mod: fi.ModTime(), ok: true}
+}
+
+// Run polls every interval (DefaultRevocationPoll when 0) until ctx ends.
+func (w *RevocationWatch) Run(ctx context.Context, interval time.Duration) {
+	if interval <= 0 {
+		interval = DefaultRevocationPoll
+	}
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		force := false
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		case <-w.kick:
+			force = true
+		}
+		st := w.stat()
+		if !force && st == w.stamp {
+			continue
+		}
+		w.stamp = st
+		l, err := LoadRevocations(w.dataDir)
+		if err != nil {
+			w.log.Error("revocation list not reloaded: the previous one stays in force", "err", err)
+			continue
+		}
+		w.list.Store(l)
+		w.log.Info("revocation list loaded", "entries", len(l.Entries))
+		w.mu.Lock()
+		fns := append([]func(*Revocations){}, w.onChange...)
+		w.mu.Unlock()
+		for _, fn := range fns {
+			fn(l)
+		}
+	}
+}
