@@ -3,6 +3,8 @@ package fleet
 import (
 	"encoding/json"
 	"time"
+
+	"github.com/thermofleet/thermo/protocol"
 )
 
 // certExpires reads cert_expires from a stored telemetry payload (already
@@ -18,4 +20,17 @@ func certExpires(telemetry json.RawMessage) *time.Time {
 		return nil
 	}
 	return t.CertExpires
+}
+
+// reads reports whether topic is of a kind the fleet subscribes to.
+func (f *Fleet) reads(topic string) bool {
+	_, kind, err := protocol.ParseTopic(f.root, topic)
+	if err != nil {
+		return true // the fleet rejects and counts it
+	}
+	switch kind {
+	case protocol.KindCmd, protocol.KindEvent, protocol.KindStatus, protocol.KindTelemetry:
+		return true
+	}
+	return false
 }

@@ -47,6 +47,12 @@ func ParseFlags(args []string, stderr io.Writer) (Flags, error) {
 	fs.DurationVar(&cfg.KeepAlive, "keep-alive", transport.DefaultKeepAlive, "MQTT keep-alive of the link to --broker; a broker silent this long is dropped and reconnected")
 	fs.StringVar(&cfg.TopicRoot, "topic-root", protocol.DefaultRoot, "first topic level")
 	fs.StringVar(level, "log-level", "info", "log level: debug, info, warn or error")
+	fs.StringVar(&cfg.SigningKeyFile, "signing-key", "", "the fleet CA's private key `FILE` (the key of --ca): devices renew their certificates through the controller; without it renewal is off")
+	fs.DurationVar(&cfg.DeviceCertLifetime, "device-cert-lifetime", provisioning.DefaultDeviceValidity, "life of the device certificates the controller issues")
+	fs.StringVar(&cfg.EnrollListen, "enroll-listen", "", "HTTPS listen `ADDR` of the enrolment endpoint (EST simple re-enroll) where a device whose certificate expired renews; needs --signing-key")
+	fs.DurationVar(&cfg.EnrollGrace, "enroll-grace", 180*24*time.Hour, "how long after its end an expired device certificate is still taken on --enroll-listen")
+	fs.StringVar(&cfg.EnrollCertFile, "enroll-cert", "", "server certificate `FILE` of --enroll-listen (default --cert)")
+	fs.StringVar(&cfg.EnrollKeyFile, "enroll-key", "", "private key `FILE` of --enroll-cert (default --key)")
 	if pos, err := cli.Parse(fs, args); err != nil {
 		return o, err
 	} else if len(pos) > 0 {
@@ -95,6 +101,9 @@ func Command(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		fmt.Fprintf(stdout, "controllerlite: mqtt broker %s (external)\n", strings.TrimSpace(cfg.Broker))
 	}
 	fmt.Fprintf(stdout, "controllerlite: http listening on %s\n", s.HTTPAddr())
+	if !s.RenewalOn() {
+		fmt.Fprintln(stdout, "controllerlite: certificate renewal off (no --signing-key): device certificates will expire")
+	}
 	// Under systemd (Type=notify): READY=1 once the fleet has read the
 	// retained state, WATCHDOG=1 only while it is running; no-op elsewhere.
 	supervised := make(chan struct{})

@@ -20,6 +20,7 @@ import (
 	"github.com/thermofleet/thermo/controllerlite/api"
 	"github.com/thermofleet/thermo/controllerlite/broker"
 	"github.com/thermofleet/thermo/controllerlite/fleet"
+	"github.com/thermofleet/thermo/controllerlite/renewal"
 	"github.com/thermofleet/thermo/controllerlite/store"
 	"github.com/thermofleet/thermo/protocol"
 	"github.com/thermofleet/thermo/provisioning"
@@ -75,6 +76,25 @@ type Config struct {
 	KeepAlive time.Duration
 	// TopicRoot defaults to protocol.DefaultRoot.
 	TopicRoot string
+	// SigningKeyFile is the CA's private key (the key of CAFile): with it
+	// the controller renews devices' certificates (over MQTT, and on
+	// EnrollListen); without it renewal is off.
+	SigningKeyFile string
+	// DeviceCertLifetime is the life of the certificates it issues;
+	// provisioning.DefaultDeviceValidity when 0.
+	DeviceCertLifetime time.Duration
+	// EnrollListen, when set, is the HTTPS listen address of the
+	// enrolment endpoint (EST simple re-enroll): devices whose
+	// certificate expired less than EnrollGrace ago renew there. It needs
+	// SigningKeyFile.
+	EnrollListen string
+	// EnrollGrace is how long after its end a certificate is still taken
+	// on EnrollListen; enroll.DefaultGrace when 0.
+	EnrollGrace time.Duration
+	// EnrollCertFile and EnrollKeyFile are the endpoint's server
+	// certificate; CertFile and KeyFile when empty (with the embedded
+	// broker they are the fleet's server certificate).
+	EnrollCertFile, EnrollKeyFile string
 	// Logger defaults to slog.Default().
 	Logger *slog.Logger
 }
@@ -88,6 +108,7 @@ type Server struct {
 	br     *broker.Broker
 	tc     *transport.Client
 	revs   *provisioning.RevocationWatch
+	renew  *renewal.Service
 	ln     net.Listener
 	http   *http.Server
 	cancel context.CancelFunc
@@ -133,6 +154,20 @@ func Start(ctx context.Context, cfg Config) (_ *Server, err error) {
 
 	runCtx, cancel := context.WithCancel(context.Background())
 	s.cancel = cancel
+	if cfg.SigningKeyFile != "" {
+		signer, err := provisioning.LoadSigner(cfg.CAFile, cfg.SigningKeyFile)
+		if err != nil {
+			return nil, fmt.Errorf("--signing-key: %w", err)
+		}
+		if s.renew, err = renewal.New(renewal.Options{
+			Signer: signer, Revocations: s.revs, DataDir: cfg.DataDir, Root: cfg.TopicRoot,
+			Validity: cfg.DeviceCertLifetime, Logger: s.log.With("part", "renewal"),
+		}); err != nil {
+			return nil, err
+		}
+	} else {
+		s.log.Warn("certificate renewal is off: no --signing-key; devices' certificates will expire and must be replaced by hand")
+	}
 	if cfg.Broker == "" {
 		s.br, err = broker.New(broker.Options{
 			Listen: cfg.Listen, CAFile: cfg.CAFile, CertFile: cfg.CertFile, KeyFile: cfg.KeyFile,
@@ -153,7 +188,12 @@ func Start(ctx context.Context, cfg Config) (_ *Server, err error) {
 			return nil, err
 		}
 	} else {
+		var other func(transport.Message)
+		if s.renew != nil {
+			other = func(m transport.Message) { s.renew.Receive(m.Topic, m.Payload, m.Retained) }
+		}
 		s.tc, err = fleet.Connect(s.fl, transport.Options{
+			Handler: other,
 			Broker: cfg.Broker, CAFile: cfg.CAFile, CertFile: cfg.CertFile, KeyFile: cfg.KeyFile,
 			KeepAlive: cfg.KeepAlive, Backoff: LinkBackoff, DialStagger: LinkDialStagger,
 			OnTrouble: s.linkTrouble,
@@ -164,6 +204,9 @@ func Start(ctx context.Context, cfg Config) (_ *Server, err error) {
 		}
 		s.wg.Add(1)
 		go func() { defer s.wg.Done(); s.tc.Run(runCtx) }()
+	}
+	if err = s.startRenewal(runCtx); err != nil {
+		return nil, err
 	}
 	s.wg.Add(1)
 	go func() { defer s.wg.Done(); s.fl.Run(runCtx) }()
@@ -217,6 +260,35 @@ func (s *Server) brokerAlert(id, code string, raised bool, detail string) {
 	}
 	s.fl.RaiseAlert(id, code, detail)
 }
+
+// startRenewal subscribes the renewal service to the devices' requests
+// and runs it, when there is a signing key.
+func (s *Server) startRenewal(ctx context.Context) error {
+	if s.renew == nil {
+		return nil
+	}
+	var publish renewal.Publisher
+	if s.br != nil {
+		if err := s.br.Subscribe(s.renew.Filter(), s.renew.Receive); err != nil {
+			return fmt.Errorf("renewal: %w", err)
+		}
+		publish = func(_ context.Context, topic string, payload []byte, qos byte, retain bool) error {
+			return s.br.Publish(topic, payload, retain, qos)
+		}
+	} else {
+		if err := s.tc.Subscribe(s.renew.Filter(), 1); err != nil {
+			return fmt.Errorf("renewal: %w", err)
+		}
+		publish = s.tc.Publish
+	}
+	s.wg.Add(1)
+	go func() { defer s.wg.Done(); s.renew.Run(ctx, publish) }()
+	s.log.Info("certificate renewal on", "topic", s.renew.Filter())
+	return nil
+}
+
+// RenewalOn reports whether the controller renews certificates.
+func (s *Server) RenewalOn() bool { return s.renew != nil }
 
 // revoked is the embedded broker's Options.Revoked: the list in force.
 func (s *Server) revoked(cert *x509.Certificate) (string, bool) {
