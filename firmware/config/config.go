@@ -18,6 +18,7 @@ import (
 	"io/fs"
 	"log/slog"
 	"math"
+	"net/url"
 	"os"
 	"slices"
 	"strings"
@@ -73,6 +74,13 @@ type Config struct {
 	// KeepAlive is the MQTT keep-alive; a broker silent this long is dropped.
 	KeepAlive time.Duration `yaml:"keep_alive"`
 	LogLevel  string        `yaml:"log_level"`
+	// RenewAt is the fraction of its certificate's life at which the
+	// device renews it (a little earlier, by a random jitter).
+	RenewAt float64 `yaml:"renew_at"`
+	// EnrollURL is the controller's enrolment endpoint (serve
+	// --enroll-listen), https://HOST:PORT: a device whose certificate
+	// expired while it was off renews there. Empty: no such recovery.
+	EnrollURL string `yaml:"enroll_url"`
 
 	// Sim tunes the simulated board of --hal sim.
 	Sim SimConfig `yaml:"sim"`
@@ -119,12 +127,16 @@ func Default() Config {
 		SyncTimeout:       10 * time.Second,
 		KeepAlive:         transport.DefaultKeepAlive,
 		LogLevel:          "info",
+		RenewAt:           DefaultRenewAt,
 	}
 }
 
+// DefaultRenewAt: at two thirds of its life, as step-ca does.
+const DefaultRenewAt = 2.0 / 3
+
 // keys are the top-level keys of the file, in the order of Config.
 var keys = []string{"broker", "ca", "cert", "key", "state_dir", "hal", "control_socket", "topic_root",
-	"telemetry_interval", "sync_timeout", "keep_alive", "log_level", "sim", "hardware", "control", "presets", "schedule"}
+	"telemetry_interval", "sync_timeout", "keep_alive", "log_level", "renew_at", "enroll_url", "sim", "hardware", "control", "presets", "schedule"}
 
 // Parse reads a configuration file's contents over Default(). name is the
 // file's name, for messages.
@@ -266,6 +278,14 @@ func (c *Config) Validate() error {
 	if _, err := ParseLevel(c.LogLevel); err != nil {
 		return c.errorf("log_level", "%v", err)
 	}
+	if math.IsNaN(c.RenewAt) || c.RenewAt < 0.1 || c.RenewAt > 0.95 {
+		return c.errorf("renew_at", "%v is outside 0.1..0.95 (a fraction of the certificate's life)", c.RenewAt)
+	}
+	if c.EnrollURL != "" {
+		if u, err := url.Parse(c.EnrollURL); err != nil || u.Scheme != "https" || u.Host == "" {
+			return c.errorf("enroll_url", "%q: want https://HOST:PORT, the controller's --enroll-listen", c.EnrollURL)
+		}
+	}
 	if s := c.Sim.Speed; math.IsNaN(s) || s < 0 || s > 10000 {
 		return c.errorf("sim", "speed %v is outside 0..10000", s)
 	}
@@ -307,6 +327,7 @@ var flagKeys = map[string]string{
 	"hal": "hal", "control-socket": "control_socket", "topic-root": "topic_root",
 	"telemetry-interval": "telemetry_interval", "sync-timeout": "sync_timeout",
 	"keep-alive": "keep_alive", "log-level": "log_level", "sim-speed": "sim",
+	"renew-at": "renew_at", "enroll-url": "enroll_url",
 }
 
 // RegisterFlags adds the flags of `thermostat run` to fs.
@@ -326,6 +347,8 @@ func RegisterFlags(fs *flag.FlagSet) *Flags {
 	fs.DurationVar(&s.SyncTimeout, "sync-timeout", s.SyncTimeout, "how long a device with lost state waits to hear from the controller")
 	fs.DurationVar(&s.KeepAlive, "keep-alive", s.KeepAlive, "MQTT keep-alive; a broker silent this long is dropped")
 	fs.StringVar(&s.LogLevel, "log-level", s.LogLevel, "debug, info, warn or error")
+	fs.Float64Var(&s.RenewAt, "renew-at", s.RenewAt, "renew the device certificate at this fraction of its life (0.1 to 0.95)")
+	fs.StringVar(&s.EnrollURL, "enroll-url", "", "the controller's enrolment endpoint, https://HOST:PORT (serve --enroll-listen): renews a certificate that expired while the device was off")
 	fs.Float64Var(&s.Sim.Speed, "sim-speed", 0, "with --hal sim: run the simulated room this many times faster than real time")
 	return f
 }
@@ -382,6 +405,10 @@ func (f *Flags) Config() (Config, error) {
 			c.LogLevel = s.LogLevel
 		case "sim":
 			c.Sim.Speed = s.Sim.Speed
+		case "renew_at":
+			c.RenewAt = s.RenewAt
+		case "enroll_url":
+			c.EnrollURL = s.EnrollURL
 		}
 	})
 	return c, nil

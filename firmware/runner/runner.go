@@ -14,13 +14,13 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/thermofleet/thermo/firmware/agent"
 	"github.com/thermofleet/thermo/firmware/config"
 	"github.com/thermofleet/thermo/firmware/control"
 	"github.com/thermofleet/thermo/firmware/localctl"
+	"github.com/thermofleet/thermo/firmware/renew"
 	"github.com/thermofleet/thermo/firmware/state"
 	"github.com/thermofleet/thermo/hal"
 	"github.com/thermofleet/thermo/hal/rpi"
@@ -58,8 +58,7 @@ type Thermostat struct {
 	agent  *agent.Agent
 	client *transport.Client
 	ctl    *localctl.Server
-	// notAfter is the end of the certificate in use, in Unix nanoseconds.
-	notAfter atomic.Int64
+	renew  *renew.Renewer
 }
 
 // New opens everything cfg names and fails with a message a user can act
@@ -71,17 +70,19 @@ func New(cfg config.Config, o Options) (_ *Thermostat, err error) {
 	if log == nil {
 		log = slog.Default()
 	}
+	// A certificate renewal cut short by a kill or a power cut is
+	// finished or undone before the key and certificate are read.
+	if did, err := renew.Recover(cfg.Cert, cfg.Key); err != nil {
+		return nil, err
+	} else if did != "" {
+		log.Warn("certificate swap recovered", "did", did)
+	}
 	id, err := provisioning.DeviceID(cfg.Cert)
 	if err != nil {
 		return nil, fmt.Errorf("device id: %w", err)
 	}
 	log = log.With("device", id)
-	pair, _, err := provisioning.LoadKeyPair(cfg.Cert, cfg.Key)
-	if err != nil {
-		return nil, err
-	}
 	t := &Thermostat{ID: id, cfg: cfg, log: log}
-	t.notAfter.Store(pair.Leaf.NotAfter.UnixNano())
 	defer func() {
 		if err != nil {
 			t.close()
@@ -139,8 +140,13 @@ func New(cfg config.Config, o Options) (_ *Thermostat, err error) {
 		FirstValues:       firstValues(cfg),
 		TelemetryInterval: cfg.TelemetryInterval,
 		SyncTimeout:       cfg.SyncTimeout,
-		CertExpiry:        func() time.Time { return time.Unix(0, t.notAfter.Load()) },
-		Logger:            log,
+		CertExpiry: func() time.Time {
+			if t.renew == nil {
+				return time.Time{}
+			}
+			return t.renew.NotAfter()
+		},
+		Logger: log,
 	}, stored)
 	if err != nil {
 		return nil, err
@@ -151,6 +157,12 @@ func New(cfg config.Config, o Options) (_ *Thermostat, err error) {
 	loop.Notify(t.agent.OutputsChanged, t.agent.ButtonChange)
 	loop.NotifyPresetButton(t.agent.PresetButton)
 
+	if t.renew, err = renew.New(renew.Options{
+		ID: id, Root: cfg.TopicRoot, CAFile: cfg.CA, CertFile: cfg.Cert, KeyFile: cfg.Key,
+		RenewAt: cfg.RenewAt, EnrollURL: cfg.EnrollURL, Alerts: t.agent.Alerts(), Logger: log,
+	}); err != nil {
+		return nil, err
+	}
 	t.client, err = transport.New(transport.Options{
 		Broker:       cfg.Broker,
 		CAFile:       cfg.CA,
@@ -163,10 +175,17 @@ func New(cfg config.Config, o Options) (_ *Thermostat, err error) {
 		OnConnect:    t.agent.Connected,
 		OnDisconnect: t.agent.Disconnected,
 		OnTrouble:    t.agent.LinkTrouble,
-		Handler:      t.agent.Handle,
-		Logger:       log,
+		Handler: func(m transport.Message) {
+			if !t.renew.Handle(m) {
+				t.agent.Handle(m)
+			}
+		},
+		Logger: log,
 	})
 	if err != nil {
+		return nil, err
+	}
+	if err := t.client.Subscribe(t.renew.Topic(), 1); err != nil {
 		return nil, err
 	}
 	if !o.NoControlSocket {
@@ -237,6 +256,7 @@ func (t *Thermostat) Run(ctx context.Context) error {
 	start("control loop", t.loop.Run)
 	start("agent", func(ctx context.Context) error { return t.agent.Run(ctx, t.client) })
 	start("broker connection", t.client.Run)
+	start("certificate renewal", func(ctx context.Context) error { return t.renew.Run(ctx, t.client) })
 	if t.ctl != nil {
 		start("control socket", func(ctx context.Context) error { return t.ctl.Serve(ctx, t.agent) })
 	}
