@@ -134,7 +134,7 @@ type Client struct {
 	subs   map[string]byte
 	pc     mqtt.Client
 	lostCh chan error // reports the loss of the current connection
-	stats Stats
+	stats  Stats
 
 	// Only the Run goroutine uses these.
 	takeover    takeoverGuard

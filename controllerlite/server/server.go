@@ -194,7 +194,7 @@ func Start(ctx context.Context, cfg Config) (_ *Server, err error) {
 		}
 		s.tc, err = fleet.Connect(s.fl, transport.Options{
 			Handler: other,
-			Broker: cfg.Broker, CAFile: cfg.CAFile, CertFile: cfg.CertFile, KeyFile: cfg.KeyFile,
+			Broker:  cfg.Broker, CAFile: cfg.CAFile, CertFile: cfg.CertFile, KeyFile: cfg.KeyFile,
 			KeepAlive: cfg.KeepAlive, Backoff: LinkBackoff, DialStagger: LinkDialStagger,
 			OnTrouble: s.linkTrouble,
 			Logger:    s.log.With("part", "transport"),

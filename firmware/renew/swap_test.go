@@ -102,4 +102,3 @@ func readFile(t *testing.T, path string) []byte {
 	}
 	return b
 }
-
