@@ -1,12 +1,26 @@
 package e2e
 
 import (
+	"context"
+	"crypto"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/rsa"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/asn1"
+	"encoding/pem"
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
+	"github.com/thermofleet/thermo/controllerlite/api"
+	"github.com/thermofleet/thermo/controllerlite/server"
+	"github.com/thermofleet/thermo/internal/testenv"
 	"github.com/thermofleet/thermo/protocol"
 	"github.com/thermofleet/thermo/provisioning"
 )
@@ -102,4 +116,115 @@ func fmtTime(t *time.Time) string {
 		return "null"
 	}
 	return t.Format(time.RFC3339) + " (in " + strconv.Itoa(int(time.Until(*t).Seconds())) + " s)"
+}
+
+// startSigningController is startController with --signing-key.
+func (w *world) startSigningController(lifetime time.Duration) {
+	w.t.Helper()
+	cfg := w.controllerConfig()
+	cfg.SigningKeyFile, cfg.DeviceCertLifetime = w.caKeyFile(), lifetime
+	s, err := server.Start(context.Background(), cfg)
+	if err != nil {
+		w.t.Fatalf("start controller: %v", err)
+	}
+	w.srv = s
+	w.t.Cleanup(func() { s.Close() })
+	<-s.Fleet().Ready()
+	if w.api, err = api.NewClient(s.HTTPAddr().String(), ""); err != nil {
+		w.t.Fatal(err)
+	}
+}
+
+// TestRenewalRefusals: over MQTT the controller answers a request for
+// another id, for a CA, with a weak key, or of a revoked device with an
+// error and no certificate; and a device cannot even send a request on
+// another device's topic. Both brokers.
+func TestRenewalRefusals(t *testing.T) {
+	eachBroker(t, func(t *testing.T, kind brokerKind) {
+		w := newBareWorld(t, kind)
+		w.startSigningController(time.Hour)
+		d1 := w.pki.Connect(t, w.brokerURL(), "d1")
+		d1.Subscribe(t, "thermo/d1/cert", 1)
+		p256, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+		rsa1024, _ := rsa.GenerateKey(rand.Reader, 1024)
+		caTrue, _ := asn1.Marshal(struct{ IsCA bool }{true})
+		ask := func(nonce string, key crypto.Signer, tmpl x509.CertificateRequest) protocol.CertReply {
+			t.Helper()
+			der, err := x509.CreateCertificateRequest(rand.Reader, &tmpl, key)
+			if err != nil {
+				t.Fatal(err)
+			}
+			payload, _ := protocol.CertRequest{V: 1, Nonce: nonce, CSR: string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: der}))}.Encode()
+			d1.Publish(t, "thermo/d1/csr", 1, false, payload)
+			m, _ := d1.WaitMatch(t, "answer "+nonce, func(m testenv.Message) bool {
+				return m.Topic == "thermo/d1/cert" && strings.Contains(string(m.Payload), `"nonce":"`+nonce+`"`)
+			})
+			rep, err := protocol.DecodeCertReply(m.Payload)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return rep
+		}
+		for _, tc := range []struct {
+			name, want string
+			key        crypto.Signer
+			tmpl       x509.CertificateRequest
+		}{
+			{"another id", "the requester is", p256, x509.CertificateRequest{Subject: pkix.Name{CommonName: "d2"}}},
+			{"CA:TRUE", "CA certificate", p256, x509.CertificateRequest{Subject: pkix.Name{CommonName: "d1"},
+				ExtraExtensions: []pkix.Extension{{Id: asn1.ObjectIdentifier{2, 5, 29, 19}, Critical: true, Value: caTrue}}}},
+			{"weak key", "too weak", rsa1024, x509.CertificateRequest{Subject: pkix.Name{CommonName: "d1"}}},
+		} {
+			rep := ask(strings.ReplaceAll(tc.name, " ", "-"), tc.key, tc.tmpl)
+			if rep.Cert != "" || !strings.Contains(rep.Error, tc.want) {
+				t.Errorf("%s: answer %+v, want an error saying %q", tc.name, rep, tc.want)
+			}
+		}
+		// A good request is answered with a certificate.
+		if rep := ask("good", p256, x509.CertificateRequest{Subject: pkix.Name{CommonName: "d1"}}); rep.Cert == "" {
+			t.Fatalf("good request: %+v", rep)
+		}
+		// d1 cannot publish on d2's csr topic: nothing comes back to d2.
+		d2 := w.pki.Connect(t, w.brokerURL(), "d2")
+		d2.Subscribe(t, "thermo/d2/cert", 1)
+		d1.PublishErr("thermo/d2/csr", 1, false, []byte(`{"v":1,"nonce":"x","csr":"y"}`))
+		// Revoked: the controller refuses to renew d1 (on Mosquitto d1
+		// is still connected: its CRL is not involved here).
+		if _, _, err := provisioning.Revoke(w.ctlDir, "", provisioning.Revocation{ID: "d1", Reason: "stolen"}); err != nil {
+			t.Fatal(err)
+		}
+		if kind == mosquitto {
+			eventually(t, "the controller refuses the revoked d1", func() (bool, string) {
+				rep := askNoWait(t, d1, p256)
+				return strings.Contains(rep, "revoked"), rep
+			})
+		} else {
+			// The embedded broker cuts d1 at once.
+			eventually(t, "the embedded broker cuts the revoked d1", func() (bool, string) {
+				return !d1.Paho.IsConnectionOpen(), "still connected"
+			})
+		}
+		if msgs := d2.Messages(); len(msgs) != 0 {
+			t.Errorf("d2 received %v after d1 wrote on its csr topic", msgs)
+		}
+	})
+}
+
+// askNoWait sends a request as c and returns the answer's text, or what
+// went wrong.
+func askNoWait(t *testing.T, c *testenv.Client, key crypto.Signer) string {
+	der, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{Subject: pkix.Name{CommonName: "d1"}}, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Reset()
+	payload, _ := protocol.CertRequest{V: 1, Nonce: "again", CSR: string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: der}))}.Encode()
+	if err := c.PublishErr("thermo/d1/csr", 1, false, payload); err != nil {
+		return err.Error()
+	}
+	m, _, err := c.WaitErr(func(m testenv.Message) bool { return m.Topic == "thermo/d1/cert" }, 2*time.Second)
+	if err != nil {
+		return err.Error()
+	}
+	return string(m.Payload)
 }
