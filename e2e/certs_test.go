@@ -11,8 +11,11 @@ import (
 	"crypto/x509/pkix"
 	"encoding/asn1"
 	"encoding/pem"
+	"fmt"
+	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -227,4 +230,61 @@ func askNoWait(t *testing.T, c *testenv.Client, key crypto.Signer) string {
 		return err.Error()
 	}
 	return string(m.Payload)
+}
+
+// TestCertEnrollAfterExpiry: a board whose certificate ended while it was
+// off (the broker refuses it) renews at the controller's enrolment
+// endpoint (EST simple re-enroll) and joins the fleet again; one whose
+// certificate is revoked, or ended longer ago than the grace period, does
+// not, and says so (cert_expiring). Both brokers.
+func TestCertEnrollAfterExpiry(t *testing.T) {
+	eachBroker(t, func(t *testing.T, kind brokerKind) {
+		w := newBareWorld(t, kind)
+		enrollAddr := net.JoinHostPort("127.0.0.1", strconv.Itoa(testenv.FreePort(t)))
+		args := []string{"--signing-key", w.caKeyFile(), "--device-cert-lifetime", "1h", "--enroll-listen", enrollAddr}
+		if kind == mosquitto {
+			args = append(args, "--enroll-cert", w.pki.ServerCert, "--enroll-key", w.pki.ServerKey)
+		}
+		ctl := startBinController(t, w, filepath.Join(t.TempDir(), "data"), args...)
+		enrollURL := "https://localhost:" + strings.Split(enrollAddr, ":")[1]
+		// d2 is revoked while off.
+		out := command(t, ctl.bin, "pki", "revoke", "d2", "--data-dir", ctl.dataDir, "--reason", "stolen")
+		if !strings.Contains(out, "Revoked device d2") {
+			t.Fatalf("pki revoke: %s", out)
+		}
+		for _, tc := range []struct {
+			id        string
+			ago, life time.Duration
+			renews    bool
+		}{
+			{"d1", 10 * time.Minute, 9 * time.Minute, true},     // ended a minute ago
+			{"d2", 10 * time.Minute, 9 * time.Minute, false},    // revoked
+			{"d3", 200 * 24 * time.Hour, 24 * time.Hour, false}, // ended 199 days ago: past the grace
+		} {
+			cert, key := shortLivedDevice(t, w, tc.id, tc.ago, tc.life)
+			d := newBinThermostat(t, w, tc.id, "--enroll-url", enrollURL).withCert(cert, key).start()
+			if tc.renews {
+				st, c := d.synced()
+				if st.CertExpires == nil || time.Until(*st.CertExpires) < 50*time.Minute {
+					t.Errorf("%s: cert_expires %s after re-enrolment", tc.id, fmtTime(st.CertExpires))
+				}
+				_ = c
+				continue
+			}
+			eventually(t, tc.id+" cannot renew and says so", func() (bool, string) {
+				st, err := d.status()
+				if err != nil {
+					return false, err.Error()
+				}
+				var codes []string
+				for _, a := range st.Alerts {
+					codes = append(codes, a.Code)
+				}
+				return !st.Connected && slices.Contains(codes, protocol.AlertCertExpiring), fmt.Sprintf("connected %v alerts %v", st.Connected, codes)
+			})
+			if _, err := os.Stat(filepath.Join(ctl.dataDir, provisioning.IssuedDir, tc.id)); err == nil {
+				t.Errorf("%s was issued a certificate", tc.id)
+			}
+		}
+	})
 }

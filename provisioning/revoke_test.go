@@ -32,6 +32,11 @@ func TestPKIRevoke(t *testing.T) {
 	if out := mustPKI(t, "revoke", "d1", "--dir", dir, "--data-dir", data); !strings.Contains(out, "Already revoked") {
 		t.Errorf("second revoke output:\n%s", out)
 	}
+	// A device the PKI has no certificate of (its certificates were
+	// renewed by the controller, or made elsewhere).
+	if out := mustPKI(t, "revoke", "d9", "--dir", dir, "--data-dir", data); !strings.Contains(out, "Revoked device d9") || !strings.Contains(out, "known serials: 0") {
+		t.Errorf("revoke of a device without a known certificate:\n%s", out)
+	}
 	// A serial as openssl prints it: upper case with colons.
 	var colon []string
 	for _, b := range d2.SerialNumber.Bytes() {

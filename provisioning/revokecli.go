@@ -38,8 +38,10 @@ func pkiRevoke(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	what := "certificate " + e.Serials[0]
-	if e.ID != "" {
+	var what string
+	if e.ID == "" {
+		what = "certificate " + e.Serials[0]
+	} else {
 		what = fmt.Sprintf("device %s (every certificate of it; known serials: %d)", e.ID, len(e.Serials))
 	}
 	if added {

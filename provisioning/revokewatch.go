@@ -25,8 +25,11 @@ type RevocationWatch struct {
 
 	mu       sync.Mutex
 	onChange []func(*Revocations)
-	stamp    fileStamp
+	stamp    fileStamp // what Run last loaded
 	kick     chan struct{}
+
+	freshMu    sync.Mutex
+	freshStamp fileStamp // what Fresh last loaded
 }
 
 type fileStamp struct {
@@ -42,6 +45,7 @@ func NewRevocationWatch(dataDir string, log *slog.Logger) (*RevocationWatch, err
 	}
 	w := &RevocationWatch{dataDir: dataDir, log: log, kick: make(chan struct{}, 1)}
 	w.stamp = w.stat()
+	w.freshStamp = w.stamp
 	l, err := LoadRevocations(dataDir)
 	if err != nil {
 		return nil, err
@@ -52,6 +56,27 @@ func NewRevocationWatch(dataDir string, log *slog.Logger) (*RevocationWatch, err
 
 // List is the list in force.
 func (w *RevocationWatch) List() *Revocations { return w.list.Load() }
+
+// Fresh is the list as the file says now: it looks at the file (one stat)
+// and reads it again when it changed, so a decision right after `pki
+// revoke` (a CONNECT, a renewal) does not wait for Run's next poll. Run
+// still notices the change and calls OnChange.
+func (w *RevocationWatch) Fresh() *Revocations {
+	w.freshMu.Lock()
+	defer w.freshMu.Unlock()
+	st := w.stat()
+	if st == w.freshStamp {
+		return w.list.Load()
+	}
+	l, err := LoadRevocations(w.dataDir)
+	if err != nil {
+		w.log.Error("revocation list not reloaded: the previous one stays in force", "err", err)
+		return w.list.Load()
+	}
+	w.freshStamp = st
+	w.list.Store(l)
+	return l
+}
 
 // OnChange adds a function called (on Run's goroutine) with each new list.
 func (w *RevocationWatch) OnChange(fn func(*Revocations)) {

@@ -164,7 +164,7 @@ func (s *Service) issued(id string) {
 // certificate is kept in the data directory, so revoking the device later
 // revokes it too.
 func (s *Service) Sign(id string, csrData []byte) ([]byte, *x509.Certificate, error) {
-	if e, revoked := s.o.Revocations.List().RevokedID(id); revoked {
+	if e, revoked := s.o.Revocations.Fresh().RevokedID(id); revoked {
 		return nil, nil, fmt.Errorf("%w: %w (%s %s)", provisioning.ErrRenewalRefused, ErrRevoked, e.Time.Format(time.RFC3339), e.Reason)
 	}
 	csr, err := provisioning.ParseCSR(csrData)
@@ -185,5 +185,5 @@ func (s *Service) Sign(id string, csrData []byte) ([]byte, *x509.Certificate, er
 
 // Revoked reports whether cert is revoked (the enrolment endpoint asks).
 func (s *Service) Revoked(cert *x509.Certificate) (provisioning.Revocation, bool) {
-	return s.o.Revocations.List().Check(cert)
+	return s.o.Revocations.Fresh().Check(cert)
 }

@@ -101,6 +101,9 @@ func Command(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		fmt.Fprintf(stdout, "controllerlite: mqtt broker %s (external)\n", strings.TrimSpace(cfg.Broker))
 	}
 	fmt.Fprintf(stdout, "controllerlite: http listening on %s\n", s.HTTPAddr())
+	if a := s.EnrollAddr(); a != nil {
+		fmt.Fprintf(stdout, "controllerlite: enroll listening on %s\n", a)
+	}
 	if !s.RenewalOn() {
 		fmt.Fprintln(stdout, "controllerlite: certificate renewal off (no --signing-key): device certificates will expire")
 	}

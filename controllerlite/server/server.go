@@ -19,6 +19,7 @@ import (
 
 	"github.com/thermofleet/thermo/controllerlite/api"
 	"github.com/thermofleet/thermo/controllerlite/broker"
+	"github.com/thermofleet/thermo/controllerlite/enroll"
 	"github.com/thermofleet/thermo/controllerlite/fleet"
 	"github.com/thermofleet/thermo/controllerlite/renewal"
 	"github.com/thermofleet/thermo/controllerlite/store"
@@ -109,6 +110,9 @@ type Server struct {
 	tc     *transport.Client
 	revs   *provisioning.RevocationWatch
 	renew  *renewal.Service
+	enroll *enroll.Server
+	// certs are the server certificates SIGHUP reloads.
+	certs []*reloadableCert
 	ln     net.Listener
 	http   *http.Server
 	cancel context.CancelFunc
@@ -208,6 +212,9 @@ func Start(ctx context.Context, cfg Config) (_ *Server, err error) {
 	if err = s.startRenewal(runCtx); err != nil {
 		return nil, err
 	}
+	if err = s.startEnroll(); err != nil {
+		return nil, err
+	}
 	s.wg.Add(1)
 	go func() { defer s.wg.Done(); s.fl.Run(runCtx) }()
 	if s.br != nil {
@@ -287,12 +294,45 @@ func (s *Server) startRenewal(ctx context.Context) error {
 	return nil
 }
 
+// startEnroll starts the enrolment endpoint when asked for.
+func (s *Server) startEnroll() error {
+	cfg := s.cfg
+	if cfg.EnrollListen == "" {
+		return nil
+	}
+	if s.renew == nil {
+		return errors.New("--enroll-listen needs --signing-key: the endpoint signs renewals")
+	}
+	certFile, keyFile := cfg.EnrollCertFile, cfg.EnrollKeyFile
+	if certFile == "" {
+		certFile, keyFile = cfg.CertFile, cfg.KeyFile
+	}
+	cert, err := newReloadableCert(certFile, keyFile)
+	if err != nil {
+		return fmt.Errorf("--enroll-cert: %w", err)
+	}
+	s.certs = append(s.certs, cert)
+	s.enroll, err = enroll.Start(enroll.Options{
+		Listen: cfg.EnrollListen, CAFile: cfg.CAFile, Certificate: cert.get, Renewal: s.renew,
+		Grace: cfg.EnrollGrace, Logger: s.log.With("part", "enroll"),
+	})
+	return err
+}
+
+// EnrollAddr is the enrolment endpoint's address, nil without one.
+func (s *Server) EnrollAddr() net.Addr {
+	if s.enroll == nil {
+		return nil
+	}
+	return s.enroll.Addr()
+}
+
 // RenewalOn reports whether the controller renews certificates.
 func (s *Server) RenewalOn() bool { return s.renew != nil }
 
 // revoked is the embedded broker's Options.Revoked: the list in force.
 func (s *Server) revoked(cert *x509.Certificate) (string, bool) {
-	e, ok := s.revs.List().Check(cert)
+	e, ok := s.revs.Fresh().Check(cert)
 	if !ok {
 		return "", false
 	}
@@ -339,6 +379,12 @@ func check(cfg *Config) error {
 			return fmt.Errorf("--keep-alive %v: %w", cfg.KeepAlive, err)
 		}
 	}
+	if cfg.EnrollListen != "" && cfg.Broker != "" && cfg.EnrollCertFile == "" {
+		return errors.New("--enroll-listen with --broker needs --enroll-cert and --enroll-key: a server certificate (controllerlite pki server), since --cert is the controller's client certificate")
+	}
+	if (cfg.EnrollCertFile == "") != (cfg.EnrollKeyFile == "") {
+		return errors.New("--enroll-cert and --enroll-key go together")
+	}
 	if cfg.Broker != "" {
 		if cfg.Listen != "" {
 			return errors.New("--listen and --broker exclude each other: --listen runs the embedded broker, --broker connects to another")
@@ -380,6 +426,9 @@ func (s *Server) shutdown() {
 	// port would stay open until it does. Closing twice is harmless.
 	if s.ln != nil {
 		s.ln.Close()
+	}
+	if s.enroll != nil {
+		s.enroll.Close()
 	}
 	if s.cancel != nil {
 		s.cancel()

@@ -298,8 +298,3 @@ func sleepUntil(ctx context.Context, t time.Time) bool {
 		return true
 	}
 }
-
-// enroll is replaced in enroll.go.
-func (r *Renewer) enroll(ctx context.Context, csrPEM []byte) ([]byte, error) {
-	return nil, errors.New("enrolment not built yet")
-}
