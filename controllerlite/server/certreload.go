@@ -35,4 +35,6 @@ func (c *reloadableCert) reload() error {
 }
 
 // get is tls.Config.GetCertificate.
-func (c *reloadableCert) get(*tls.ClientHelloInfo) (*tls.Certificate, error) { return c.cur.Load(), nil }
+func (c *reloadableCert) get(*tls.ClientHelloInfo) (*tls.Certificate, error) {
+	return c.cur.Load(), nil
+}

@@ -112,7 +112,7 @@ type Server struct {
 	renew  *renewal.Service
 	enroll *enroll.Server
 	// certs are the server certificates SIGHUP reloads.
-	certs []*reloadableCert
+	certs  []*reloadableCert
 	ln     net.Listener
 	http   *http.Server
 	cancel context.CancelFunc
