@@ -288,3 +288,83 @@ func TestCertEnrollAfterExpiry(t *testing.T) {
 		}
 	})
 }
+
+// withCRL gives Mosquitto a crlfile: the CRL `pki revoke` refreshes in
+// the CA's directory (the PKI directory of --dir).
+func withCRL(w *world) {
+	w.crlFile = filepath.Join(w.pki.CA.Dir, provisioning.CRLFile)
+	if _, err := provisioning.WriteCRL(w.pki.CA, "", w.crlFile, 0); err != nil {
+		w.t.Fatal(err)
+	}
+}
+
+// TestRevokedDeviceCutOff: `controllerlite pki revoke` of a running
+// device: the embedded broker cuts it at once and refuses it after;
+// Mosquitto refuses it once it has read the refreshed CRL (SIGHUP) and a
+// restart cut the connection; either way it cannot renew. Both brokers.
+func TestRevokedDeviceCutOff(t *testing.T) {
+	eachBroker(t, func(t *testing.T, kind brokerKind) {
+		w := newBareWorld(t, kind, withCRL)
+		ctl := startBinController(t, w, filepath.Join(t.TempDir(), "data"), "--signing-key", w.caKeyFile())
+		d1 := newBinThermostat(t, w, "d1").start()
+		d2 := newBinThermostat(t, w, "d2").start()
+		d1.synced()
+		d2.synced()
+		// d1's certificate as `pki device` leaves it in the PKI directory:
+		// revoking the id finds its serial there for the CRL.
+		c1, _ := w.pki.Client(t, "d1")
+		bundle := filepath.Join(w.pki.CA.Dir, provisioning.DevicesDir, "d1")
+		if err := os.MkdirAll(bundle, 0o700); err != nil {
+			t.Fatal(err)
+		}
+		if b, err := os.ReadFile(c1); err != nil || os.WriteFile(filepath.Join(bundle, provisioning.DeviceCertFile), b, 0o644) != nil {
+			t.Fatal(err)
+		}
+		start := time.Now()
+		out := command(t, ctl.bin, "pki", "revoke", "d1", "--dir", w.pki.CA.Dir, "--data-dir", ctl.dataDir, "--reason", "stolen")
+		if !strings.Contains(out, "CRL refreshed") {
+			t.Errorf("pki revoke did not refresh the CRL:\n%s", out)
+		}
+		if kind == mosquitto {
+			w.mq.Hangup()
+			eventually(t, "Mosquitto refuses d1's certificate", func() (bool, string) {
+				c, k := w.pki.Client(t, "d1")
+				cl, err := testenv.Dial(w.brokerURL(), testenv.ClientOptions{CAFile: w.pki.CAFile, CertFile: c, KeyFile: k})
+				if err == nil {
+					cl.Close()
+				}
+				return err != nil && strings.Contains(err.Error(), "revoked"), errString(err)
+			})
+			w.mq.Restart() // cuts d1's connection, made before the CRL
+		}
+		eventually(t, "d1 is cut off", func() (bool, string) {
+			st, err := d1.status()
+			if err != nil {
+				return false, err.Error()
+			}
+			c, err := w.ctl("d1")
+			if err != nil {
+				return false, err.Error()
+			}
+			return !st.Connected && !c.Online, fmt.Sprintf("thermostat connected %v, controller online %v", st.Connected, c.Online)
+		})
+		t.Logf("%s: d1 cut off %v after pki revoke", kind, time.Since(start).Round(time.Millisecond))
+		// It stays out; d2 is not touched.
+		d2.synced()
+		w.set("d2", map[string]any{protocol.PropSetpoint: 19.5})
+		d2.synced()
+		if st, _ := d1.status(); st.Connected {
+			t.Error("d1 reconnected")
+		}
+		eventually(t, "d1's log shows its connection refused", func() (bool, string) {
+			return strings.Contains(d1.logText(), "connect failed"), "no refusal logged"
+		})
+	})
+}
+
+func errString(err error) string {
+	if err == nil {
+		return "connected"
+	}
+	return err.Error()
+}

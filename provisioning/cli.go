@@ -53,7 +53,7 @@ Commands:
                             [--controller controller-NAME ...]; crlfile names DIR/crl.pem
   revoke DEVICE|SERIAL      revoke a device (every certificate of its id) or one certificate
                             (SERIAL: 16 or more hex digits, colons allowed) in the controller's
-                            --data-dir; a running controller applies it within a second; the CRL
+                            --data-dir; a running controller applies it within a quarter of a second; the CRL
                             (DIR/crl.pem) is refreshed when there is one [--reason TEXT]
   crl                       write DIR/crl.pem (--out FILE), the CRL of --data-dir's revocations
 

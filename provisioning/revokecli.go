@@ -49,7 +49,7 @@ func pkiRevoke(args []string, stdout, stderr io.Writer) error {
 	} else {
 		fmt.Fprintf(stdout, "Already revoked: %s.\n", what)
 	}
-	fmt.Fprintln(stdout, "A running controller applies it within a second: its broker cuts and refuses the certificate, renewal refuses it.")
+	fmt.Fprintln(stdout, "A running controller applies it within a quarter of a second: its broker cuts and refuses the certificate, renewal refuses it.")
 	return refreshCRL(*dir, *dataDir, stdout)
 }
 

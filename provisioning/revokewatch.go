@@ -12,7 +12,7 @@ import (
 
 // DefaultRevocationPoll is how often a running controller looks at its
 // revocation list for a change: `pki revoke` takes effect within it.
-const DefaultRevocationPoll = 500 * time.Millisecond
+const DefaultRevocationPoll = 250 * time.Millisecond
 
 // RevocationWatch keeps the revocation list of a data directory current
 // in memory: Run re-reads the file whenever its size or time changes, and
