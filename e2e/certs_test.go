@@ -368,3 +368,67 @@ func errString(err error) string {
 	}
 	return err.Error()
 }
+
+// TestDeleteDevice: `controllerlite delete` retires a device: revoked (the
+// controller has a signing key), gone from the API, and its retained
+// messages removed, so a controller restarted on the same data directory
+// does not bring it back from them (nor from its own retained command);
+// the other devices are untouched. Embedded: the board keeps running and
+// is cut off. Mosquitto (not cut before a CRL refresh): the board is off.
+func TestDeleteDevice(t *testing.T) {
+	eachBroker(t, func(t *testing.T, kind brokerKind) {
+		w := newBareWorld(t, kind)
+		dataDir := filepath.Join(t.TempDir(), "data")
+		ctl := startBinController(t, w, dataDir, "--signing-key", w.caKeyFile())
+		d1 := newBinThermostat(t, w, "d1").start()
+		d2 := newBinThermostat(t, w, "d2").start()
+		d1.synced()
+		d2.synced()
+		w.set("d1", map[string]any{protocol.PropSetpoint: 22.5}) // a retained command
+		d1.synced()
+		if kind == mosquitto {
+			d1.stop()
+		}
+		out := command(t, ctl.bin, "delete", "d1", "--http", ctl.apiAddr)
+		if !strings.Contains(out, "d1 deleted and revoked") {
+			t.Errorf("delete output:\n%s", out)
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
+		defer cancel()
+		if _, err := w.api.Device(ctx, "d1"); err == nil || !strings.Contains(err.Error(), "unknown device") {
+			t.Errorf("GET d1 after delete: %v", err)
+		}
+		if _, err := w.api.Delete(ctx, "d1"); err == nil {
+			t.Error("a second delete of d1 succeeded")
+		}
+		// Restart the controller on its data directory: d1 stays gone.
+		ctl.kill9()
+		ctl = startBinController(t, w, dataDir, "--signing-key", w.caKeyFile())
+		d2.synced()
+		w.set("d2", map[string]any{protocol.PropSetpoint: 18.5})
+		d2.synced()
+		devs, err := w.api.Devices(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var ids []string
+		for _, d := range devs {
+			ids = append(ids, d.ID)
+		}
+		if !slices.Equal(ids, []string{"d2"}) {
+			t.Errorf("devices after delete and restart: %v, want [d2]", ids)
+		}
+		if kind == embedded {
+			if st, err := d1.status(); err != nil || st.Connected {
+				t.Errorf("d1 after delete: connected %v (%v)", st.Connected, err)
+			}
+		}
+		list, err := provisioning.LoadRevocations(dataDir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, ok := list.RevokedID("d1"); !ok {
+			t.Error("d1 not in the revocation list")
+		}
+	})
+}

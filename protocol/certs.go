@@ -26,9 +26,14 @@ var renewalDeviceGrants = []Grant{
 }
 
 // renewalControllerGrants: the controller answers every device (it reads
-// the requests through its "#").
+// the requests through its "#"); and when it retires a device
+// (controllerlite delete) it clears the device's retained messages by
+// publishing empty retained ones on its topics.
 var renewalControllerGrants = []Grant{
 	{Filter: "+/" + string(KindCert), Publish: true},
+	{Filter: "+/" + string(KindEvent), Publish: true, Retain: true},
+	{Filter: "+/" + string(KindStatus), Publish: true, Retain: true},
+	{Filter: "+/" + string(KindTelemetry), Publish: true, Retain: true},
 }
 
 // CertRequest is the payload on KindCSR: a PKCS#10 request, PEM, for the

@@ -61,6 +61,8 @@ type Options struct {
 	SetTimeout time.Duration
 	// Logger defaults to slog.Default().
 	Logger *slog.Logger
+	// Delete, when set, serves DELETE /api/devices/{id} (delete.go).
+	Delete Deleter
 }
 
 type handler struct {
@@ -83,6 +85,9 @@ func NewHandler(f Fleet, o Options) http.Handler {
 	mux.HandleFunc("GET /api/devices", h.auth(h.list))
 	mux.HandleFunc("GET /api/devices/{id}", h.auth(h.get))
 	mux.HandleFunc("PUT /api/devices/{id}", h.auth(h.put))
+	if o.Delete != nil {
+		mux.HandleFunc("DELETE /api/devices/{id}", h.auth(h.del))
+	}
 	mux.HandleFunc("GET /healthz", h.health)
 	return mux
 }

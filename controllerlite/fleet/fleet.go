@@ -424,6 +424,12 @@ func (f *Fleet) set(ctx context.Context, id string, changes map[string]any) (Dev
 
 // handle processes one message from the broker.
 func (f *Fleet) handle(topic string, payload []byte, retained bool) {
+	if len(payload) == 0 {
+		// A retained message being removed (Delete does that): nothing
+		// to apply, and no device to make of it.
+		f.log.Debug("empty message ignored", "topic", topic, "retained", retained)
+		return
+	}
 	f.count.received.Add(1)
 	if f.wait.waiting && retained {
 		f.wait.lastRet = f.opts.Now()

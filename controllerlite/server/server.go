@@ -224,7 +224,7 @@ func Start(ctx context.Context, cfg Config) (_ *Server, err error) {
 	go func() { defer s.wg.Done(); s.revs.Run(runCtx, 0) }()
 
 	s.http = &http.Server{
-		Handler:           api.NewHandler(s.fl, api.Options{Token: cfg.HTTPToken, Logger: s.log.With("part", "api")}),
+		Handler:           api.NewHandler(s.fl, api.Options{Token: cfg.HTTPToken, Logger: s.log.With("part", "api"), Delete: s.retire}),
 		ReadHeaderTimeout: 10 * time.Second,
 		ReadTimeout:       30 * time.Second,
 		IdleTimeout:       2 * time.Minute,
