@@ -7,6 +7,7 @@ import (
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/rsa"
+	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/asn1"
@@ -18,6 +19,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -431,4 +433,73 @@ func TestDeleteDevice(t *testing.T) {
 			t.Error("d1 not in the revocation list")
 		}
 	})
+}
+
+// TestServerCertReloadOnSIGHUP: the embedded broker's server certificate
+// is replaced on disk and serve gets SIGHUP: new connections get the new
+// certificate, the connected device is not interrupted; a bad file on a
+// later SIGHUP is refused and the certificate in use stays.
+func TestServerCertReloadOnSIGHUP(t *testing.T) {
+	w := newBareWorld(t, embedded)
+	dir := t.TempDir()
+	certFile, keyFile := filepath.Join(dir, "server.crt"), filepath.Join(dir, "server.key")
+	issue := func() *x509.Certificate {
+		certPEM, keyPEM, err := w.pki.CA.IssueServer(testenv.ServerHosts, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := provisioning.WriteCertKey(certFile, keyFile, certPEM, keyPEM); err != nil {
+			t.Fatal(err)
+		}
+		c, err := provisioning.ReadCertificate(certFile)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return c
+	}
+	first := issue()
+	ctl := startBinController(t, w, filepath.Join(t.TempDir(), "data"), "--cert", certFile, "--key", keyFile)
+	d1 := newBinThermostat(t, w, "d1").start()
+	d1.synced()
+	served := func() string {
+		c, k := w.pki.Client(t, "probe")
+		pair, _, err := provisioning.LoadKeyPair(c, k)
+		if err != nil {
+			t.Fatal(err)
+		}
+		roots, _ := provisioning.LoadCertPool(w.pki.CAFile)
+		conn, err := tls.Dial("tcp", w.brokerAddr(), &tls.Config{RootCAs: roots, ServerName: "localhost", Certificates: []tls.Certificate{pair}})
+		if err != nil {
+			return err.Error()
+		}
+		defer conn.Close()
+		return provisioning.SerialHex(conn.ConnectionState().PeerCertificates[0].SerialNumber)
+	}
+	if got := served(); got != provisioning.SerialHex(first.SerialNumber) {
+		t.Fatalf("served %s, want the first certificate", got)
+	}
+	lost := strings.Count(d1.logText(), "connection lost")
+	second := issue()
+	ctl.cmd.Process.Signal(syscall.SIGHUP)
+	eventually(t, "the broker serves the new certificate", func() (bool, string) {
+		got := served()
+		return got == provisioning.SerialHex(second.SerialNumber), "serves " + got
+	})
+	w.set("d1", map[string]any{protocol.PropSetpoint: 24})
+	d1.synced()
+	if n := strings.Count(d1.logText(), "connection lost"); n != lost {
+		t.Errorf("the device lost its connection %d times across the reload", n-lost)
+	}
+	// A broken file: refused, the second certificate stays.
+	if err := os.WriteFile(certFile, []byte("not a certificate"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	ctl.cmd.Process.Signal(syscall.SIGHUP)
+	eventually(t, "the bad reload is logged", func() (bool, string) {
+		return strings.Contains(ctl.logText(), "certificates not reloaded"), "not logged yet"
+	})
+	if got := served(); got != provisioning.SerialHex(second.SerialNumber) {
+		t.Errorf("after a bad reload the broker serves %s", got)
+	}
+	ctl.alive()
 }

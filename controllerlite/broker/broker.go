@@ -108,6 +108,8 @@ type Broker struct {
 	gate *sessionGate
 	// identity sees duplicate certificates and refused ones (identity.go).
 	identity *identity
+	// cert is the server certificate, replaced by ReloadCertificate.
+	cert atomic.Pointer[tls.Certificate]
 
 	mu      sync.Mutex
 	started bool
@@ -185,6 +187,11 @@ func New(opts Options) (*Broker, error) {
 
 		identity: ident,
 	}
+	// The server certificate through GetCertificate, so that it can be
+	// replaced without a restart (reload.go).
+	b.cert.Store(&tlsConf.Certificates[0])
+	tlsConf.Certificates = nil
+	tlsConf.GetCertificate = func(*tls.ClientHelloInfo) (*tls.Certificate, error) { return b.cert.Load(), nil }
 	b.auth.gate = b.gate
 	b.auth.identity = b.identity
 	// The only hook that answers OnConnectAuthenticate and OnACLCheck. mochi

@@ -4,6 +4,7 @@ import (
 	"crypto/tls"
 	"fmt"
 	"sync/atomic"
+	"time"
 
 	"github.com/thermofleet/thermo/provisioning"
 )
@@ -37,4 +38,34 @@ func (c *reloadableCert) reload() error {
 // get is tls.Config.GetCertificate.
 func (c *reloadableCert) get(*tls.ClientHelloInfo) (*tls.Certificate, error) {
 	return c.cur.Load(), nil
+}
+
+// Reload reads the certificates again without a restart (serve does on
+// SIGHUP), once they pass the checks of the start: the embedded broker's
+// server certificate, the enrolment endpoint's, or with --broker the
+// controller's client certificate (used from its next connection). Nothing
+// is replaced when a check fails.
+func (s *Server) Reload() error {
+	if err := checkCertificates(s.cfg, time.Now()); err != nil {
+		return fmt.Errorf("reload: %w", err)
+	}
+	if s.br != nil {
+		if err := s.br.ReloadCertificate(); err != nil {
+			return err
+		}
+	}
+	if s.tc != nil {
+		pair, _, err := provisioning.LoadKeyPair(s.cfg.CertFile, s.cfg.KeyFile)
+		if err != nil {
+			return fmt.Errorf("reload: %w", err)
+		}
+		s.tc.SetCertificate(pair)
+	}
+	for _, c := range s.certs {
+		if err := c.reload(); err != nil {
+			return err
+		}
+	}
+	s.log.Info("certificates reloaded")
+	return nil
 }

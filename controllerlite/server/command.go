@@ -10,7 +10,10 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"os"
+	"os/signal"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/thermofleet/thermo/internal/cli"
@@ -90,6 +93,12 @@ func Command(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	if err := checkCertificates(cfg, time.Now()); err != nil {
 		return fmt.Errorf("serve: %w", err)
 	}
+	// SIGHUP reloads the certificates: a renewed server certificate
+	// takes over without interrupting the fleet. Caught from here on, so
+	// that one sent while starting does not kill the process.
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
 	s, err := Start(ctx, cfg)
 	if err != nil {
 		return fmt.Errorf("serve: %w", err)
@@ -107,6 +116,18 @@ func Command(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	if !s.RenewalOn() {
 		fmt.Fprintln(stdout, "controllerlite: certificate renewal off (no --signing-key): device certificates will expire")
 	}
+	go func() {
+		for {
+			select {
+			case <-s.Done():
+				return
+			case <-hup:
+				if err := s.Reload(); err != nil {
+					cfg.Logger.Error("SIGHUP: certificates not reloaded, the ones in use stay", "err", err)
+				}
+			}
+		}
+	}()
 	// Under systemd (Type=notify): READY=1 once the fleet has read the
 	// retained state, WATCHDOG=1 only while it is running; no-op elsewhere.
 	supervised := make(chan struct{})
