@@ -25,6 +25,7 @@ import (
 	"log/slog"
 	"math/big"
 	"os"
+	"path/filepath"
 	"sync/atomic"
 	"time"
 
@@ -96,7 +97,23 @@ func New(o Options) (*Renewer, error) {
 	}
 	r := &Renewer{o: o, log: o.Logger.With("component", "renew"), replies: make(chan protocol.CertReply, 4)}
 	r.cur.Store(pair.Leaf)
+	r.checkWritable()
 	return r, nil
+}
+
+// checkWritable warns at start when the key's directory cannot take the
+// renewed pair: the renewal would fail weeks later.
+func (r *Renewer) checkWritable() {
+	for _, f := range []string{r.o.KeyFile, r.o.CertFile} {
+		probe, err := os.CreateTemp(filepath.Dir(f), ".renew-probe-*")
+		if err != nil {
+			r.log.Warn("the device certificate cannot be renewed: its directory is not writable by this process (make it so: chown the directory to the service's user)",
+				"dir", filepath.Dir(f), "err", err)
+			return
+		}
+		probe.Close()
+		os.Remove(probe.Name())
+	}
 }
 
 // NotAfter is the end of the certificate in use.
