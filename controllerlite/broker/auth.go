@@ -98,13 +98,14 @@ func (h *authHook) identify(cl *mqtt.Client, pk packets.Packet) (string, error) 
 	if err != nil {
 		return "", err
 	}
+	revoked := h.isRevoked(tc)
 	switch {
 	case reservedIDs[cn]:
 		return "", fmt.Errorf("certificate CN %q is reserved", cn)
 	case !protocol.IsControllerID(cn) && protocol.CheckDeviceID(cn) != nil:
 		return "", fmt.Errorf("certificate CN %q is not a valid device id or controller name: %w", cn, protocol.CheckDeviceID(cn))
-	case h.isRevoked(tc) != "":
-		return "", fmt.Errorf("certificate of %q is revoked: %s", cn, h.isRevoked(tc))
+	case revoked != "":
+		return "", fmt.Errorf("certificate of %q is revoked: %s", cn, revoked)
 	case pk.Connect.ClientIdentifier != cn:
 		return "", fmt.Errorf("client id %q does not match certificate CN %q", pk.Connect.ClientIdentifier, cn)
 	case pk.Connect.WillFlag && !protocol.MayPublish(h.root, cn, pk.Connect.WillTopic, pk.Connect.WillRetain):

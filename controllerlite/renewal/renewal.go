@@ -21,8 +21,8 @@ import (
 )
 
 // MinInterval is the least time between two certificates issued to one
-// device over MQTT: a device that floods requests gets an error answer,
-// not a signature and a file each.
+// device (over MQTT or the enrolment endpoint): a device that floods
+// requests gets an error answer, not a signature and a file each.
 const MinInterval = 10 * time.Second
 
 // queueSize bounds the requests waiting to be signed; more are dropped
@@ -58,7 +58,7 @@ type Service struct {
 	reqs chan request
 
 	mu   sync.Mutex
-	last map[string]time.Time // when each device was last issued a certificate over MQTT
+	last map[string]time.Time // when each device was last issued a certificate
 }
 
 type request struct {
@@ -120,13 +120,10 @@ func (s *Service) answer(ctx context.Context, r request, publish Publisher) {
 		return // no nonce to answer to
 	}
 	reply := protocol.CertReply{V: protocol.Version, Nonce: req.Nonce}
-	if wait := s.tooSoon(r.id); wait > 0 {
-		reply.Error = fmt.Sprintf("a certificate was issued to %s less than %v ago: ask again in %v", r.id, MinInterval, wait.Round(time.Second))
-	} else if certPEM, cert, err := s.Sign(r.id, []byte(req.CSR)); err != nil {
+	if certPEM, cert, err := s.Sign(r.id, []byte(req.CSR)); err != nil {
 		reply.Error = err.Error()
 	} else {
 		reply.Cert = string(certPEM)
-		s.issued(r.id)
 		s.log.Info("renewal: certificate issued over MQTT", "device", r.id, "serial", provisioning.SerialHex(cert.SerialNumber), "not_after", cert.NotAfter)
 	}
 	if reply.Error != "" {
@@ -167,6 +164,9 @@ func (s *Service) Sign(id string, csrData []byte) ([]byte, *x509.Certificate, er
 	if e, revoked := s.o.Revocations.Fresh().RevokedID(id); revoked {
 		return nil, nil, fmt.Errorf("%w: %w (%s %s)", provisioning.ErrRenewalRefused, ErrRevoked, e.Time.Format(time.RFC3339), e.Reason)
 	}
+	if wait := s.tooSoon(id); wait > 0 {
+		return nil, nil, fmt.Errorf("%w: a certificate was issued to %s less than %v ago: ask again in %v", provisioning.ErrRenewalRefused, id, MinInterval, wait.Round(time.Second))
+	}
 	csr, err := provisioning.ParseCSR(csrData)
 	if err != nil {
 		return nil, nil, err
@@ -175,6 +175,7 @@ func (s *Service) Sign(id string, csrData []byte) ([]byte, *x509.Certificate, er
 	if err != nil {
 		return nil, nil, err
 	}
+	s.issued(id)
 	if err := provisioning.RecordIssued(s.o.DataDir, cert); err != nil {
 		// Issued all the same: the device needs it; revoking the id
 		// still refuses it on the embedded broker.

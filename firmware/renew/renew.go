@@ -300,18 +300,26 @@ func (r *Renewer) verify(cert *x509.Certificate, pub crypto.PublicKey) error {
 	return nil
 }
 
-// sleepUntil waits until t or ctx's end; it reports whether t came.
+// wakeEvery bounds one wait of sleepUntil: the wall clock is looked at
+// again at least this often. A board without a real-time clock starts in
+// 1970 and is set right by NTP later; a timer runs on the monotonic clock
+// and would wait out the decades.
+const wakeEvery = 10 * time.Minute
+
+// sleepUntil waits until the wall clock reaches t or ctx ends; it reports
+// whether t came.
 func sleepUntil(ctx context.Context, t time.Time) bool {
-	d := time.Until(t)
-	if d <= 0 {
-		return ctx.Err() == nil
-	}
-	timer := time.NewTimer(d)
-	defer timer.Stop()
-	select {
-	case <-ctx.Done():
-		return false
-	case <-timer.C:
-		return true
+	for {
+		d := time.Until(t)
+		if d <= 0 {
+			return ctx.Err() == nil
+		}
+		timer := time.NewTimer(min(d, wakeEvery))
+		select {
+		case <-ctx.Done():
+			timer.Stop()
+			return false
+		case <-timer.C:
+		}
 	}
 }
