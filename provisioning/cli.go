@@ -429,7 +429,7 @@ func refuseExisting(force bool, paths ...string) error {
 	return nil
 }
 
-const csrUsage = "thermostat csr [--id ID] [--out DIR] [--force]"
+const csrUsage = "thermostat csr [--id ID] [--out DIR] [--days N] [--force]"
 
 // RunCSR runs `thermostat csr ARGS...` on a device: it makes the device's
 // private key (DIR/device.key, 0600) and a certificate request (DIR/ID.csr)
@@ -440,10 +440,16 @@ func RunCSR(args []string, stdout, stderr io.Writer) error {
 	id := fs.String("id", "", "device id, the certificate's CN (default: this host's name)")
 	out := fs.String("out", ".", "directory for the key and the request")
 	force := fs.Bool("force", false, "replace an existing device.key (the certificate issued for it stops working)")
+	days := newDaysFlag(fs, DefaultDeviceValidity)
 	if _, err := cli.ParseN(fs, args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return nil
 		}
+		return fmt.Errorf("csr: %w", err)
+	}
+	// A request cannot carry a lifetime: the signer gives it, so the
+	// command printed for the signer carries --days.
+	if _, err := days.validity(); err != nil {
 		return fmt.Errorf("csr: %w", err)
 	}
 	if *id == "" {
@@ -474,7 +480,7 @@ func RunCSR(args []string, stdout, stderr io.Writer) error {
 		return fmt.Errorf("csr: %w", err)
 	}
 	fmt.Fprintf(stdout, "Key %s (0600, stays on this device) and request %s for device %q.\n", keyFile, csrFile, *id)
-	fmt.Fprintf(stdout, "Copy %s to the controller host and run: controllerlite pki sign %s\n", csrFile, filepath.Base(csrFile))
+	fmt.Fprintf(stdout, "Copy %s to the controller host and run: controllerlite pki sign %s --days %d\n", csrFile, filepath.Base(csrFile), days.days)
 	fmt.Fprintf(stdout, "Bring back %s and %s into %s, then run:\n", DeviceCertFile, CACertFile, *out)
 	fmt.Fprintf(stdout, "  thermostat run --broker mqtts://BROKER_HOST:8883 --ca %s --cert %s --key %s\n",
 		filepath.Join(*out, CACertFile), filepath.Join(*out, DeviceCertFile), keyFile)
