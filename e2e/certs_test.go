@@ -503,3 +503,51 @@ func TestServerCertReloadOnSIGHUP(t *testing.T) {
 	}
 	ctl.alive()
 }
+
+// TestThermostatFinishesCutSwap: the thermostat binary starts on the files
+// a kill left in the middle of a renewal's swap (see firmware/renew), finishes
+// the swap and connects with the new pair.
+func TestThermostatFinishesCutSwap(t *testing.T) {
+	w := newBareWorld(t, embedded)
+	startBinController(t, w, filepath.Join(t.TempDir(), "data"))
+	for _, tc := range []struct {
+		name     string
+		keyMoved bool // the new key already renamed over the old one
+	}{
+		{"both new files written", false},
+		{"new key in place", true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			id := "swap" + strconv.FormatBool(tc.keyMoved)
+			cert, key := shortLivedDevice(t, w, id, time.Minute, 24*time.Hour)
+			newCert, newKey, err := w.pki.CA.IssueClient(id, &provisioning.IssueOptions{Validity: 48 * time.Hour})
+			if err != nil {
+				t.Fatal(err)
+			}
+			keyDest := key + ".next"
+			if tc.keyMoved {
+				keyDest = key
+			}
+			if err := os.WriteFile(keyDest, newKey, 0o600); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.WriteFile(cert+".next", newCert, 0o644); err != nil {
+				t.Fatal(err)
+			}
+			d := newBinThermostat(t, w, id).withCert(cert, key).start()
+			st, _ := d.synced()
+			want, _ := provisioning.ReadCertificate(cert)
+			if want == nil || st.CertExpires == nil || !st.CertExpires.Equal(want.NotAfter) || time.Until(want.NotAfter) < 46*time.Hour {
+				t.Errorf("runs with certificate ending %s, want the new one's end (files: %v)", fmtTime(st.CertExpires), want != nil && time.Until(want.NotAfter) > 46*time.Hour)
+			}
+			if !strings.Contains(d.logText(), "certificate swap recovered") {
+				t.Error("the recovery is not logged")
+			}
+			for _, f := range []string{cert + ".next", key + ".next"} {
+				if _, err := os.Stat(f); err == nil {
+					t.Errorf("%s left", f)
+				}
+			}
+		})
+	}
+}
