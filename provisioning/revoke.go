@@ -73,8 +73,7 @@ func IsSerial(arg string) bool { return serialRE.MatchString(arg) }
 // SerialHex is the list's spelling of a serial number.
 func SerialHex(n *big.Int) string { return hex.EncodeToString(n.Bytes()) }
 
-// normalizeSerial turns "0A:1b..." into "0a1b..." without leading zeros
-// bytes beyond what big.Int gives.
+// normalizeSerial turns "0A:1B:..." (openssl's spelling) into SerialHex's.
 func normalizeSerial(s string) (string, error) {
 	n, ok := new(big.Int).SetString(strings.ReplaceAll(s, ":", ""), 16)
 	if !ok {
@@ -230,8 +229,9 @@ func (l *Revocations) Check(cert *x509.Certificate) (Revocation, bool) {
 	return Revocation{}, false
 }
 
-// CRL returns a CRL of every revoked serial, signed by ca, with the given
-// number (it must grow with each CRL: the time in seconds does).
+// CRL returns a CRL of every revoked serial, signed by ca, current for
+// validity (DefaultCRLValidity when 0). Its number, which must grow from
+// one CRL to the next, is the time in seconds.
 func (ca *CA) CRL(l *Revocations, now time.Time, validity time.Duration) ([]byte, error) {
 	if validity <= 0 {
 		validity = DefaultCRLValidity
