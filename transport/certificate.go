@@ -11,9 +11,14 @@ var ErrReconnect = errors.New("reconnecting with a new certificate")
 // SetCertificate makes pair the client certificate of every connection
 // from now on (a renewed certificate); the connection up now keeps the
 // old one until Reconnect. TLS sessions of the old certificate are
-// forgotten: a resumed session would present the old identity again.
+// forgotten: a resumed session would present the old identity again. A
+// client of a plain mqtt:// broker has no certificate: nothing changes.
 func (c *Client) SetCertificate(pair tls.Certificate) {
-	conf := c.tls.Load().Clone()
+	old := c.tls.Load()
+	if old == nil {
+		return // plain MQTT: no certificate to replace
+	}
+	conf := old.Clone()
 	conf.Certificates = []tls.Certificate{pair}
 	conf.ClientSessionCache = tls.NewLRUClientSessionCache(1)
 	c.tls.Store(conf)

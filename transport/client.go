@@ -53,8 +53,20 @@ type Options struct {
 	// KeyFile are this client's certificate, whose Common Name is its id.
 	CAFile, CertFile, KeyFile string
 	// ClientID defaults to the certificate's Common Name; brokers of this
-	// product refuse any other.
+	// product refuse any other. Required without CertFile.
 	ClientID string
+	// Username and Password, when Username is set, are sent in CONNECT:
+	// for a broker that knows its clients by password instead of by
+	// certificate (Home Assistant's Mosquitto add-on), never the fleet's.
+	Username, Password string
+	// TLS, when set, is used instead of CAFile, CertFile and KeyFile: a
+	// broker outside the fleet's PKI, verified against TLS.RootCAs (the
+	// system's roots when nil). ServerName defaults to the broker's host.
+	TLS *tls.Config
+	// AllowPlain accepts a broker address mqtt://HOST[:PORT] (port 1883
+	// when omitted): no TLS at all, for a broker on a LAN that offers
+	// nothing else. The fleet's links never set it.
+	AllowPlain bool
 	// KeepAlive is the MQTT keep-alive sent to the broker; a broker silent
 	// for this long is dropped. Default 15s.
 	KeepAlive time.Duration
@@ -147,20 +159,41 @@ type Client struct {
 // New checks the options, loads the certificates and returns a Client that
 // has not connected yet.
 func New(o Options) (*Client, error) {
-	u, err := ParseBroker(o.Broker)
+	parse := ParseBroker
+	if o.AllowPlain {
+		parse = ParseBrokerOrPlain
+	}
+	u, err := parse(o.Broker)
 	if err != nil {
 		return nil, err
 	}
-	conf, err := provisioning.LoadClientTLS(o.CAFile, o.CertFile, o.KeyFile)
-	if err != nil {
-		return nil, fmt.Errorf("transport: %w", err)
+	var conf *tls.Config // nil: plain mqtt://
+	switch {
+	case u.Scheme == "mqtt":
+	case o.TLS != nil:
+		conf = o.TLS.Clone()
+		if conf.MinVersion == 0 {
+			conf.MinVersion = tls.VersionTLS12
+		}
+	default:
+		if conf, err = provisioning.LoadClientTLS(o.CAFile, o.CertFile, o.KeyFile); err != nil {
+			return nil, fmt.Errorf("transport: %w", err)
+		}
 	}
-	conf.ServerName = u.Hostname()
-	// Resumed TLS sessions skip the certificate exchange and signatures on
-	// reconnect: cheaper for the broker when a whole fleet comes back.
-	conf.ClientSessionCache = tls.NewLRUClientSessionCache(1)
+	if conf != nil {
+		if conf.ServerName == "" {
+			conf.ServerName = u.Hostname()
+		}
+		// Resumed TLS sessions skip the certificate exchange and
+		// signatures on reconnect: cheaper for the broker when a whole
+		// fleet comes back.
+		conf.ClientSessionCache = tls.NewLRUClientSessionCache(1)
+	}
 	id := o.ClientID
 	if id == "" {
+		if o.CertFile == "" || o.TLS != nil || conf == nil {
+			return nil, errors.New("transport: no client id: without a client certificate, ClientID is required")
+		}
 		if id, err = provisioning.CommonName(o.CertFile); err != nil {
 			return nil, fmt.Errorf("transport: %w", err)
 		}
@@ -202,7 +235,9 @@ func New(o Options) (*Client, error) {
 		takeover: takeoverGuard{backoff: TakeoverBackoff},
 		failures: lograte.New(lograte.DefaultInterval, nil),
 	}
-	c.tls.Store(conf)
+	if conf != nil {
+		c.tls.Store(conf)
+	}
 	return c, nil
 }
 
@@ -237,6 +272,24 @@ func ParseBroker(s string) (*url.URL, error) {
 		u.Host = net.JoinHostPort(u.Hostname(), "8883")
 	}
 	u.Scheme = "mqtts"
+	return u, nil
+}
+
+// ParseBrokerOrPlain is ParseBroker that also accepts a plain-text broker,
+// mqtt://HOST[:PORT] (or tcp://), port 1883 by default: for Options with
+// AllowPlain.
+func ParseBrokerOrPlain(s string) (*url.URL, error) {
+	u, err := url.Parse(s)
+	if err != nil || u.Scheme != "mqtt" && u.Scheme != "tcp" {
+		return ParseBroker(s)
+	}
+	if u.Hostname() == "" {
+		return nil, fmt.Errorf("broker address %q: no host", s)
+	}
+	if u.Port() == "" {
+		u.Host = net.JoinHostPort(u.Hostname(), "1883")
+	}
+	u.Scheme = "mqtt"
 	return u, nil
 }
 
@@ -524,6 +577,9 @@ func (c *Client) connect(ctx context.Context) (<-chan error, error) {
 			conn = cn
 			return cn, nil
 		})
+	if c.opts.Username != "" {
+		o.SetUsername(c.opts.Username).SetPassword(c.opts.Password)
+	}
 	if w := c.opts.Will; w != nil {
 		o.SetBinaryWill(w.Topic, w.Payload, w.QoS, w.Retained)
 	}
@@ -588,7 +644,8 @@ func (c *Client) connect(ctx context.Context) (<-chan error, error) {
 }
 
 // dial opens the TLS connection paho runs MQTT over, verifying the broker's
-// certificate against the CA and the host name.
+// certificate against the CA and the host name (or, for a plain broker that
+// AllowPlain accepted, the TCP connection).
 func (c *Client) dial(ctx context.Context, u *url.URL) (*liveConn, error) {
 	ctx, cancel := context.WithTimeout(ctx, c.opts.ConnectTimeout)
 	defer cancel()
@@ -599,7 +656,11 @@ func (c *Client) dial(ctx context.Context, u *url.URL) (*liveConn, error) {
 	if tc, ok := raw.(*net.TCPConn); ok {
 		tc.SetNoDelay(true)
 	}
-	tc := tls.Client(raw, c.tls.Load().Clone())
+	conf := c.tls.Load()
+	if conf == nil { // plain mqtt://, AllowPlain
+		return newLiveConn(raw, time.Now()), nil
+	}
+	tc := tls.Client(raw, conf.Clone())
 	if err := tc.HandshakeContext(ctx); err != nil {
 		raw.Close()
 		return nil, fmt.Errorf("tls: %w", err)

@@ -4,7 +4,9 @@
 //	GET  /api/devices        every device, a JSON array sorted by id
 //	GET  /api/devices/{id}   one device
 //	PUT  /api/devices/{id}   set properties: {"setpoint_c": 21.5, "mode": "heat"}
+//	GET  /api/devices/{id}/history?from=&to=&step=   telemetry history (history.go)
 //	GET  /healthz            fleet status; 200 once ready, 503 before
+//	GET  /metrics            Prometheus metrics, when Options.Metrics is set
 //
 // A device is the JSON of fleet.Device: id, online, vc, props (name to
 // {"val", "w"} as on the wire), telemetry (the latest, as on the wire, or
@@ -15,7 +17,8 @@
 //
 // With a token (always required when the listener is not on a loopback
 // address: see Listen), every /api/ request must carry
-// "Authorization: Bearer TOKEN". /healthz needs no token.
+// "Authorization: Bearer TOKEN", and so must /metrics. /healthz needs no
+// token.
 package api
 
 import (
@@ -63,6 +66,11 @@ type Options struct {
 	Logger *slog.Logger
 	// Delete, when set, serves DELETE /api/devices/{id} (delete.go).
 	Delete Deleter
+	// History answers GET /api/devices/{id}/history; nil: 404.
+	History History
+	// Metrics, if set, is served at GET /metrics under the same
+	// authentication as /api/ (see package controllerlite/metrics).
+	Metrics http.Handler
 }
 
 type handler struct {
@@ -88,11 +96,15 @@ func NewHandler(f Fleet, o Options) http.Handler {
 	if o.Delete != nil {
 		mux.HandleFunc("DELETE /api/devices/{id}", h.auth(h.del))
 	}
+	mux.HandleFunc("GET /api/devices/{id}/history", h.auth(h.history))
 	mux.HandleFunc("GET /healthz", h.health)
+	if o.Metrics != nil {
+		mux.HandleFunc("GET /metrics", h.auth(o.Metrics.ServeHTTP))
+	}
 	return mux
 }
 
-// auth wraps an /api/ handler with the bearer-token check.
+// auth wraps an /api/ handler (and /metrics) with the bearer-token check.
 func (h *handler) auth(next http.HandlerFunc) http.HandlerFunc {
 	if h.opts.Token == "" {
 		return next

@@ -93,6 +93,8 @@ type Options struct {
 	// Telemetry, if set, is told of every live telemetry message accepted
 	// (not retained ones: those were told when they were live).
 	Telemetry TelemetrySink
+	// Meter, if set, hears how long commits and resyncs take (meter.go).
+	Meter Meter
 }
 
 // Device is what the fleet knows of one device, as the HTTP API returns it.
@@ -164,11 +166,16 @@ type Fleet struct {
 	pub   Publisher       // nil while the link is down
 	batch batch
 	wait  retainedWait
+
+	// resyncs are the devices greeted and not yet back in sync (meter.go).
+	resyncs map[string]resyncWait
 }
 
 // counters are the fleet's message counts, read by Status.
 type counters struct {
 	received, rejected, propsRejected, published atomic.Uint64
+
+	by breakdown // by kind and reason, read by Counts
 }
 
 // batch is the work queued since the loop last woke, done in one go: what
@@ -220,6 +227,9 @@ func New(opts Options) (*Fleet, error) {
 	if opts.Now == nil {
 		opts.Now = time.Now
 	}
+	if opts.Meter == nil {
+		opts.Meter = nopMeter{}
+	}
 	devs, err := opts.Store.Load()
 	if err != nil {
 		return nil, fmt.Errorf("fleet: %w", err)
@@ -238,6 +248,7 @@ func New(opts Options) (*Fleet, error) {
 		recs:     map[string]*store.Device{},
 		dirty:    map[string]bool{},
 		batch:    batch{persist: map[string]bool{}, touched: map[string]bool{}},
+		resyncs:  map[string]resyncWait{},
 	}
 	for _, d := range devs {
 		replicas[d.ID] = d.Replica
@@ -431,6 +442,7 @@ func (f *Fleet) handle(topic string, payload []byte, retained bool) {
 		return
 	}
 	f.count.received.Add(1)
+	f.count.by.receive(topic)
 	if f.wait.waiting && retained {
 		f.wait.lastRet = f.opts.Now()
 	}
@@ -440,7 +452,7 @@ func (f *Fleet) handle(topic string, payload []byte, retained bool) {
 		return
 	}
 	if id == protocol.ControllerID {
-		f.reject(topic, payload, errors.New("the device id is reserved for the controller"))
+		f.reject(topic, payload, protocol.ErrReservedID)
 		return
 	}
 	switch kind {
@@ -468,6 +480,9 @@ func (f *Fleet) handle(topic string, payload []byte, retained bool) {
 		if err != nil {
 			f.reject(topic, payload, err)
 			return
+		}
+		if kind == protocol.KindEvent && !retained {
+			f.resyncEvent(id, m)
 		}
 		rec := f.record(id)
 		if out.Duplicate {
@@ -500,9 +515,13 @@ func (f *Fleet) handle(topic string, payload []byte, retained bool) {
 			if g := f.ctrl.Online(id); g != nil {
 				f.log.Info("greeting", "device", id, "vc", g.VC)
 				f.send([]command{{id, *g}})
+				if !retained {
+					f.resyncStart(id, *g)
+				}
 			}
 		} else {
 			f.ctrl.Offline(id)
+			delete(f.resyncs, id)
 		}
 	case protocol.KindTelemetry:
 		t, err := protocol.DecodeTelemetry(payload)
@@ -533,6 +552,7 @@ func (f *Fleet) handle(topic string, payload []byte, retained bool) {
 
 func (f *Fleet) reject(topic string, payload []byte, err error) {
 	f.count.rejected.Add(1)
+	f.count.by.reject(f.root, topic, payload, err)
 	f.log.Warn("message rejected", "topic", topic, "bytes", len(payload), "reason", err)
 }
 

@@ -19,6 +19,7 @@ import (
 	"github.com/thermofleet/thermo/internal/cli"
 
 	"github.com/thermofleet/thermo/controllerlite/api"
+	"github.com/thermofleet/thermo/controllerlite/hass"
 	"github.com/thermofleet/thermo/protocol"
 	"github.com/thermofleet/thermo/provisioning"
 	"github.com/thermofleet/thermo/systemd"
@@ -27,9 +28,10 @@ import (
 
 // Flags are the parsed flags of `controllerlite serve`.
 type Flags struct {
-	cfg       Config
-	tokenFile string
-	level     string
+	cfg            Config
+	tokenFile      string
+	level          string
+	haPasswordFile string
 }
 
 // ParseFlags parses serve's flags; `install` checks its flags with it
@@ -45,6 +47,7 @@ func ParseFlags(args []string, stderr io.Writer) (Flags, error) {
 	fs.StringVar(&cfg.BrokerDataDir, "broker-data-dir", "", "`DIR` of the embedded broker's store (default DATA-DIR/broker)")
 	fs.StringVar(&cfg.HTTPAddr, "http", api.DefaultAddr, "HTTP API listen `ADDR`; off loopback it requires --http-token-file")
 	fs.StringVar(tokenFile, "http-token-file", "", "`FILE` holding the API's bearer token")
+	fs.BoolVar(&cfg.Metrics, "metrics", false, "serve Prometheus metrics at /metrics on the --http listener (with its token)")
 	fs.StringVar(&cfg.Listen, "listen", "", "embedded broker's TLS listen `ADDR` (default :8883 unless --broker)")
 	fs.StringVar(&cfg.Broker, "broker", "", "external broker mqtts://HOST:PORT instead of the embedded one")
 	fs.DurationVar(&cfg.KeepAlive, "keep-alive", transport.DefaultKeepAlive, "MQTT keep-alive of the link to --broker; a broker silent this long is dropped and reconnected")
@@ -56,11 +59,21 @@ func ParseFlags(args []string, stderr io.Writer) (Flags, error) {
 	fs.DurationVar(&cfg.EnrollGrace, "enroll-grace", 180*24*time.Hour, "how long after its end an expired device certificate is still taken on --enroll-listen")
 	fs.StringVar(&cfg.EnrollCertFile, "enroll-cert", "", "server certificate `FILE` of --enroll-listen (default --cert)")
 	fs.StringVar(&cfg.EnrollKeyFile, "enroll-key", "", "private key `FILE` of --enroll-cert (default --key)")
+	ha := &cfg.HomeAssistant
+	fs.StringVar(&ha.Broker, "ha-broker", "", "Home Assistant's MQTT broker, mqtt://HOST:PORT or mqtts://HOST:PORT: publish the fleet there with MQTT discovery (docs/home-assistant.md)")
+	fs.StringVar(&ha.Username, "ha-username", "", "user `NAME` on --ha-broker")
+	fs.StringVar(&o.haPasswordFile, "ha-password-file", "", "`FILE` holding the password of --ha-username (not readable by every user)")
+	fs.StringVar(&ha.CAFile, "ha-ca", "", "CA certificate `FILE` of an mqtts:// --ha-broker with a private CA (default: the system's roots)")
+	fs.StringVar(&ha.Prefix, "ha-prefix", hass.DefaultPrefix, "Home Assistant's discovery prefix")
+	fs.StringVar(&ha.TopicRoot, "ha-topic-root", hass.DefaultTopicRoot, "first topic level of the devices' state and command topics on --ha-broker")
 	if pos, err := cli.Parse(fs, args); err != nil {
 		return o, err
 	} else if len(pos) > 0 {
 		fs.Usage()
 		return o, fmt.Errorf("%w: serve takes no arguments, got %q", cli.ErrUsage, pos[0])
+	}
+	if ha.Broker == "" && (ha.Username != "" || o.haPasswordFile != "" || ha.CAFile != "") {
+		return o, fmt.Errorf("%w: --ha-username, --ha-password-file and --ha-ca need --ha-broker", cli.ErrUsage)
 	}
 	var lv slog.Level
 	if err := lv.UnmarshalText([]byte(*level)); err != nil {
@@ -88,6 +101,13 @@ func Command(ctx context.Context, args []string, stdout, stderr io.Writer) error
 			return err
 		}
 		cfg.HTTPToken = tok
+	}
+	if o.haPasswordFile != "" {
+		pw, err := hass.ReadPasswordFile(o.haPasswordFile)
+		if err != nil {
+			return fmt.Errorf("serve: --ha-password-file: %w", err)
+		}
+		cfg.HomeAssistant.Password = pw
 	}
 
 	if err := checkCertificates(cfg, time.Now()); err != nil {

@@ -21,6 +21,9 @@ import (
 	"github.com/thermofleet/thermo/controllerlite/broker"
 	"github.com/thermofleet/thermo/controllerlite/enroll"
 	"github.com/thermofleet/thermo/controllerlite/fleet"
+	"github.com/thermofleet/thermo/controllerlite/hass"
+	"github.com/thermofleet/thermo/controllerlite/history"
+	"github.com/thermofleet/thermo/controllerlite/metrics"
 	"github.com/thermofleet/thermo/controllerlite/renewal"
 	"github.com/thermofleet/thermo/controllerlite/store"
 	"github.com/thermofleet/thermo/protocol"
@@ -96,6 +99,12 @@ type Config struct {
 	// certificate; CertFile and KeyFile when empty (with the embedded
 	// broker they are the fleet's server certificate).
 	EnrollCertFile, EnrollKeyFile string
+	// HomeAssistant, when its Broker is set, bridges the fleet to Home
+	// Assistant's broker (package hass).
+	HomeAssistant hass.Options
+	// Metrics serves Prometheus metrics at /metrics on the API's listener,
+	// with the API's authentication (package controllerlite/metrics).
+	Metrics bool
 	// Logger defaults to slog.Default().
 	Logger *slog.Logger
 }
@@ -105,6 +114,7 @@ type Server struct {
 	cfg    Config
 	log    *slog.Logger
 	st     *store.Store
+	hist   *history.History
 	fl     *fleet.Fleet
 	br     *broker.Broker
 	tc     *transport.Client
@@ -145,7 +155,16 @@ func Start(ctx context.Context, cfg Config) (_ *Server, err error) {
 	if s.st, err = store.Open(cfg.DataDir); err != nil {
 		return nil, err
 	}
-	if s.fl, err = fleet.New(fleet.Options{Store: s.st, TopicRoot: cfg.TopicRoot, Logger: s.log.With("part", "fleet")}); err != nil {
+	if s.hist, err = history.Open(cfg.DataDir, history.Options{Logger: s.log.With("part", "history")}); err != nil {
+		return nil, err
+	}
+	fopts := fleet.Options{Store: s.st, Telemetry: s.hist, TopicRoot: cfg.TopicRoot, Logger: s.log.With("part", "fleet")}
+	var m *metrics.Metrics
+	if cfg.Metrics {
+		m = metrics.New(s.log.With("part", "metrics"))
+		fopts.Meter = m
+	}
+	if s.fl, err = fleet.New(fopts); err != nil {
 		return nil, err
 	}
 
@@ -222,9 +241,26 @@ func Start(ctx context.Context, cfg Config) (_ *Server, err error) {
 	}
 	s.wg.Add(1)
 	go func() { defer s.wg.Done(); s.revs.Run(runCtx, 0) }()
+	if cfg.HomeAssistant.Broker != "" {
+		bridge, err := hass.New(s.fl, cfg.HomeAssistant)
+		if err != nil {
+			return nil, err
+		}
+		s.wg.Add(1)
+		go func() { defer s.wg.Done(); bridge.Run(runCtx) }()
+	}
 
+	aopts := api.Options{Token: cfg.HTTPToken, History: s.hist, Logger: s.log.With("part", "api"), Delete: s.retire}
+	if m != nil {
+		var b metrics.Broker
+		if s.br != nil {
+			b = s.br
+		}
+		m.Watch(s.fl, b)
+		aopts.Metrics = m.Handler()
+	}
 	s.http = &http.Server{
-		Handler:           api.NewHandler(s.fl, api.Options{Token: cfg.HTTPToken, Logger: s.log.With("part", "api"), Delete: s.retire}),
+		Handler:           api.NewHandler(s.fl, aopts),
 		ReadHeaderTimeout: 10 * time.Second,
 		ReadTimeout:       30 * time.Second,
 		IdleTimeout:       2 * time.Minute,
@@ -368,6 +404,14 @@ func check(cfg *Config) error {
 	if cfg.DataDir == "" {
 		return errors.New("--data-dir is required")
 	}
+	if cfg.HomeAssistant.Broker != "" {
+		if cfg.HomeAssistant.Logger == nil {
+			cfg.HomeAssistant.Logger = cfg.Logger.With("part", "hass")
+		}
+		if err := cfg.HomeAssistant.Check(); err != nil {
+			return err
+		}
+	}
 	if cfg.TopicRoot == "" {
 		cfg.TopicRoot = protocol.DefaultRoot
 	}
@@ -411,8 +455,9 @@ func check(cfg *Config) error {
 }
 
 // shutdown stops the parts in order: no new API requests, then the fleet
-// (which writes what it has not yet stored), then the broker (its clients'
-// wills go out), then the store.
+// (which writes what it has not yet stored), then the history (its
+// samples waiting are written), then the broker (its clients' wills go
+// out), then the store.
 func (s *Server) shutdown() {
 	if s.http != nil {
 		ctx, cancel := context.WithTimeout(context.Background(), shutdownGrace)
@@ -434,6 +479,11 @@ func (s *Server) shutdown() {
 		s.cancel()
 	}
 	s.wg.Wait()
+	if s.hist != nil {
+		if err := s.hist.Close(); err != nil {
+			s.log.Warn("history close", "error", err)
+		}
+	}
 	if s.br != nil {
 		if err := s.br.Close(); err != nil {
 			s.log.Warn("broker close", "error", err)

@@ -176,6 +176,8 @@ type Agent struct {
 	connected atomic.Bool
 	counters  struct {
 		received, rejected, rejectedProps, duplicates, applied, discarded, eventsSent atomic.Uint64
+
+		saves, saveFailures atomic.Uint64 // state writes, for Saves
 	}
 }
 
@@ -466,6 +468,7 @@ func (a *Agent) save(st protocol.DeviceState, b []byte) error {
 	if err := a.cfg.Store.Save(st); err != nil {
 		return a.saveFailed(err)
 	}
+	a.counters.saves.Add(1)
 	a.saved, a.lastSaved = st, b
 	a.saveWorks()
 	return nil
@@ -477,6 +480,7 @@ func (a *Agent) save(st protocol.DeviceState, b []byte) error {
 // resumes by itself once the disk has room. It returns err wrapped in
 // ErrNotSaved.
 func (a *Agent) saveFailed(err error) error {
+	a.counters.saveFailures.Add(1)
 	now := a.clock.Now()
 	st := &a.storage
 	if !st.failing {
@@ -991,6 +995,12 @@ func (a *Agent) Counters() Counters {
 		Duplicates: c.duplicates.Load(), Applied: c.applied.Load(), Discarded: c.discarded.Load(),
 		EventsSent: c.eventsSent.Load(),
 	}
+}
+
+// Saves returns how many times the state was written since start, and how
+// many writes failed (metrics).
+func (a *Agent) Saves() (ok, failed uint64) {
+	return a.counters.saves.Load(), a.counters.saveFailures.Load()
 }
 
 func propsLog(p protocol.Props) string {

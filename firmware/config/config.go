@@ -18,9 +18,11 @@ import (
 	"io/fs"
 	"log/slog"
 	"math"
+	"net"
 	"net/url"
 	"os"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -81,6 +83,9 @@ type Config struct {
 	// --enroll-listen), https://HOST:PORT: a device whose certificate
 	// expired while it was off renews there. Empty: no such recovery.
 	EnrollURL string `yaml:"enroll_url"`
+	// MetricsAddr, if set, serves Prometheus metrics at /metrics on this
+	// host:port, without authentication (firmware/metrics).
+	MetricsAddr string `yaml:"metrics_addr"`
 
 	// Sim tunes the simulated board of --hal sim.
 	Sim SimConfig `yaml:"sim"`
@@ -136,7 +141,7 @@ const DefaultRenewAt = 2.0 / 3
 
 // keys are the top-level keys of the file, in the order of Config.
 var keys = []string{"broker", "ca", "cert", "key", "state_dir", "hal", "control_socket", "topic_root",
-	"telemetry_interval", "sync_timeout", "keep_alive", "log_level", "renew_at", "enroll_url", "sim", "hardware", "control", "presets", "schedule"}
+	"telemetry_interval", "sync_timeout", "keep_alive", "log_level", "metrics_addr", "renew_at", "enroll_url", "sim", "hardware", "control", "presets", "schedule"}
 
 // Parse reads a configuration file's contents over Default(). name is the
 // file's name, for messages.
@@ -286,6 +291,13 @@ func (c *Config) Validate() error {
 			return c.errorf("enroll_url", "%q: want https://HOST:PORT, the controller's --enroll-listen", c.EnrollURL)
 		}
 	}
+	if c.MetricsAddr != "" {
+		if _, port, err := net.SplitHostPort(c.MetricsAddr); err != nil {
+			return c.errorf("metrics_addr", "%q is not host:port (such as 127.0.0.1:9100): %v", c.MetricsAddr, err)
+		} else if _, err := strconv.ParseUint(port, 10, 16); err != nil {
+			return c.errorf("metrics_addr", "%q: port %q is not a number from 0 to 65535", c.MetricsAddr, port)
+		}
+	}
 	if s := c.Sim.Speed; math.IsNaN(s) || s < 0 || s > 10000 {
 		return c.errorf("sim", "speed %v is outside 0..10000", s)
 	}
@@ -326,7 +338,7 @@ var flagKeys = map[string]string{
 	"broker": "broker", "ca": "ca", "cert": "cert", "key": "key", "state-dir": "state_dir",
 	"hal": "hal", "control-socket": "control_socket", "topic-root": "topic_root",
 	"telemetry-interval": "telemetry_interval", "sync-timeout": "sync_timeout",
-	"keep-alive": "keep_alive", "log-level": "log_level", "sim-speed": "sim",
+	"keep-alive": "keep_alive", "log-level": "log_level", "metrics-addr": "metrics_addr", "sim-speed": "sim",
 	"renew-at": "renew_at", "enroll-url": "enroll_url",
 }
 
@@ -349,6 +361,7 @@ func RegisterFlags(fs *flag.FlagSet) *Flags {
 	fs.StringVar(&s.LogLevel, "log-level", s.LogLevel, "debug, info, warn or error")
 	fs.Float64Var(&s.RenewAt, "renew-at", s.RenewAt, "renew the device certificate at this fraction of its life (0.1 to 0.95)")
 	fs.StringVar(&s.EnrollURL, "enroll-url", "", "the controller's enrolment endpoint, https://HOST:PORT (serve --enroll-listen): renews a certificate that expired while the device was off")
+	fs.StringVar(&s.MetricsAddr, "metrics-addr", "", "serve Prometheus metrics at /metrics on this host:port (off when empty; no authentication, so keep it on loopback or a trusted network)")
 	fs.Float64Var(&s.Sim.Speed, "sim-speed", 0, "with --hal sim: run the simulated room this many times faster than real time")
 	return f
 }
@@ -403,6 +416,8 @@ func (f *Flags) Config() (Config, error) {
 			c.KeepAlive = s.KeepAlive
 		case "log_level":
 			c.LogLevel = s.LogLevel
+		case "metrics_addr":
+			c.MetricsAddr = s.MetricsAddr
 		case "sim":
 			c.Sim.Speed = s.Sim.Speed
 		case "renew_at":

@@ -1,7 +1,8 @@
 // Package runner is `thermostat run` as a library: it opens the board the
 // configuration selects, the state directory and the control socket, and
 // runs the control loop, the sync agent and the broker connection together
-// until the context ends or one of them fails.
+// until the context ends or one of them fails. With metrics_addr it serves
+// Prometheus metrics too (firmware/metrics); their failure stops nothing.
 //
 // The thermostat binary's main calls it; so can a harness that runs many
 // simulated thermostats in one process (the mttr tool), giving each its own
@@ -13,6 +14,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"sync"
 	"time"
 
@@ -20,6 +22,7 @@ import (
 	"github.com/thermofleet/thermo/firmware/config"
 	"github.com/thermofleet/thermo/firmware/control"
 	"github.com/thermofleet/thermo/firmware/localctl"
+	"github.com/thermofleet/thermo/firmware/metrics"
 	"github.com/thermofleet/thermo/firmware/renew"
 	"github.com/thermofleet/thermo/firmware/state"
 	"github.com/thermofleet/thermo/hal"
@@ -59,6 +62,8 @@ type Thermostat struct {
 	client *transport.Client
 	ctl    *localctl.Server
 	renew  *renew.Renewer
+	// metrics is the listener of --metrics-addr, nil without it.
+	metrics net.Listener
 }
 
 // New opens everything cfg names and fails with a message a user can act
@@ -193,6 +198,11 @@ func New(cfg config.Config, o Options) (_ *Thermostat, err error) {
 			return nil, err
 		}
 	}
+	if cfg.MetricsAddr != "" {
+		if t.metrics, err = metrics.Listen(cfg.MetricsAddr, log); err != nil {
+			return nil, err
+		}
+	}
 	return t, nil
 }
 
@@ -217,6 +227,14 @@ func (t *Thermostat) Loop() *control.Loop { return t.loop }
 
 // Client is the broker connection (its Stats, Connected).
 func (t *Thermostat) Client() *transport.Client { return t.client }
+
+// MetricsAddr is where /metrics is served, nil without --metrics-addr.
+func (t *Thermostat) MetricsAddr() net.Addr {
+	if t.metrics == nil {
+		return nil
+	}
+	return t.metrics.Addr()
+}
 
 // Board is the board the thermostat drives.
 func (t *Thermostat) Board() hal.Board { return t.board }
@@ -260,6 +278,19 @@ func (t *Thermostat) Run(ctx context.Context) error {
 	if t.ctl != nil {
 		start("control socket", func(ctx context.Context) error { return t.ctl.Serve(ctx, t.agent) })
 	}
+	if t.metrics != nil {
+		reg := metrics.New(metrics.Sources{Loop: t.loop, Agent: t.agent, Link: t.client})
+		h := metrics.Handler(reg, t.log)
+		t.log.Info("metrics at /metrics", "addr", t.metrics.Addr().String())
+		// Not a part: a thermostat whose metrics listener fails heats on.
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := metrics.Serve(ctx, t.metrics, h, t.log); err != nil {
+				t.log.Error("metrics stopped; the thermostat runs on without them", "err", err)
+			}
+		}()
+	}
 	wg.Wait()
 	if first != nil {
 		t.log.Error("thermostat stopped", "err", first)
@@ -274,6 +305,9 @@ func (t *Thermostat) Run(ctx context.Context) error {
 func (t *Thermostat) close() {
 	if t.ctl != nil {
 		t.ctl.Close()
+	}
+	if t.metrics != nil {
+		t.metrics.Close() // Serve closed it already if it ran: harmless
 	}
 	if t.board != nil {
 		if err := t.board.Close(); err != nil {
