@@ -295,13 +295,13 @@ func TestCertEnrollAfterExpiry(t *testing.T) {
 // the CA's directory (the PKI directory of --dir).
 func withCRL(w *world) {
 	w.crlFile = filepath.Join(w.pki.CA.Dir, provisioning.CRLFile)
-	if _, err := provisioning.WriteCRL(w.pki.CA, "", w.crlFile, 0); err != nil {
+	if _, err := provisioning.WriteCRL(w.pki.CA, w.crlFile, 0); err != nil {
 		w.t.Fatal(err)
 	}
 }
 
-// TestRevokedDeviceCutOff: `controllerlite pki revoke` of a running
-// device: the embedded broker cuts it at once and refuses it after;
+// TestRevokedDeviceCutOff: `controllerlite pki revoke --dir PKI` of a
+// running device: the embedded broker cuts it at once and refuses it after;
 // Mosquitto refuses it once it has read the refreshed CRL (SIGHUP) and a
 // restart cut the connection; either way it cannot renew. Both brokers.
 func TestRevokedDeviceCutOff(t *testing.T) {
@@ -323,7 +323,9 @@ func TestRevokedDeviceCutOff(t *testing.T) {
 			t.Fatal(err)
 		}
 		start := time.Now()
-		out := command(t, ctl.bin, "pki", "revoke", "d1", "--dir", w.pki.CA.Dir, "--data-dir", ctl.dataDir, "--reason", "stolen")
+		// No --data-dir: the list is kept beside ca.crt, where serve
+		// (--ca PKI/ca.crt) reads it too.
+		out := command(t, ctl.bin, "pki", "revoke", "d1", "--dir", w.pki.CA.Dir, "--reason", "stolen")
 		if !strings.Contains(out, "CRL refreshed") {
 			t.Errorf("pki revoke did not refresh the CRL:\n%s", out)
 		}

@@ -52,10 +52,12 @@ Commands:
                             [--port 8883] [--topic-root thermo] [--bind ADDR] [--cert-dir DIR]
                             [--controller controller-NAME ...]; crlfile names DIR/crl.pem
   revoke DEVICE|SERIAL      revoke a device (every certificate of its id) or one certificate
-                            (SERIAL: 16 or more hex digits, colons allowed) in the controller's
-                            --data-dir; a running controller applies it within a quarter of a second; the CRL
-                            (DIR/crl.pem) is refreshed when there is one [--reason TEXT]
-  crl                       write DIR/crl.pem (--out FILE), the CRL of --data-dir's revocations
+                            (SERIAL: 16 or more hex digits, colons allowed), in DIR (beside ca.crt)
+                            or the controller's --data-dir; a running controller applies it within
+                            a quarter of a second; DIR/crl.pem is refreshed when there is one
+                            [--reason TEXT]
+  crl                       write DIR/crl.pem (--out FILE), the CRL of the revocations of DIR
+                            and --data-dir
 
 Run 'controllerlite pki COMMAND -h' for a command's flags.
 `
@@ -383,7 +385,7 @@ func pkiMosquitto(args []string, stdout, stderr io.Writer) error {
 		if err != nil {
 			return fmt.Errorf("write %s: %w", crlFile, err)
 		}
-		if _, err := WriteCRL(ca, *dataDir, crlFile, 0); err != nil {
+		if _, err := WriteCRL(ca, crlFile, 0, *dataDir, *dir); err != nil {
 			return err
 		}
 		fmt.Fprintf(stdout, "Wrote %s (the CRL; refresh it with `controllerlite pki crl`, `pki revoke` does).\n", crlFile)

@@ -1,11 +1,13 @@
 package provisioning
 
-// Revocation: the list of certificates the fleet no longer trusts, kept in
-// the controller's data directory (RevokedFile) so that `controllerlite pki
-// revoke` works whether or not the controller runs: a running controller
-// re-reads the file when it changes (RevocationWatch), its embedded broker
-// refuses and cuts what it names, and its renewal refuses them. For an
-// external Mosquitto the list becomes a signed CRL (WriteCRL).
+// Revocation: the list of certificates the fleet no longer trusts, a file
+// (RevokedFile) in the controller's data directory, or without one given
+// in the PKI directory beside ca.crt, so that `controllerlite pki revoke`
+// works whether or not the controller runs: a running controller reads
+// both places (its --data-dir and the directory of its --ca) again when
+// they change (RevocationWatch), its embedded broker refuses and cuts what
+// they name, and its renewal refuses them. For an external Mosquitto the
+// lists become a signed CRL (WriteCRL).
 
 import (
 	"crypto/rand"
@@ -80,6 +82,25 @@ func normalizeSerial(s string) (string, error) {
 		return "", fmt.Errorf("serial %q is not hexadecimal", s)
 	}
 	return SerialHex(n), nil
+}
+
+// LoadRevocationsFrom reads the lists of dirs ("" skipped) as one; a
+// missing file is an empty list.
+func LoadRevocationsFrom(dirs ...string) (*Revocations, error) {
+	all := &Revocations{}
+	seen := map[string]bool{}
+	for _, d := range dirs {
+		if d == "" || seen[filepath.Clean(d)] {
+			continue
+		}
+		seen[filepath.Clean(d)] = true
+		l, err := LoadRevocations(d)
+		if err != nil {
+			return nil, err
+		}
+		all.Entries = append(all.Entries, l.Entries...)
+	}
+	return all, nil
 }
 
 // LoadRevocations reads the list in dataDir; a missing file is an empty list.
@@ -263,15 +284,12 @@ func (ca *CA) CRL(l *Revocations, now time.Time, validity time.Duration) ([]byte
 	return pem.EncodeToMemory(&pem.Block{Type: "X509 CRL", Bytes: der}), nil
 }
 
-// WriteCRL writes the CRL of the list in dataDir (empty dataDir: no entry)
-// to path (0644), signed by ca.
-func WriteCRL(ca *CA, dataDir, path string, validity time.Duration) (*Revocations, error) {
-	list := &Revocations{}
-	if dataDir != "" {
-		var err error
-		if list, err = LoadRevocations(dataDir); err != nil {
-			return nil, err
-		}
+// WriteCRL writes the CRL of the lists in dirs (none: an empty CRL) to
+// path (0644), signed by ca.
+func WriteCRL(ca *CA, path string, validity time.Duration, dirs ...string) (*Revocations, error) {
+	list, err := LoadRevocationsFrom(dirs...)
+	if err != nil {
+		return nil, err
 	}
 	crl, err := ca.CRL(list, time.Now(), validity)
 	if err != nil {

@@ -17,7 +17,7 @@ func TestMosquittoCRL(t *testing.T) {
 	pki := testenv.NewPKI(t)
 	dataDir := t.TempDir()
 	crl := filepath.Join(t.TempDir(), provisioning.CRLFile)
-	if _, err := provisioning.WriteCRL(pki.CA, dataDir, crl, 0); err != nil {
+	if _, err := provisioning.WriteCRL(pki.CA, crl, 0, dataDir); err != nil {
 		t.Fatal(err)
 	}
 	mq := testenv.StartMosquitto(t, pki, &testenv.MosquittoOptions{CRLFile: crl})
@@ -40,7 +40,7 @@ func TestMosquittoCRL(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if _, err := provisioning.WriteCRL(pki.CA, dataDir, crl, 0); err != nil {
+	if _, err := provisioning.WriteCRL(pki.CA, crl, 0, dataDir); err != nil {
 		t.Fatal(err)
 	}
 	if err := dial("d1"); err != nil {

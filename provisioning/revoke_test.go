@@ -88,11 +88,20 @@ func TestPKIRevoke(t *testing.T) {
 	if !strings.Contains(out, "CRL refreshed") || !strings.Contains(out, "SIGHUP") {
 		t.Errorf("revoke with a CRL output:\n%s", out)
 	}
-	for _, bad := range [][]string{{"revoke", "d1", "--dir", dir}, {"revoke", "--data-dir", data}, {"revoke", "Bad/Id", "--data-dir", data}} {
+	// Without --data-dir the list is kept in the PKI directory, beside
+	// ca.crt, where serve (--ca DIR/ca.crt) reads it too; the CRL states
+	// both lists.
+	if out := mustPKI(t, "revoke", "d7", "--dir", dir); !strings.Contains(out, filepath.Join(dir, provisioning.RevokedFile)) {
+		t.Errorf("revoke without --data-dir:\n%s", out)
+	}
+	if both, err := provisioning.LoadRevocationsFrom(data, dir); err != nil || len(both.Entries) != 5 {
+		t.Errorf("both lists: %v entries, %v", both, err)
+	}
+	for _, bad := range [][]string{{"revoke", "--data-dir", data}, {"revoke", "Bad/Id", "--data-dir", data}} {
 		_, _, err := runPKI(t, bad...)
 		if err == nil {
 			t.Errorf("%v: no error", bad)
-		} else if len(bad) < 4 && !errors.Is(err, cli.ErrUsage) {
+		} else if bad[1] == "--data-dir" && !errors.Is(err, cli.ErrUsage) {
 			t.Errorf("%v: %v, want a usage error", bad, err)
 		}
 	}

@@ -16,17 +16,17 @@ import (
 const MosquittoReloadHint = "Make Mosquitto read it: send it SIGHUP (systemctl reload mosquitto, or kill -HUP PID); it then refuses the revoked certificate at every new connection. A device connected before stays connected until it reconnects: restart Mosquitto (systemctl restart mosquitto) to cut it at once."
 
 func pkiRevoke(args []string, stdout, stderr io.Writer) error {
-	fs := cli.NewFlags("revoke", "controllerlite pki revoke DEVICE|SERIAL --data-dir DIR [--dir PKIDIR] [--reason TEXT]", stderr)
+	fs := cli.NewFlags("revoke", "controllerlite pki revoke DEVICE|SERIAL [--dir PKIDIR] [--data-dir DIR] [--reason TEXT]", stderr)
 	dir := dirFlag(fs)
-	dataDir := fs.String("data-dir", "", "the controller's data `DIR` (serve --data-dir), where the revocation list is kept")
+	dataDir := fs.String("data-dir", "", "the controller's data `DIR` (serve --data-dir) to keep the revocation list in;\ndefault the PKI directory, beside ca.crt (serve reads both: its --data-dir and its --ca's directory)")
 	reason := fs.String("reason", "", "why, kept in the list and logged (e.g. stolen, sold, retired)")
 	pos, err := cli.ParseN(fs, args, "DEVICE|SERIAL")
 	if err != nil {
 		return cli.HelpOK(err)
 	}
-	if *dataDir == "" {
-		fs.Usage()
-		return cli.Usagef("--data-dir is required: the controller's data directory (serve --data-dir)")
+	listDir := *dataDir
+	if listDir == "" {
+		listDir = *dir
 	}
 	r := Revocation{Reason: *reason}
 	if IsSerial(pos[0]) {
@@ -34,7 +34,7 @@ func pkiRevoke(args []string, stdout, stderr io.Writer) error {
 	} else {
 		r.ID = pos[0]
 	}
-	e, added, err := Revoke(*dataDir, *dir, r)
+	e, added, err := Revoke(listDir, *dir, r)
 	if err != nil {
 		return err
 	}
@@ -45,12 +45,12 @@ func pkiRevoke(args []string, stdout, stderr io.Writer) error {
 		what = fmt.Sprintf("device %s (every certificate of it; known serials: %d)", e.ID, len(e.Serials))
 	}
 	if added {
-		fmt.Fprintf(stdout, "Revoked %s in %s.\n", what, filepath.Join(*dataDir, RevokedFile))
+		fmt.Fprintf(stdout, "Revoked %s in %s.\n", what, filepath.Join(listDir, RevokedFile))
 	} else {
 		fmt.Fprintf(stdout, "Already revoked: %s.\n", what)
 	}
 	fmt.Fprintln(stdout, "A running controller applies it within a quarter of a second: its broker cuts and refuses the certificate, renewal refuses it.")
-	return refreshCRL(*dir, *dataDir, stdout)
+	return refreshCRL(*dir, listDir, stdout)
 }
 
 // refreshCRL rewrites DIR/crl.pem when it exists (the fleet uses
@@ -64,7 +64,7 @@ func refreshCRL(dir, dataDir string, stdout io.Writer) error {
 	if err != nil {
 		return fmt.Errorf("refresh %s: %w", path, err)
 	}
-	if _, err := WriteCRL(ca, dataDir, path, 0); err != nil {
+	if _, err := WriteCRL(ca, path, 0, dataDir, dir); err != nil {
 		return err
 	}
 	fmt.Fprintf(stdout, "CRL refreshed: %s\n%s\n", path, MosquittoReloadHint)
@@ -74,7 +74,7 @@ func refreshCRL(dir, dataDir string, stdout io.Writer) error {
 func pkiCRL(args []string, stdout, stderr io.Writer) error {
 	fs := cli.NewFlags("crl", "controllerlite pki crl [--dir DIR] [--data-dir DIR] [--out FILE] [--days N]", stderr)
 	dir := dirFlag(fs)
-	dataDir := fs.String("data-dir", "", "the controller's data `DIR`, whose revocation list the CRL states (none: an empty CRL)")
+	dataDir := fs.String("data-dir", "", "the controller's data `DIR`, whose revocation list the CRL states beside the PKI directory's")
 	out := fs.String("out", "", "write the CRL here instead of DIR/"+CRLFile)
 	days := fs.Int("days", int(DefaultCRLValidity/(24*time.Hour)), "the CRL's NextUpdate, in `DAYS` from now")
 	if _, err := cli.ParseN(fs, args); err != nil {
@@ -96,7 +96,7 @@ func pkiCRL(args []string, stdout, stderr io.Writer) error {
 			return fmt.Errorf("--data-dir %s: %w", *dataDir, err)
 		}
 	}
-	list, err := WriteCRL(ca, *dataDir, path, time.Duration(*days)*24*time.Hour)
+	list, err := WriteCRL(ca, path, time.Duration(*days)*24*time.Hour, *dataDir, *dir)
 	if err != nil {
 		return err
 	}

@@ -2,9 +2,11 @@ package provisioning
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -14,12 +16,13 @@ import (
 // revocation list for a change: `pki revoke` takes effect within it.
 const DefaultRevocationPoll = 250 * time.Millisecond
 
-// RevocationWatch keeps the revocation list of a data directory current
-// in memory: Run re-reads the file whenever its size or time changes, and
-// calls OnChange after each new list. A list that does not read keeps the
+// RevocationWatch keeps the revocation lists of some directories (the
+// controller's data directory and its CA's) current in memory, as one:
+// Run reads them again whenever a file's size or time changes, and calls
+// OnChange after each new list. A list that does not read keeps the
 // previous one (logged): a half-edited file never un-revokes anything.
 type RevocationWatch struct {
-	dataDir string
+	dirs    []string
 	log     *slog.Logger
 	list    atomic.Pointer[Revocations]
 
@@ -32,21 +35,25 @@ type RevocationWatch struct {
 	freshStamp fileStamp // what Fresh last loaded
 }
 
-type fileStamp struct {
-	size int64
-	mod  time.Time
-	ok   bool
-}
+// fileStamp is the size and time of every file, as text.
+type fileStamp string
 
-// NewRevocationWatch loads the list of dataDir now.
-func NewRevocationWatch(dataDir string, log *slog.Logger) (*RevocationWatch, error) {
+// NewRevocationWatch loads the lists of dirs now ("" and repeats skipped).
+func NewRevocationWatch(log *slog.Logger, dirs ...string) (*RevocationWatch, error) {
 	if log == nil {
 		log = slog.Default()
 	}
-	w := &RevocationWatch{dataDir: dataDir, log: log, kick: make(chan struct{}, 1)}
+	w := &RevocationWatch{log: log, kick: make(chan struct{}, 1)}
+	seen := map[string]bool{}
+	for _, d := range dirs {
+		if d != "" && !seen[filepath.Clean(d)] {
+			seen[filepath.Clean(d)] = true
+			w.dirs = append(w.dirs, d)
+		}
+	}
 	w.stamp = w.stat()
 	w.freshStamp = w.stamp
-	l, err := LoadRevocations(dataDir)
+	l, err := LoadRevocationsFrom(w.dirs...)
 	if err != nil {
 		return nil, err
 	}
@@ -68,7 +75,7 @@ func (w *RevocationWatch) Fresh() *Revocations {
 	if st == w.freshStamp {
 		return w.list.Load()
 	}
-	l, err := LoadRevocations(w.dataDir)
+	l, err := LoadRevocationsFrom(w.dirs...)
 	if err != nil {
 		w.log.Error("revocation list not reloaded: the previous one stays in force", "err", err)
 		return w.list.Load()
@@ -94,11 +101,15 @@ func (w *RevocationWatch) Reload() {
 }
 
 func (w *RevocationWatch) stat() fileStamp {
-	fi, err := os.Stat(filepath.Join(w.dataDir, RevokedFile))
-	if err != nil {
-		return fileStamp{}
+	var b strings.Builder
+	for _, d := range w.dirs {
+		if fi, err := os.Stat(filepath.Join(d, RevokedFile)); err == nil {
+			fmt.Fprintf(&b, "%d/%d;", fi.Size(), fi.ModTime().UnixNano())
+		} else {
+			b.WriteString("-;")
+		}
 	}
-	return fileStamp{size: fi.Size(), mod: fi.ModTime(), ok: true}
+	return fileStamp(b.String())
 }
 
 // Run polls every interval (DefaultRevocationPoll when 0) until ctx ends.
@@ -122,7 +133,7 @@ func (w *RevocationWatch) Run(ctx context.Context, interval time.Duration) {
 			continue
 		}
 		w.stamp = st
-		l, err := LoadRevocations(w.dataDir)
+		l, err := LoadRevocationsFrom(w.dirs...)
 		if err != nil {
 			w.log.Error("revocation list not reloaded: the previous one stays in force", "err", err)
 			continue

@@ -17,7 +17,7 @@ import (
 // force.
 func TestRevocationWatch(t *testing.T) {
 	dir := t.TempDir()
-	w, err := provisioning.NewRevocationWatch(dir, nil)
+	w, err := provisioning.NewRevocationWatch(nil, dir)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -30,7 +30,7 @@ func TestSimpleReenroll(t *testing.T) {
 	if _, _, err := provisioning.Revoke(dataDir, "", provisioning.Revocation{ID: "stolen"}); err != nil {
 		t.Fatal(err)
 	}
-	revs, err := provisioning.NewRevocationWatch(dataDir, nil)
+	revs, err := provisioning.NewRevocationWatch(nil, dataDir)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -168,10 +168,11 @@ func Start(ctx context.Context, cfg Config) (_ *Server, err error) {
 		return nil, err
 	}
 
-	// The revocation list (`controllerlite pki revoke`), re-read when it
-	// changes: the embedded broker refuses and cuts what it names, and
-	// renewal refuses it.
-	if s.revs, err = provisioning.NewRevocationWatch(cfg.DataDir, s.log.With("part", "revocation")); err != nil {
+	// The revocation lists (`controllerlite pki revoke`) of the data
+	// directory and of the CA's directory (the PKI directory, where `pki
+	// revoke` without --data-dir records), re-read when they change: the
+	// embedded broker refuses and cuts what they name, renewal refuses it.
+	if s.revs, err = provisioning.NewRevocationWatch(s.log.With("part", "revocation"), cfg.DataDir, filepath.Dir(cfg.CAFile)); err != nil {
 		return nil, err
 	}
 
