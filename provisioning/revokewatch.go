@@ -22,9 +22,9 @@ const DefaultRevocationPoll = 250 * time.Millisecond
 // OnChange after each new list. A list that does not read keeps the
 // previous one (logged): a half-edited file never un-revokes anything.
 type RevocationWatch struct {
-	dirs    []string
-	log     *slog.Logger
-	list    atomic.Pointer[Revocations]
+	dirs []string
+	log  *slog.Logger
+	list atomic.Pointer[Revocations]
 
 	mu       sync.Mutex
 	onChange []func(*Revocations)
