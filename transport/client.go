@@ -135,17 +135,18 @@ type Stats struct {
 type Client struct {
 	opts   Options
 	id     string
-	tls    *tls.Config
+	tls    atomic.Pointer[tls.Config] // replaced by SetCertificate
 	broker *url.URL
 	log    *slog.Logger
 
 	connected atomic.Bool
 	queue     *workq.Queue[func(context.Context)] // handlers, run in order by runQueue
 
-	mu    sync.Mutex
-	subs  map[string]byte
-	pc    mqtt.Client
-	stats Stats
+	mu     sync.Mutex
+	subs   map[string]byte
+	pc     mqtt.Client
+	lostCh chan error // reports the loss of the current connection
+	stats  Stats
 
 	// Only the Run goroutine uses these.
 	takeover    takeoverGuard
@@ -225,15 +226,19 @@ func New(o Options) (*Client, error) {
 	if o.Logger == nil {
 		o.Logger = slog.Default()
 	}
-	return &Client{
-		opts: o, id: id, tls: conf, broker: u,
+	c := &Client{
+		opts: o, id: id, broker: u,
 		log:   o.Logger.With("broker", u.Host, "client", id),
 		queue: workq.New[func(context.Context)](),
 		subs:  map[string]byte{},
 
 		takeover: takeoverGuard{backoff: TakeoverBackoff},
 		failures: lograte.New(lograte.DefaultInterval, nil),
-	}, nil
+	}
+	if conf != nil {
+		c.tls.Store(conf)
+	}
+	return c, nil
 }
 
 // CheckKeepAlive reports why d cannot be a client's MQTT keep-alive: the
@@ -537,6 +542,9 @@ func (c *Client) trouble(t Trouble, active bool, detail string) {
 // success it returns the channel that reports the connection's loss.
 func (c *Client) connect(ctx context.Context) (<-chan error, error) {
 	lost := make(chan error, 1)
+	c.mu.Lock()
+	c.lostCh = lost
+	c.mu.Unlock()
 	var conn *liveConn
 	o := mqtt.NewClientOptions().
 		AddBroker(c.broker.String()).
@@ -648,10 +656,11 @@ func (c *Client) dial(ctx context.Context, u *url.URL) (*liveConn, error) {
 	if tc, ok := raw.(*net.TCPConn); ok {
 		tc.SetNoDelay(true)
 	}
-	if c.tls == nil { // plain mqtt://, AllowPlain
+	conf := c.tls.Load()
+	if conf == nil { // plain mqtt://, AllowPlain
 		return newLiveConn(raw, time.Now()), nil
 	}
-	tc := tls.Client(raw, c.tls.Clone())
+	tc := tls.Client(raw, conf.Clone())
 	if err := tc.HandshakeContext(ctx); err != nil {
 		raw.Close()
 		return nil, fmt.Errorf("tls: %w", err)

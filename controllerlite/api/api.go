@@ -73,6 +73,8 @@ type Options struct {
 	// Events, if set, is served at GET /api/events behind the same check
 	// as every /api/ request: the dashboard's live feed.
 	Events http.Handler
+	// Delete, when set, serves DELETE /api/devices/{id} (delete.go).
+	Delete Deleter
 	// History answers GET /api/devices/{id}/history; nil: 404.
 	History History
 	// Metrics, if set, is served at GET /metrics under the same
@@ -100,6 +102,9 @@ func NewHandler(f Fleet, o Options) http.Handler {
 	mux.HandleFunc("GET /api/devices", h.auth(h.list))
 	mux.HandleFunc("GET /api/devices/{id}", h.auth(h.get))
 	mux.HandleFunc("PUT /api/devices/{id}", h.auth(h.put))
+	if o.Delete != nil {
+		mux.HandleFunc("DELETE /api/devices/{id}", h.auth(h.del))
+	}
 	mux.HandleFunc("GET /api/devices/{id}/history", h.auth(h.history))
 	if o.Events != nil {
 		mux.HandleFunc("GET /api/events", h.auth(o.Events.ServeHTTP))

@@ -117,6 +117,9 @@ type Device struct {
 	// telemetry reports and those the controller sees (duplicate_identity,
 	// tls_refused), sorted by code; [] when none.
 	Alerts []protocol.Alert `json:"alerts"`
+	// CertExpires is when the device's certificate ends, as its latest
+	// telemetry reports it; null until it does.
+	CertExpires *time.Time `json:"cert_expires"`
 }
 
 // Status is a summary of the fleet's health and counters.
@@ -432,6 +435,12 @@ func (f *Fleet) set(ctx context.Context, id string, changes map[string]any) (Dev
 
 // handle processes one message from the broker.
 func (f *Fleet) handle(topic string, payload []byte, retained bool) {
+	if len(payload) == 0 {
+		// A retained message being removed (Delete does that): nothing
+		// to apply, and no device to make of it.
+		f.log.Debug("empty message ignored", "topic", topic, "retained", retained)
+		return
+	}
 	f.count.received.Add(1)
 	f.count.by.receive(topic)
 	if f.wait.waiting && retained {
@@ -591,6 +600,7 @@ func (f *Fleet) updateView(id string) {
 		t := rec.LastSeen
 		d.LastSeen = &t
 	}
+	d.CertExpires = certExpires(rec.Telemetry)
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if old, ok := f.view[id]; ok && old.Pending {

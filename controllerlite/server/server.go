@@ -7,6 +7,7 @@ package server
 
 import (
 	"context"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -18,10 +19,12 @@ import (
 
 	"github.com/thermofleet/thermo/controllerlite/api"
 	"github.com/thermofleet/thermo/controllerlite/broker"
+	"github.com/thermofleet/thermo/controllerlite/enroll"
 	"github.com/thermofleet/thermo/controllerlite/fleet"
 	"github.com/thermofleet/thermo/controllerlite/hass"
 	"github.com/thermofleet/thermo/controllerlite/history"
 	"github.com/thermofleet/thermo/controllerlite/metrics"
+	"github.com/thermofleet/thermo/controllerlite/renewal"
 	"github.com/thermofleet/thermo/controllerlite/store"
 	"github.com/thermofleet/thermo/controllerlite/web"
 	"github.com/thermofleet/thermo/protocol"
@@ -78,6 +81,25 @@ type Config struct {
 	KeepAlive time.Duration
 	// TopicRoot defaults to protocol.DefaultRoot.
 	TopicRoot string
+	// SigningKeyFile is the CA's private key (the key of CAFile): with it
+	// the controller renews devices' certificates (over MQTT, and on
+	// EnrollListen); without it renewal is off.
+	SigningKeyFile string
+	// DeviceCertLifetime is the life of the certificates it issues;
+	// provisioning.DefaultDeviceValidity when 0.
+	DeviceCertLifetime time.Duration
+	// EnrollListen, when set, is the HTTPS listen address of the
+	// enrolment endpoint (EST simple re-enroll): devices whose
+	// certificate expired less than EnrollGrace ago renew there. It needs
+	// SigningKeyFile.
+	EnrollListen string
+	// EnrollGrace is how long after its end a certificate is still taken
+	// on EnrollListen; enroll.DefaultGrace when 0.
+	EnrollGrace time.Duration
+	// EnrollCertFile and EnrollKeyFile are the endpoint's server
+	// certificate; CertFile and KeyFile when empty (with the embedded
+	// broker they are the fleet's server certificate).
+	EnrollCertFile, EnrollKeyFile string
 	// HomeAssistant, when its Broker is set, bridges the fleet to Home
 	// Assistant's broker (package hass).
 	HomeAssistant hass.Options
@@ -97,6 +119,11 @@ type Server struct {
 	fl     *fleet.Fleet
 	br     *broker.Broker
 	tc     *transport.Client
+	revs   *provisioning.RevocationWatch
+	renew  *renewal.Service
+	enroll *enroll.Server
+	// certs are the server certificates SIGHUP reloads.
+	certs  []*reloadableCert
 	ln     net.Listener
 	http   *http.Server
 	cancel context.CancelFunc
@@ -142,12 +169,35 @@ func Start(ctx context.Context, cfg Config) (_ *Server, err error) {
 		return nil, err
 	}
 
+	// The revocation lists (`controllerlite pki revoke`) of the data
+	// directory and of the CA's directory (the PKI directory, where `pki
+	// revoke` without --data-dir records), re-read when they change: the
+	// embedded broker refuses and cuts what they name, renewal refuses it.
+	if s.revs, err = provisioning.NewRevocationWatch(s.log.With("part", "revocation"), cfg.DataDir, filepath.Dir(cfg.CAFile)); err != nil {
+		return nil, err
+	}
+
 	runCtx, cancel := context.WithCancel(context.Background())
 	s.cancel = cancel
+	if cfg.SigningKeyFile != "" {
+		signer, err := provisioning.LoadSigner(cfg.CAFile, cfg.SigningKeyFile)
+		if err != nil {
+			return nil, fmt.Errorf("--signing-key: %w", err)
+		}
+		if s.renew, err = renewal.New(renewal.Options{
+			Signer: signer, Revocations: s.revs, DataDir: cfg.DataDir, Root: cfg.TopicRoot,
+			Validity: cfg.DeviceCertLifetime, Logger: s.log.With("part", "renewal"),
+		}); err != nil {
+			return nil, err
+		}
+	} else {
+		s.log.Warn("certificate renewal is off: no --signing-key; devices' certificates will expire and must be replaced by hand")
+	}
 	if cfg.Broker == "" {
 		s.br, err = broker.New(broker.Options{
 			Listen: cfg.Listen, CAFile: cfg.CAFile, CertFile: cfg.CertFile, KeyFile: cfg.KeyFile,
 			DataDir: cfg.BrokerDataDir, TopicRoot: cfg.TopicRoot, Logger: s.log.With("part", "broker"),
+			Revoked: s.revoked,
 		})
 		if err != nil {
 			return nil, err
@@ -163,8 +213,13 @@ func Start(ctx context.Context, cfg Config) (_ *Server, err error) {
 			return nil, err
 		}
 	} else {
+		var other func(transport.Message)
+		if s.renew != nil {
+			other = func(m transport.Message) { s.renew.Receive(m.Topic, m.Payload, m.Retained) }
+		}
 		s.tc, err = fleet.Connect(s.fl, transport.Options{
-			Broker: cfg.Broker, CAFile: cfg.CAFile, CertFile: cfg.CertFile, KeyFile: cfg.KeyFile,
+			Handler: other,
+			Broker:  cfg.Broker, CAFile: cfg.CAFile, CertFile: cfg.CertFile, KeyFile: cfg.KeyFile,
 			KeepAlive: cfg.KeepAlive, Backoff: LinkBackoff, DialStagger: LinkDialStagger,
 			OnTrouble: s.linkTrouble,
 			Logger:    s.log.With("part", "transport"),
@@ -175,8 +230,19 @@ func Start(ctx context.Context, cfg Config) (_ *Server, err error) {
 		s.wg.Add(1)
 		go func() { defer s.wg.Done(); s.tc.Run(runCtx) }()
 	}
+	if err = s.startRenewal(runCtx); err != nil {
+		return nil, err
+	}
+	if err = s.startEnroll(); err != nil {
+		return nil, err
+	}
 	s.wg.Add(1)
 	go func() { defer s.wg.Done(); s.fl.Run(runCtx) }()
+	if s.br != nil {
+		s.revs.OnChange(func(*provisioning.Revocations) { s.br.CutRevoked() })
+	}
+	s.wg.Add(1)
+	go func() { defer s.wg.Done(); s.revs.Run(runCtx, 0) }()
 	if cfg.HomeAssistant.Broker != "" {
 		bridge, err := hass.New(s.fl, cfg.HomeAssistant)
 		if err != nil {
@@ -190,7 +256,7 @@ func Start(ctx context.Context, cfg Config) (_ *Server, err error) {
 	// the API, which takes its session cookie in place of the token.
 	dash := web.New(s.fl, web.Options{Token: cfg.HTTPToken, Logger: s.log.With("part", "web")})
 	aopts := api.Options{Token: cfg.HTTPToken, History: s.hist, Logger: s.log.With("part", "api"),
-		Session: dash.Session, Events: dash.Events()}
+		Session: dash.Session, Events: dash.Events(), Delete: s.retire}
 	if m != nil {
 		var b metrics.Broker
 		if s.br != nil {
@@ -245,6 +311,81 @@ func (s *Server) brokerAlert(id, code string, raised bool, detail string) {
 	s.fl.RaiseAlert(id, code, detail)
 }
 
+// startRenewal subscribes the renewal service to the devices' requests
+// and runs it, when there is a signing key.
+func (s *Server) startRenewal(ctx context.Context) error {
+	if s.renew == nil {
+		return nil
+	}
+	var publish renewal.Publisher
+	if s.br != nil {
+		if err := s.br.Subscribe(s.renew.Filter(), s.renew.Receive); err != nil {
+			return fmt.Errorf("renewal: %w", err)
+		}
+		publish = func(_ context.Context, topic string, payload []byte, qos byte, retain bool) error {
+			return s.br.Publish(topic, payload, retain, qos)
+		}
+	} else {
+		if err := s.tc.Subscribe(s.renew.Filter(), 1); err != nil {
+			return fmt.Errorf("renewal: %w", err)
+		}
+		publish = s.tc.Publish
+	}
+	s.wg.Add(1)
+	go func() { defer s.wg.Done(); s.renew.Run(ctx, publish) }()
+	s.log.Info("certificate renewal on", "topic", s.renew.Filter())
+	return nil
+}
+
+// startEnroll starts the enrolment endpoint when asked for.
+func (s *Server) startEnroll() error {
+	cfg := s.cfg
+	if cfg.EnrollListen == "" {
+		return nil
+	}
+	if s.renew == nil {
+		return errors.New("--enroll-listen needs --signing-key: the endpoint signs renewals")
+	}
+	certFile, keyFile := cfg.EnrollCertFile, cfg.EnrollKeyFile
+	if certFile == "" {
+		certFile, keyFile = cfg.CertFile, cfg.KeyFile
+	}
+	cert, err := newReloadableCert(certFile, keyFile)
+	if err != nil {
+		return fmt.Errorf("--enroll-cert: %w", err)
+	}
+	s.certs = append(s.certs, cert)
+	s.enroll, err = enroll.Start(enroll.Options{
+		Listen: cfg.EnrollListen, CAFile: cfg.CAFile, Certificate: cert.get, Renewal: s.renew,
+		Grace: cfg.EnrollGrace, Logger: s.log.With("part", "enroll"),
+	})
+	return err
+}
+
+// EnrollAddr is the enrolment endpoint's address, nil without one.
+func (s *Server) EnrollAddr() net.Addr {
+	if s.enroll == nil {
+		return nil
+	}
+	return s.enroll.Addr()
+}
+
+// RenewalOn reports whether the controller renews certificates.
+func (s *Server) RenewalOn() bool { return s.renew != nil }
+
+// revoked is the embedded broker's Options.Revoked: the list in force.
+func (s *Server) revoked(cert *x509.Certificate) (string, bool) {
+	e, ok := s.revs.Fresh().Check(cert)
+	if !ok {
+		return "", false
+	}
+	why := "revoked " + e.Time.Format(time.RFC3339)
+	if e.Reason != "" {
+		why += ": " + e.Reason
+	}
+	return why, true
+}
+
 // linkTrouble logs the troubles of the link to an external broker that a
 // person must act on. The controller has no alerts of its own to carry
 // them: the log says it, at ERROR when one begins.
@@ -289,6 +430,12 @@ func check(cfg *Config) error {
 			return fmt.Errorf("--keep-alive %v: %w", cfg.KeepAlive, err)
 		}
 	}
+	if cfg.EnrollListen != "" && cfg.Broker != "" && cfg.EnrollCertFile == "" {
+		return errors.New("--enroll-listen with --broker needs --enroll-cert and --enroll-key: a server certificate (controllerlite pki server), since --cert is the controller's client certificate")
+	}
+	if (cfg.EnrollCertFile == "") != (cfg.EnrollKeyFile == "") {
+		return errors.New("--enroll-cert and --enroll-key go together")
+	}
 	if cfg.Broker != "" {
 		if cfg.Listen != "" {
 			return errors.New("--listen and --broker exclude each other: --listen runs the embedded broker, --broker connects to another")
@@ -331,6 +478,9 @@ func (s *Server) shutdown() {
 	// port would stay open until it does. Closing twice is harmless.
 	if s.ln != nil {
 		s.ln.Close()
+	}
+	if s.enroll != nil {
+		s.enroll.Close()
 	}
 	if s.cancel != nil {
 		s.cancel()

@@ -19,6 +19,7 @@ import (
 	"log/slog"
 	"math"
 	"net"
+	"net/url"
 	"os"
 	"slices"
 	"strconv"
@@ -75,6 +76,13 @@ type Config struct {
 	// KeepAlive is the MQTT keep-alive; a broker silent this long is dropped.
 	KeepAlive time.Duration `yaml:"keep_alive"`
 	LogLevel  string        `yaml:"log_level"`
+	// RenewAt is the fraction of its certificate's life at which the
+	// device renews it (a little earlier, by a random jitter).
+	RenewAt float64 `yaml:"renew_at"`
+	// EnrollURL is the controller's enrolment endpoint (serve
+	// --enroll-listen), https://HOST:PORT: a device whose certificate
+	// expired while it was off renews there. Empty: no such recovery.
+	EnrollURL string `yaml:"enroll_url"`
 	// MetricsAddr, if set, serves Prometheus metrics at /metrics on this
 	// host:port, without authentication (firmware/metrics).
 	MetricsAddr string `yaml:"metrics_addr"`
@@ -124,12 +132,16 @@ func Default() Config {
 		SyncTimeout:       10 * time.Second,
 		KeepAlive:         transport.DefaultKeepAlive,
 		LogLevel:          "info",
+		RenewAt:           DefaultRenewAt,
 	}
 }
 
+// DefaultRenewAt: at two thirds of its life, as step-ca does.
+const DefaultRenewAt = 2.0 / 3
+
 // keys are the top-level keys of the file, in the order of Config.
 var keys = []string{"broker", "ca", "cert", "key", "state_dir", "hal", "control_socket", "topic_root",
-	"telemetry_interval", "sync_timeout", "keep_alive", "log_level", "metrics_addr", "sim", "hardware", "control", "presets", "schedule"}
+	"telemetry_interval", "sync_timeout", "keep_alive", "log_level", "metrics_addr", "renew_at", "enroll_url", "sim", "hardware", "control", "presets", "schedule"}
 
 // Parse reads a configuration file's contents over Default(). name is the
 // file's name, for messages.
@@ -271,6 +283,14 @@ func (c *Config) Validate() error {
 	if _, err := ParseLevel(c.LogLevel); err != nil {
 		return c.errorf("log_level", "%v", err)
 	}
+	if math.IsNaN(c.RenewAt) || c.RenewAt < 0.1 || c.RenewAt > 0.95 {
+		return c.errorf("renew_at", "%v is outside 0.1..0.95 (a fraction of the certificate's life)", c.RenewAt)
+	}
+	if c.EnrollURL != "" {
+		if u, err := url.Parse(c.EnrollURL); err != nil || u.Scheme != "https" || u.Host == "" {
+			return c.errorf("enroll_url", "%q: want https://HOST:PORT, the controller's --enroll-listen", c.EnrollURL)
+		}
+	}
 	if c.MetricsAddr != "" {
 		if _, port, err := net.SplitHostPort(c.MetricsAddr); err != nil {
 			return c.errorf("metrics_addr", "%q is not host:port (such as 127.0.0.1:9100): %v", c.MetricsAddr, err)
@@ -319,6 +339,7 @@ var flagKeys = map[string]string{
 	"hal": "hal", "control-socket": "control_socket", "topic-root": "topic_root",
 	"telemetry-interval": "telemetry_interval", "sync-timeout": "sync_timeout",
 	"keep-alive": "keep_alive", "log-level": "log_level", "metrics-addr": "metrics_addr", "sim-speed": "sim",
+	"renew-at": "renew_at", "enroll-url": "enroll_url",
 }
 
 // RegisterFlags adds the flags of `thermostat run` to fs.
@@ -338,6 +359,8 @@ func RegisterFlags(fs *flag.FlagSet) *Flags {
 	fs.DurationVar(&s.SyncTimeout, "sync-timeout", s.SyncTimeout, "how long a device with lost state waits to hear from the controller")
 	fs.DurationVar(&s.KeepAlive, "keep-alive", s.KeepAlive, "MQTT keep-alive; a broker silent this long is dropped")
 	fs.StringVar(&s.LogLevel, "log-level", s.LogLevel, "debug, info, warn or error")
+	fs.Float64Var(&s.RenewAt, "renew-at", s.RenewAt, "renew the device certificate at this fraction of its life (0.1 to 0.95)")
+	fs.StringVar(&s.EnrollURL, "enroll-url", "", "the controller's enrolment endpoint, https://HOST:PORT (serve --enroll-listen): renews a certificate that expired while the device was off")
 	fs.StringVar(&s.MetricsAddr, "metrics-addr", "", "serve Prometheus metrics at /metrics on this host:port (off when empty; no authentication, so keep it on loopback or a trusted network)")
 	fs.Float64Var(&s.Sim.Speed, "sim-speed", 0, "with --hal sim: run the simulated room this many times faster than real time")
 	return f
@@ -397,6 +420,10 @@ func (f *Flags) Config() (Config, error) {
 			c.MetricsAddr = s.MetricsAddr
 		case "sim":
 			c.Sim.Speed = s.Sim.Speed
+		case "renew_at":
+			c.RenewAt = s.RenewAt
+		case "enroll_url":
+			c.EnrollURL = s.EnrollURL
 		}
 	})
 	return c, nil

@@ -16,12 +16,14 @@ import (
 	"log/slog"
 	"net"
 	"sync"
+	"time"
 
 	"github.com/thermofleet/thermo/firmware/agent"
 	"github.com/thermofleet/thermo/firmware/config"
 	"github.com/thermofleet/thermo/firmware/control"
 	"github.com/thermofleet/thermo/firmware/localctl"
 	"github.com/thermofleet/thermo/firmware/metrics"
+	"github.com/thermofleet/thermo/firmware/renew"
 	"github.com/thermofleet/thermo/firmware/state"
 	"github.com/thermofleet/thermo/hal"
 	"github.com/thermofleet/thermo/hal/rpi"
@@ -59,6 +61,7 @@ type Thermostat struct {
 	agent  *agent.Agent
 	client *transport.Client
 	ctl    *localctl.Server
+	renew  *renew.Renewer
 	// metrics is the listener of --metrics-addr, nil without it.
 	metrics net.Listener
 }
@@ -71,6 +74,13 @@ func New(cfg config.Config, o Options) (_ *Thermostat, err error) {
 	log := o.Logger
 	if log == nil {
 		log = slog.Default()
+	}
+	// A certificate renewal cut short by a kill or a power cut is
+	// finished or undone before the key and certificate are read.
+	if did, err := renew.Recover(cfg.Cert, cfg.Key); err != nil {
+		return nil, err
+	} else if did != "" {
+		log.Warn("certificate swap recovered", "did", did)
 	}
 	id, err := provisioning.DeviceID(cfg.Cert)
 	if err != nil {
@@ -135,7 +145,13 @@ func New(cfg config.Config, o Options) (_ *Thermostat, err error) {
 		FirstValues:       firstValues(cfg),
 		TelemetryInterval: cfg.TelemetryInterval,
 		SyncTimeout:       cfg.SyncTimeout,
-		Logger:            log,
+		CertExpiry: func() time.Time {
+			if t.renew == nil {
+				return time.Time{}
+			}
+			return t.renew.NotAfter()
+		},
+		Logger: log,
 	}, stored)
 	if err != nil {
 		return nil, err
@@ -146,6 +162,12 @@ func New(cfg config.Config, o Options) (_ *Thermostat, err error) {
 	loop.Notify(t.agent.OutputsChanged, t.agent.ButtonChange)
 	loop.NotifyPresetButton(t.agent.PresetButton)
 
+	if t.renew, err = renew.New(renew.Options{
+		ID: id, Root: cfg.TopicRoot, CAFile: cfg.CA, CertFile: cfg.Cert, KeyFile: cfg.Key,
+		RenewAt: cfg.RenewAt, EnrollURL: cfg.EnrollURL, Alerts: t.agent.Alerts(), Logger: log,
+	}); err != nil {
+		return nil, err
+	}
 	t.client, err = transport.New(transport.Options{
 		Broker:       cfg.Broker,
 		CAFile:       cfg.CA,
@@ -158,10 +180,17 @@ func New(cfg config.Config, o Options) (_ *Thermostat, err error) {
 		OnConnect:    t.agent.Connected,
 		OnDisconnect: t.agent.Disconnected,
 		OnTrouble:    t.agent.LinkTrouble,
-		Handler:      t.agent.Handle,
-		Logger:       log,
+		Handler: func(m transport.Message) {
+			if !t.renew.Handle(m) {
+				t.agent.Handle(m)
+			}
+		},
+		Logger: log,
 	})
 	if err != nil {
+		return nil, err
+	}
+	if err := t.client.Subscribe(t.renew.Topic(), 1); err != nil {
 		return nil, err
 	}
 	if !o.NoControlSocket {
@@ -245,6 +274,7 @@ func (t *Thermostat) Run(ctx context.Context) error {
 	start("control loop", t.loop.Run)
 	start("agent", func(ctx context.Context) error { return t.agent.Run(ctx, t.client) })
 	start("broker connection", t.client.Run)
+	start("certificate renewal", func(ctx context.Context) error { return t.renew.Run(ctx, t.client) })
 	if t.ctl != nil {
 		start("control socket", func(ctx context.Context) error { return t.ctl.Serve(ctx, t.agent) })
 	}
