@@ -38,6 +38,11 @@ func (s *Server) retire(ctx context.Context, id string) (api.Retired, error) {
 	if err := s.fl.Delete(ctx, id); err != nil {
 		return res, err
 	}
+	// Its history goes with it: a new device of the same id starts a
+	// history of its own.
+	if err := s.hist.Delete(id); err != nil {
+		return res, fmt.Errorf("delete %s: history: %w", id, err)
+	}
 	return res, nil
 }
 
