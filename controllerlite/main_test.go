@@ -241,6 +241,12 @@ func TestServeRefuses(t *testing.T) {
 	pki := testenv.NewPKI(t)
 	d1Cert, d1Key := pki.Client(t, "d1")
 	base := []string{"serve", "--ca", pki.CAFile, "--data-dir", t.TempDir()}
+	openPassword := filepath.Join(t.TempDir(), "ha-password")
+	if err := os.WriteFile(openPassword, []byte("secret\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	os.Chmod(openPassword, 0o644) // past the umask
+	srv := []string{"--cert", pki.ServerCert, "--key", pki.ServerKey, "--listen", "127.0.0.1:0", "--http", "127.0.0.1:0"}
 	tests := []struct {
 		name string
 		args []string
@@ -252,6 +258,11 @@ func TestServeRefuses(t *testing.T) {
 		{"bad log level", []string{"--cert", pki.ServerCert, "--key", pki.ServerKey, "--log-level", "loud"}, "--log-level"},
 		{"argument", []string{"--cert", pki.ServerCert, "--key", pki.ServerKey, "extra"}, "no arguments"},
 		{"unknown flag", []string{"--cert", pki.ServerCert, "--key", pki.ServerKey, "--nope"}, "not defined"},
+		{"--ha-username without --ha-broker", append(srv, "--ha-username", "u"), "need --ha-broker"},
+		{"HA password file open to all", append(srv, "--ha-broker", "mqtt://localhost:1883", "--ha-username", "u", "--ha-password-file", openPassword), "chmod o-rwx"},
+		{"--ha-ca on a plain broker", append(srv, "--ha-broker", "mqtt://localhost:1883", "--ha-ca", pki.CAFile), "--ha-ca is for an mqtts://"},
+		{"--ha-broker not MQTT", append(srv, "--ha-broker", "http://localhost:8123"), "--ha-broker"},
+		{"--ha-prefix with a wildcard", append(srv, "--ha-broker", "mqtt://localhost:1883", "--ha-prefix", "ha/+"), "--ha-prefix"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

@@ -10,9 +10,11 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"go.etcd.io/bbolt"
 
+	"github.com/thermofleet/thermo/controllerlite/history"
 	"github.com/thermofleet/thermo/controllerlite/server"
 	"github.com/thermofleet/thermo/controllerlite/store"
 	"github.com/thermofleet/thermo/internal/testenv"
@@ -212,8 +214,8 @@ func spoilLeaf(t *testing.T, path string) {
 	}
 }
 
-// TestServeRefusesCorruptStores: garbage in controller.db or in the
-// embedded broker's broker.db stops `controllerlite serve` with an error
+// TestServeRefusesCorruptStores: garbage in controller.db, in the
+// embedded broker's broker.db or in history.db stops `controllerlite serve` with an error
 // that names the file and the cure (move it aside: what is lost is
 // rebuilt), not with a Go panic.
 func TestServeRefusesCorruptStores(t *testing.T) {
@@ -264,6 +266,21 @@ func TestServeRefusesCorruptStores(t *testing.T) {
 			}
 			return path
 		}, store.CureBroker},
+		{"history.db", func(dataDir string) string {
+			h, err := history.Open(dataDir, history.Options{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			temp := 20.5
+			for i := range 2000 {
+				at := time.Now().Add(time.Duration(i-2000) * 30 * time.Second)
+				h.Telemetry(fmt.Sprintf("d%d", i%10), at, protocol.Telemetry{V: 1, TS: at, TempC: &temp, SensorOK: true}, nil)
+			}
+			if err := h.Close(); err != nil {
+				t.Fatal(err)
+			}
+			return h.Path()
+		}, store.CureHistory},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			dataDir := t.TempDir()

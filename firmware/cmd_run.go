@@ -17,6 +17,7 @@ import (
 
 	"github.com/thermofleet/thermo/firmware/config"
 	"github.com/thermofleet/thermo/firmware/ota"
+	"github.com/thermofleet/thermo/firmware/renew"
 	"github.com/thermofleet/thermo/firmware/runner"
 	"github.com/thermofleet/thermo/internal/cli"
 	"github.com/thermofleet/thermo/provisioning"
@@ -39,6 +40,13 @@ func runCmd(args []string, stderr io.Writer) error {
 	}
 	if err := cfg.Validate(); err != nil {
 		return err
+	}
+	// A certificate renewal cut short (a kill, a power cut) is finished or
+	// undone before the pair is checked.
+	if did, err := renew.Recover(cfg.Cert, cfg.Key); err != nil {
+		return err
+	} else if did != "" {
+		fmt.Fprintf(stderr, "thermostat: certificate swap recovered: %s\n", did)
 	}
 	// Before the state directory or the control socket exist: a wrong
 	// --ca, --cert or --key would otherwise show only as a TLS error on

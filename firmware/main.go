@@ -5,7 +5,7 @@
 //	thermostat run --broker mqtts://HOST:8883 [--config FILE] [flags]
 //	thermostat set --setpoint 22.5 [--mode heat]
 //	thermostat status
-//	thermostat csr --id ID
+//	thermostat csr --id ID [--days N]
 //	thermostat version
 //	thermostat install|uninstall|start|stop|restart [run flags]
 //

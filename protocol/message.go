@@ -249,6 +249,9 @@ type Telemetry struct {
 	// Alerts are the codes of the device's conditions that need a person
 	// (see AlertCodes); absent when there are none.
 	Alerts []string `json:"alerts,omitempty"`
+	// CertExpires is when the device's certificate ends (its NotAfter):
+	// how the controller learns it through any broker.
+	CertExpires *time.Time `json:"cert_expires,omitempty"`
 	// Firmware is the version of the thermostat firmware running
 	// (optional, docs/ota.md).
 	Firmware string `json:"firmware,omitempty"`

@@ -20,7 +20,7 @@ const (
 	KindOTAState Kind = "ota_state"
 )
 
-// otaDeviceGrants and otaControllerGrants join deviceGrants and
+// otaDeviceGrants and otaControllerGrants are appended to deviceGrants and
 // controllerGrants: a device reads its offer and reports its state; the
 // controller offers (retained) and reads every report under "#".
 var (

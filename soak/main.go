@@ -22,6 +22,13 @@ import (
 )
 
 func main() {
+	if spec := os.Getenv(childEnv); spec != "" {
+		if err := childMain(spec, os.Stdin, os.Stdout); err != nil {
+			fmt.Fprintln(os.Stderr, "soak thermostat:", err)
+			os.Exit(1)
+		}
+		return
+	}
 	if err := run(context.Background(), os.Args[1:], os.Stdout, os.Stderr); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return

@@ -53,8 +53,20 @@ type Options struct {
 	// KeyFile are this client's certificate, whose Common Name is its id.
 	CAFile, CertFile, KeyFile string
 	// ClientID defaults to the certificate's Common Name; brokers of this
-	// product refuse any other.
+	// product refuse any other. Required without CertFile.
 	ClientID string
+	// Username and Password, when Username is set, are sent in CONNECT:
+	// for a broker that knows its clients by password instead of by
+	// certificate (Home Assistant's Mosquitto add-on), never the fleet's.
+	Username, Password string
+	// TLS, when set, is used instead of CAFile, CertFile and KeyFile: a
+	// broker outside the fleet's PKI, verified against TLS.RootCAs (the
+	// system's roots when nil). ServerName defaults to the broker's host.
+	TLS *tls.Config
+	// AllowPlain accepts a broker address mqtt://HOST[:PORT] (port 1883
+	// when omitted): no TLS at all, for a broker on a LAN that offers
+	// nothing else. The fleet's links never set it.
+	AllowPlain bool
 	// KeepAlive is the MQTT keep-alive sent to the broker; a broker silent
 	// for this long is dropped. Default 15s.
 	KeepAlive time.Duration
@@ -123,17 +135,18 @@ type Stats struct {
 type Client struct {
 	opts   Options
 	id     string
-	tls    *tls.Config
+	tls    atomic.Pointer[tls.Config] // replaced by SetCertificate
 	broker *url.URL
 	log    *slog.Logger
 
 	connected atomic.Bool
 	queue     *workq.Queue[func(context.Context)] // handlers, run in order by runQueue
 
-	mu    sync.Mutex
-	subs  map[string]byte
-	pc    mqtt.Client
-	stats Stats
+	mu     sync.Mutex
+	subs   map[string]byte
+	pc     mqtt.Client
+	lostCh chan error // reports the loss of the current connection
+	stats  Stats
 
 	// Only the Run goroutine uses these.
 	takeover    takeoverGuard
@@ -146,20 +159,41 @@ type Client struct {
 // New checks the options, loads the certificates and returns a Client that
 // has not connected yet.
 func New(o Options) (*Client, error) {
-	u, err := ParseBroker(o.Broker)
+	parse := ParseBroker
+	if o.AllowPlain {
+		parse = ParseBrokerOrPlain
+	}
+	u, err := parse(o.Broker)
 	if err != nil {
 		return nil, err
 	}
-	conf, err := provisioning.LoadClientTLS(o.CAFile, o.CertFile, o.KeyFile)
-	if err != nil {
-		return nil, fmt.Errorf("transport: %w", err)
+	var conf *tls.Config // nil: plain mqtt://
+	switch {
+	case u.Scheme == "mqtt":
+	case o.TLS != nil:
+		conf = o.TLS.Clone()
+		if conf.MinVersion == 0 {
+			conf.MinVersion = tls.VersionTLS12
+		}
+	default:
+		if conf, err = provisioning.LoadClientTLS(o.CAFile, o.CertFile, o.KeyFile); err != nil {
+			return nil, fmt.Errorf("transport: %w", err)
+		}
 	}
-	conf.ServerName = u.Hostname()
-	// Resumed TLS sessions skip the certificate exchange and signatures on
-	// reconnect: cheaper for the broker when a whole fleet comes back.
-	conf.ClientSessionCache = tls.NewLRUClientSessionCache(1)
+	if conf != nil {
+		if conf.ServerName == "" {
+			conf.ServerName = u.Hostname()
+		}
+		// Resumed TLS sessions skip the certificate exchange and
+		// signatures on reconnect: cheaper for the broker when a whole
+		// fleet comes back.
+		conf.ClientSessionCache = tls.NewLRUClientSessionCache(1)
+	}
 	id := o.ClientID
 	if id == "" {
+		if o.CertFile == "" || o.TLS != nil || conf == nil {
+			return nil, errors.New("transport: no client id: without a client certificate, ClientID is required")
+		}
 		if id, err = provisioning.CommonName(o.CertFile); err != nil {
 			return nil, fmt.Errorf("transport: %w", err)
 		}
@@ -192,15 +226,19 @@ func New(o Options) (*Client, error) {
 	if o.Logger == nil {
 		o.Logger = slog.Default()
 	}
-	return &Client{
-		opts: o, id: id, tls: conf, broker: u,
+	c := &Client{
+		opts: o, id: id, broker: u,
 		log:   o.Logger.With("broker", u.Host, "client", id),
 		queue: workq.New[func(context.Context)](),
 		subs:  map[string]byte{},
 
 		takeover: takeoverGuard{backoff: TakeoverBackoff},
 		failures: lograte.New(lograte.DefaultInterval, nil),
-	}, nil
+	}
+	if conf != nil {
+		c.tls.Store(conf)
+	}
+	return c, nil
 }
 
 // CheckKeepAlive reports why d cannot be a client's MQTT keep-alive: the
@@ -234,6 +272,24 @@ func ParseBroker(s string) (*url.URL, error) {
 		u.Host = net.JoinHostPort(u.Hostname(), "8883")
 	}
 	u.Scheme = "mqtts"
+	return u, nil
+}
+
+// ParseBrokerOrPlain is ParseBroker that also accepts a plain-text broker,
+// mqtt://HOST[:PORT] (or tcp://), port 1883 by default: for Options with
+// AllowPlain.
+func ParseBrokerOrPlain(s string) (*url.URL, error) {
+	u, err := url.Parse(s)
+	if err != nil || u.Scheme != "mqtt" && u.Scheme != "tcp" {
+		return ParseBroker(s)
+	}
+	if u.Hostname() == "" {
+		return nil, fmt.Errorf("broker address %q: no host", s)
+	}
+	if u.Port() == "" {
+		u.Host = net.JoinHostPort(u.Hostname(), "1883")
+	}
+	u.Scheme = "mqtt"
 	return u, nil
 }
 
@@ -486,6 +542,9 @@ func (c *Client) trouble(t Trouble, active bool, detail string) {
 // success it returns the channel that reports the connection's loss.
 func (c *Client) connect(ctx context.Context) (<-chan error, error) {
 	lost := make(chan error, 1)
+	c.mu.Lock()
+	c.lostCh = lost
+	c.mu.Unlock()
 	var conn *liveConn
 	o := mqtt.NewClientOptions().
 		AddBroker(c.broker.String()).
@@ -518,6 +577,9 @@ func (c *Client) connect(ctx context.Context) (<-chan error, error) {
 			conn = cn
 			return cn, nil
 		})
+	if c.opts.Username != "" {
+		o.SetUsername(c.opts.Username).SetPassword(c.opts.Password)
+	}
 	if w := c.opts.Will; w != nil {
 		o.SetBinaryWill(w.Topic, w.Payload, w.QoS, w.Retained)
 	}
@@ -582,7 +644,8 @@ func (c *Client) connect(ctx context.Context) (<-chan error, error) {
 }
 
 // dial opens the TLS connection paho runs MQTT over, verifying the broker's
-// certificate against the CA and the host name.
+// certificate against the CA and the host name (or, for a plain broker that
+// AllowPlain accepted, the TCP connection).
 func (c *Client) dial(ctx context.Context, u *url.URL) (*liveConn, error) {
 	ctx, cancel := context.WithTimeout(ctx, c.opts.ConnectTimeout)
 	defer cancel()
@@ -593,7 +656,11 @@ func (c *Client) dial(ctx context.Context, u *url.URL) (*liveConn, error) {
 	if tc, ok := raw.(*net.TCPConn); ok {
 		tc.SetNoDelay(true)
 	}
-	tc := tls.Client(raw, c.tls.Clone())
+	conf := c.tls.Load()
+	if conf == nil { // plain mqtt://, AllowPlain
+		return newLiveConn(raw, time.Now()), nil
+	}
+	tc := tls.Client(raw, conf.Clone())
 	if err := tc.HandshakeContext(ctx); err != nil {
 		raw.Close()
 		return nil, fmt.Errorf("tls: %w", err)

@@ -2,6 +2,7 @@ package transport
 
 import (
 	"context"
+	"crypto/tls"
 	"log/slog"
 	"os"
 	"strings"
@@ -260,6 +261,59 @@ func TestParseBroker(t *testing.T) {
 		if !strings.Contains(got, want) {
 			t.Errorf("ParseBroker(%q) = %q, want %q", in, got, want)
 		}
+	}
+}
+
+func TestParseBrokerOrPlain(t *testing.T) {
+	for in, want := range map[string]string{
+		"mqtt://localhost:1883": "mqtt://localhost:1883",
+		"mqtt://ha.lan":         "mqtt://ha.lan:1883",
+		"tcp://10.0.0.2":        "mqtt://10.0.0.2:1883",
+		"mqtts://ha.lan":        "mqtts://ha.lan:8883",
+		"ssl://ha.lan:8884":     "mqtts://ha.lan:8884",
+		"mqtt://:1883":          "no host",
+		"http://localhost:8123": "want mqtts://",
+		"ha.lan:1883":           "want mqtts://",
+	} {
+		u, err := ParseBrokerOrPlain(in)
+		got := ""
+		if err != nil {
+			got = err.Error()
+		} else {
+			got = u.String()
+		}
+		if !strings.Contains(got, want) {
+			t.Errorf("ParseBrokerOrPlain(%q) = %q, want %q", in, got, want)
+		}
+	}
+}
+
+// TestNewWithoutCertificate: a client of a password broker needs its id
+// given; a plain broker needs AllowPlain.
+func TestNewWithoutCertificate(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		o    Options
+		want string // "" for success
+	}{
+		{"plain with id", Options{Broker: "mqtt://localhost:1883", AllowPlain: true, ClientID: "bridge", Username: "u", Password: "p"}, ""},
+		{"TLS config with id", Options{Broker: "mqtts://localhost:8883", TLS: &tls.Config{}, ClientID: "bridge"}, ""},
+		{"plain without AllowPlain", Options{Broker: "mqtt://localhost:1883", ClientID: "bridge"}, "plain-text"},
+		{"plain without id", Options{Broker: "mqtt://localhost:1883", AllowPlain: true}, "ClientID is required"},
+		{"TLS config without id", Options{Broker: "mqtts://localhost:8883", TLS: &tls.Config{}}, "ClientID is required"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c, err := New(tc.o)
+			if tc.want == "" {
+				if err != nil || c.ID() != tc.o.ClientID {
+					t.Fatalf("New: %v", err)
+				}
+				return
+			}
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("New: %v, want %q", err, tc.want)
+			}
+		})
 	}
 }
 

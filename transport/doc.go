@@ -1,5 +1,8 @@
 // Package transport connects a thermostat or the controller to an MQTT
 // 3.1.1 broker with paho.mqtt.golang over mutual TLS, and keeps it connected.
+// (The controller's bridge to Home Assistant uses it too, for a broker
+// outside the fleet that knows it by password: Options.Username, TLS and
+// AllowPlain; the fleet's own links never set those.)
 //
 // It exists because paho's own recovery is slow where it matters most for a
 // fleet: its reconnect backoff doubles up to ten minutes and is remembered

@@ -4,7 +4,10 @@
 //	GET  /api/devices        every device, a JSON array sorted by id
 //	GET  /api/devices/{id}   one device
 //	PUT  /api/devices/{id}   set properties: {"setpoint_c": 21.5, "mode": "heat"}
+//	GET  /api/devices/{id}/history?from=&to=&step=   telemetry history (history.go)
+//	GET  /api/events         the live feed, when Options.Events is set (package web)
 //	GET  /healthz            fleet status; 200 once ready, 503 before
+//	GET  /metrics            Prometheus metrics, when Options.Metrics is set
 //
 // A device is the JSON of fleet.Device: id, online, vc, props (name to
 // {"val", "w"} as on the wire), telemetry (the latest, as on the wire, or
@@ -15,7 +18,9 @@
 //
 // With a token (always required when the listener is not on a loopback
 // address: see Listen), every /api/ request must carry
-// "Authorization: Bearer TOKEN". /healthz needs no token.
+// "Authorization: Bearer TOKEN", and so must /metrics; a browser logged in
+// to the dashboard (Options.Session) may use its session cookie instead.
+// /healthz needs no token.
 package api
 
 import (
@@ -61,6 +66,20 @@ type Options struct {
 	SetTimeout time.Duration
 	// Logger defaults to slog.Default().
 	Logger *slog.Logger
+	// Session, if set, is a second way past the token: it reports whether
+	// the request carries a valid dashboard session (package web's
+	// cookie), so the browser needs no bearer token.
+	Session func(*http.Request) bool
+	// Events, if set, is served at GET /api/events behind the same check
+	// as every /api/ request: the dashboard's live feed.
+	Events http.Handler
+	// Delete, when set, serves DELETE /api/devices/{id} (delete.go).
+	Delete Deleter
+	// History answers GET /api/devices/{id}/history; nil: 404.
+	History History
+	// Metrics, if set, is served at GET /metrics under the same
+	// authentication as /api/ (see package controllerlite/metrics).
+	Metrics http.Handler
 	// OTA, when set, serves the /api/ota endpoints (api/ota.go).
 	OTA OTA
 }
@@ -85,17 +104,31 @@ func NewHandler(f Fleet, o Options) http.Handler {
 	mux.HandleFunc("GET /api/devices", h.auth(h.list))
 	mux.HandleFunc("GET /api/devices/{id}", h.auth(h.get))
 	mux.HandleFunc("PUT /api/devices/{id}", h.auth(h.put))
+	if o.Delete != nil {
+		mux.HandleFunc("DELETE /api/devices/{id}", h.auth(h.del))
+	}
+	mux.HandleFunc("GET /api/devices/{id}/history", h.auth(h.history))
+	if o.Events != nil {
+		mux.HandleFunc("GET /api/events", h.auth(o.Events.ServeHTTP))
+	}
 	mux.HandleFunc("GET /healthz", h.health)
+	if o.Metrics != nil {
+		mux.HandleFunc("GET /metrics", h.auth(o.Metrics.ServeHTTP))
+	}
 	h.registerOTA(mux)
 	return mux
 }
 
-// auth wraps an /api/ handler with the bearer-token check.
+// auth wraps an /api/ handler (and /metrics) with the bearer-token check.
 func (h *handler) auth(next http.HandlerFunc) http.HandlerFunc {
 	if h.opts.Token == "" {
 		return next
 	}
 	return func(w http.ResponseWriter, r *http.Request) {
+		if h.opts.Session != nil && h.opts.Session(r) {
+			next(w, r)
+			return
+		}
 		scheme, tok, _ := strings.Cut(r.Header.Get("Authorization"), " ")
 		// Hashing first makes the comparison constant-time in the
 		// token's length as well as its content.

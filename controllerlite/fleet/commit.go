@@ -41,6 +41,8 @@ func (f *Fleet) commit(ctx context.Context) error {
 	if len(f.batch.persist) == 0 && len(f.batch.pending) == 0 {
 		return nil
 	}
+	began := f.opts.Now()
+	defer func() { f.opts.Meter.Committed(f.opts.Now().Sub(began)) }()
 	recs := make([]store.Device, 0, len(f.batch.persist))
 	for _, id := range slices.Sorted(maps.Keys(f.batch.persist)) {
 		rec := f.recs[id]

@@ -93,6 +93,8 @@ type Options struct {
 	// Telemetry, if set, is told of every live telemetry message accepted
 	// (not retained ones: those were told when they were live).
 	Telemetry TelemetrySink
+	// Meter, if set, hears how long commits and resyncs take (meter.go).
+	Meter Meter
 }
 
 // Device is what the fleet knows of one device, as the HTTP API returns it.
@@ -115,6 +117,9 @@ type Device struct {
 	// telemetry reports and those the controller sees (duplicate_identity,
 	// tls_refused), sorted by code; [] when none.
 	Alerts []protocol.Alert `json:"alerts"`
+	// CertExpires is when the device's certificate ends, as its latest
+	// telemetry reports it; null until it does.
+	CertExpires *time.Time `json:"cert_expires"`
 	// Firmware is the firmware version the device last reported, absent
 	// if it never did (an older firmware).
 	Firmware string `json:"firmware,omitempty"`
@@ -164,11 +169,16 @@ type Fleet struct {
 	pub   Publisher       // nil while the link is down
 	batch batch
 	wait  retainedWait
+
+	// resyncs are the devices greeted and not yet back in sync (meter.go).
+	resyncs map[string]resyncWait
 }
 
 // counters are the fleet's message counts, read by Status.
 type counters struct {
 	received, rejected, propsRejected, published atomic.Uint64
+
+	by breakdown // by kind and reason, read by Counts
 }
 
 // batch is the work queued since the loop last woke, done in one go: what
@@ -220,6 +230,9 @@ func New(opts Options) (*Fleet, error) {
 	if opts.Now == nil {
 		opts.Now = time.Now
 	}
+	if opts.Meter == nil {
+		opts.Meter = nopMeter{}
+	}
 	devs, err := opts.Store.Load()
 	if err != nil {
 		return nil, fmt.Errorf("fleet: %w", err)
@@ -238,6 +251,7 @@ func New(opts Options) (*Fleet, error) {
 		recs:     map[string]*store.Device{},
 		dirty:    map[string]bool{},
 		batch:    batch{persist: map[string]bool{}, touched: map[string]bool{}},
+		resyncs:  map[string]resyncWait{},
 	}
 	for _, d := range devs {
 		replicas[d.ID] = d.Replica
@@ -254,15 +268,13 @@ func New(opts Options) (*Fleet, error) {
 // Filters are the subscriptions a link must make for the fleet: every
 // device's event, status and telemetry, and the controller's own commands.
 func (f *Fleet) Filters() []string {
-	var out []string
-	for _, k := range fleetKinds {
-		out = append(out, protocol.Filter(f.root, k))
+	return []string{
+		protocol.Filter(f.root, protocol.KindCmd),
+		protocol.Filter(f.root, protocol.KindEvent),
+		protocol.Filter(f.root, protocol.KindStatus),
+		protocol.Filter(f.root, protocol.KindTelemetry),
 	}
-	return out
 }
-
-// fleetKinds are the topics the fleet reads.
-var fleetKinds = []protocol.Kind{protocol.KindCmd, protocol.KindEvent, protocol.KindStatus, protocol.KindTelemetry}
 
 // Run processes events until ctx is done, then writes what is not yet
 // stored. It returns nil on cancellation.
@@ -426,7 +438,14 @@ func (f *Fleet) set(ctx context.Context, id string, changes map[string]any) (Dev
 
 // handle processes one message from the broker.
 func (f *Fleet) handle(topic string, payload []byte, retained bool) {
+	if len(payload) == 0 {
+		// A retained message being removed (Delete does that): nothing
+		// to apply, and no device to make of it.
+		f.log.Debug("empty message ignored", "topic", topic, "retained", retained)
+		return
+	}
 	f.count.received.Add(1)
+	f.count.by.receive(topic)
 	if f.wait.waiting && retained {
 		f.wait.lastRet = f.opts.Now()
 	}
@@ -436,7 +455,7 @@ func (f *Fleet) handle(topic string, payload []byte, retained bool) {
 		return
 	}
 	if id == protocol.ControllerID {
-		f.reject(topic, payload, errors.New("the device id is reserved for the controller"))
+		f.reject(topic, payload, protocol.ErrReservedID)
 		return
 	}
 	switch kind {
@@ -464,6 +483,9 @@ func (f *Fleet) handle(topic string, payload []byte, retained bool) {
 		if err != nil {
 			f.reject(topic, payload, err)
 			return
+		}
+		if kind == protocol.KindEvent && !retained {
+			f.resyncEvent(id, m)
 		}
 		rec := f.record(id)
 		if out.Duplicate {
@@ -499,9 +521,13 @@ func (f *Fleet) handle(topic string, payload []byte, retained bool) {
 			if g := f.ctrl.Online(id); g != nil {
 				f.log.Info("greeting", "device", id, "vc", g.VC)
 				f.send([]command{{id, *g}})
+				if !retained {
+					f.resyncStart(id, *g)
+				}
 			}
 		} else {
 			f.ctrl.Offline(id)
+			delete(f.resyncs, id)
 		}
 	case protocol.KindTelemetry:
 		t, err := protocol.DecodeTelemetry(payload)
@@ -535,6 +561,7 @@ func (f *Fleet) handle(topic string, payload []byte, retained bool) {
 
 func (f *Fleet) reject(topic string, payload []byte, err error) {
 	f.count.rejected.Add(1)
+	f.count.by.reject(f.root, topic, payload, err)
 	f.log.Warn("message rejected", "topic", topic, "bytes", len(payload), "reason", err)
 }
 
@@ -582,6 +609,7 @@ func (f *Fleet) updateView(id string) {
 		t := rec.LastSeen
 		d.LastSeen = &t
 	}
+	d.CertExpires = certExpires(rec.Telemetry)
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if old, ok := f.view[id]; ok && old.Pending {

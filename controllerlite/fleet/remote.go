@@ -3,16 +3,15 @@ package fleet
 import (
 	"context"
 	"fmt"
-	"slices"
-
-	"github.com/thermofleet/thermo/protocol"
 
 	"github.com/thermofleet/thermo/transport"
 )
 
 // Connect makes the transport client that links f to an external broker.
 // It sets o's Handler, OnConnect and OnDisconnect; the caller runs the
-// client (Run) and so owns the connection's lifetime.
+// client (Run) and so owns the connection's lifetime. A Handler already in
+// o receives the messages of the subscriptions the caller adds itself
+// (certificate requests): every topic whose kind the fleet does not read.
 //
 // On a connection made before f is ready, OnConnect subscribes to f's
 // filters itself and waits for each acknowledgement, so the quiet period
@@ -20,11 +19,9 @@ import (
 // accepted the subscriptions. Later connections are subscribed by the
 // client, which renews every filter on every connection.
 func Connect(f *Fleet, o transport.Options) (*transport.Client, error) {
-	// A caller's Handler gets what the caller subscribed to beyond the
-	// fleet's own topics (the OTA state reports).
 	other := o.Handler
 	o.Handler = func(m transport.Message) {
-		if _, k, err := protocol.ParseTopic(f.root, m.Topic); other != nil && err == nil && !slices.Contains(fleetKinds, k) {
+		if other != nil && !f.reads(m.Topic) {
 			other(m)
 			return
 		}

@@ -57,10 +57,17 @@ func (s *Server) attachOTA() error {
 	return nil
 }
 
-// otherMessage takes the external broker's messages beyond the fleet's.
+// otherMessage takes the external broker's messages beyond the fleet's:
+// OTA state reports, certificate requests.
 func (s *Server) otherMessage(m transport.Message) {
-	if s.ota != nil {
-		s.ota.Receive(m.Topic, m.Payload)
+	if _, k, err := protocol.ParseTopic(s.cfg.TopicRoot, m.Topic); err == nil && k == protocol.KindOTAState {
+		if s.ota != nil {
+			s.ota.Receive(m.Topic, m.Payload)
+		}
+		return
+	}
+	if s.renew != nil {
+		s.renew.Receive(m.Topic, m.Payload, m.Retained)
 	}
 }
 

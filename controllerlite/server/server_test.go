@@ -5,6 +5,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -142,6 +143,7 @@ func TestConfigErrors(t *testing.T) {
 		{"bad topic root", func(c *Config) { c.TopicRoot = "thermo/#" }, "--topic-root"},
 		{"keep-alive under a second", func(c *Config) { c.KeepAlive = 500 * time.Millisecond }, "--keep-alive 500ms: MQTT counts keep-alive in whole seconds"},
 		{"keep-alive not whole seconds", func(c *Config) { c.KeepAlive = 1500 * time.Millisecond }, "--keep-alive 1.5s"},
+		{"Home Assistant broker not MQTT", func(c *Config) { c.HomeAssistant.Broker = "http://localhost:8123" }, "--ha-broker"},
 		{"missing key", func(c *Config) { c.KeyFile = filepath.Join(t.TempDir(), "none") }, "broker TLS"},
 	}
 	for _, tc := range tests {
@@ -263,4 +265,36 @@ func TestExternalKeepAlive(t *testing.T) {
 	}
 	m.Cont()
 	waitFor("back after the broker resumed", testenv.WaitTimeout, func() bool { return s.Fleet().Status().Connected })
+}
+
+// TestHistory: live telemetry goes into DataDir/history.db; samples still
+// waiting to be written at shutdown are written then, and the API serves
+// them after a restart.
+func TestHistory(t *testing.T) {
+	pki := testenv.NewPKI(t)
+	dir := t.TempDir()
+	s := start(t, embedded(pki, dir))
+	dev := pki.Connect(t, brokerURL(s.BrokerAddr()), "d1")
+	dev.Publish(t, "thermo/d1/event", 1, true, []byte(`{"v":1,"vc":[0,1],"props":{"setpoint_c":{"val":21,"w":[0,1]},"mode":{"val":"heat","w":[0,1]}}}`))
+	testenv.WaitFor(t, "the event", func() bool { d, ok := s.Fleet().Device("d1"); return ok && d.VC[1] == 1 })
+	dev.Publish(t, "thermo/d1/telemetry", 0, false, []byte(`{"v":1,"ts":"2026-12-03T00:00:00Z","temp_c":20.25,"heat":true,"cool":false,"sensor_ok":true}`))
+	testenv.WaitFor(t, "the telemetry", func() bool { d, _ := s.Fleet().Device("d1"); return strings.Contains(string(d.Telemetry), "20.25") })
+	if err := s.Close(); err != nil { // within the flush interval: Close writes the sample
+		t.Fatal(err)
+	}
+	if fi, err := os.Stat(filepath.Join(dir, "history.db")); err != nil || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("history.db: %v, %v", fi, err)
+	}
+
+	s = start(t, embedded(pki, dir))
+	resp, err := http.Get("http://" + s.HTTPAddr().String() + "/api/devices/d1/history?step=1h")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != 200 || !strings.Contains(string(body), `"min": 20.25`) || !strings.Contains(string(body), `"setpoint_c": 21`) ||
+		!strings.Contains(string(body), `"samples": 1`) {
+		t.Fatalf("history after restart: %d %s", resp.StatusCode, body)
+	}
 }

@@ -30,7 +30,17 @@ const (
 	CureController = "the controller rebuilds the fleet from the broker's retained messages"
 	// CureBroker is the cure for the embedded broker's store.
 	CureBroker = "the devices and the controller publish their state again (retained) when they reconnect"
+	// CureHistory is the cure for the telemetry history's database.
+	CureHistory = "the controller starts an empty telemetry history (the charts lose what was recorded)"
 )
+
+// OpenDB opens (creating if needed, 0600) the bbolt database at path with
+// the checks of the controller's own store: every page read before use,
+// ErrCorrupt with cure for a corrupt file, ErrLocked for one held by
+// another process. For the controller's other databases (the history).
+func OpenDB(path, cure string) (*bbolt.DB, error) {
+	return openBolt(path, bbolt.Options{}, cure)
+}
 
 // openBolt opens the bbolt database at path and reads every page of it
 // before anyone else does. bbolt trusts its pages: garbage in a live page

@@ -118,6 +118,10 @@ type Config struct {
 	// Zone is the board's own time zone, for a schedule without tz;
 	// time.Local when nil.
 	Zone *time.Location
+	// CertExpiry, when set, is when the device's certificate in use ends:
+	// reported in telemetry (cert_expires) and status. It changes when the
+	// certificate is renewed.
+	CertExpiry func() time.Time
 	// Logger gets the agent's lines, marked component=agent; the caller
 	// names the device on it (the runner does, for every part), so each
 	// line carries the id once.
@@ -175,6 +179,8 @@ type Agent struct {
 	connected atomic.Bool
 	counters  struct {
 		received, rejected, rejectedProps, duplicates, applied, discarded, eventsSent atomic.Uint64
+
+		saves, saveFailures atomic.Uint64 // state writes, for Saves
 	}
 }
 
@@ -465,6 +471,7 @@ func (a *Agent) save(st protocol.DeviceState, b []byte) error {
 	if err := a.cfg.Store.Save(st); err != nil {
 		return a.saveFailed(err)
 	}
+	a.counters.saves.Add(1)
 	a.saved, a.lastSaved = st, b
 	a.saveWorks()
 	return nil
@@ -476,6 +483,7 @@ func (a *Agent) save(st protocol.DeviceState, b []byte) error {
 // resumes by itself once the disk has room. It returns err wrapped in
 // ErrNotSaved.
 func (a *Agent) saveFailed(err error) error {
+	a.counters.saveFailures.Add(1)
 	now := a.clock.Now()
 	st := &a.storage
 	if !st.failing {
@@ -850,6 +858,7 @@ func (a *Agent) queueTelemetry(s control.Snapshot) {
 	t := TelemetryOf(s, a.clock.Now())
 	t.Next = a.Next()
 	t.Alerts = a.alerts.Codes()
+	t.CertExpires = a.certExpires()
 	t.Firmware = a.cfg.Firmware
 	payload, err := t.Encode()
 	if err != nil {
@@ -929,6 +938,20 @@ type Status struct {
 	Next *protocol.Next `json:"next,omitempty"`
 	// Alerts are the device's conditions that need a person; [] when none.
 	Alerts []protocol.Alert `json:"alerts"`
+	// CertExpires is when the certificate in use ends.
+	CertExpires *time.Time `json:"cert_expires,omitempty"`
+}
+
+// certExpires is Config.CertExpiry's answer, nil without one.
+func (a *Agent) certExpires() *time.Time {
+	if a.cfg.CertExpiry == nil {
+		return nil
+	}
+	t := a.cfg.CertExpiry().UTC()
+	if t.IsZero() {
+		return nil
+	}
+	return &t
 }
 
 // Status reports the agent's state. It never waits for the Run goroutine.
@@ -954,6 +977,8 @@ func (a *Agent) Snapshot() Status {
 		Counters:  a.Counters(),
 		Alerts:    a.alerts.List(),
 		Next:      a.Next(),
+
+		CertExpires: a.certExpires(),
 	}
 	if s.HasTemperature {
 		c := s.TempC()
@@ -974,6 +999,12 @@ func (a *Agent) Counters() Counters {
 		Duplicates: c.duplicates.Load(), Applied: c.applied.Load(), Discarded: c.discarded.Load(),
 		EventsSent: c.eventsSent.Load(),
 	}
+}
+
+// Saves returns how many times the state was written since start, and how
+// many writes failed (metrics).
+func (a *Agent) Saves() (ok, failed uint64) {
+	return a.counters.saves.Load(), a.counters.saveFailures.Load()
 }
 
 func propsLog(p protocol.Props) string {

@@ -102,6 +102,9 @@ func TestBadFiles(t *testing.T) {
 		{"no broker", "hal: sim\n", []string{"no broker"}},
 		{"yaml syntax", base + "ca: [unclosed\n", []string{"line"}},
 		{"two documents", base + "---\nhal: rpi\n", []string{"second YAML document"}},
+		{"metrics address without port", base + "metrics_addr: 127.0.0.1\n", []string{"line 3", "metrics_addr", "host:port"}},
+		{"metrics port not a number", base + "metrics_addr: \"127.0.0.1:http\"\n", []string{"line 3", "metrics_addr", "0 to 65535"}},
+		{"metrics port too big", base + "metrics_addr: \":70000\"\n", []string{"line 3", "metrics_addr", "0 to 65535"}},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -158,6 +161,38 @@ func TestFlagsOverrideTheFile(t *testing.T) {
 	_, err = parseFlags(t, "--config", bad)
 	if err == nil || !strings.Contains(err.Error(), "line 11: sync_timeout") {
 		t.Errorf("error %v, want line 11", err)
+	}
+}
+
+// --metrics-addr and metrics_addr: off by default, set by either, the
+// flag winning and blamed for its own bad value.
+func TestMetricsAddr(t *testing.T) {
+	base := []string{"--broker", "mqtts://b:8883", "--hal", "sim", "--config", writeFile(t, "metrics_addr: 127.0.0.1:9100\n")}
+	tests := []struct {
+		name string
+		args []string
+		want string
+		err  string
+	}{
+		{"off by default", []string{"--broker", "mqtts://b:8883", "--hal", "sim", "--config", writeFile(t, "")}, "", ""},
+		{"from the file", base, "127.0.0.1:9100", ""},
+		{"the flag wins", append(base, "--metrics-addr", "[::1]:9200"), "[::1]:9200", ""},
+		{"any interface", append(base, "--metrics-addr", ":9100"), ":9100", ""},
+		{"bad flag", append(base, "--metrics-addr", "localhost"), "", "--metrics-addr"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			c, err := parseFlags(t, tc.args...)
+			if tc.err != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.err) {
+					t.Fatalf("error %v, want it to name %s", err, tc.err)
+				}
+				return
+			}
+			if err != nil || c.MetricsAddr != tc.want {
+				t.Fatalf("metrics address %q (%v), want %q", c.MetricsAddr, err, tc.want)
+			}
+		})
 	}
 }
 

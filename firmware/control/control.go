@@ -154,6 +154,8 @@ type Loop struct {
 	lastTick   time.Time
 	started    time.Time
 	faulted    bool // a sensor fault was logged and not yet its recovery
+
+	counts counts // for Counts (counts.go)
 }
 
 // burst gathers button presses until the window after the last one ends.
@@ -212,6 +214,7 @@ func New(cfg Config, board hal.Board, opts ...Option) (*Loop, error) {
 		return nil, cfg.lines.Errorf("sensor", "no sensor named %q on the board (have %s)", cfg.Sensor, strings.Join(names, ", "))
 	}
 	l.readings = make([]hal.Reading, len(l.sensors))
+	l.counts.readErrors = make([]uint64, len(l.sensors))
 	for i, s := range l.sensors {
 		l.readings[i] = hal.Reading{Sensor: s.Name(), Err: errors.New("not read yet")}
 	}
@@ -432,6 +435,7 @@ func (l *Loop) tick(now time.Time) {
 	}
 	l.mu.Lock()
 	l.readings = readings
+	l.counts.read(readings)
 	l.lastTick = now
 	if r := readings[l.ctrl]; r.OK() {
 		l.last, l.lastAt = r, now
@@ -487,6 +491,7 @@ func (l *Loop) evaluate(now time.Time) {
 	if want.Cool != l.cool.on {
 		l.cool = relay{on: want.Cool, since: now}
 	}
+	l.counts.switched(prev, want)
 	changed := want != prev
 	snap := l.snapshotLocked(now)
 	onOutput := l.onOutput

@@ -1,7 +1,8 @@
 // Package runner is `thermostat run` as a library: it opens the board the
 // configuration selects, the state directory and the control socket, and
 // runs the control loop, the sync agent and the broker connection together
-// until the context ends or one of them fails.
+// until the context ends or one of them fails. With metrics_addr it serves
+// Prometheus metrics too (firmware/metrics); their failure stops nothing.
 //
 // The thermostat binary's main calls it; so can a harness that runs many
 // simulated thermostats in one process (the mttr tool), giving each its own
@@ -13,12 +14,16 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"sync"
+	"time"
 
 	"github.com/thermofleet/thermo/firmware/agent"
 	"github.com/thermofleet/thermo/firmware/config"
 	"github.com/thermofleet/thermo/firmware/control"
 	"github.com/thermofleet/thermo/firmware/localctl"
+	"github.com/thermofleet/thermo/firmware/metrics"
+	"github.com/thermofleet/thermo/firmware/renew"
 	"github.com/thermofleet/thermo/firmware/state"
 	"github.com/thermofleet/thermo/hal"
 	"github.com/thermofleet/thermo/hal/rpi"
@@ -62,6 +67,9 @@ type Thermostat struct {
 	agent  *agent.Agent
 	client *transport.Client
 	ctl    *localctl.Server
+	renew  *renew.Renewer
+	// metrics is the listener of --metrics-addr, nil without it.
+	metrics net.Listener
 }
 
 // New opens everything cfg names and fails with a message a user can act
@@ -72,6 +80,13 @@ func New(cfg config.Config, o Options) (_ *Thermostat, err error) {
 	log := o.Logger
 	if log == nil {
 		log = slog.Default()
+	}
+	// A certificate renewal cut short by a kill or a power cut is
+	// finished or undone before the key and certificate are read.
+	if did, err := renew.Recover(cfg.Cert, cfg.Key); err != nil {
+		return nil, err
+	} else if did != "" {
+		log.Warn("certificate swap recovered", "did", did)
 	}
 	id, err := provisioning.DeviceID(cfg.Cert)
 	if err != nil {
@@ -136,8 +151,14 @@ func New(cfg config.Config, o Options) (_ *Thermostat, err error) {
 		FirstValues:       firstValues(cfg),
 		TelemetryInterval: cfg.TelemetryInterval,
 		SyncTimeout:       cfg.SyncTimeout,
-		Logger:            log,
-		Firmware:          o.Firmware,
+		CertExpiry: func() time.Time {
+			if t.renew == nil {
+				return time.Time{}
+			}
+			return t.renew.NotAfter()
+		},
+		Logger:   log,
+		Firmware: o.Firmware,
 	}, stored)
 	if err != nil {
 		return nil, err
@@ -148,6 +169,12 @@ func New(cfg config.Config, o Options) (_ *Thermostat, err error) {
 	loop.Notify(t.agent.OutputsChanged, t.agent.ButtonChange)
 	loop.NotifyPresetButton(t.agent.PresetButton)
 
+	if t.renew, err = renew.New(renew.Options{
+		ID: id, Root: cfg.TopicRoot, CAFile: cfg.CA, CertFile: cfg.Cert, KeyFile: cfg.Key,
+		RenewAt: cfg.RenewAt, EnrollURL: cfg.EnrollURL, Alerts: t.agent.Alerts(), Logger: log,
+	}); err != nil {
+		return nil, err
+	}
 	t.client, err = transport.New(transport.Options{
 		Broker:       cfg.Broker,
 		CAFile:       cfg.CA,
@@ -166,6 +193,9 @@ func New(cfg config.Config, o Options) (_ *Thermostat, err error) {
 	if err != nil {
 		return nil, err
 	}
+	if err := t.client.Subscribe(t.renew.Topic(), 1); err != nil {
+		return nil, err
+	}
 	if o.OnOTA != nil {
 		if err := t.client.Subscribe(protocol.Topic(cfg.TopicRoot, id, protocol.KindOTA), 1); err != nil {
 			return nil, fmt.Errorf("ota: %w", err)
@@ -176,21 +206,25 @@ func New(cfg config.Config, o Options) (_ *Thermostat, err error) {
 			return nil, err
 		}
 	}
+	if cfg.MetricsAddr != "" {
+		if t.metrics, err = metrics.Listen(cfg.MetricsAddr, log); err != nil {
+			return nil, err
+		}
+	}
 	return t, nil
 }
 
-// handler routes the device's ota topic to onOTA, the rest to the agent.
+// handler routes the device's ota topic to onOTA, its certificate
+// topic to the renewer, the rest to the agent.
 func (t *Thermostat) handler(onOTA func([]byte)) func(transport.Message) {
-	if onOTA == nil {
-		return t.agent.Handle
-	}
 	ota := protocol.Topic(t.cfg.TopicRoot, t.ID, protocol.KindOTA)
 	return func(m transport.Message) {
-		if m.Topic == ota {
+		switch {
+		case onOTA != nil && m.Topic == ota:
 			onOTA(m.Payload)
-			return
+		case !t.renew.Handle(m):
+			t.agent.Handle(m)
 		}
-		t.agent.Handle(m)
 	}
 }
 
@@ -231,6 +265,14 @@ func (t *Thermostat) Loop() *control.Loop { return t.loop }
 // Client is the broker connection (its Stats, Connected).
 func (t *Thermostat) Client() *transport.Client { return t.client }
 
+// MetricsAddr is where /metrics is served, nil without --metrics-addr.
+func (t *Thermostat) MetricsAddr() net.Addr {
+	if t.metrics == nil {
+		return nil
+	}
+	return t.metrics.Addr()
+}
+
 // Board is the board the thermostat drives.
 func (t *Thermostat) Board() hal.Board { return t.board }
 
@@ -269,8 +311,22 @@ func (t *Thermostat) Run(ctx context.Context) error {
 	start("control loop", t.loop.Run)
 	start("agent", func(ctx context.Context) error { return t.agent.Run(ctx, t.client) })
 	start("broker connection", t.client.Run)
+	start("certificate renewal", func(ctx context.Context) error { return t.renew.Run(ctx, t.client) })
 	if t.ctl != nil {
 		start("control socket", func(ctx context.Context) error { return t.ctl.Serve(ctx, t.agent) })
+	}
+	if t.metrics != nil {
+		reg := metrics.New(metrics.Sources{Loop: t.loop, Agent: t.agent, Link: t.client})
+		h := metrics.Handler(reg, t.log)
+		t.log.Info("metrics at /metrics", "addr", t.metrics.Addr().String())
+		// Not a part: a thermostat whose metrics listener fails heats on.
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := metrics.Serve(ctx, t.metrics, h, t.log); err != nil {
+				t.log.Error("metrics stopped; the thermostat runs on without them", "err", err)
+			}
+		}()
 	}
 	wg.Wait()
 	if first != nil {
@@ -286,6 +342,9 @@ func (t *Thermostat) Run(ctx context.Context) error {
 func (t *Thermostat) close() {
 	if t.ctl != nil {
 		t.ctl.Close()
+	}
+	if t.metrics != nil {
+		t.metrics.Close() // Serve closed it already if it ran: harmless
 	}
 	if t.board != nil {
 		if err := t.board.Close(); err != nil {

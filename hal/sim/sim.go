@@ -286,7 +286,15 @@ func ScaledClock(speed float64) hal.Clock { return ScaledClockFrom(time.Now(), s
 // ScaledClockFrom is ScaledClock starting at origin: a simulation that
 // must cross a given date (a change of the clocks) starts before it.
 func ScaledClockFrom(origin time.Time, speed float64) hal.Clock {
-	return &scaledClock{speed: speed, origin: origin, realOrigin: time.Now()}
+	return ScaledClockAt(origin, time.Now(), speed)
+}
+
+// ScaledClockAt is the clock that read origin at the real time realOrigin:
+// processes given the same three values share one simulated time, so a
+// simulated board restarted in a new process carries on where the old one
+// left off (the soak's kill -9).
+func ScaledClockAt(origin, realOrigin time.Time, speed float64) hal.Clock {
+	return &scaledClock{speed: speed, origin: origin, realOrigin: realOrigin}
 }
 
 type scaledClock struct {

@@ -1,5 +1,6 @@
 // Package repotest holds tests about the repository as a whole: every
-// package documented, and each binary free of the other's dependencies.
+// package documented, each binary free of the other's dependencies, and
+// the example alert rules (docs/examples/alerts.yml) sound.
 package repotest
 
 import (

@@ -27,8 +27,12 @@ type Message struct {
 
 // ClientOptions describes how Dial connects.
 type ClientOptions struct {
-	// CAFile is the CA trusted for the broker's certificate. Required.
+	// CAFile is the CA trusted for the broker's certificate. Required but
+	// for a plain mqtt:// broker.
 	CAFile string
+	// Username and Password log in to a password broker
+	// (MosquittoOptions.Users).
+	Username, Password string
 	// CertFile and KeyFile are the client certificate; empty connects
 	// without one (a broker must refuse that).
 	CertFile, KeyFile string
@@ -60,23 +64,27 @@ type Client struct {
 }
 
 // Dial connects to url (mqtts://HOST:PORT) over TLS, verifying the broker's
-// certificate against o.CAFile and the host name. It returns the error of a
+// certificate against o.CAFile and the host name (or to mqtt://HOST:PORT in
+// plain text, a password broker's). It returns the error of a
 // refused connection instead of failing the test, for tests of refusals.
 func Dial(rawURL string, o ClientOptions) (*Client, error) {
 	u, err := url.Parse(rawURL)
 	if err != nil {
 		return nil, fmt.Errorf("dial: %w", err)
 	}
-	pool, err := provisioning.LoadCertPool(o.CAFile)
-	if err != nil {
-		return nil, fmt.Errorf("dial: %w", err)
-	}
-	tlsConf := &tls.Config{RootCAs: pool, ServerName: o.ServerName, MinVersion: tls.VersionTLS12}
-	if tlsConf.ServerName == "" {
-		tlsConf.ServerName = u.Hostname()
+	var tlsConf *tls.Config // nil for plain mqtt://
+	if u.Scheme != "mqtt" && u.Scheme != "tcp" {
+		pool, err := provisioning.LoadCertPool(o.CAFile)
+		if err != nil {
+			return nil, fmt.Errorf("dial: %w", err)
+		}
+		tlsConf = &tls.Config{RootCAs: pool, ServerName: o.ServerName, MinVersion: tls.VersionTLS12}
+		if tlsConf.ServerName == "" {
+			tlsConf.ServerName = u.Hostname()
+		}
 	}
 	clientID := o.ClientID
-	if o.CertFile != "" {
+	if o.CertFile != "" && tlsConf != nil {
 		pair, cn, err := provisioning.LoadKeyPair(o.CertFile, o.KeyFile)
 		if err != nil {
 			return nil, fmt.Errorf("dial: %w", err)
@@ -93,7 +101,8 @@ func Dial(rawURL string, o ClientOptions) (*Client, error) {
 	opts := mqtt.NewClientOptions().
 		AddBroker(rawURL).
 		SetClientID(clientID).
-		SetTLSConfig(tlsConf).
+		SetUsername(o.Username).
+		SetPassword(o.Password).
 		SetCleanSession(!o.Persistent).
 		SetAutoReconnect(o.AutoReconnect).
 		SetConnectRetry(false).
@@ -102,6 +111,9 @@ func Dial(rawURL string, o ClientOptions) (*Client, error) {
 		SetOrderMatters(true). // record() never blocks; messages stay in arrival order
 		SetDefaultPublishHandler(func(_ mqtt.Client, m mqtt.Message) { c.record(m) }).
 		SetOnConnectHandler(func(pc mqtt.Client) { c.resubscribe(pc) })
+	if tlsConf != nil {
+		opts.SetTLSConfig(tlsConf)
+	}
 	if o.Will != nil {
 		opts.SetBinaryWill(o.Will.Topic, o.Will.Payload, o.Will.QoS, o.Will.Retained)
 	}
@@ -219,6 +231,19 @@ func (c *Client) Messages() []Message {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return append([]Message(nil), c.msgs...)
+}
+
+// Last is the payload of the latest message received on topic, "" when
+// none (or an empty one) was.
+func (c *Client) Last(topic string) string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for i := len(c.msgs) - 1; i >= 0; i-- {
+		if c.msgs[i].Topic == topic {
+			return string(c.msgs[i].Payload)
+		}
+	}
+	return ""
 }
 
 // ErrTimeout is returned by WaitErr when no matching message arrives in time.

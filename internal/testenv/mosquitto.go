@@ -4,11 +4,14 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"maps"
 	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -51,15 +54,26 @@ type MosquittoOptions struct {
 	Global []string
 	// Controllers are further controller CNs (controller-NAME) for the ACL.
 	Controllers []string
+	// CRLFile, when set, is the configuration's crlfile (it must exist
+	// before the broker starts).
+	CRLFile string
+	// Users, when set, make the broker one like Home Assistant's Mosquitto
+	// add-on instead of the fleet's: clients log in with these user names
+	// and passwords (a password_file made by mosquitto_passwd), no client
+	// certificate, no anonymous login, every user may read and write every
+	// topic. Its listener is TLS with the PKI's server certificate
+	// (mqtts://), or plain (mqtt://) when StartMosquitto's pki is nil.
+	Users map[string]string
 }
 
 // Mosquitto is a real Mosquitto broker run by a test with the configuration
 // provisioning.MosquittoConfig generates, listening with TLS on a loopback
 // port that stays the same across restarts. It is killed when the test ends.
 type Mosquitto struct {
-	t    testing.TB
-	port int
-	dir  string
+	t      testing.TB
+	port   int
+	dir    string
+	scheme string // of URL: mqtts, or mqtt for a plain password broker
 	// ConfigFile, ACLFile and LogFile are the files of this broker; the log
 	// gathers every run (Mosquitto buffers it: do not wait on it).
 	ConfigFile, ACLFile, LogFile string
@@ -87,6 +101,7 @@ func StartMosquitto(t testing.TB, pki *PKI, opts *MosquittoOptions) *Mosquitto {
 	m := &Mosquitto{
 		t:       t,
 		dir:     dir,
+		scheme:  "mqtts",
 		LogFile: filepath.Join(dir, "mosquitto.log"),
 		DataDir: filepath.Join(dir, "data"),
 	}
@@ -99,10 +114,17 @@ func StartMosquitto(t testing.TB, pki *PKI, opts *MosquittoOptions) *Mosquitto {
 			t.Logf("testenv: mosquitto log %s:\n%s", m.LogFile, m.Log())
 		}
 	})
+	if o.Users != nil && pki == nil {
+		m.scheme = "mqtt"
+	}
 	var lastErr error
 	for attempt := 0; attempt < 5; attempt++ {
 		m.port = FreePort(t)
-		if err := m.writeConfig(pki, o); err != nil {
+		write := m.writeConfig
+		if o.Users != nil {
+			write = m.writePasswordConfig
+		}
+		if err := write(pki, o); err != nil {
 			t.Fatalf("testenv: %v", err)
 		}
 		if lastErr = m.start(); lastErr == nil {
@@ -115,6 +137,54 @@ func StartMosquitto(t testing.TB, pki *PKI, opts *MosquittoOptions) *Mosquitto {
 }
 
 func (m *Mosquitto) writeConfig(pki *PKI, o MosquittoOptions) error {
+	global := m.globalConfig(o)
+	var err error
+	m.ConfigFile, m.ACLFile, err = provisioning.WriteMosquittoConfig(m.dir, provisioning.MosquittoOptions{
+		Port:        m.port,
+		BindAddress: "127.0.0.1",
+		CAFile:      pki.CAFile,
+		CertFile:    pki.ServerCert,
+		KeyFile:     pki.ServerKey,
+		TopicRoot:   o.TopicRoot,
+		Controllers: o.Controllers,
+		CRLFile:     o.CRLFile,
+		Global:      global,
+	})
+	return err
+}
+
+// writePasswordConfig writes the configuration of a password broker
+// (MosquittoOptions.Users), its password file made by mosquitto_passwd.
+func (m *Mosquitto) writePasswordConfig(pki *PKI, o MosquittoOptions) error {
+	const passwd = "/usr/bin/mosquitto_passwd"
+	if _, err := os.Stat(passwd); errors.Is(err, os.ErrNotExist) {
+		m.t.Skipf("testenv: %s not installed (apt-get install mosquitto)", passwd)
+	}
+	pwFile := filepath.Join(m.dir, "passwd")
+	if err := os.WriteFile(pwFile, nil, 0o600); err != nil {
+		return err
+	}
+	for _, user := range slices.Sorted(maps.Keys(o.Users)) {
+		if out, err := exec.Command(passwd, "-b", pwFile, user, o.Users[user]).CombinedOutput(); err != nil {
+			return fmt.Errorf("mosquitto_passwd %s: %v: %s", user, err, out)
+		}
+	}
+	lines := append(m.globalConfig(o),
+		"per_listener_settings false",
+		"allow_anonymous false",
+		"password_file "+pwFile,
+		fmt.Sprintf("listener %d 127.0.0.1", m.port),
+		"set_tcp_nodelay true",
+	)
+	if pki != nil {
+		lines = append(lines, "certfile "+pki.ServerCert, "keyfile "+pki.ServerKey)
+	}
+	m.ConfigFile = filepath.Join(m.dir, "mosquitto.conf")
+	return os.WriteFile(m.ConfigFile, []byte(strings.Join(lines, "\n")+"\n"), 0o644)
+}
+
+// globalConfig is the configuration both kinds of broker begin with.
+func (m *Mosquitto) globalConfig(o MosquittoOptions) []string {
 	global := []string{
 		"log_dest stderr",
 		"log_timestamp_format %Y-%m-%dT%H:%M:%S",
@@ -137,19 +207,7 @@ func (m *Mosquitto) writeConfig(pki *PKI, o MosquittoOptions) error {
 	} else {
 		global = append(global, "persistence false")
 	}
-	global = append(global, o.Global...)
-	var err error
-	m.ConfigFile, m.ACLFile, err = provisioning.WriteMosquittoConfig(m.dir, provisioning.MosquittoOptions{
-		Port:        m.port,
-		BindAddress: "127.0.0.1",
-		CAFile:      pki.CAFile,
-		CertFile:    pki.ServerCert,
-		KeyFile:     pki.ServerKey,
-		TopicRoot:   o.TopicRoot,
-		Controllers: o.Controllers,
-		Global:      global,
-	})
-	return err
+	return append(global, o.Global...)
 }
 
 // start runs the broker and waits for its port.
@@ -205,8 +263,9 @@ func (m *Mosquitto) Addr() string { return net.JoinHostPort("127.0.0.1", strconv
 func (m *Mosquitto) Port() int { return m.port }
 
 // URL is the broker URL for clients, "mqtts://localhost:PORT": the host
-// name is one the server certificate is valid for.
-func (m *Mosquitto) URL() string { return "mqtts://localhost:" + strconv.Itoa(m.port) }
+// name is one the server certificate is valid for. A plain password broker's
+// is "mqtt://localhost:PORT".
+func (m *Mosquitto) URL() string { return m.scheme + "://localhost:" + strconv.Itoa(m.port) }
 
 // Start starts the broker again on the same port after Kill or Terminate
 // and waits until it accepts connections.
@@ -237,6 +296,9 @@ func (m *Mosquitto) Restart() {
 	m.Terminate()
 	m.Start()
 }
+
+// Hangup sends SIGHUP: Mosquitto reloads its configuration.
+func (m *Mosquitto) Hangup() { m.signal(syscall.SIGHUP) }
 
 // Stop freezes the broker with SIGSTOP: connections stay open but nothing
 // answers (a hung broker). Cont resumes it.

@@ -1,0 +1,238 @@
+package history
+
+import (
+	"fmt"
+	"math"
+	"os"
+	"sync"
+	"testing"
+	"time"
+
+	"go.etcd.io/bbolt"
+
+	"github.com/thermofleet/thermo/protocol"
+)
+
+// year is a history holding a year of one device: 30 s telemetry
+// recorded through Telemetry with the clock moved along, flushed and
+// compacted every simulated hour as the background does every 15 minutes.
+type year struct {
+	h      *History
+	clk    *clock
+	end    time.Time
+	sample int // samples recorded
+}
+
+const yearDays = 365
+
+func fillYear(tb testing.TB, dir string) *year {
+	tb.Helper()
+	t0 := base.Add(-yearDays * 24 * time.Hour)
+	clk := &clock{t: t0}
+	h, err := Open(dir, Options{Now: clk.Now, Logger: quietLog, FlushEvery: time.Hour})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	// The fill measures space, not durability: no fsync per flush.
+	h.writeMu.Lock()
+	h.db.NoSync = true
+	h.writeMu.Unlock()
+	y := &year{h: h, clk: clk, end: base}
+	props := protocol.Props{protocol.PropMode: {Val: protocol.ModeHeat}, protocol.PropSetpoint: {Val: 20.5}}
+	heat := false
+	for at := t0; at.Before(base); at = at.Add(30 * time.Second) {
+		// A room that cools by day and is heated with a 0.5 °C
+		// hysteresis: the outputs switch as a real one's do.
+		x := float64(at.Unix()%86400) / 86400
+		temp := math.Round((20+1.5*math.Sin(2*math.Pi*x)+float64(y.sample%7)/20)*100) / 100
+		switch {
+		case temp < 20:
+			heat = true
+		case temp > 20.5:
+			heat = false
+		}
+		tm := protocol.Telemetry{V: 1, TS: at, TempC: &temp, Heat: heat, SensorOK: true}
+		h.Telemetry("living-room", at, tm, props)
+		y.sample++
+		if at.Unix()%3600 == 0 {
+			clk.Set(at)
+			if err := h.Flush(); err != nil {
+				tb.Fatal(err)
+			}
+			if at.Unix()%(6*3600) == 0 {
+				if err := h.Compact(); err != nil {
+					tb.Fatal(err)
+				}
+			}
+		}
+	}
+	clk.Set(base)
+	if err := h.Flush(); err != nil {
+		tb.Fatal(err)
+	}
+	if err := h.Compact(); err != nil {
+		tb.Fatal(err)
+	}
+	h.writeMu.Lock()
+	h.db.NoSync = false
+	h.writeMu.Unlock()
+	if err := h.db.Sync(); err != nil {
+		tb.Fatal(err)
+	}
+	return y
+}
+
+// size is what the device's year occupies: the file, the bolt pages of
+// its buckets, and the bytes of its keys and values.
+type size struct {
+	file, pages, inuse int64
+	raw, buckets       int
+	// rawInuse and bucketsInuse are the page bytes the raw samples and
+	// the buckets use, with bolt's 16 bytes per key.
+	rawInuse, bucketsInuse int64
+}
+
+func (s size) String() string {
+	return fmt.Sprintf("file %d B, bolt pages %d B (%d B in use): %d buckets in %d B (%.1f B each), %d raw samples (the last 48 h) in %d B (%.1f B each)",
+		s.file, s.pages, s.inuse, s.buckets, s.bucketsInuse, float64(s.bucketsInuse)/float64(s.buckets), s.raw, s.rawInuse, float64(s.rawInuse)/float64(s.raw))
+}
+
+func (y *year) size(tb testing.TB) size {
+	tb.Helper()
+	var s size
+	err := y.h.db.View(func(tx *bbolt.Tx) error {
+		st := tx.Bucket(bucketDevices).Stats()
+		s.pages = int64(st.BranchAlloc + st.LeafAlloc)
+		s.inuse = int64(st.BranchInuse + st.LeafInuse)
+		dev := tx.Bucket(bucketDevices).Bucket([]byte("living-room"))
+		rs, bs := dev.Bucket(subRaw).Stats(), dev.Bucket(subBuckets).Stats()
+		s.rawInuse = int64(rs.BranchInuse + rs.LeafInuse)
+		s.bucketsInuse = int64(bs.BranchInuse + bs.LeafInuse)
+		return nil
+	})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	fi, err := os.Stat(y.h.Path())
+	if err != nil {
+		tb.Fatal(err)
+	}
+	s.file = fi.Size()
+	s.raw, s.buckets = count(tb, y.h, "living-room")
+	return s
+}
+
+var (
+	yearOnce sync.Once
+	theYear  *year
+	yearDir  string
+)
+
+// sharedYear fills one year for every benchmark of a run.
+func sharedYear(b *testing.B) *year {
+	yearOnce.Do(func() {
+		dir, err := os.MkdirTemp("", "history-year")
+		if err != nil {
+			b.Fatal(err)
+		}
+		yearDir = dir
+		start := time.Now()
+		theYear = fillYear(b, dir)
+		s := theYear.size(b)
+		b.Logf("a year of one device (%d samples of 30 s telemetry) filled and compacted in %v: %s",
+			theYear.sample, time.Since(start).Round(time.Millisecond), s)
+	})
+	return theYear
+}
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if theYear != nil {
+		theYear.h.Close()
+		os.RemoveAll(yearDir)
+	}
+	os.Exit(code)
+}
+
+// BenchmarkHistoryQuery answers a year of one device for the last 30 and
+// 365 days at the default step (6 h and 1 d: what the API's chart asks
+// for), and at the finest step the API allows for each (15 min, 6 h).
+func BenchmarkHistoryQuery(b *testing.B) {
+	y := sharedYear(b)
+	for _, bc := range []struct {
+		name string
+		days int
+		step time.Duration
+	}{
+		{"30d-default", 30, 0}, {"30d-15m", 30, 15 * time.Minute},
+		{"365d-default", 365, 0}, {"365d-6h", 365, 6 * time.Hour},
+	} {
+		b.Run(bc.name, func(b *testing.B) {
+			from := y.end.Add(-time.Duration(bc.days) * 24 * time.Hour)
+			var n int
+			for b.Loop() {
+				res, err := y.h.Query("living-room", from, y.end, bc.step)
+				if err != nil {
+					b.Fatal(err)
+				}
+				n = len(res.Points)
+			}
+			b.ReportMetric(float64(n), "points")
+		})
+	}
+}
+
+// BenchmarkHistorySize reports what a year of one device occupies.
+func BenchmarkHistorySize(b *testing.B) {
+	y := sharedYear(b)
+	s := y.size(b)
+	for b.Loop() {
+	}
+	b.ReportMetric(float64(s.file), "file-B/device-year")
+	b.ReportMetric(float64(s.pages), "pages-B/device-year")
+	b.ReportMetric(float64(s.inuse), "inuse-B/device-year")
+	b.ReportMetric(float64(s.bucketsInuse)/float64(s.buckets), "B/bucket")
+	b.ReportMetric(float64(s.rawInuse)/float64(s.raw), "B/raw-sample")
+}
+
+// BenchmarkHistoryTelemetry is the cost on the fleet's loop of one
+// sample.
+func BenchmarkHistoryTelemetry(b *testing.B) {
+	clk := &clock{t: base}
+	h := open(b, b.TempDir(), clk, Options{Buffer: 1 << 20, FlushEvery: time.Hour})
+	temp := 20.5
+	tm := protocol.Telemetry{V: 1, TS: base, TempC: &temp, Heat: true, SensorOK: true}
+	props := protocol.Props{protocol.PropMode: {Val: protocol.ModeHeat}, protocol.PropSetpoint: {Val: 20.5}}
+	i := 0
+	b.ReportAllocs()
+	for b.Loop() {
+		if i++; i%(1<<19) == 0 {
+			b.StopTimer()
+			h.Flush()
+			b.StartTimer()
+		}
+		h.Telemetry("living-room", base.Add(time.Duration(i)*time.Second), tm, props)
+	}
+}
+
+// TestYearIsBounded fills a year of one device and checks what it
+// occupies against the figure docs/history.md states.
+func TestYearIsBounded(t *testing.T) {
+	if testing.Short() {
+		t.Skip("fills a year of telemetry")
+	}
+	y := fillYear(t, t.TempDir())
+	defer y.h.Close()
+	s := y.size(t)
+	t.Logf("a year of one device: %s", s)
+	if s.buckets < (yearDays-2)*96-1 || s.buckets > yearDays*96 {
+		t.Errorf("%d buckets, want about %d", s.buckets, (yearDays-2)*96)
+	}
+	if s.raw < 48*120 || s.raw > 48*120+1 {
+		t.Errorf("%d raw samples, want the last 48 h: %d", s.raw, 48*120)
+	}
+	const bound = 2 << 20 // docs/history.md
+	if s.file > bound {
+		t.Errorf("file %d B, over the %d B stated", s.file, bound)
+	}
+}

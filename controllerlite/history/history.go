@@ -1,0 +1,383 @@
+// Package history keeps the controller's telemetry history: for every
+// device, the room temperature, the setpoint in force, the mode and the
+// heating and cooling outputs over time, for the dashboard's chart and
+// the API's GET /api/devices/{id}/history.
+//
+// It is the fleet's telemetry sink (fleet.TelemetrySink). A sample is kept
+// in memory on the fleet's loop, which must never wait, and written by a
+// goroutine of its own, in batches, to a bbolt file of its own in the data
+// directory (FileName): wiping it loses the charts, nothing else. The
+// buffer is bounded: when the disk is slower than the fleet (or full, or
+// failing), samples are dropped and counted, and the count is logged,
+// rather than the fleet waiting or memory growing.
+//
+// Samples are kept at full resolution for RawWindow (48 hours); a
+// background compaction then folds them into BucketSize (15-minute)
+// buckets: temperature min/mean/max, setpoint mean and last, and the
+// seconds the heating and the cooling were on, kept for Retention (400
+// days). docs/history.md has the figures: about 1.4 MB per device per
+// year.
+package history
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"go.etcd.io/bbolt"
+	berrors "go.etcd.io/bbolt/errors"
+
+	"github.com/thermofleet/thermo/controllerlite/store"
+	"github.com/thermofleet/thermo/internal/lograte"
+	"github.com/thermofleet/thermo/protocol"
+)
+
+// FileName is the history's database inside the data directory.
+const FileName = "history.db"
+
+const (
+	// RawWindow is how long samples are kept at full resolution.
+	RawWindow = 48 * time.Hour
+	// BucketSize is the resolution of what is older than RawWindow.
+	BucketSize = 15 * time.Minute
+	// Retention is how long buckets are kept.
+	Retention = 400 * 24 * time.Hour
+	// DefaultMaxGap caps how long a sample's outputs are taken to hold
+	// when no next sample comes: a device sends telemetry every 30 s and
+	// whenever an output changes, so a longer silence is a device gone
+	// (offline, powered off), and its last "heating" must not count for
+	// the whole of its absence.
+	DefaultMaxGap = 5 * time.Minute
+	// DefaultBuffer bounds the samples waiting to be written: ten flush
+	// intervals of a 300-device fleet, about 320 KB.
+	DefaultBuffer = 10000
+	// DefaultFlushEvery is how often waiting samples are written: one
+	// fsync per interval rather than per sample spares an SD card; a
+	// crash loses at most this much history.
+	DefaultFlushEvery = 10 * time.Second
+	// CompactEvery is how often compaction runs (and once at start).
+	CompactEvery = BucketSize
+)
+
+// schemaVersion is written in the meta bucket; a file of another layout is
+// refused rather than misread.
+const schemaVersion = "1"
+
+var (
+	bucketMeta    = []byte("meta")
+	bucketDevices = []byte("devices") // one nested bucket per device id
+	keyVersion    = []byte("version")
+	subRaw        = []byte("r") // in a device's bucket: raw samples
+	subBuckets    = []byte("b") // in a device's bucket: 15-minute buckets
+	keyCompacted  = []byte("c") // in a device's bucket: unix s compacted up to
+)
+
+// Options configure a History. The zero value means the defaults.
+type Options struct {
+	// Now is the clock; time.Now if nil. Compaction and the query rules
+	// read it: a test advances it instead of waiting.
+	Now func() time.Time
+	// Logger defaults to slog.Default().
+	Logger *slog.Logger
+	// Buffer bounds the samples waiting to be written (DefaultBuffer).
+	Buffer int
+	// FlushEvery defaults to DefaultFlushEvery.
+	FlushEvery time.Duration
+	// MaxGap defaults to DefaultMaxGap.
+	MaxGap time.Duration
+}
+
+// Stats are counters for logs and metrics.
+type Stats struct {
+	Pending int    // samples waiting to be written
+	Written uint64 // samples written since Open
+	Dropped uint64 // samples lost since Open: buffer full or write failed
+}
+
+// History is an open history. Its methods are safe for concurrent use.
+type History struct {
+	db   *bbolt.DB
+	path string
+	o    Options
+	log  *slog.Logger
+	lim  *lograte.Limiter
+
+	mu      sync.Mutex // guards the fields below; held briefly by Telemetry
+	pending []sample
+	spare   []sample
+	closed  bool
+	dropped uint64 // buffer full
+	lost    uint64 // write failed
+	written uint64
+	full    chan struct{} // a token when pending reaches half the buffer
+
+	writeMu  sync.Mutex // serializes flushes, compactions and deletes
+	reported uint64     // dropped+lost already logged, under writeMu
+
+	stop chan struct{}
+	done chan struct{}
+}
+
+// Open opens (creating if needed) the history in dir, compacts it, and
+// starts its writer and compaction. A corrupt file is refused with store.ErrCorrupt and the
+// cure; Close flushes and closes.
+func Open(dir string, o Options) (*History, error) {
+	if dir == "" {
+		return nil, errors.New("open history: no data directory")
+	}
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+	if o.Buffer <= 0 {
+		o.Buffer = DefaultBuffer
+	}
+	if o.FlushEvery <= 0 {
+		o.FlushEvery = DefaultFlushEvery
+	}
+	if o.MaxGap <= 0 {
+		o.MaxGap = DefaultMaxGap
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("open history: create data directory: %w", err)
+	}
+	path := filepath.Join(dir, FileName)
+	db, err := store.OpenDB(path, store.CureHistory)
+	if err != nil {
+		return nil, fmt.Errorf("open history: %w", err)
+	}
+	err = db.Update(func(tx *bbolt.Tx) error {
+		meta, err := tx.CreateBucketIfNotExists(bucketMeta)
+		if err != nil {
+			return err
+		}
+		if v := meta.Get(keyVersion); v != nil && string(v) != schemaVersion {
+			return fmt.Errorf("written by an incompatible controllerlite (schema %q, this one reads %q)", v, schemaVersion)
+		}
+		if err := meta.Put(keyVersion, []byte(schemaVersion)); err != nil {
+			return err
+		}
+		_, err = tx.CreateBucketIfNotExists(bucketDevices)
+		return err
+	})
+	if err != nil {
+		db.Close()
+		return nil, fmt.Errorf("open history %s: %w", path, err)
+	}
+	h := &History{
+		db: db, path: path, o: o, log: o.Logger, lim: lograte.New(0, nil),
+		pending: make([]sample, 0, o.Buffer), spare: make([]sample, 0, o.Buffer),
+		full: make(chan struct{}, 1), stop: make(chan struct{}), done: make(chan struct{}),
+	}
+	// Catch up now, before any sample: after a stop of days the raw
+	// window holds what is due, and a controller restarted more often
+	// than CompactEvery would otherwise never compact.
+	h.compactLogged()
+	go h.run()
+	return h, nil
+}
+
+// Path is the database file.
+func (h *History) Path() string { return h.path }
+
+// Telemetry records a sample of a live telemetry message (it implements
+// fleet.TelemetrySink). It runs on the fleet's loop and never waits: the
+// sample joins the buffer, or, when the buffer is full, is dropped and
+// counted (the writer logs the count).
+func (h *History) Telemetry(id string, at time.Time, t protocol.Telemetry, props protocol.Props) {
+	s := makeSample(id, at, t, props)
+	h.mu.Lock()
+	if h.closed {
+		h.mu.Unlock()
+		return
+	}
+	if len(h.pending) >= h.o.Buffer {
+		h.dropped++
+		h.mu.Unlock()
+		return
+	}
+	h.pending = append(h.pending, s)
+	half := len(h.pending) == h.o.Buffer/2
+	h.mu.Unlock()
+	if half {
+		select {
+		case h.full <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// Stats returns the counters.
+func (h *History) Stats() Stats {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return Stats{Pending: len(h.pending), Written: h.written, Dropped: h.dropped + h.lost}
+}
+
+// run is the writer: it flushes every FlushEvery (sooner when the buffer
+// is half full) and compacts every CompactEvery, and flushes at Close.
+func (h *History) run() {
+	defer close(h.done)
+	flush := time.NewTicker(h.o.FlushEvery)
+	defer flush.Stop()
+	compact := time.NewTicker(CompactEvery)
+	defer compact.Stop()
+	for {
+		select {
+		case <-flush.C:
+			h.Flush()
+		case <-h.full:
+			h.Flush()
+		case <-compact.C:
+			h.compactLogged()
+		case <-h.stop:
+			h.Flush()
+			return
+		}
+	}
+}
+
+func (h *History) compactLogged() {
+	if err := h.Compact(); err != nil {
+		if ok, n := h.lim.Allow("compact"); ok {
+			h.log.Error("history: compaction failed", "error", err, "times", n)
+		}
+	}
+}
+
+// Flush writes the samples waiting, in one transaction. A batch that
+// cannot be written (disk full, I/O error) is dropped and counted, not
+// kept: the buffer stays bounded. It returns the write's error.
+func (h *History) Flush() error {
+	h.writeMu.Lock()
+	defer h.writeMu.Unlock()
+	h.mu.Lock()
+	batch := h.pending
+	h.pending, h.spare = h.spare[:0], nil
+	h.mu.Unlock()
+
+	err := h.write(batch)
+	h.mu.Lock()
+	if err != nil {
+		h.lost += uint64(len(batch))
+	} else {
+		h.written += uint64(len(batch))
+	}
+	h.spare = batch[:0]
+	lostNow := h.dropped + h.lost
+	h.mu.Unlock()
+
+	if err != nil {
+		if ok, n := h.lim.Allow("write"); ok {
+			h.log.Error("history: write failed: samples lost", "samples", len(batch), "error", err, "times", n)
+		}
+	}
+	if lostNow > h.reported {
+		if ok, _ := h.lim.Allow("dropped"); ok {
+			h.log.Warn("history: samples dropped: the disk is slower than the fleet's telemetry, full or failing",
+				"dropped", lostNow-h.reported, "total", lostNow, "buffer", h.o.Buffer)
+			h.reported = lostNow
+		}
+	}
+	if err != nil {
+		return fmt.Errorf("history: write %d samples: %w", len(batch), err)
+	}
+	return nil
+}
+
+// write stores samples. A sample older than what its device has
+// compacted (a clock stepped back) has no place left and is skipped.
+func (h *History) write(batch []sample) error {
+	if len(batch) == 0 {
+		return nil
+	}
+	return h.db.Update(func(tx *bbolt.Tx) error {
+		devs := tx.Bucket(bucketDevices)
+		type dev struct {
+			raw       *bbolt.Bucket
+			compacted int64 // ms
+		}
+		open := map[string]dev{}
+		for _, s := range batch {
+			d, ok := open[s.id]
+			if !ok {
+				b, err := devs.CreateBucketIfNotExists([]byte(s.id))
+				if err != nil {
+					return fmt.Errorf("device %s: %w", s.id, err)
+				}
+				raw, err := b.CreateBucketIfNotExists(subRaw)
+				if err != nil {
+					return fmt.Errorf("device %s: %w", s.id, err)
+				}
+				raw.FillPercent = 1 // appended in time order
+				d = dev{raw: raw, compacted: compactedUntil(b) * 1000}
+				open[s.id] = d
+			}
+			if s.ms < d.compacted {
+				continue
+			}
+			// Two messages in one millisecond: the later one takes the
+			// next free millisecond rather than overwrite the first.
+			key := rawKey(s.ms)
+			for ms := s.ms + 1; d.raw.Get(key) != nil && ms < s.ms+1000; ms++ {
+				key = rawKey(ms)
+			}
+			// A fresh value each time: bbolt keeps it until the commit.
+			if err := d.raw.Put(key, encodeRaw(nil, s)); err != nil {
+				return fmt.Errorf("device %s: %w", s.id, err)
+			}
+		}
+		return nil
+	})
+}
+
+// Delete removes a device's whole history, including samples not yet
+// written (for the device-retire command). An unknown id is no error.
+func (h *History) Delete(id string) error {
+	h.writeMu.Lock()
+	defer h.writeMu.Unlock()
+	h.mu.Lock()
+	kept := h.pending[:0]
+	for _, s := range h.pending {
+		if s.id != id {
+			kept = append(kept, s)
+		}
+	}
+	h.pending = kept
+	h.mu.Unlock()
+	err := h.db.Update(func(tx *bbolt.Tx) error {
+		err := tx.Bucket(bucketDevices).DeleteBucket([]byte(id))
+		if errors.Is(err, berrors.ErrBucketNotFound) {
+			return nil
+		}
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("history: delete %s: %w", id, err)
+	}
+	return nil
+}
+
+// Close writes the samples waiting and closes the file. Samples told
+// after Close are ignored.
+func (h *History) Close() error {
+	h.mu.Lock()
+	if h.closed {
+		h.mu.Unlock()
+		return nil
+	}
+	h.closed = true
+	h.mu.Unlock()
+	close(h.stop)
+	<-h.done
+	if err := h.db.Close(); err != nil {
+		return fmt.Errorf("close history: %w", err)
+	}
+	return nil
+}

@@ -1,0 +1,243 @@
+package history
+
+import (
+	"errors"
+	"fmt"
+	"time"
+
+	"go.etcd.io/bbolt"
+)
+
+// The query rules, in one place: the API applies them through Query.
+const (
+	// MinStep is the finest step, over the raw samples of RawWindow.
+	MinStep = time.Minute
+	// MaxPoints bounds the buckets of one query.
+	MaxPoints = 5000
+	// MaxRange bounds a query's range: what is kept.
+	MaxRange = Retention
+	// DefaultRange is the range when a query gives no from.
+	DefaultRange = 24 * time.Hour
+	// defaultPoints is what the default step aims under: a chart's width.
+	defaultPoints = 500
+)
+
+// defaultSteps are the steps a query without one chooses from.
+var defaultSteps = []time.Duration{time.Minute, 5 * time.Minute, 15 * time.Minute, time.Hour, 6 * time.Hour, 24 * time.Hour}
+
+// ErrInvalid marks a query the rules refuse (the API answers 400).
+var ErrInvalid = errors.New("invalid history query")
+
+// Result is a query's answer.
+type Result struct {
+	// From is the query's from rounded down to a multiple of Step (UTC):
+	// the start of the first bucket.
+	From time.Time
+	// To is the query's end (exclusive); the last bucket holds samples
+	// up to it.
+	To   time.Time
+	Step time.Duration
+	// Points are the buckets that hold data, in time order; never nil.
+	Points []Point
+}
+
+// Point is one step of a query: the samples of [T, T+Step).
+type Point struct {
+	T       time.Time // the bucket's start, aligned to the step in UTC
+	Samples int
+	// TempN counts the samples with a temperature; TempMin, TempMean and
+	// TempMax (°C) mean nothing when it is 0.
+	TempN                      int
+	TempMin, TempMean, TempMax float64
+	// SetpointN counts the samples with a known setpoint; Setpoint is the
+	// last in the bucket, SetpointMean their mean.
+	SetpointN              int
+	Setpoint, SetpointMean float64
+	// HeatingS and CoolingS are the seconds the outputs were on.
+	HeatingS, CoolingS float64
+	// Mode is the last known mode in the bucket, "" if none.
+	Mode string
+}
+
+// cutoff is the unix second before which samples may have been compacted
+// at now.
+func cutoff(now time.Time) int64 {
+	return floorDiv(now.Add(-RawWindow).Unix(), int64(BucketSize.Seconds()))
+}
+
+// plan fills in a query's defaults (to = now, from = to - DefaultRange, a
+// step giving at most 500 points) and checks it.
+func plan(from, to time.Time, step time.Duration, now time.Time) (Result, error) {
+	if to.IsZero() {
+		to = now
+	}
+	if from.IsZero() {
+		from = to.Add(-DefaultRange)
+	}
+	from, to = from.UTC(), to.UTC()
+	if !from.Before(to) {
+		return Result{}, fmt.Errorf("%w: from %s is not before to %s", ErrInvalid, from.Format(time.RFC3339), to.Format(time.RFC3339))
+	}
+	if to.Sub(from) > MaxRange {
+		return Result{}, fmt.Errorf("%w: the range is longer than %d days, what the history keeps", ErrInvalid, MaxRange/(24*time.Hour))
+	}
+	cut := cutoff(now)
+	// points and old: the buckets from from, aligned, to to; and whether
+	// they reach into what may be compacted.
+	shape := func(step time.Duration) (start time.Time, n int64, old bool) {
+		ms := step.Milliseconds()
+		s := floorDiv(from.UnixMilli(), ms)
+		n = (to.UnixMilli() - s + ms - 1) / ms
+		return time.UnixMilli(s).UTC(), n, s < cut*1000
+	}
+	if step == 0 {
+		step = defaultSteps[len(defaultSteps)-1]
+		for _, st := range defaultSteps {
+			if _, n, old := shape(st); n <= defaultPoints && (!old || st%BucketSize == 0) {
+				step = st
+				break
+			}
+		}
+	}
+	if step < MinStep {
+		return Result{}, fmt.Errorf("%w: step %s is under %s", ErrInvalid, step, MinStep)
+	}
+	if step%time.Second != 0 {
+		return Result{}, fmt.Errorf("%w: step %s is not whole seconds", ErrInvalid, step)
+	}
+	start, n, old := shape(step)
+	if old && step%BucketSize != 0 {
+		return Result{}, fmt.Errorf("%w: the range reaches back more than %s, where the history keeps %s buckets: the step (%s) must be a multiple of %s",
+			ErrInvalid, RawWindow, BucketSize, step, BucketSize)
+	}
+	if n > MaxPoints {
+		return Result{}, fmt.Errorf("%w: %d points at step %s, at most %d: take a longer step or a shorter range", ErrInvalid, n, step, MaxPoints)
+	}
+	return Result{From: start, To: to, Step: step}, nil
+}
+
+// Query returns a device's history from from to to (exclusive) in steps
+// of step. A zero to is now, a zero from is to-DefaultRange, a zero step
+// the smallest of 1m, 5m, 15m, 1h, 6h, 1d giving at most 500 points. The
+// step must be at least MinStep, and a multiple of BucketSize where the
+// range reaches back beyond RawWindow; a bad query is ErrInvalid. A device
+// without history has no points.
+func (h *History) Query(id string, from, to time.Time, step time.Duration) (Result, error) {
+	now := h.o.Now()
+	res, err := plan(from, to, step, now)
+	if err != nil {
+		return Result{}, err
+	}
+	stepMs := res.Step.Milliseconds()
+	startMs, toMs, nowMs := res.From.UnixMilli(), res.To.UnixMilli(), now.UnixMilli()
+	accs := make([]acc, (toMs-startMs+stepMs-1)/stepMs)
+	at := func(start int64) *acc { return &accs[(start-startMs)/stepMs] }
+	gap := h.o.MaxGap.Milliseconds()
+
+	err = h.db.View(func(tx *bbolt.Tx) error {
+		dev := tx.Bucket(bucketDevices).Bucket([]byte(id))
+		if dev == nil {
+			return nil
+		}
+		doneMs := compactedUntil(dev) * 1000
+		if b := dev.Bucket(subBuckets); b != nil && startMs < doneMs {
+			c := b.Cursor()
+			for k, v := c.Seek(bucketKey(startMs / 1000)); k != nil; k, v = c.Next() {
+				sec, ok := bucketTime(k)
+				if !ok {
+					return fmt.Errorf("bucket key %x: %w", k, errEncoding)
+				}
+				if sec*1000 >= min(doneMs, toMs) {
+					break
+				}
+				a, err := decodeBucket(v)
+				if err != nil {
+					return fmt.Errorf("bucket at %d: %w", sec, err)
+				}
+				at(floorDiv(sec*1000-startMs, stepMs) + startMs).merge(a)
+			}
+		}
+		lo := max(startMs, doneMs)
+		raw := dev.Bucket(subRaw)
+		if raw == nil || lo >= toMs {
+			return nil
+		}
+		return readRaw(raw, lo, toMs, nowMs, gap, stepMs, at)
+	})
+	if err != nil {
+		return Result{}, fmt.Errorf("history: query %s: %w", id, err)
+	}
+	res.Points = make([]Point, 0, len(accs))
+	for i, a := range accs {
+		if !a.empty() {
+			res.Points = append(res.Points, a.point(time.UnixMilli(startMs+int64(i)*stepMs).UTC()))
+		}
+	}
+	return res, nil
+}
+
+// readRaw adds the raw samples of [lo, hi) to their buckets, and the
+// time their outputs held: the sample before lo counts for its time after
+// lo, and the last one's time ends at the next sample, MaxGap or now.
+func readRaw(raw *bbolt.Bucket, lo, hi, now, gap, step int64, at func(int64) *acc) error {
+	c := raw.Cursor()
+	seek := rawKey(lo)
+	k, v := c.Seek(seek)
+	if k == nil {
+		k, v = c.Last()
+	} else {
+		k, v = c.Prev()
+	}
+	var (
+		cur  sample
+		have bool
+	)
+	if k != nil {
+		ms, ok := rawTime(k)
+		if !ok {
+			return fmt.Errorf("raw key %x: %w", k, errEncoding)
+		}
+		s, err := decodeRaw(ms, v)
+		if err != nil {
+			return fmt.Errorf("raw sample at %d: %w", ms, err)
+		}
+		cur, have = s, ms < lo
+	}
+	for k, v = c.Seek(seek); k != nil; k, v = c.Next() {
+		ms, ok := rawTime(k)
+		if !ok {
+			return fmt.Errorf("raw key %x: %w", k, errEncoding)
+		}
+		if have {
+			spread(cur, cur.ms, min(ms, cur.ms+gap), lo, hi, step, at)
+		}
+		if ms >= hi {
+			return nil
+		}
+		s, err := decodeRaw(ms, v)
+		if err != nil {
+			return fmt.Errorf("raw sample at %d: %w", ms, err)
+		}
+		at(floorDiv(ms, step)).addSample(s)
+		cur, have = s, true
+	}
+	if have {
+		spread(cur, cur.ms, min(now, cur.ms+gap), lo, hi, step, at)
+	}
+	return nil
+}
+
+// point is what a query answers of a bucket.
+func (a acc) point(t time.Time) Point {
+	p := Point{T: t, Samples: a.n, TempN: a.tn, SetpointN: a.spn,
+		HeatingS: float64(a.heatMs) / 1000, CoolingS: float64(a.coolMs) / 1000, Mode: modeName(a.mode)}
+	if a.tn > 0 {
+		p.TempMin, p.TempMax = float64(a.tmin)/100, float64(a.tmax)/100
+		p.TempMean = float64(a.tsum) / float64(a.tn) / 100
+	}
+	if a.spn > 0 {
+		p.Setpoint = float64(a.splast) / 100
+		p.SetpointMean = float64(a.spsum) / float64(a.spn) / 100
+	}
+	return p
+}
