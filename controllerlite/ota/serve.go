@@ -33,11 +33,27 @@ type ReleaseServer struct {
 	done chan struct{}
 }
 
-// ListenReleases opens the release server on addr with the controller's
-// server certificate, requiring client certificates issued by caFile.
-func ListenReleases(addr, caFile, certFile, keyFile, dir string, log *slog.Logger) (*ReleaseServer, error) {
+// ServerOptions configure a ReleaseServer.
+type ServerOptions struct {
+	// Listen is the address; Dir the releases directory.
+	Listen, Dir string
+	// CAFile is the fleet CA that client certificates must chain to.
+	CAFile string
+	// Certificate returns the server certificate for each handshake, so
+	// that it can be replaced while the server runs (serve's SIGHUP).
+	Certificate func(*tls.ClientHelloInfo) (*tls.Certificate, error)
+	Logger      *slog.Logger
+}
+
+// ListenReleases opens the release server with the controller's server
+// certificate, requiring client certificates issued by the fleet CA.
+func ListenReleases(o ServerOptions) (*ReleaseServer, error) {
+	log, dir := o.Logger, o.Dir
 	if log == nil {
 		log = slog.Default()
+	}
+	if o.Certificate == nil {
+		return nil, errors.New("release server: no server certificate")
 	}
 	fi, err := os.Stat(dir)
 	if err != nil {
@@ -46,9 +62,15 @@ func ListenReleases(addr, caFile, certFile, keyFile, dir string, log *slog.Logge
 	if !fi.IsDir() {
 		return nil, fmt.Errorf("--releases-dir %s is not a directory", dir)
 	}
-	conf, err := provisioning.LoadServerTLS(caFile, certFile, keyFile)
+	pool, err := provisioning.LoadCertPool(o.CAFile)
 	if err != nil {
 		return nil, fmt.Errorf("release server: %w", err)
+	}
+	conf := &tls.Config{
+		ClientCAs:      pool,
+		ClientAuth:     tls.RequireAndVerifyClientCert,
+		GetCertificate: o.Certificate,
+		MinVersion:     tls.VersionTLS12,
 	}
 	// Only the fleet's own identities: the handshake fails for any other
 	// CN the CA may have signed.
@@ -62,7 +84,7 @@ func ListenReleases(addr, caFile, certFile, keyFile, dir string, log *slog.Logge
 		}
 		return nil
 	}
-	raw, err := net.Listen("tcp", addr)
+	raw, err := net.Listen("tcp", o.Listen)
 	if err != nil {
 		return nil, fmt.Errorf("release server: %w", err)
 	}

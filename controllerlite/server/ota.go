@@ -13,8 +13,13 @@ import (
 // newOTA starts the release server and makes the rollout manager.
 func (s *Server) newOTA() error {
 	cfg := s.cfg
-	var err error
-	s.rel, err = ota.ListenReleases(cfg.OTAListen, cfg.CAFile, cfg.OTACert, cfg.OTAKey, cfg.ReleasesDir, s.log.With("part", "ota"))
+	cert, err := newReloadableCert(cfg.OTACert, cfg.OTAKey)
+	if err != nil {
+		return fmt.Errorf("--ota-cert: %w", err)
+	}
+	s.certs = append(s.certs, cert)
+	s.rel, err = ota.ListenReleases(ota.ServerOptions{Listen: cfg.OTAListen, Dir: cfg.ReleasesDir, CAFile: cfg.CAFile,
+		Certificate: cert.get, Logger: s.log.With("part", "ota")})
 	if err != nil {
 		return fmt.Errorf("--ota-listen %s: %w", cfg.OTAListen, err)
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/ed25519"
 	"crypto/rand"
+	"crypto/tls"
 	"encoding/json"
 	"log/slog"
 	"net"
@@ -38,8 +39,13 @@ func newWorld(t *testing.T) *world {
 	if w.pk, w.sk, err = ed25519.GenerateKey(rand.Reader); err != nil {
 		t.Fatal(err)
 	}
-	w.srv, err = ctlota.ListenReleases("127.0.0.1:0", w.pki.CAFile, w.pki.ServerCert, w.pki.ServerKey, w.releases,
-		slog.New(slog.NewTextHandler(w.srvLog, nil)))
+	pair, err := tls.LoadX509KeyPair(w.pki.ServerCert, w.pki.ServerKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	w.srv, err = ctlota.ListenReleases(ctlota.ServerOptions{Listen: "127.0.0.1:0", Dir: w.releases, CAFile: w.pki.CAFile,
+		Certificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) { return &pair, nil },
+		Logger:      slog.New(slog.NewTextHandler(w.srvLog, nil))})
 	if err != nil {
 		t.Fatal(err)
 	}
