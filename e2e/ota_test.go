@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -16,6 +17,8 @@ import (
 
 	"github.com/thermofleet/thermo/controllerlite/ota"
 	"github.com/thermofleet/thermo/firmware/agent"
+	fwota "github.com/thermofleet/thermo/firmware/ota"
+	"github.com/thermofleet/thermo/internal/holdproxy"
 	"github.com/thermofleet/thermo/internal/testenv"
 	"github.com/thermofleet/thermo/protocol"
 )
@@ -70,10 +73,15 @@ type otaWorld struct {
 }
 
 func newOTAWorld(t *testing.T, deadline time.Duration) *otaWorld {
+	return newOTAWorldWith(t, deadline, "--ota-listen", "127.0.0.1:0")
+}
+
+// newOTAWorldWith gives the controller ctlFlags (--ota-listen among them).
+func newOTAWorldWith(t *testing.T, deadline time.Duration, ctlFlags ...string) *otaWorld {
 	w := &otaWorld{world: newBareWorld(t, embedded), releases: t.TempDir(), keys: filepath.Join(t.TempDir(), "keys")}
 	_, controllerBin := binaries(t)
 	command(t, controllerBin, "release", "keygen", "--dir", w.keys)
-	w.ctl = startBinController(t, w.world, t.TempDir(), "--releases-dir", w.releases, "--ota-listen", "127.0.0.1:0")
+	w.ctl = startBinController(t, w.world, t.TempDir(), append([]string{"--releases-dir", w.releases}, ctlFlags...)...)
 	old := otaBuild(t, "../firmware", "1.0.0", "")
 	w.dev = newBinThermostat(t, w.world, "d1", "--release-key", filepath.Join(w.keys, "release.pub"),
 		"--ota-trial-deadline", deadline.String())
@@ -255,4 +263,41 @@ func TestOTAKill9DuringSwitch(t *testing.T) {
 	}
 	w.synced("1.1.0")
 	t.Logf("supervisor: %v", w.svc.Events())
+}
+
+// TestOTAKill9DuringDownload: the thermostat killed with SIGKILL while its
+// download is stuck in the network: the board boots on the version it had
+// and syncs, and once the network is back the offer still retained on its
+// topic is taken up and the release proven healthy.
+func TestOTAKill9DuringDownload(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds and runs the binaries")
+	}
+	otaPort := testenv.FreePort(t)
+	proxy, err := holdproxy.Listen("127.0.0.1:0", fmt.Sprintf("127.0.0.1:%d", otaPort))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer proxy.Close()
+	proxy.Hold()
+	w := newOTAWorldWith(t, 30*time.Second, "--ota-listen", fmt.Sprintf("127.0.0.1:%d", otaPort),
+		"--ota-url", fmt.Sprintf("https://localhost:%d", proxy.Addr().(*net.TCPAddr).Port))
+	manifest := w.release(otaBuild(t, "../firmware", "1.1.0", ""), "thermostat-1.1.0-linux", "1.1.0")
+	w.rollout(manifest, 100)
+	w.state(30*time.Second, protocol.OTAOffered)
+	before := w.svc.Count("start")
+	syscall.Kill(w.svc.Pid(), syscall.SIGKILL)
+	testenv.Eventually(t, 30*time.Second, "the thermostat started again", func() (bool, string) {
+		return w.svc.Count("start") > before, fmt.Sprint(w.svc.Events())
+	})
+	w.synced("1.0.0")
+	if st, err := fwota.Load(filepath.Join(w.dev.dir, "state")); err != nil || st.Trial != nil || st.Active != "" {
+		t.Fatalf("slots after the broken download: %+v, %v", st, err)
+	}
+	proxy.Release()
+	d := w.state(60*time.Second, protocol.OTAHealthy)
+	if d.Running != "1.1.0" {
+		t.Fatalf("after the download resumed: %+v", d)
+	}
+	w.synced("1.1.0")
 }
