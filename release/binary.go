@@ -75,7 +75,7 @@ func Describe(path, version, arch string, expires time.Time) (Manifest, error) {
 			version = askVersion(path)
 		}
 		if version == "" {
-			return Manifest{}, fmt.Errorf("%s: no version recorded (a -trimpath build keeps no -ldflags) and it does not run here to say it: give --version", path)
+			return Manifest{}, fmt.Errorf("%s: no version recorded (a -trimpath build keeps no -ldflags) and `BINARY version` does not say it here: give --version", path)
 		}
 	}
 	if arch == "" {
