@@ -146,6 +146,7 @@ var (
 	devAlertsDesc   = desc("device_alerts", "Active alerts of the device, reported by it or seen by the controller.", "device")
 	devAlertDesc    = desc("device_alert", "1 for each alert active on the device, by code (duplicate_identity, sensor_fault, storage_error, tls_refused, or a newer device's own).", "device", "code")
 	devLastSeenDesc = desc("device_last_seen_timestamp_seconds", "When a live message last came from the device, in Unix seconds.", "device")
+	devCertDesc     = desc("device_certificate_expiry_timestamp_seconds", "When the device's certificate ends, as its telemetry reports it, in Unix seconds.", "device")
 
 	clientsDesc  = desc("broker_clients_connected", "Network clients connected to the embedded broker.")
 	retainedDesc = desc("broker_retained_messages", "Retained messages the embedded broker holds.")
@@ -160,7 +161,7 @@ type fleetCollector struct{ f Fleet }
 func (fleetCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{devicesDesc, devicesOnlineDesc, readyDesc, linkUpDesc, receivedDesc, rejectedDesc,
 		propsRejectedDesc, publishedDesc, owedDesc, devOnlineDesc, devTempDesc, devSetpointDesc, devHeatingDesc,
-		devCoolingDesc, devAlertsDesc, devAlertDesc, devLastSeenDesc} {
+		devCoolingDesc, devAlertsDesc, devAlertDesc, devLastSeenDesc, devCertDesc} {
 		ch <- d
 	}
 }
@@ -202,6 +203,9 @@ func (c fleetCollector) Collect(ch chan<- prometheus.Metric) {
 			if i == 0 || a.Code != d.Alerts[i-1].Code {
 				gauge(devAlertDesc, 1, d.ID, a.Code)
 			}
+		}
+		if d.CertExpires != nil {
+			gauge(devCertDesc, float64(d.CertExpires.Unix()), d.ID)
 		}
 		if d.LastSeen != nil {
 			gauge(devLastSeenDesc, float64(d.LastSeen.UnixMilli())/1000, d.ID)
