@@ -22,11 +22,10 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/collectors"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/thermofleet/thermo/controllerlite/broker"
 	"github.com/thermofleet/thermo/controllerlite/fleet"
+	"github.com/thermofleet/thermo/internal/promreg"
 )
 
 // Namespace is the first word of every metric name of the controller.
@@ -70,7 +69,6 @@ func New(log *slog.Logger) *Metrics {
 		log = slog.Default()
 	}
 	m := &Metrics{
-		reg: prometheus.NewRegistry(),
 		log: log,
 		commit: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Namespace: Namespace, Name: "commit_duration_seconds",
@@ -83,11 +81,7 @@ func New(log *slog.Logger) *Metrics {
 			Buckets: ResyncBuckets,
 		}),
 	}
-	m.reg.MustRegister(
-		collectors.NewGoCollector(),
-		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
-		m.commit, m.resync,
-	)
+	m.reg = promreg.New(m.commit, m.resync)
 	return m
 }
 
@@ -116,11 +110,7 @@ func (m *Metrics) Registry() *prometheus.Registry { return m.reg }
 // (promhttp_metric_handler_requests_total). A collector's error is logged
 // and answered with 500, never half a page. Call it once.
 func (m *Metrics) Handler() http.Handler {
-	return promhttp.InstrumentMetricHandler(m.reg, promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{
-		ErrorLog:      slog.NewLogLogger(m.log.Handler(), slog.LevelError),
-		ErrorHandling: promhttp.HTTPErrorOnError,
-		Registry:      m.reg,
-	}))
+	return promreg.Handler(m.reg, m.log)
 }
 
 func desc(name, help string, labels ...string) *prometheus.Desc {
@@ -167,15 +157,10 @@ func (fleetCollector) Describe(ch chan<- *prometheus.Desc) {
 }
 
 func (c fleetCollector) Collect(ch chan<- prometheus.Metric) {
-	gauge := func(d *prometheus.Desc, v float64, labels ...string) {
-		ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, v, labels...)
-	}
-	counter := func(d *prometheus.Desc, v uint64, labels ...string) {
-		ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, float64(v), labels...)
-	}
+	gauge, counter := promreg.Emit(ch).Gauge, promreg.Emit(ch).Counter
 	st := c.f.Status()
-	gauge(readyDesc, b2f(st.Ready))
-	gauge(linkUpDesc, b2f(st.Connected))
+	gauge(readyDesc, promreg.Bool(st.Ready))
+	gauge(linkUpDesc, promreg.Bool(st.Connected))
 	counter(propsRejectedDesc, st.PropsRejected)
 	counter(publishedDesc, st.Published)
 	gauge(owedDesc, float64(st.Owed))
@@ -193,7 +178,7 @@ func (c fleetCollector) Collect(ch chan<- prometheus.Metric) {
 		if d.Online {
 			online++
 		}
-		gauge(devOnlineDesc, b2f(d.Online), d.ID)
+		gauge(devOnlineDesc, promreg.Bool(d.Online), d.ID)
 		if sp, ok := d.Props.Setpoint(); ok {
 			gauge(devSetpointDesc, sp, d.ID)
 		}
@@ -222,8 +207,8 @@ func (c fleetCollector) Collect(ch chan<- prometheus.Metric) {
 		if t.TempC != nil {
 			gauge(devTempDesc, *t.TempC, d.ID)
 		}
-		gauge(devHeatingDesc, b2f(t.Heat), d.ID)
-		gauge(devCoolingDesc, b2f(t.Cool), d.ID)
+		gauge(devHeatingDesc, promreg.Bool(t.Heat), d.ID)
+		gauge(devCoolingDesc, promreg.Bool(t.Cool), d.ID)
 	}
 	// From the same list as the per-device series, so the two agree.
 	gauge(devicesDesc, float64(len(devs)))
@@ -255,11 +240,4 @@ func (c brokerCollector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(brRecvDesc, prometheus.CounterValue, float64(s.MessagesReceived))
 	ch <- prometheus.MustNewConstMetric(brSentDesc, prometheus.CounterValue, float64(s.MessagesSent))
 	ch <- prometheus.MustNewConstMetric(brDropDesc, prometheus.CounterValue, float64(s.MessagesDropped))
-}
-
-func b2f(b bool) float64 {
-	if b {
-		return 1
-	}
-	return 0
 }
