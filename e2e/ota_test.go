@@ -118,6 +118,9 @@ func (w *otaWorld) synced(version string) {
 		}
 		return st.Connected && !st.Rejoining && c.Online && sameProps(st.Props, c.Props), fmt.Sprintf("%+v %+v", st, c)
 	})
+	if st.Firmware != version {
+		w.t.Errorf("thermostat status says firmware %q, want %s", st.Firmware, version)
+	}
 	if w.clock != (protocol.Clock{}) && (st.VC[0] < w.clock[0] || st.VC[1] <= w.clock[1]) {
 		w.t.Errorf("the device's clock is %v after the restart into %s, was %v: it must go on, not start again", st.VC, version, w.clock)
 	}

@@ -940,6 +940,8 @@ type Status struct {
 	Alerts []protocol.Alert `json:"alerts"`
 	// CertExpires is when the certificate in use ends.
 	CertExpires *time.Time `json:"cert_expires,omitempty"`
+	// Firmware is the running firmware's version (docs/ota.md).
+	Firmware string `json:"firmware,omitempty"`
 }
 
 // certExpires is Config.CertExpiry's answer, nil without one.
@@ -977,6 +979,7 @@ func (a *Agent) Snapshot() Status {
 		Counters:  a.Counters(),
 		Alerts:    a.alerts.List(),
 		Next:      a.Next(),
+		Firmware:  a.cfg.Firmware,
 
 		CertExpires: a.certExpires(),
 	}
