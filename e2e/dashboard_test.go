@@ -219,6 +219,13 @@ func TestDashboard(t *testing.T) {
 	// The device page: the setpoint typed in the field reaches the thermostat.
 	do(t, ctx, "open d1", chromedp.Click(chromedp.CSS(`#dev-d1 a`)), chromedp.WaitVisible(chromedp.ID("sp")))
 	waitPage(t, ctx, "d1's setpoint in the field", `document.getElementById('sp').value !== ''`, `document.getElementById('sp').value`)
+	// The firmware the thermostat reports, as the fleet holds it.
+	if c, err := w.ctl("d1"); err != nil || c.Firmware == "" {
+		t.Errorf("the fleet holds no firmware version for d1: %+v, %v", c, err)
+	} else {
+		waitPage(t, ctx, "d1's firmware on its page", fmt.Sprintf(`document.getElementById('firmware').textContent === 'firmware %s'`, c.Firmware),
+			`document.getElementById('firmware').textContent`)
+	}
 	typeInto(t, ctx, "#sp", "23.5\r")
 	waitPage(t, ctx, "saved next to the setpoint", `document.getElementById('sp-msg').textContent.startsWith('saved')`, `document.getElementById('sp-msg').textContent`)
 	waitThermostat(t, d1, "setpoint 23.5 from the page", func(sp float64, mode, preset string) bool { return sp == 23.5 && preset == "none" })

@@ -56,6 +56,9 @@ function renderNow() {
   $('online').textContent = fmtOnline(dev);
   $('pending').hidden = !dev.pending;
   $('next').textContent = fmtNext(t.next);
+  const fw = $('firmware');
+  fw.hidden = !dev.firmware;
+  fw.textContent = dev.firmware ? 'firmware ' + dev.firmware : '';
   $('alerts').replaceChildren(...(dev.alerts || []).map((x) =>
     el('li', { class: 'alert', dataset: { code: x.code } },
       ALERT_TEXT[x.code] || x.code, x.detail && el('small', {}, ' ' + x.detail))));
