@@ -124,7 +124,10 @@ func simRun(t *testing.T, q qemu, emu func(...string) []string) {
 	}()
 
 	// Online status first (the will's counterpart), then a local change.
-	ctl.WaitPayload(t, "thermo/"+id+"/status", `{"v":1,"online":true}`)
+	ctl.WaitMatch(t, "the online status", func(m testenv.Message) bool {
+		st, err := protocol.DecodeStatus(m.Payload)
+		return m.Topic == "thermo/"+id+"/status" && err == nil && st.Online && st.Firmware != "" // the binary says its version
+	})
 	deadline := time.Now().Add(60 * time.Second)
 	for {
 		out, err := tryRun("", nil, 60*time.Second, q.cmd[0], emu("set", "--control-socket", socket, "--setpoint", "23.5")...)
