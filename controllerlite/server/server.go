@@ -72,6 +72,9 @@ type Config struct {
 	// Broker is an external broker, mqtts://HOST:PORT: no broker is
 	// embedded.
 	Broker string
+	// Failover lists further nodes of Broker's cluster, tried in turn when
+	// a connect fails (transport.Options.Failover). Only with Broker.
+	Failover []string
 	// KeepAlive of the link to an external broker (transport's default
 	// when zero): a broker silent this long is dropped and reconnected.
 	KeepAlive time.Duration
@@ -163,7 +166,7 @@ func Start(ctx context.Context, cfg Config) (_ *Server, err error) {
 		}
 	} else {
 		s.tc, err = fleet.Connect(s.fl, transport.Options{
-			Broker: cfg.Broker, CAFile: cfg.CAFile, CertFile: cfg.CertFile, KeyFile: cfg.KeyFile,
+			Broker: cfg.Broker, Failover: cfg.Failover, CAFile: cfg.CAFile, CertFile: cfg.CertFile, KeyFile: cfg.KeyFile,
 			KeepAlive: cfg.KeepAlive, Backoff: LinkBackoff, DialStagger: LinkDialStagger,
 			OnTrouble: s.linkTrouble,
 			Logger:    s.log.With("part", "transport"),
@@ -283,12 +286,17 @@ func check(cfg *Config) error {
 			return fmt.Errorf("--keep-alive %v: %w", cfg.KeepAlive, err)
 		}
 	}
+	if cfg.Broker == "" && len(cfg.Failover) > 0 {
+		return errors.New("failover brokers need a first --broker")
+	}
 	if cfg.Broker != "" {
 		if cfg.Listen != "" {
 			return errors.New("--listen and --broker exclude each other: --listen runs the embedded broker, --broker connects to another")
 		}
-		if _, err := transport.ParseBroker(cfg.Broker); err != nil {
-			return fmt.Errorf("--broker: %w", err)
+		for _, b := range append([]string{cfg.Broker}, cfg.Failover...) {
+			if _, err := transport.ParseBroker(b); err != nil {
+				return fmt.Errorf("--broker: %w", err)
+			}
 		}
 		cn, err := provisioning.CommonName(cfg.CertFile)
 		if err != nil {

@@ -1,0 +1,63 @@
+package e2e
+
+import (
+	"fmt"
+	"strconv"
+	"strings"
+	"testing"
+
+	"github.com/thermofleet/thermo/internal/testenv"
+	"github.com/thermofleet/thermo/protocol"
+)
+
+// TestBrokerFailover: the real binaries, each given two Mosquitto brokers
+// that share nothing (--broker repeated). Both start on the first; it is
+// killed, and while they move to the second a remote user and a person at
+// the thermostat each write a property. The second broker has none of the
+// first's retained messages: what brings the two sides together there is
+// the contract's rejoin, the device's full state in an Event on every
+// connect and the controller's greeting on every status online, with the
+// clocks both kept. Neither write is lost, and both sides agree on the
+// second broker.
+func TestBrokerFailover(t *testing.T) {
+	w := newBareWorld(t, mosquitto)
+	second := testenv.StartMosquitto(t, w.pki, &testenv.MosquittoOptions{Persistence: true})
+	secondURL := "mqtts://localhost:" + strconv.Itoa(second.Port())
+
+	ctl := startBinController(t, w, t.TempDir(), "--broker", secondURL)
+	d := newBinThermostat(t, w, "d1", "--broker", secondURL).start()
+	d.synced()
+	command(t, ctl.bin, "set", "--http", ctl.apiAddr, "--json", d.id, "--setpoint", "20")
+	d.synced()
+
+	w.mq.Kill()
+	// The writes race the failover: made wherever each side is then.
+	command(t, ctl.bin, "set", "--http", ctl.apiAddr, "--json", d.id, "--setpoint", "18.5")
+	command(t, d.bin, "set", "--control-socket", d.socket, "--mode", "cool")
+
+	secondAddr := "broker=localhost:" + strconv.Itoa(second.Port())
+	for _, p := range []*process{ctl.process, d.process} {
+		eventually(t, p.name+" connected to the second broker", func() (bool, string) {
+			p.alive()
+			for _, l := range strings.Split(p.logText(), "\n") {
+				if strings.Contains(l, "msg=connected ") && strings.Contains(l, secondAddr) {
+					return true, ""
+				}
+			}
+			return false, "no line connected " + secondAddr
+		})
+	}
+	eventually(t, "both writes on both sides", func() (bool, string) {
+		st, c := d.synced()
+		sp, _ := setpoint(c.Props)
+		mode, _ := c.Props.Mode()
+		return sp == 18.5 && mode == protocol.ModeCool, fmt.Sprintf("thermostat %v, controller %v", st.Props, c.Props)
+	})
+	// The second broker now holds the device's state as retained: a
+	// controller restarted on it alone would read it.
+	probe := w.pki.Connect(t, secondURL, protocol.ControllerID)
+	probe.Subscribe(t, "thermo/d1/event", 1)
+	probe.WaitMatch(t, "d1's retained event with both writes", func(m testenv.Message) bool {
+		return m.Topic == "thermo/d1/event" && strings.Contains(string(m.Payload), `"cool"`) && strings.Contains(string(m.Payload), "18.5")
+	})
+}
