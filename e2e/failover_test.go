@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"fmt"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
@@ -60,4 +61,33 @@ func TestBrokerFailover(t *testing.T) {
 	probe.WaitMatch(t, "d1's retained event with both writes", func(m testenv.Message) bool {
 		return m.Topic == "thermo/d1/event" && strings.Contains(string(m.Payload), `"cool"`) && strings.Contains(string(m.Payload), "18.5")
 	})
+}
+
+// TestNamedController: `controllerlite pki controller --name b` issues CN
+// controller-b; Mosquitto, told of it (pki mosquitto --controller), gives it
+// the controller's rights, and `serve --broker` runs with it as the fleet's
+// controller: a device syncs and a write reaches it.
+func TestNamedController(t *testing.T) {
+	w := newBareWorld(t, mosquitto, func(w *world) { w.mqControllers = []string{"controller-b"} })
+	_, controllerBin := binaries(t)
+	caDir := filepath.Join(w.pki.Dir, "ca")
+	out := command(t, controllerBin, "pki", "controller", "--name", "b", "--dir", caDir)
+	cert, key := filepath.Join(caDir, "controller-b.crt"), filepath.Join(caDir, "controller-b.key")
+	if !strings.Contains(out, "CN=controller-b") || !strings.Contains(out, cert) {
+		t.Fatalf("pki controller --name b said:\n%s", out)
+	}
+	ctl := startBinController(t, w, t.TempDir(), "--cert", cert, "--key", key)
+	d := newBinThermostat(t, w, "d1").start()
+	d.synced()
+	command(t, ctl.bin, "set", "--http", ctl.apiAddr, "--json", d.id, "--setpoint", "19.5")
+	st, _ := d.synced()
+	if sp, _ := setpoint(st.Props); sp != 19.5 {
+		t.Fatalf("thermostat %v after the write", st.Props)
+	}
+	if !strings.Contains(ctl.logText(), "client=controller-b") {
+		t.Errorf("the controller's log does not name its client id controller-b")
+	}
+	if _, err := w.ctl("controller-b"); err == nil {
+		t.Errorf("controller-b is listed as a device")
+	}
 }

@@ -369,7 +369,7 @@ func (f *Fleet) Status() Status {
 // Command is owed and sent when it is back; the write is accepted all the
 // same (Device.Pending says so).
 func (f *Fleet) Set(ctx context.Context, id string, changes map[string]any) (Device, error) {
-	if !protocol.ValidID(id) || id == protocol.ControllerID {
+	if protocol.CheckDeviceID(id) != nil {
 		return Device{}, fmt.Errorf("%w %q", ErrUnknownDevice, id)
 	}
 	if len(changes) == 0 {
@@ -442,8 +442,10 @@ func (f *Fleet) handle(topic string, payload []byte, retained bool) {
 		f.reject(topic, payload, err)
 		return
 	}
-	if id == protocol.ControllerID {
-		f.reject(topic, payload, protocol.ErrReservedID)
+	// "controller" and every "controller-<name>" are the controller's
+	// own certificates, never a device, whatever a broker let through.
+	if err := protocol.CheckDeviceID(id); err != nil {
+		f.reject(topic, payload, err)
 		return
 	}
 	switch kind {

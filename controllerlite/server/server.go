@@ -302,8 +302,8 @@ func check(cfg *Config) error {
 		if err != nil {
 			return fmt.Errorf("--cert: %w", err)
 		}
-		if cn != protocol.ControllerID {
-			return fmt.Errorf("--cert %s has CN %q: with --broker, --cert and --key must be the controller's client certificate (CN %q), made by 'controllerlite pki controller'", cfg.CertFile, cn, protocol.ControllerID)
+		if !protocol.IsControllerID(cn) {
+			return fmt.Errorf("--cert %s has CN %q: with --broker, --cert and --key must be a controller's client certificate (CN %q, or %q<name> for one of several), made by 'controllerlite pki controller [--name NAME]'", cfg.CertFile, cn, protocol.ControllerID, protocol.ControllerPrefix)
 		}
 		return nil
 	}
