@@ -69,10 +69,23 @@ type Publisher interface {
 	Publish(ctx context.Context, topic string, payload []byte, qos byte, retain bool) error
 }
 
+// Store is what the fleet needs of a database: the bbolt file in the data
+// directory (*store.Store, the default) or PostgreSQL (store/pgstore).
+type Store interface {
+	// Load returns every record, sorted by id; New calls it once.
+	Load() ([]store.Device, error)
+	// Put writes records in one transaction, all or none, durably
+	// before it returns: the fleet publishes a Command only after the
+	// replica it carries is stored.
+	Put(devs ...store.Device) error
+	// Path says where the records are, for the log (no secrets).
+	Path() string
+}
+
 // Options configure a Fleet. Store is required.
 type Options struct {
 	// Store holds the replicas; New loads it, and the fleet writes it.
-	Store *store.Store
+	Store Store
 	// TopicRoot defaults to protocol.DefaultRoot.
 	TopicRoot string
 	// QuietPeriod and RetainedTimeout decide when an external broker has
@@ -141,7 +154,7 @@ type Fleet struct {
 	opts Options
 	root string
 	log  *slog.Logger
-	st   *store.Store
+	st   Store
 
 	q       *workq.Queue[func(context.Context)] // work for Run, in order
 	ready   chan struct{}                       // closed when the retained state has been read

@@ -42,6 +42,7 @@ func ParseFlags(args []string, stderr io.Writer) (Flags, error) {
 	fs.StringVar(&cfg.CertFile, "cert", "", "certificate `FILE`: the embedded broker's server certificate, or with --broker the controller's client certificate (CN controller)")
 	fs.StringVar(&cfg.KeyFile, "key", "", "private key `FILE` of --cert")
 	fs.StringVar(&cfg.DataDir, "data-dir", "", "`DIR` of the controller's store (and the embedded broker's, in DIR/broker)")
+	fs.StringVar(&cfg.Store, "store", "", "PostgreSQL `URL` postgres://USER@HOST:PORT/DATABASE of the devices' records instead of DATA-DIR's controller.db\n(password from PGPASSWORD or ~/.pgpass, not the command line; telemetry history stays in DATA-DIR)")
 	fs.StringVar(&cfg.BrokerDataDir, "broker-data-dir", "", "`DIR` of the embedded broker's store (default DATA-DIR/broker)")
 	fs.StringVar(&cfg.HTTPAddr, "http", api.DefaultAddr, "HTTP API listen `ADDR`; off loopback it requires --http-token-file")
 	fs.StringVar(tokenFile, "http-token-file", "", "`FILE` holding the API's bearer token")

@@ -23,6 +23,7 @@ import (
 	"github.com/thermofleet/thermo/controllerlite/history"
 	"github.com/thermofleet/thermo/controllerlite/metrics"
 	"github.com/thermofleet/thermo/controllerlite/store"
+	"github.com/thermofleet/thermo/controllerlite/store/pgstore"
 	"github.com/thermofleet/thermo/protocol"
 	"github.com/thermofleet/thermo/provisioning"
 	"github.com/thermofleet/thermo/transport"
@@ -83,6 +84,10 @@ type Config struct {
 	// HomeAssistant, when its Broker is set, bridges the fleet to Home
 	// Assistant's broker (package hass).
 	HomeAssistant hass.Options
+	// Store, when set, is a PostgreSQL URL, postgres://USER@HOST:PORT/DB:
+	// the devices' records live there (package store/pgstore) instead of
+	// in DataDir's controller.db. Telemetry history stays in DataDir.
+	Store string
 	// Metrics serves Prometheus metrics at /metrics on the API's listener,
 	// with the API's authentication (package controllerlite/metrics).
 	Metrics bool
@@ -94,7 +99,7 @@ type Config struct {
 type Server struct {
 	cfg    Config
 	log    *slog.Logger
-	st     *store.Store
+	st     deviceStore
 	hist   *history.History
 	fl     *fleet.Fleet
 	br     *broker.Broker
@@ -128,7 +133,7 @@ func Start(ctx context.Context, cfg Config) (_ *Server, err error) {
 	if s.ln, err = api.Listen(cfg.HTTPAddr, cfg.HTTPToken); err != nil {
 		return nil, err
 	}
-	if s.st, err = store.Open(cfg.DataDir); err != nil {
+	if s.st, err = openStore(ctx, cfg); err != nil {
 		return nil, err
 	}
 	if s.hist, err = history.Open(cfg.DataDir, history.Options{Logger: s.log.With("part", "history")}); err != nil {
@@ -267,6 +272,9 @@ func check(cfg *Config) error {
 	if cfg.DataDir == "" {
 		return errors.New("--data-dir is required")
 	}
+	if cfg.Store != "" && !pgstore.IsURL(cfg.Store) {
+		return errors.New("--store: want a PostgreSQL URL postgres://USER@HOST:PORT/DATABASE (without --store, the store is the data directory's)")
+	}
 	if cfg.HomeAssistant.Broker != "" {
 		if cfg.HomeAssistant.Logger == nil {
 			cfg.HomeAssistant.Logger = cfg.Logger.With("part", "hass")
@@ -314,6 +322,29 @@ func check(cfg *Config) error {
 		cfg.BrokerDataDir = filepath.Join(cfg.DataDir, BrokerDir)
 	}
 	return nil
+}
+
+// deviceStore is the fleet's store, which the server closes.
+type deviceStore interface {
+	fleet.Store
+	Close() error
+}
+
+// openStore opens PostgreSQL for --store, else the bbolt file in the data
+// directory. (A nil *store.Store must not become a non-nil deviceStore.)
+func openStore(ctx context.Context, cfg Config) (deviceStore, error) {
+	if cfg.Store != "" {
+		st, err := pgstore.Open(ctx, cfg.Store)
+		if err != nil {
+			return nil, fmt.Errorf("--store: %w", err)
+		}
+		return st, nil
+	}
+	st, err := store.Open(cfg.DataDir)
+	if err != nil {
+		return nil, err
+	}
+	return st, nil
 }
 
 // shutdown stops the parts in order: no new API requests, then the fleet
