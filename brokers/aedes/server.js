@@ -39,8 +39,6 @@ import tls from 'node:tls'
 import process from 'node:process'
 import { parseArgs } from 'node:util'
 import { Aedes } from 'aedes'
-import mqemitterRedis from 'mqemitter-redis'
-import aedesPersistenceRedis from 'aedes-persistence-redis'
 
 const CONTROLLER = 'controller'
 const DEVICE_ID = /^[a-z0-9][a-z0-9_-]{0,62}$/
@@ -170,6 +168,10 @@ async function main () {
   }
   if (opts.redis) {
     brokerOpts.id = opts.id // undefined: aedes picks a random one
+    // Loaded only for a cluster: a node_modules installed before these
+    // packages were added still runs a single node.
+    const { default: mqemitterRedis } = await import('mqemitter-redis')
+    const { default: aedesPersistenceRedis } = await import('aedes-persistence-redis')
     brokerOpts.mq = mqemitterRedis(redisOptions(opts.redis))
     brokerOpts.persistence = aedesPersistenceRedis(redisOptions(opts.redis))
   }
