@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/thermofleet/thermo/internal/testenv"
 	"github.com/thermofleet/thermo/mttr/brokerctl"
@@ -75,6 +76,7 @@ func TestAedesClusterFailover(t *testing.T) {
 	if err := nodes[0].Kill(context.Background()); err != nil {
 		t.Fatal(err)
 	}
+	killed := time.Now()
 	command(t, ctl.bin, "set", "--http", ctl.apiAddr, "--json", d.id, "--setpoint", "18.5")
 	command(t, d.bin, "set", "--control-socket", d.socket, "--mode", "cool")
 	for _, c := range []struct {
@@ -92,10 +94,12 @@ func TestAedesClusterFailover(t *testing.T) {
 			return false, "no line connected " + want
 		})
 	}
+	t.Logf("both connected to their next broker %v after the kill (polled)", time.Since(killed).Round(time.Millisecond))
 	eventually(t, "both writes on both sides", func() (bool, string) {
 		st, c := d.synced()
 		sp, _ := setpoint(c.Props)
 		mode, _ := c.Props.Mode()
 		return sp == 18.5 && mode == protocol.ModeCool, fmt.Sprintf("thermostat %v, controller %v", st.Props, c.Props)
 	})
+	t.Logf("both writes on both sides %v after the kill", time.Since(killed).Round(time.Millisecond))
 }

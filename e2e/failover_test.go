@@ -6,6 +6,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/thermofleet/thermo/internal/testenv"
 	"github.com/thermofleet/thermo/protocol"
@@ -32,6 +33,7 @@ func TestBrokerFailover(t *testing.T) {
 	d.synced()
 
 	w.mq.Kill()
+	killed := time.Now()
 	// The writes race the failover: made wherever each side is then.
 	command(t, ctl.bin, "set", "--http", ctl.apiAddr, "--json", d.id, "--setpoint", "18.5")
 	command(t, d.bin, "set", "--control-socket", d.socket, "--mode", "cool")
@@ -48,12 +50,14 @@ func TestBrokerFailover(t *testing.T) {
 			return false, "no line connected " + secondAddr
 		})
 	}
+	t.Logf("both connected to their next broker %v after the kill (polled)", time.Since(killed).Round(time.Millisecond))
 	eventually(t, "both writes on both sides", func() (bool, string) {
 		st, c := d.synced()
 		sp, _ := setpoint(c.Props)
 		mode, _ := c.Props.Mode()
 		return sp == 18.5 && mode == protocol.ModeCool, fmt.Sprintf("thermostat %v, controller %v", st.Props, c.Props)
 	})
+	t.Logf("both writes on both sides %v after the kill", time.Since(killed).Round(time.Millisecond))
 	// The second broker now holds the device's state as retained: a
 	// controller restarted on it alone would read it.
 	probe := w.pki.Connect(t, secondURL, protocol.ControllerID)
