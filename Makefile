@@ -79,7 +79,8 @@ cross:
 # Archives, .debs and checksums for every target in dist/, offline (the
 # goreleaser module comes from the Go module proxy; ~2 min the first time).
 release-snapshot:
-	THERMO_COMMIT=$(COMMIT) THERMO_DATE=$(DATE) $(GORELEASER) release --snapshot --clean
+	THERMO_COMMIT=$(COMMIT) THERMO_DATE=$(DATE) THERMO_RELEASE_PUB=$(if $(RELEASE_PUB),$(abspath $(RELEASE_PUB))) \
+		$(GORELEASER) release --snapshot --clean
 	@ls -l dist/*.deb dist/*.tar.gz dist/checksums.txt
 
 # The whole test suite built for armv6 and run under qemu-user as a Pi Zero

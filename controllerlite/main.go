@@ -6,7 +6,8 @@
 //	                     [--listen ADDR | --broker mqtts://HOST:PORT] [--topic-root thermo]
 //	controllerlite devices [--http ADDR] [--json]
 //	controllerlite set [--http ADDR] DEVICE --setpoint 21 [--mode heat]
-//	controllerlite pki init|server|device|controller|sign|mosquitto ...
+//	controllerlite delete [--http ADDR] DEVICE
+//	controllerlite pki init|server|device|controller|sign|mosquitto|revoke|crl ...
 //	controllerlite version
 package main
 
@@ -22,6 +23,7 @@ import (
 	"github.com/thermofleet/thermo/internal/cli"
 
 	"github.com/thermofleet/thermo/provisioning"
+	"github.com/thermofleet/thermo/release"
 	"github.com/thermofleet/thermo/svcctl"
 )
 
@@ -38,7 +40,10 @@ Commands:
   serve      run the controller: embedded MQTT broker (or --broker), fleet state, HTTP API
   devices    list the devices of a running controller
   set        set a device's setpoint and/or mode through a running controller
+  delete     retire a device: revoke it (with serve --signing-key), remove its retained messages and records
   pki        manage the fleet's certificates (controllerlite pki help)
+  release    make the release key, sign thermostat releases (controllerlite release help)
+  ota        roll a signed release out to the fleet: rollout, status, pause (controllerlite ota help)
   version    print the version
 
 Service (systemd, as root):
@@ -87,8 +92,14 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return runDevices(ctx, rest, stdout, stderr)
 	case "set":
 		return runSet(ctx, rest, stdout, stderr)
+	case "delete":
+		return runDelete(ctx, rest, stdout, stderr)
 	case "pki":
 		return provisioning.RunPKI(rest, stdout, stderr)
+	case "release":
+		return release.RunCLI(rest, stdout, stderr)
+	case "ota":
+		return runOTA(ctx, rest, stdout, stderr)
 	case "version", "--version", "-version":
 		// -h too: the version is all this command has to say.
 		fmt.Fprintln(stdout, cli.Version("controllerlite", version, commit, date))

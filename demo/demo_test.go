@@ -33,6 +33,7 @@ func TestDemoScript(t *testing.T) {
 		"d1 applies 18 and reports it; both sides agree",
 		"18 / 18",
 		"Script done",
+		"dashboard: http://127.0.0.1:",
 	} {
 		if !strings.Contains(out.String(), want) {
 			t.Errorf("output lacks %q:\n%s", want, out.String())

@@ -85,6 +85,7 @@ func (f *demoFleet) start(ctx context.Context) error {
 		return fmt.Errorf("broker address %q: %w", f.mqtt, err)
 	}
 	f.printf("controller   controllerlite serve: embedded broker mqtts://localhost:%s, HTTP API http://%s\n", port, f.http)
+	f.printf("dashboard: http://%s/\n", f.http)
 
 	// d1 reaches the broker through a proxy that can hold its traffic.
 	if f.proxy, err = holdproxy.Listen("127.0.0.1:0", net.JoinHostPort("127.0.0.1", port)); err != nil {
@@ -150,6 +151,7 @@ func (f *demoFleet) controller(ctx context.Context, id string) (fleet.Device, er
 // runUntilInterrupted prints the fleet now and then until Ctrl-C.
 func (f *demoFleet) runUntilInterrupted(ctx context.Context) error {
 	f.printf("\nThe fleet keeps running. Controller HTTP API: http://%s\n", f.http)
+	f.printf("dashboard: http://%s/ (open it in a browser)\n", f.http)
 	f.printf("  %s devices --http %s\n", f.bin("controllerlite"), f.http)
 	f.printf("  %s set --http %s d2 --setpoint 21 --mode heat\n", f.bin("controllerlite"), f.http)
 	f.printf("  %s set --control-socket %s --setpoint 22.5\n", f.bin("thermostat"), f.socket("d3"))

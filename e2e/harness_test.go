@@ -150,6 +150,8 @@ type world struct {
 	// serverCert and serverKey are the broker's credentials, the PKI's
 	// server certificate unless a test says otherwise.
 	serverCert, serverKey string
+	// crlFile, when set before the broker starts, is Mosquitto's crlfile.
+	crlFile string
 
 	port int
 	mq   *testenv.Mosquitto // kind mosquitto
@@ -184,7 +186,7 @@ func newBareWorld(t *testing.T, kind brokerKind, opts ...func(*world)) *world {
 		// The broker's own certificate may differ from the PKI's; the CA
 		// its clients' certificates must chain to does not.
 		pki := &testenv.PKI{CAFile: w.pki.CAFile, ServerCert: w.serverCert, ServerKey: w.serverKey}
-		w.mq = testenv.StartMosquitto(t, pki, &testenv.MosquittoOptions{Persistence: true, Controllers: w.mqControllers})
+		w.mq = testenv.StartMosquitto(t, pki, &testenv.MosquittoOptions{Persistence: true, CRLFile: w.crlFile, Controllers: w.mqControllers})
 		w.port = w.mq.Port()
 	case embedded:
 		w.port = testenv.FreePort(t)

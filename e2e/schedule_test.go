@@ -3,6 +3,7 @@ package e2e
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net/http"
 	"os"
 	"os/exec"
@@ -43,6 +44,19 @@ week:
 	if !strings.Contains(out, "schedule enabled true") {
 		t.Errorf("thermostat set --schedule said %q", out)
 	}
+	// The agent works out the next entry (and applies the one in force)
+	// right after the write: wait for it, then for both sides to agree.
+	nextEntry := func(want bool) {
+		t.Helper()
+		eventually(t, fmt.Sprintf("d1's status shows a next entry: %v", want), func() (bool, string) {
+			st, err := d1.status()
+			if err != nil {
+				return false, err.Error()
+			}
+			return (st.Next != nil) == want, fmt.Sprintf("next %+v", st.Next)
+		})
+	}
+	nextEntry(true)
 	st, c := d1.synced()
 	if s, ok := c.Props.Schedule(); !ok || s.TZ != "Asia/Tokyo" || len(s.Week["mon"]) != 2 {
 		t.Fatalf("the controller holds schedule %+v", c.Props[protocol.PropSchedule])
@@ -67,9 +81,8 @@ week:
 		}
 	}
 	command(t, ctl.bin, "set", "--http", ctl.apiAddr, "d1", "--schedule-enabled", "false")
-	if st, _ := d1.synced(); st.Next != nil {
-		t.Errorf("next entry %+v after disabling", st.Next)
-	}
+	d1.synced()
+	nextEntry(false)
 
 	// Bad input: an undefined preset and a bad schedule are refused with
 	// the reason (HTTP 400; the CLI exits 1), and change nothing.

@@ -5,7 +5,7 @@
 //	thermostat run --broker mqtts://HOST:8883 [--config FILE] [flags]
 //	thermostat set --setpoint 22.5 [--mode heat]
 //	thermostat status
-//	thermostat csr --id ID
+//	thermostat csr --id ID [--days N]
 //	thermostat version
 //	thermostat install|uninstall|start|stop|restart [run flags]
 //
@@ -38,7 +38,7 @@ Commands:
   set       change the settings of the running thermostat (--setpoint, --mode)
   status    print the running thermostat's state as JSON
   csr       make this device's key and a certificate request for 'controllerlite pki sign'
-  version   print the version
+  version   print the version, and which OTA slot runs (--state-dir)
   help      print this help
 
 Service (systemd, as root):
@@ -74,8 +74,7 @@ func run(args []string, stdout, stderr io.Writer) error {
 	case "csr":
 		return provisioning.RunCSR(rest, stdout, stderr)
 	case "version", "--version", "-version":
-		fmt.Fprintln(stdout, versionString())
-		return nil
+		return versionCmd(rest, stdout, stderr)
 	case "help", "-h", "--help":
 		fmt.Fprint(stdout, usage)
 		return nil

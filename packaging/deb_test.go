@@ -48,9 +48,10 @@ var debs = []debSpec{
 		"./usr/bin/thermostat":                               "-rwxr-xr-x",
 		"./lib/systemd/system/thermostat.service":            "-rw-r--r--",
 		"./etc/thermostat/config.yaml":                       "-rw-r--r--",
+		"./etc/thermostat/release.pub":                       "-rw-r--r--",
 		"./usr/share/doc/thermostat/copyright":               "-rw-r--r--",
 		"./usr/share/doc/thermostat/thermostat.example.yaml": "-rw-r--r--",
-	}, systemd.ThermostatUnit, "/etc/thermostat/config.yaml\n"},
+	}, systemd.ThermostatUnit, "/etc/thermostat/config.yaml\n/etc/thermostat/release.pub\n"},
 	{"controllerlite", map[string]string{
 		"./usr/bin/controllerlite":                    "-rwxr-xr-x",
 		"./lib/systemd/system/controllerlite.service": "-rw-r--r--",

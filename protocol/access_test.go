@@ -64,9 +64,11 @@ func TestMayPublish(t *testing.T) {
 		{"controller", "thermo/d1/cmd", true, true},
 		{"controller", "thermo/d1/cmd", false, true},
 		{"controller-b", "thermo/d1/cmd", true, true},
-		{"controller", "thermo/d1/event", true, false},
-		{"controller", "thermo/d1/status", true, false},
-		{"controller", "thermo/d1/telemetry", false, false},
+		// Retiring a device (controllerlite delete) clears its retained
+		// messages: the controller may publish there, retained.
+		{"controller", "thermo/d1/event", true, true},
+		{"controller", "thermo/d1/status", true, true},
+		{"controller", "thermo/d1/telemetry", true, true},
 		{"controller", "thermo/d1/junk", false, false},
 		{"controller", "thermo/controller/cmd", true, false}, // not a device
 		{"controller", "thermo/controller-b/cmd", true, false},

@@ -24,12 +24,15 @@ const (
 	// AlertTLSRefused: the peer refuses this side's certificate, or this
 	// side the peer's, again and again (expired, revoked, wrong CA).
 	AlertTLSRefused = "tls_refused"
+	// AlertCertExpiring: the device's certificate ends within two weeks
+	// (a quarter of its life if shorter) and renewing it failed.
+	AlertCertExpiring = "cert_expiring"
 )
 
 // AlertCodes lists the codes this version knows, for documentation and
 // metrics. Receivers keep codes they do not know: a newer peer may send
 // more.
-var AlertCodes = []string{AlertDuplicateIdentity, AlertSensorFault, AlertStorageError, AlertTLSRefused}
+var AlertCodes = []string{AlertCertExpiring, AlertDuplicateIdentity, AlertSensorFault, AlertStorageError, AlertTLSRefused}
 
 // MaxAlerts bounds the codes one telemetry payload may carry.
 const MaxAlerts = 16

@@ -249,6 +249,12 @@ type Telemetry struct {
 	// Alerts are the codes of the device's conditions that need a person
 	// (see AlertCodes); absent when there are none.
 	Alerts []string `json:"alerts,omitempty"`
+	// CertExpires is when the device's certificate ends (its NotAfter):
+	// how the controller learns it through any broker.
+	CertExpires *time.Time `json:"cert_expires,omitempty"`
+	// Firmware is the version of the thermostat firmware running
+	// (optional, docs/ota.md).
+	Firmware string `json:"firmware,omitempty"`
 }
 
 // Actions of telemetry's "action".
@@ -339,6 +345,9 @@ func DecodeTelemetry(payload []byte) (Telemetry, error) {
 	default:
 		return Telemetry{}, invalid("telemetry: action %q is not heating, cooling, idle or off", t.Action)
 	}
+	if len(t.Firmware) > 64 {
+		return Telemetry{}, invalid("telemetry: firmware of %d bytes, at most 64", len(t.Firmware))
+	}
 	if len(t.Sensors) > MaxSensors {
 		return Telemetry{}, invalid("telemetry: %d sensors, at most %d", len(t.Sensors), MaxSensors)
 	}
@@ -381,11 +390,22 @@ func DecodeTelemetry(payload []byte) (Telemetry, error) {
 type Status struct {
 	V      int  `json:"v"`
 	Online bool `json:"online"`
+	// Firmware is the version of the thermostat firmware running
+	// (optional, in the online status only: the will is fixed at connect).
+	Firmware string `json:"firmware,omitempty"`
 }
 
 // Encode renders a status as its JSON payload.
 func (s Status) Encode() []byte {
-	if s.Online {
+	switch {
+	case s.Online && s.Firmware != "":
+		b, _ := json.Marshal(struct {
+			V        int    `json:"v"`
+			Online   bool   `json:"online"`
+			Firmware string `json:"firmware"`
+		}{Version, true, s.Firmware})
+		return b
+	case s.Online:
 		return []byte(`{"v":1,"online":true}`)
 	}
 	return []byte(`{"v":1,"online":false}`)
@@ -404,6 +424,14 @@ func DecodeStatus(payload []byte) (Status, error) {
 	s := Status{V: Version}
 	if err := json.Unmarshal(raw, &s.Online); err != nil {
 		return Status{}, invalid("status: online is not a boolean")
+	}
+	if raw, ok := top["firmware"]; ok {
+		// Optional and informational: a malformed one is dropped, the
+		// status stands.
+		var fw string
+		if json.Unmarshal(raw, &fw) == nil && len(fw) <= 64 {
+			s.Firmware = fw
+		}
 	}
 	return s, nil
 }

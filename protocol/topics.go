@@ -122,7 +122,7 @@ func ParseTopic(root, topic string) (id string, k Kind, err error) {
 		return "", "", fmt.Errorf("topic %q: bad device id %q", topic, id)
 	}
 	switch k := Kind(kind); k {
-	case KindCmd, KindEvent, KindTelemetry, KindStatus:
+	case KindCmd, KindEvent, KindTelemetry, KindStatus, KindCSR, KindCert, KindOTA, KindOTAState:
 		return id, k, nil
 	}
 	return "", "", fmt.Errorf("topic %q: unknown kind %q", topic, kind)
@@ -176,19 +176,20 @@ type Grant struct {
 // deviceGrants: a device publishes its event (retained: a rebuilding
 // controller reads it), telemetry (never retained) and status (retained,
 // as its will), and reads its commands and, while rejoining, its own event.
-var deviceGrants = []Grant{
+// Certificate renewal (certs.go) and OTA updates (ota.go) add their own.
+var deviceGrants = append([]Grant{
 	{Filter: SelfID + "/" + string(KindEvent), Publish: true, Retain: true, Subscribe: true},
 	{Filter: SelfID + "/" + string(KindTelemetry), Publish: true},
 	{Filter: SelfID + "/" + string(KindStatus), Publish: true, Retain: true},
 	{Filter: SelfID + "/" + string(KindCmd), Subscribe: true},
-}
+}, slices.Concat(renewalDeviceGrants, otaDeviceGrants)...)
 
 // controllerGrants: the controller publishes commands (retained) to every
 // device and reads everything under the root.
-var controllerGrants = []Grant{
+var controllerGrants = append([]Grant{
 	{Filter: "+/" + string(KindCmd), Publish: true, Retain: true},
 	{Filter: "#", Subscribe: true},
-}
+}, slices.Concat(renewalControllerGrants, otaControllerGrants)...)
 
 // Grants returns the rights of the client whose certificate CN (and MQTT
 // client id) is client: the controller's for IsControllerID, a device's for

@@ -30,11 +30,18 @@ const (
 	CAKeyFile  = "ca.key"
 )
 
-// Default lifetimes. A device has no way to renew its certificate yet, so
-// leaf certificates live long; the CA outlives them.
+// Default lifetimes. A device renews its own certificate over the fleet's
+// connection at two thirds of its life (docs/certificates.md), so a stolen
+// board's certificate is worth little for long; the broker's and the
+// controller's certificates are renewed by a person, once a year; the CA
+// outlives them all.
 const (
-	DefaultCAValidity   = 20 * 365 * 24 * time.Hour
-	DefaultLeafValidity = 10 * 365 * 24 * time.Hour
+	DefaultCAValidity     = 10 * 365 * 24 * time.Hour
+	DefaultDeviceValidity = 90 * 24 * time.Hour
+	DefaultServerValidity = 365 * 24 * time.Hour
+	// DefaultControllerValidity is the life of a controller's client
+	// certificate.
+	DefaultControllerValidity = DefaultServerValidity
 	// backdate is subtracted from NotBefore: a board without a real-time
 	// clock may run a little behind the machine that issued its certificate.
 	backdate = time.Hour
@@ -69,7 +76,9 @@ type CAOptions struct {
 // IssueOptions tunes a certificate being issued. A nil *IssueOptions, like
 // the zero value, gives the defaults.
 type IssueOptions struct {
-	// Validity of the certificate; default DefaultLeafValidity.
+	// Validity of the certificate; default DefaultDeviceValidity for a
+	// device, DefaultServerValidity for a server, DefaultControllerValidity
+	// for a controller.
 	Validity time.Duration
 	// NotBefore is when the certificate starts being valid; default an hour
 	// ago (clock skew). Tests set it to make expired certificates.
@@ -232,7 +241,7 @@ func (ca *CA) IssueServer(hosts []string, opts *IssueOptions) (certPEM, keyPEM [
 	if cn := strings.ToLower(strings.Trim(hosts[0], "[] ")); len(cn) <= maxCommonName {
 		tmpl.Subject.CommonName = cn
 	}
-	certPEM, keyPEM, err = ca.issue(tmpl, nil, opts)
+	certPEM, keyPEM, err = ca.issue(tmpl, nil, withValidity(opts, DefaultServerValidity))
 	if err != nil {
 		return nil, nil, fmt.Errorf("issue server certificate: %w", err)
 	}
@@ -248,7 +257,11 @@ func (ca *CA) IssueClient(cn string, opts *IssueOptions) (certPEM, keyPEM []byte
 	if err := validateClientCN(cn); err != nil {
 		return nil, nil, fmt.Errorf("issue client certificate: %w", err)
 	}
-	certPEM, keyPEM, err = ca.issue(clientTemplate(cn), nil, opts)
+	def := DefaultDeviceValidity
+	if protocol.IsControllerID(cn) {
+		def = DefaultControllerValidity
+	}
+	certPEM, keyPEM, err = ca.issue(clientTemplate(cn), nil, withValidity(opts, def))
 	if err != nil {
 		return nil, nil, fmt.Errorf("issue client certificate for %s: %w", cn, err)
 	}
@@ -292,7 +305,7 @@ func (ca *CA) SignCSR(csrPEM []byte, opts *IssueOptions) (certPEM []byte, id str
 		}
 		return nil, "", fmt.Errorf("sign request: Common Name: %w", err)
 	}
-	certPEM, _, err = ca.issue(clientTemplate(id), csr.PublicKey, opts)
+	certPEM, _, err = ca.issue(clientTemplate(id), csr.PublicKey, withValidity(opts, DefaultDeviceValidity))
 	if err != nil {
 		return nil, "", fmt.Errorf("sign request for %s: %w", id, err)
 	}
@@ -326,6 +339,18 @@ func clientTemplate(cn string) *x509.Certificate {
 	}
 }
 
+// withValidity is opts with def as its validity when it gives none.
+func withValidity(opts *IssueOptions, def time.Duration) *IssueOptions {
+	var o IssueOptions
+	if opts != nil {
+		o = *opts
+	}
+	if o.Validity <= 0 {
+		o.Validity = def
+	}
+	return &o
+}
+
 // issue signs tmpl. With pub nil a new key is made and returned as keyPEM.
 func (ca *CA) issue(tmpl *x509.Certificate, pub crypto.PublicKey, opts *IssueOptions) (certPEM, keyPEM []byte, err error) {
 	var o IssueOptions
@@ -333,10 +358,12 @@ func (ca *CA) issue(tmpl *x509.Certificate, pub crypto.PublicKey, opts *IssueOpt
 		o = *opts
 	}
 	if o.Validity <= 0 {
-		o.Validity = DefaultLeafValidity
+		return nil, nil, errors.New("no validity given")
 	}
 	if o.NotBefore.IsZero() {
-		o.NotBefore = time.Now().Add(-backdate)
+		// A short-lived certificate (a test's, a fleet's that renews
+		// every few minutes) would be half over: backdate a tenth of it.
+		o.NotBefore = time.Now().Add(-min(backdate, o.Validity/10))
 	}
 	if pub == nil {
 		var key crypto.Signer

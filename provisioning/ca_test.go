@@ -325,13 +325,45 @@ func TestIssueOptions(t *testing.T) {
 	if !cert.NotBefore.Equal(nb) || !cert.NotAfter.Equal(nb.Add(time.Hour)) {
 		t.Errorf("validity %v..%v, want %v..%v", cert.NotBefore, cert.NotAfter, nb, nb.Add(time.Hour))
 	}
-	certPEM, _, err = ca.IssueClient("d1", nil)
+}
+
+// TestDefaultLifetimes: devices 90 days (they renew themselves), server
+// and controller a year, the CA ten years.
+func TestDefaultLifetimes(t *testing.T) {
+	ca := newCA(t)
+	day := 24 * time.Hour
+	if got := ca.Cert.NotAfter.Sub(ca.Cert.NotBefore); got < 10*365*day || got > 10*365*day+2*time.Hour {
+		t.Errorf("CA lifetime %v, want 10 years", got)
+	}
+	csrPEM, _, err := provisioning.NewCSR("d2")
 	if err != nil {
 		t.Fatal(err)
 	}
-	cert = parseCert(t, certPEM)
-	if cert.NotBefore.After(time.Now()) || cert.NotAfter.After(ca.Cert.NotAfter) || cert.NotAfter.Before(time.Now().Add(5*365*24*time.Hour)) {
-		t.Errorf("default validity %v..%v (CA until %v)", cert.NotBefore, cert.NotAfter, ca.Cert.NotAfter)
+	signed, _, err := ca.SignCSR(csrPEM, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	issue := func(f func() ([]byte, []byte, error)) []byte {
+		c, _, err := f()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return c
+	}
+	for _, tc := range []struct {
+		name string
+		pem  []byte
+		want time.Duration
+	}{
+		{"device", issue(func() ([]byte, []byte, error) { return ca.IssueClient("d1", nil) }), 90 * day},
+		{"signed request", signed, 90 * day},
+		{"controller", issue(func() ([]byte, []byte, error) { return ca.IssueClient("controller", nil) }), 365 * day},
+		{"server", issue(func() ([]byte, []byte, error) { return ca.IssueServer([]string{"broker.local"}, nil) }), 365 * day},
+	} {
+		cert := parseCert(t, tc.pem)
+		if got := cert.NotAfter.Sub(cert.NotBefore); got != tc.want {
+			t.Errorf("%s: lifetime %v, want %v", tc.name, got, tc.want)
+		}
 	}
 }
 

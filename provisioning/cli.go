@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"time"
 
 	"github.com/thermofleet/thermo/internal/atomicfile"
 	"github.com/thermofleet/thermo/internal/cli"
@@ -34,6 +35,8 @@ const pkiUsage = `Usage: controllerlite pki COMMAND [flags]
 Manage the fleet's certificates. Every command takes --dir DIR, the PKI
 directory (default ./pki), and flags may come before or after arguments.
 No command replaces an existing certificate or key without --force.
+Lifetimes (--days on each command that issues): CA 10 years, server and
+controller 1 year, device 90 days (devices renew themselves at two thirds).
 
 Commands:
   init                      create the CA (ca.crt, ca.key), named "Thermofleet CA NAME" by --name NAME
@@ -49,7 +52,14 @@ Commands:
                             on the device); writes DIR/devices/ID/device.crt, or --out FILE
   mosquitto                 write mosquitto.conf and mosquitto.acl for this PKI
                             [--port 8883] [--topic-root thermo] [--bind ADDR] [--cert-dir DIR]
-                            [--controller controller-NAME ...]
+                            [--controller controller-NAME ...]; crlfile names DIR/crl.pem
+  revoke DEVICE|SERIAL      revoke a device (every certificate of its id) or one certificate
+                            (SERIAL: 16 or more hex digits, colons allowed), in DIR (beside ca.crt)
+                            or the controller's --data-dir; a running controller applies it within
+                            a quarter of a second; DIR/crl.pem is refreshed when there is one
+                            [--reason TEXT]
+  crl                       write DIR/crl.pem (--out FILE), the CRL of the revocations of DIR
+                            and --data-dir
 
 Run 'controllerlite pki COMMAND -h' for a command's flags.
 `
@@ -70,6 +80,8 @@ func RunPKI(args []string, stdout, stderr io.Writer) error {
 		"controller": pkiController,
 		"sign":       pkiSign,
 		"mosquitto":  pkiMosquitto,
+		"revoke":     pkiRevoke,
+		"crl":        pkiCRL,
 	}[cmd]
 	switch {
 	case ok:
@@ -90,19 +102,51 @@ func dirFlag(fs *flag.FlagSet) *string {
 	return fs.String("dir", DefaultPKIDir, "PKI directory")
 }
 
+// daysFlag is the --days flag of a command that issues a certificate:
+// its lifetime in days, def by default.
+type daysFlag struct{ days int }
+
+func newDaysFlag(fs *flag.FlagSet, def time.Duration) *daysFlag {
+	d := &daysFlag{}
+	fs.IntVar(&d.days, "days", int(def/(24*time.Hour)), "lifetime of the certificate in `DAYS`")
+	return d
+}
+
+// validity is the lifetime asked for, or a usage error.
+func (d *daysFlag) validity() (time.Duration, error) {
+	if d.days < 1 || d.days > 100*365 {
+		return 0, cli.Usagef("--days %d: want 1 to %d", d.days, 100*365)
+	}
+	return time.Duration(d.days) * 24 * time.Hour, nil
+}
+
+// issueOptions are IssueOptions with the lifetime asked for.
+func (d *daysFlag) issueOptions() (*IssueOptions, error) {
+	v, err := d.validity()
+	if err != nil {
+		return nil, err
+	}
+	return &IssueOptions{Validity: v}, nil
+}
+
 func pkiInit(args []string, stdout, stderr io.Writer) error {
 	fs := cli.NewFlags("init", "controllerlite pki init [--dir DIR] [--name NAME] [--force]", stderr)
 	dir := dirFlag(fs)
 	force := fs.Bool("force", false, "replace an existing CA: every certificate it issued stops being trusted")
 	name := fs.String("name", "", "name of this fleet: the CA's Common Name is \""+CANamePrefix+" NAME\"\n(default: 8 hex digits of the CA key's SHA-256)")
 	cn := fs.String("cn", "", "the CA's whole Common Name, instead of --name")
+	days := newDaysFlag(fs, DefaultCAValidity)
 	if _, err := cli.ParseN(fs, args); err != nil {
 		return cli.HelpOK(err)
 	}
 	if *cn != "" && *name != "" {
 		return errors.New("give --name or --cn, not both")
 	}
-	ca, err := InitCA(*dir, CAOptions{CommonName: *cn, Name: *name, Force: *force})
+	validity, err := days.validity()
+	if err != nil {
+		return err
+	}
+	ca, err := InitCA(*dir, CAOptions{CommonName: *cn, Name: *name, Force: *force, Validity: validity})
 	if err != nil {
 		return err
 	}
@@ -118,8 +162,13 @@ func pkiServer(args []string, stdout, stderr io.Writer) error {
 	var hosts cli.StringList
 	fs.Var(&hosts, "host", "host name or IP address clients use to reach the broker (repeatable; the first is also the CN)")
 	force := fs.Bool("force", false, "replace an existing server certificate")
+	days := newDaysFlag(fs, DefaultServerValidity)
 	if _, err := cli.ParseN(fs, args); err != nil {
 		return cli.HelpOK(err)
+	}
+	opts, err := days.issueOptions()
+	if err != nil {
+		return err
 	}
 	if len(hosts) == 0 {
 		fs.Usage()
@@ -133,7 +182,7 @@ func pkiServer(args []string, stdout, stderr io.Writer) error {
 	if err := refuseExisting(*force, certFile, keyFile); err != nil {
 		return err
 	}
-	certPEM, keyPEM, err := ca.IssueServer(hosts, nil)
+	certPEM, keyPEM, err := ca.IssueServer(hosts, opts)
 	if err != nil {
 		return err
 	}
@@ -151,9 +200,14 @@ func pkiDevice(args []string, stdout, stderr io.Writer) error {
 	fs := cli.NewFlags("device", "controllerlite pki device ID [--dir DIR] [--force]", stderr)
 	dir := dirFlag(fs)
 	force := fs.Bool("force", false, "replace an existing bundle for this device")
+	days := newDaysFlag(fs, DefaultDeviceValidity)
 	pos, err := cli.ParseN(fs, args, "device ID")
 	if err != nil {
 		return cli.HelpOK(err)
+	}
+	opts, err := days.issueOptions()
+	if err != nil {
+		return err
 	}
 	id := pos[0]
 	if id == ControllerCN {
@@ -171,7 +225,7 @@ func pkiDevice(args []string, stdout, stderr io.Writer) error {
 	if err := refuseExisting(*force, certFile, keyFile); err != nil {
 		return err
 	}
-	certPEM, keyPEM, err := ca.IssueClient(id, nil)
+	certPEM, keyPEM, err := ca.IssueClient(id, opts)
 	if err != nil {
 		return err
 	}
@@ -200,12 +254,17 @@ func pkiController(args []string, stdout, stderr io.Writer) error {
 	dir := dirFlag(fs)
 	name := fs.String("name", "", "`NAME` of one of several controller processes sharing the fleet: CN controller-NAME,\nfiles controller-NAME.crt and controller-NAME.key (default: the one controller, CN controller)")
 	force := fs.Bool("force", false, "replace an existing controller certificate")
+	days := newDaysFlag(fs, DefaultControllerValidity)
 	if _, err := cli.ParseN(fs, args); err != nil {
 		return cli.HelpOK(err)
 	}
 	cn, err := controllerCN(*name)
 	if err != nil {
 		return cli.Usagef("--name: %v", err)
+	}
+	opts, err := days.issueOptions()
+	if err != nil {
+		return err
 	}
 	ca, err := LoadCA(*dir)
 	if err != nil {
@@ -218,7 +277,7 @@ func pkiController(args []string, stdout, stderr io.Writer) error {
 	if err := refuseExisting(*force, certFile, keyFile); err != nil {
 		return err
 	}
-	certPEM, keyPEM, err := ca.IssueClient(cn, nil)
+	certPEM, keyPEM, err := ca.IssueClient(cn, opts)
 	if err != nil {
 		return err
 	}
@@ -255,9 +314,14 @@ func pkiSign(args []string, stdout, stderr io.Writer) error {
 	dir := dirFlag(fs)
 	out := fs.String("out", "", "write the certificate here instead of DIR/devices/ID/device.crt")
 	force := fs.Bool("force", false, "replace an existing certificate for this device")
+	days := newDaysFlag(fs, DefaultDeviceValidity)
 	pos, err := cli.ParseN(fs, args, "CSRFILE")
 	if err != nil {
 		return cli.HelpOK(err)
+	}
+	opts, err := days.issueOptions()
+	if err != nil {
+		return err
 	}
 	f, err := os.Open(pos[0])
 	if err != nil {
@@ -272,7 +336,7 @@ func pkiSign(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	certPEM, id, err := ca.SignCSR(csrPEM, nil)
+	certPEM, id, err := ca.SignCSR(csrPEM, opts)
 	if err != nil {
 		return fmt.Errorf("%s: %w", pos[0], err)
 	}
@@ -325,6 +389,7 @@ func pkiMosquitto(args []string, stdout, stderr io.Writer) error {
 		controllers = append(controllers, cn)
 		return nil
 	})
+	dataDir := fs.String("data-dir", "", "the controller's data `DIR`: the CRL written (when DIR/"+CRLFile+" is missing) states its revocations")
 	if _, err := cli.ParseN(fs, args); err != nil {
 		return cli.HelpOK(err)
 	}
@@ -341,7 +406,21 @@ func pkiMosquitto(args []string, stdout, stderr io.Writer) error {
 		}
 		from = abs
 	}
+	// Mosquitto refuses to start with a crlfile that is missing: write
+	// one (empty, or the controller's list) unless there is one already.
+	crlFile := filepath.Join(*dir, CRLFile)
+	if !exists(crlFile) {
+		ca, err := LoadCA(*dir)
+		if err != nil {
+			return fmt.Errorf("write %s: %w", crlFile, err)
+		}
+		if _, err := WriteCRL(ca, crlFile, 0, *dataDir, *dir); err != nil {
+			return err
+		}
+		fmt.Fprintf(stdout, "Wrote %s (the CRL; refresh it with `controllerlite pki crl`, `pki revoke` does).\n", crlFile)
+	}
 	confFile, aclFile, err := WriteMosquittoConfig(*dir, MosquittoOptions{
+		CRLFile:     filepath.Join(from, CRLFile),
 		Port:        *port,
 		BindAddress: *bind,
 		CAFile:      filepath.Join(from, CACertFile),
@@ -356,7 +435,7 @@ func pkiMosquitto(args []string, stdout, stderr io.Writer) error {
 	}
 	fmt.Fprintf(stdout, "Wrote %s and %s (listener %d, topic root %q).\n", confFile, aclFile, *port, *root)
 	if *certDir != "" {
-		fmt.Fprintf(stdout, "Install ca.crt, server.crt, server.key and %s into %s.\n", MosquittoACLFile, *certDir)
+		fmt.Fprintf(stdout, "Install ca.crt, server.crt, server.key, %s and %s into %s.\n", CRLFile, MosquittoACLFile, *certDir)
 	}
 	fmt.Fprintf(stdout, "Mosquitto drops to user \"mosquitto\": that user must be able to read %s, e.g.\n", filepath.Join(from, ServerKeyFile))
 	fmt.Fprintf(stdout, "  chown mosquitto %s\n", filepath.Join(from, ServerKeyFile))
@@ -381,7 +460,7 @@ func refuseExisting(force bool, paths ...string) error {
 	return nil
 }
 
-const csrUsage = "thermostat csr [--id ID] [--out DIR] [--force]"
+const csrUsage = "thermostat csr [--id ID] [--out DIR] [--days N] [--force]"
 
 // RunCSR runs `thermostat csr ARGS...` on a device: it makes the device's
 // private key (DIR/device.key, 0600) and a certificate request (DIR/ID.csr)
@@ -392,10 +471,16 @@ func RunCSR(args []string, stdout, stderr io.Writer) error {
 	id := fs.String("id", "", "device id, the certificate's CN (default: this host's name)")
 	out := fs.String("out", ".", "directory for the key and the request")
 	force := fs.Bool("force", false, "replace an existing device.key (the certificate issued for it stops working)")
+	days := newDaysFlag(fs, DefaultDeviceValidity)
 	if _, err := cli.ParseN(fs, args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return nil
 		}
+		return fmt.Errorf("csr: %w", err)
+	}
+	// A request cannot carry a lifetime: the signer gives it, so the
+	// command printed for the signer carries --days.
+	if _, err := days.validity(); err != nil {
 		return fmt.Errorf("csr: %w", err)
 	}
 	if *id == "" {
@@ -426,7 +511,7 @@ func RunCSR(args []string, stdout, stderr io.Writer) error {
 		return fmt.Errorf("csr: %w", err)
 	}
 	fmt.Fprintf(stdout, "Key %s (0600, stays on this device) and request %s for device %q.\n", keyFile, csrFile, *id)
-	fmt.Fprintf(stdout, "Copy %s to the controller host and run: controllerlite pki sign %s\n", csrFile, filepath.Base(csrFile))
+	fmt.Fprintf(stdout, "Copy %s to the controller host and run: controllerlite pki sign %s --days %d\n", csrFile, filepath.Base(csrFile), days.days)
 	fmt.Fprintf(stdout, "Bring back %s and %s into %s, then run:\n", DeviceCertFile, CACertFile, *out)
 	fmt.Fprintf(stdout, "  thermostat run --broker mqtts://BROKER_HOST:8883 --ca %s --cert %s --key %s\n",
 		filepath.Join(*out, CACertFile), filepath.Join(*out, DeviceCertFile), keyFile)

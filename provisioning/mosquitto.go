@@ -32,6 +32,9 @@ type MosquittoOptions struct {
 	CAFile, CertFile, KeyFile string
 	// ACLFile is the path Mosquitto reads the ACL from. Required.
 	ACLFile string
+	// CRLFile, when set, is the CRL Mosquitto refuses the revoked
+	// certificates of (`controllerlite pki crl`).
+	CRLFile string
 	// TopicRoot is the first topic level; default "thermo".
 	TopicRoot string
 	// Controllers are the CNs of further controller processes
@@ -76,6 +79,9 @@ func MosquittoConfig(o MosquittoOptions) (conf, acl []byte, err error) {
 	}
 	if err := protocol.CheckRoot(o.TopicRoot); err != nil {
 		return nil, nil, fmt.Errorf("mosquitto config: %w", err)
+	}
+	if strings.ContainsAny(o.CRLFile, "\n\r") {
+		return nil, nil, fmt.Errorf("mosquitto config: CRL file path %q contains a line break", o.CRLFile)
 	}
 	for name, v := range map[string]string{"CA file": o.CAFile, "certificate file": o.CertFile, "key file": o.KeyFile, "ACL file": o.ACLFile} {
 		if v == "" {
@@ -130,6 +136,11 @@ func MosquittoConfig(o MosquittoOptions) (conf, acl []byte, err error) {
 	fmt.Fprintf(&b, "cafile %s\n", o.CAFile)
 	fmt.Fprintf(&b, "certfile %s\n", o.CertFile)
 	fmt.Fprintf(&b, "keyfile %s\n", o.KeyFile)
+	if o.CRLFile != "" {
+		b.WriteString("# Revoked certificates (controllerlite pki revoke, pki crl). Mosquitto reads it at start\n")
+		b.WriteString("# and on SIGHUP: send SIGHUP after each refresh (a restart also cuts connected clients).\n")
+		fmt.Fprintf(&b, "crlfile %s\n", o.CRLFile)
+	}
 	b.WriteString("tls_version tlsv1.2\n")
 	b.WriteString("# Every client must present a certificate issued by cafile.\n")
 	b.WriteString("require_certificate true\n")

@@ -238,13 +238,18 @@ func TestMosquittoACLIsTheContract(t *testing.T) {
 		{"d1", d1, "thermo/d2/status", true, false},
 		{"d1", d1, "thermo/status", true, false},
 		{"controller", ctl, "thermo/d1/cmd", true, true},
-		{"controller", ctl, "thermo/d1/event", true, false},
+		{"controller", ctl, "thermo/d1/event", true, true}, // retiring a device clears its retained messages
 		{"controller", ctl, "thermo/d1/junk", true, false},
 		{"controller", ctl, "thermo/controller/event", true, false},
 		{"controller", ctl, "thermo/controller/status", true, false},
 		{"controller-b", ctlB, "thermo/d2/cmd", true, true},
 		{"controller-b", ctlB, "thermo/controller-b/event", true, false},
-		{"controller-b", ctlB, "thermo/d2/status", true, false},
+		{"controller-b", ctlB, "thermo/d2/status", true, true},
+		// Certificate renewal: requests up, answers down, never retained.
+		{"d1", d1, "thermo/d1/csr", false, true},
+		{"d1", d1, "thermo/d2/csr", false, false},
+		{"d1", d1, "thermo/d1/cert", false, false},
+		{"controller", ctl, "thermo/d1/cert", false, true},
 	}
 	// Each publisher's marker, on a topic it may publish, is handled after
 	// its publish on the same connection: once the controller has the
@@ -271,7 +276,7 @@ func TestMosquittoACLIsTheContract(t *testing.T) {
 		t.Errorf("d2 received %q on %s", m.Payload, m.Topic)
 	}
 	for _, m := range d1.Messages() {
-		if m.Topic != "thermo/d1/cmd" && m.Topic != "thermo/d1/event" {
+		if m.Topic != "thermo/d1/cmd" && m.Topic != "thermo/d1/event" && m.Topic != "thermo/d1/cert" {
 			t.Errorf("d1 read %q on %s", m.Payload, m.Topic)
 		}
 	}
@@ -290,7 +295,8 @@ func TestMosquittoACLIsTheContract(t *testing.T) {
 		}
 	}
 	want := map[string]string{
-		"thermo/d1/event": "d1 0", "thermo/d1/status": "d1 2", "thermo/d1/cmd": "controller 11", "thermo/d2/cmd": "controller-b 16",
+		"thermo/d1/event": "controller 12", "thermo/d1/status": "d1 2", "thermo/d1/cmd": "controller 11",
+		"thermo/d2/cmd": "controller-b 16", "thermo/d2/status": "controller-b 18",
 	}
 	if fmt.Sprint(retained) != fmt.Sprint(want) {
 		t.Errorf("retained %v, want %v", retained, want)

@@ -118,3 +118,16 @@ func PeerCommonName(state tls.ConnectionState) (string, error) {
 	}
 	return state.VerifiedChains[0][0].Subject.CommonName, nil
 }
+
+// ReadCertificate reads the first certificate of a PEM file.
+func ReadCertificate(certFile string) (*x509.Certificate, error) {
+	data, err := os.ReadFile(certFile)
+	if err != nil {
+		return nil, fmt.Errorf("read certificate: %w", err)
+	}
+	cert, err := parseCertPEM(data)
+	if err != nil {
+		return nil, fmt.Errorf("read certificate %s: %w", certFile, err)
+	}
+	return cert, nil
+}

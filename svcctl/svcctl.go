@@ -97,7 +97,7 @@ var Controllerlite = Spec{
 		{"key", "/etc/controllerlite/server.key"},
 		{"data-dir", "/var/lib/controllerlite"},
 	},
-	PathFlags:  []string{"ca", "cert", "key", "data-dir", "broker-data-dir", "http-token-file"},
+	PathFlags:  []string{"ca", "cert", "key", "data-dir", "broker-data-dir", "http-token-file", "signing-key", "enroll-cert", "enroll-key"},
 	Writable:   map[string]string{"data-dir": "/var/lib/controllerlite", "broker-data-dir": "/var/lib/controllerlite"},
 	StatusVerb: true,
 }

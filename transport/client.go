@@ -146,16 +146,21 @@ type Stats struct {
 type Client struct {
 	opts    Options
 	id      string
-	brokers []endpoint // Broker, then Failover
-	log     *slog.Logger
+	brokers []*url.URL // Broker, then Failover
+	// tls verifies every broker of brokers that is mqtts:// (ServerName,
+	// unless set, is each one's host); nil when none is. Replaced by
+	// SetCertificate.
+	tls atomic.Pointer[tls.Config]
+	log *slog.Logger
 
 	connected atomic.Bool
 	queue     *workq.Queue[func(context.Context)] // handlers, run in order by runQueue
 
-	mu    sync.Mutex
-	subs  map[string]byte
-	pc    mqtt.Client
-	stats Stats
+	mu     sync.Mutex
+	subs   map[string]byte
+	pc     mqtt.Client
+	lostCh chan error // reports the loss of the current connection
+	stats  Stats
 
 	// Only the Run goroutine uses these.
 	next        int // index in brokers of the next attempt
@@ -164,13 +169,6 @@ type Client struct {
 	tlsRefusals int              // TLS refusals since the last connection
 	tlsTrouble  bool             // TroubleTLSRefused reported active
 
-}
-
-// endpoint is one broker address and the TLS configuration that verifies
-// it (nil for a plain mqtt:// broker).
-type endpoint struct {
-	url *url.URL
-	tls *tls.Config
 }
 
 // New checks the options, loads the certificates and returns a Client that
@@ -204,25 +202,12 @@ func New(o Options) (*Client, error) {
 			}
 		}
 	}
-	// Resumed TLS sessions skip the certificate exchange and signatures on
-	// reconnect: cheaper for the broker when a whole fleet comes back. One
-	// entry per broker, so that failing over and back resumes too.
-	var cache tls.ClientSessionCache
 	if base != nil {
-		cache = tls.NewLRUClientSessionCache(len(urls))
-	}
-	brokers := make([]endpoint, len(urls))
-	for i, u := range urls {
-		brokers[i].url = u
-		if u.Scheme == "mqtt" {
-			continue
-		}
-		conf := base.Clone()
-		if conf.ServerName == "" {
-			conf.ServerName = u.Hostname()
-		}
-		conf.ClientSessionCache = cache
-		brokers[i].tls = conf
+		// Resumed TLS sessions skip the certificate exchange and
+		// signatures on reconnect: cheaper for the broker when a whole
+		// fleet comes back. One entry per broker, so that failing over
+		// and back resumes too.
+		base.ClientSessionCache = tls.NewLRUClientSessionCache(len(urls))
 	}
 	id := o.ClientID
 	if id == "" {
@@ -261,16 +246,20 @@ func New(o Options) (*Client, error) {
 	if o.Logger == nil {
 		o.Logger = slog.Default()
 	}
-	return &Client{
-		opts: o, id: id, brokers: brokers,
+	c := &Client{
+		opts: o, id: id, brokers: urls,
 		log:   o.Logger.With("client", id),
 		queue: workq.New[func(context.Context)](),
 		subs:  map[string]byte{},
-		stats: Stats{Broker: brokers[0].url.String()},
+		stats: Stats{Broker: urls[0].String()},
 
 		takeover: takeoverGuard{backoff: TakeoverBackoff},
 		failures: lograte.New(lograte.DefaultInterval, nil),
-	}, nil
+	}
+	if base != nil {
+		c.tls.Store(base)
+	}
+	return c, nil
 }
 
 // CheckKeepAlive reports why d cannot be a client's MQTT keep-alive: the
@@ -506,7 +495,7 @@ func (c *Client) lost(err error) (wait time.Duration, takeover bool) {
 	c.stats.LastLost = now
 	up := c.stats.LastConnected
 	c.mu.Unlock()
-	c.log.Warn("connection lost", "broker", c.brokers[c.next].url.Host, "err", err, "up_for", now.Sub(up).Round(time.Millisecond))
+	c.log.Warn("connection lost", "broker", c.brokers[c.next].Host, "err", err, "up_for", now.Sub(up).Round(time.Millisecond))
 	c.queue.Push(func(context.Context) {
 		if c.opts.OnDisconnect != nil {
 			c.opts.OnDisconnect(err)
@@ -527,7 +516,7 @@ func (c *Client) lost(err error) (wait time.Duration, takeover bool) {
 func (c *Client) connectFailed(ctx context.Context, attempt int, err error) {
 	c.takeover.failed()
 	key := "connect"
-	args := []any{"broker", c.brokers[c.next].url.Host, "attempt", attempt, "err", err}
+	args := []any{"broker", c.brokers[c.next].Host, "attempt", attempt, "err", err}
 	if why, ok := tlsRefusal(err); ok {
 		key = "tls"
 		args = append(args, "refused", why)
@@ -575,14 +564,17 @@ func (c *Client) trouble(t Trouble, active bool, detail string) {
 // connect makes one attempt: TLS connection, CONNECT, subscriptions. On
 // success it returns the channel that reports the connection's loss.
 func (c *Client) connect(ctx context.Context) (<-chan error, error) {
-	ep := c.brokers[c.next]
+	broker := c.brokers[c.next]
 	lost := make(chan error, 1)
+	c.mu.Lock()
+	c.lostCh = lost
+	c.mu.Unlock()
 	var conn *liveConn
 	// One broker per paho client: with several, paho would try them in
 	// turn inside one Connect, without the backoff, the per-attempt
 	// counters and the TLS refusal accounting of Run.
 	o := mqtt.NewClientOptions().
-		AddBroker(ep.url.String()).
+		AddBroker(broker.String()).
 		SetClientID(c.id).
 		// MQTT 3.1.1 only. Left to guess, paho retries a failed connect
 		// with MQTT 3.1 on a second connection: two attempts where one
@@ -605,7 +597,7 @@ func (c *Client) connect(ctx context.Context) (<-chan error, error) {
 			}
 		}).
 		SetCustomOpenConnectionFn(func(u *url.URL, _ mqtt.ClientOptions) (net.Conn, error) {
-			cn, err := c.dial(ctx, u, ep.tls)
+			cn, err := c.dial(ctx, u)
 			if err != nil {
 				return nil, err
 			}
@@ -633,7 +625,7 @@ func (c *Client) connect(ctx context.Context) (<-chan error, error) {
 	conn.established.Store(true)
 	c.connectSucceeded(conn.resumed)
 	go conn.monitor(c.opts.KeepAlive, func(silent time.Duration) {
-		c.log.Warn("broker silent, dropping the connection", "broker", ep.url.Host, "silent", silent.Round(time.Millisecond))
+		c.log.Warn("broker silent, dropping the connection", "broker", broker.Host, "silent", silent.Round(time.Millisecond))
 	})
 
 	c.mu.Lock()
@@ -644,7 +636,7 @@ func (c *Client) connect(ctx context.Context) (<-chan error, error) {
 	}
 	c.stats.Connects++
 	c.stats.LastConnected = time.Now()
-	c.stats.Broker = ep.url.String()
+	c.stats.Broker = broker.String()
 	c.mu.Unlock()
 	c.connected.Store(true)
 	// OnConnect is queued before subscribing, so it runs before any message
@@ -674,7 +666,7 @@ func (c *Client) connect(ctx context.Context) (<-chan error, error) {
 	c.mu.Lock()
 	c.stats.LastSubscribed = time.Now()
 	c.mu.Unlock()
-	c.log.Info("connected", "broker", ep.url.Host)
+	c.log.Info("connected", "broker", broker.Host)
 	subscribed <- true
 	return lost, nil
 }
@@ -682,7 +674,7 @@ func (c *Client) connect(ctx context.Context) (<-chan error, error) {
 // dial opens the TLS connection paho runs MQTT over, verifying the broker's
 // certificate against the CA and the host name (or, for a plain broker that
 // AllowPlain accepted, the TCP connection).
-func (c *Client) dial(ctx context.Context, u *url.URL, conf *tls.Config) (*liveConn, error) {
+func (c *Client) dial(ctx context.Context, u *url.URL) (*liveConn, error) {
 	ctx, cancel := context.WithTimeout(ctx, c.opts.ConnectTimeout)
 	defer cancel()
 	raw, err := c.dialTCP(ctx, u)
@@ -692,10 +684,15 @@ func (c *Client) dial(ctx context.Context, u *url.URL, conf *tls.Config) (*liveC
 	if tc, ok := raw.(*net.TCPConn); ok {
 		tc.SetNoDelay(true)
 	}
-	if conf == nil { // plain mqtt://, AllowPlain
+	conf := c.tls.Load()
+	if conf == nil || u.Scheme == "mqtt" { // plain mqtt://, AllowPlain
 		return newLiveConn(raw, time.Now()), nil
 	}
-	tc := tls.Client(raw, conf.Clone())
+	conf = conf.Clone()
+	if conf.ServerName == "" {
+		conf.ServerName = u.Hostname()
+	}
+	tc := tls.Client(raw, conf)
 	if err := tc.HandshakeContext(ctx); err != nil {
 		raw.Close()
 		return nil, fmt.Errorf("tls: %w", err)

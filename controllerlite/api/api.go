@@ -5,6 +5,7 @@
 //	GET  /api/devices/{id}   one device
 //	PUT  /api/devices/{id}   set properties: {"setpoint_c": 21.5, "mode": "heat"}
 //	GET  /api/devices/{id}/history?from=&to=&step=   telemetry history (history.go)
+//	GET  /api/events         the live feed, when Options.Events is set (package web)
 //	GET  /healthz            fleet status; 200 once ready, 503 before
 //	GET  /metrics            Prometheus metrics, when Options.Metrics is set
 //
@@ -17,8 +18,9 @@
 //
 // With a token (always required when the listener is not on a loopback
 // address: see Listen), every /api/ request must carry
-// "Authorization: Bearer TOKEN", and so must /metrics. /healthz needs no
-// token.
+// "Authorization: Bearer TOKEN", and so must /metrics; a browser logged in
+// to the dashboard (Options.Session) may use its session cookie instead.
+// /healthz needs no token.
 package api
 
 import (
@@ -64,11 +66,22 @@ type Options struct {
 	SetTimeout time.Duration
 	// Logger defaults to slog.Default().
 	Logger *slog.Logger
+	// Session, if set, is a second way past the token: it reports whether
+	// the request carries a valid dashboard session (package web's
+	// cookie), so the browser needs no bearer token.
+	Session func(*http.Request) bool
+	// Events, if set, is served at GET /api/events behind the same check
+	// as every /api/ request: the dashboard's live feed.
+	Events http.Handler
+	// Delete, when set, serves DELETE /api/devices/{id} (delete.go).
+	Delete Deleter
 	// History answers GET /api/devices/{id}/history; nil: 404.
 	History History
 	// Metrics, if set, is served at GET /metrics under the same
 	// authentication as /api/ (see package controllerlite/metrics).
 	Metrics http.Handler
+	// OTA, when set, serves the /api/ota endpoints (api/ota.go).
+	OTA OTA
 }
 
 type handler struct {
@@ -91,11 +104,18 @@ func NewHandler(f Fleet, o Options) http.Handler {
 	mux.HandleFunc("GET /api/devices", h.auth(h.list))
 	mux.HandleFunc("GET /api/devices/{id}", h.auth(h.get))
 	mux.HandleFunc("PUT /api/devices/{id}", h.auth(h.put))
+	if o.Delete != nil {
+		mux.HandleFunc("DELETE /api/devices/{id}", h.auth(h.del))
+	}
 	mux.HandleFunc("GET /api/devices/{id}/history", h.auth(h.history))
+	if o.Events != nil {
+		mux.HandleFunc("GET /api/events", h.auth(o.Events.ServeHTTP))
+	}
 	mux.HandleFunc("GET /healthz", h.health)
 	if o.Metrics != nil {
 		mux.HandleFunc("GET /metrics", h.auth(o.Metrics.ServeHTTP))
 	}
+	h.registerOTA(mux)
 	return mux
 }
 
@@ -105,6 +125,10 @@ func (h *handler) auth(next http.HandlerFunc) http.HandlerFunc {
 		return next
 	}
 	return func(w http.ResponseWriter, r *http.Request) {
+		if h.opts.Session != nil && h.opts.Session(r) {
+			next(w, r)
+			return
+		}
 		scheme, tok, _ := strings.Cut(r.Header.Get("Authorization"), " ")
 		// Hashing first makes the comparison constant-time in the
 		// token's length as well as its content.

@@ -173,7 +173,7 @@ func TestDeviceJSON(t *testing.T) {
 		t.Fatalf("%s: %v", body, err)
 	}
 	d1 := devs[0]
-	keys := []string{"alerts", "id", "last_seen", "online", "pending", "props", "telemetry", "vc"}
+	keys := []string{"alerts", "cert_expires", "id", "last_seen", "online", "pending", "props", "telemetry", "vc"}
 	var got []string
 	for k := range d1 {
 		got = append(got, k)

@@ -3,6 +3,7 @@ package broker
 import (
 	"bytes"
 	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -33,6 +34,8 @@ type authHook struct {
 	mqtt.HookBase
 	root string
 	log  *slog.Logger
+	// revoked, if set, refuses revoked certificates (Options.Revoked).
+	revoked func(*x509.Certificate) (string, bool)
 
 	onClient atomic.Pointer[func(id string, connected bool)]
 
@@ -46,8 +49,8 @@ type authHook struct {
 	current map[string]*mqtt.Client // the live session of each client id
 }
 
-func newAuthHook(root string, log *slog.Logger) *authHook {
-	return &authHook{root: root, log: log, current: make(map[string]*mqtt.Client)}
+func newAuthHook(root string, log *slog.Logger, revoked func(*x509.Certificate) (string, bool)) *authHook {
+	return &authHook{root: root, log: log, revoked: revoked, current: make(map[string]*mqtt.Client)}
 }
 
 func (h *authHook) ID() string { return "thermo-auth" }
@@ -95,11 +98,14 @@ func (h *authHook) identify(cl *mqtt.Client, pk packets.Packet) (string, error) 
 	if err != nil {
 		return "", err
 	}
+	revoked := h.isRevoked(tc)
 	switch {
 	case reservedIDs[cn]:
 		return "", fmt.Errorf("certificate CN %q is reserved", cn)
 	case !protocol.IsControllerID(cn) && protocol.CheckDeviceID(cn) != nil:
 		return "", fmt.Errorf("certificate CN %q is not a valid device id or controller name: %w", cn, protocol.CheckDeviceID(cn))
+	case revoked != "":
+		return "", fmt.Errorf("certificate of %q is revoked: %s", cn, revoked)
 	case pk.Connect.ClientIdentifier != cn:
 		return "", fmt.Errorf("client id %q does not match certificate CN %q", pk.Connect.ClientIdentifier, cn)
 	case pk.Connect.WillFlag && !protocol.MayPublish(h.root, cn, pk.Connect.WillTopic, pk.Connect.WillRetain):
@@ -220,4 +226,24 @@ func (h *authHook) OnDisconnect(cl *mqtt.Client, err error, _ bool) {
 	if fn := h.onClient.Load(); fn != nil {
 		(*fn)(cl.ID, false)
 	}
+}
+
+// isRevoked returns why the verified client certificate of tc is revoked,
+// "" when it is not.
+func (h *authHook) isRevoked(tc *tls.Conn) string {
+	if h.revoked == nil {
+		return ""
+	}
+	st := tc.ConnectionState()
+	if len(st.VerifiedChains) == 0 || len(st.VerifiedChains[0]) == 0 {
+		return ""
+	}
+	reason, revoked := h.revoked(st.VerifiedChains[0][0])
+	if !revoked {
+		return ""
+	}
+	if reason == "" {
+		reason = "revoked"
+	}
+	return reason
 }

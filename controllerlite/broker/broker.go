@@ -19,6 +19,7 @@ package broker
 
 import (
 	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -85,6 +86,11 @@ type Options struct {
 	// Logger receives the broker's and mochi's logs; slog.Default() if nil.
 	Logger *slog.Logger
 
+	// Revoked, when set, is asked about every client certificate at
+	// CONNECT: a revoked one is refused (the reason is logged). CutRevoked
+	// asks it again about the connected clients.
+	Revoked func(cert *x509.Certificate) (reason string, revoked bool)
+
 	// ConnectTimeout bounds the TLS handshake and the wait for CONNECT
 	// together: the connection is closed when it passes without a CONNECT.
 	// DefaultConnectTimeout if zero.
@@ -102,6 +108,8 @@ type Broker struct {
 	gate *sessionGate
 	// identity sees duplicate certificates and refused ones (identity.go).
 	identity *identity
+	// cert is the server certificate, replaced by ReloadCertificate.
+	cert atomic.Pointer[tls.Certificate]
 
 	mu      sync.Mutex
 	started bool
@@ -174,11 +182,16 @@ func New(opts Options) (*Broker, error) {
 		log:  opts.Logger,
 		tls:  tlsConf,
 		srv:  srv,
-		auth: newAuthHook(opts.TopicRoot, opts.Logger),
+		auth: newAuthHook(opts.TopicRoot, opts.Logger, opts.Revoked),
 		gate: newSessionGate(opts.Logger, disconnectTakenOver(srv)),
 
 		identity: ident,
 	}
+	// The server certificate through GetCertificate, so that it can be
+	// replaced without a restart (reload.go).
+	b.cert.Store(&tlsConf.Certificates[0])
+	tlsConf.Certificates = nil
+	tlsConf.GetCertificate = func(*tls.ClientHelloInfo) (*tls.Certificate, error) { return b.cert.Load(), nil }
 	b.auth.gate = b.gate
 	b.auth.identity = b.identity
 	// The only hook that answers OnConnectAuthenticate and OnACLCheck. mochi

@@ -158,7 +158,7 @@ func TestImpostorDoesNotTakeOver(t *testing.T) {
 // TestReservedIDs: the broker's own reserved ids get no rights, whatever
 // the protocol's rule says of them.
 func TestReservedIDs(t *testing.T) {
-	h := newAuthHook("thermo", nil)
+	h := newAuthHook("thermo", nil, nil)
 	if h.mayPublish("inline", "thermo/inline/event", true) || h.maySubscribe("inline", "thermo/inline/cmd") {
 		t.Error("the reserved id inline has rights")
 	}

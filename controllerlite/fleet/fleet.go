@@ -78,6 +78,9 @@ type Store interface {
 	// before it returns: the fleet publishes a Command only after the
 	// replica it carries is stored.
 	Put(devs ...store.Device) error
+	// Delete removes the records of ids in one transaction; an id
+	// without a record is no error.
+	Delete(ids ...string) error
 	// Path says where the records are, for the log (no secrets).
 	Path() string
 }
@@ -130,6 +133,12 @@ type Device struct {
 	// telemetry reports and those the controller sees (duplicate_identity,
 	// tls_refused), sorted by code; [] when none.
 	Alerts []protocol.Alert `json:"alerts"`
+	// CertExpires is when the device's certificate ends, as its latest
+	// telemetry reports it; null until it does.
+	CertExpires *time.Time `json:"cert_expires"`
+	// Firmware is the firmware version the device last reported, absent
+	// if it never did (an older firmware).
+	Firmware string `json:"firmware,omitempty"`
 }
 
 // Status is a summary of the fleet's health and counters.
@@ -445,6 +454,12 @@ func (f *Fleet) set(ctx context.Context, id string, changes map[string]any) (Dev
 
 // handle processes one message from the broker.
 func (f *Fleet) handle(topic string, payload []byte, retained bool) {
+	if len(payload) == 0 {
+		// A retained message being removed (Delete does that): nothing
+		// to apply, and no device to make of it.
+		f.log.Debug("empty message ignored", "topic", topic, "retained", retained)
+		return
+	}
 	f.count.received.Add(1)
 	f.count.by.receive(topic)
 	if f.wait.waiting && retained {
@@ -516,6 +531,9 @@ func (f *Fleet) handle(topic string, payload []byte, retained bool) {
 			f.log.Info("device status", "device", id, "online", s.Online, "retained", retained)
 		}
 		rec.Online = s.Online
+		if s.Firmware != "" {
+			rec.Firmware = s.Firmware
+		}
 		f.dirty[id] = true
 		if s.Online {
 			if g := f.ctrl.Online(id); g != nil {
@@ -543,6 +561,9 @@ func (f *Fleet) handle(topic string, payload []byte, retained bool) {
 		f.ctrl.Seen(id)
 		rec := f.record(id)
 		rec.Telemetry = b
+		if t.Firmware != "" {
+			rec.Firmware = t.Firmware
+		}
 		rec.Reported = f.reported(id, rec.Reported, t.Alerts)
 		f.dirty[id] = true
 		if f.opts.Telemetry != nil && !retained {
@@ -598,7 +619,7 @@ func (f *Fleet) updateView(id string) {
 		return
 	}
 	d := Device{ID: id, Online: rec.Online, VC: r.VC, Props: r.Props, Telemetry: rec.Telemetry, Pending: rec.Owed,
-		Alerts: mergeAlerts(rec.Reported, rec.Raised)}
+		Alerts: mergeAlerts(rec.Reported, rec.Raised), Firmware: rec.Firmware}
 	if d.Props == nil {
 		d.Props = protocol.Props{}
 	}
@@ -606,6 +627,7 @@ func (f *Fleet) updateView(id string) {
 		t := rec.LastSeen
 		d.LastSeen = &t
 	}
+	d.CertExpires = certExpires(rec.Telemetry)
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if old, ok := f.view[id]; ok && old.Pending {

@@ -9,7 +9,9 @@ import (
 
 // Connect makes the transport client that links f to an external broker.
 // It sets o's Handler, OnConnect and OnDisconnect; the caller runs the
-// client (Run) and so owns the connection's lifetime.
+// client (Run) and so owns the connection's lifetime. A Handler already in
+// o receives the messages of the subscriptions the caller adds itself
+// (certificate requests): every topic whose kind the fleet does not read.
 //
 // On a connection made before f is ready, OnConnect subscribes to f's
 // filters itself and waits for each acknowledgement, so the quiet period
@@ -17,7 +19,14 @@ import (
 // accepted the subscriptions. Later connections are subscribed by the
 // client, which renews every filter on every connection.
 func Connect(f *Fleet, o transport.Options) (*transport.Client, error) {
-	o.Handler = func(m transport.Message) { f.Receive(m.Topic, m.Payload, m.Retained) }
+	other := o.Handler
+	o.Handler = func(m transport.Message) {
+		if other != nil && !f.reads(m.Topic) {
+			other(m)
+			return
+		}
+		f.Receive(m.Topic, m.Payload, m.Retained)
+	}
 	o.OnConnect = func(_ context.Context, c *transport.Client) {
 		if !f.IsReady() {
 			for _, filter := range f.Filters() {

@@ -114,6 +114,9 @@ type deviceInfo struct {
 	Name         string   `json:"name"`
 	Manufacturer string   `json:"manufacturer"`
 	Model        string   `json:"model"`
+	// SWVersion is the firmware version the device reports (on the
+	// climate entity's block; Home Assistant merges a device's blocks).
+	SWVersion string `json:"sw_version,omitempty"`
 }
 
 type origin struct {
@@ -239,9 +242,11 @@ func presetModes(d fleet.Device) []string {
 
 func climateEntity(t Topics, d fleet.Device, tel *protocol.Telemetry) (entity, error) {
 	id := d.ID
+	dev := t.device(id)
+	dev.SWVersion = d.Firmware
 	doc := climateDoc{
 		UniqueID:         t.uniqueID(id, "climate"),
-		Device:           t.device(id),
+		Device:           dev,
 		Origin:           origin{Name: "thermofleet controllerlite"},
 		Availability:     t.availability(id),
 		AvailabilityMode: "all",

@@ -37,6 +37,7 @@ func TestEntities(t *testing.T) {
 		configs []string          // discovery topics, in order
 		states  map[string]string // every state published, by topic
 		presets []string          // the climate document's preset_modes
+		fw      string            // the firmware the device reports: the device block's sw_version
 	}{
 		{
 			name:    "new device, no telemetry yet",
@@ -70,6 +71,7 @@ func TestEntities(t *testing.T) {
 				"thermofleet/living-room/sensor/out.door/availability": "offline",
 			},
 			presets: []string{"away", "comfort", "eco", "home", "sleep"},
+			fw:      "1.4.0",
 		},
 		{
 			name: "own presets, firmware without action, control sensor failed",
@@ -87,6 +89,7 @@ func TestEntities(t *testing.T) {
 		},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
+			tc.d.Firmware = tc.fw
 			es, err := entities(testTopics, tc.d)
 			if err != nil {
 				t.Fatal(err)
@@ -113,6 +116,10 @@ func TestEntities(t *testing.T) {
 				t.Fatal(err)
 			}
 			checkClimateDoc(t, tc.d.ID, doc, tc.presets)
+			dev, _ := doc["device"].(map[string]any)
+			if sw, ok := dev["sw_version"]; tc.fw == "" && ok || tc.fw != "" && sw != tc.fw {
+				t.Errorf("device block %v, want sw_version %q", dev, tc.fw)
+			}
 			for _, e := range es[1:] {
 				var doc map[string]any
 				if err := json.Unmarshal(e.config, &doc); err != nil {

@@ -68,12 +68,10 @@ const (
 const schemaVersion = "1"
 
 var (
-	bucketMeta    = []byte("meta")
 	bucketDevices = []byte("devices") // one nested bucket per device id
-	keyVersion    = []byte("version")
-	subRaw        = []byte("r") // in a device's bucket: raw samples
-	subBuckets    = []byte("b") // in a device's bucket: 15-minute buckets
-	keyCompacted  = []byte("c") // in a device's bucket: unix s compacted up to
+	subRaw        = []byte("r")       // in a device's bucket: raw samples
+	subBuckets    = []byte("b")       // in a device's bucket: 15-minute buckets
+	keyCompacted  = []byte("c")       // in a device's bucket: unix s compacted up to
 )
 
 // Options configure a History. The zero value means the defaults.
@@ -148,27 +146,9 @@ func Open(dir string, o Options) (*History, error) {
 		return nil, fmt.Errorf("open history: create data directory: %w", err)
 	}
 	path := filepath.Join(dir, FileName)
-	db, err := store.OpenDB(path, store.CureHistory)
+	db, err := store.OpenVersioned(path, store.CureHistory, schemaVersion, bucketDevices)
 	if err != nil {
 		return nil, fmt.Errorf("open history: %w", err)
-	}
-	err = db.Update(func(tx *bbolt.Tx) error {
-		meta, err := tx.CreateBucketIfNotExists(bucketMeta)
-		if err != nil {
-			return err
-		}
-		if v := meta.Get(keyVersion); v != nil && string(v) != schemaVersion {
-			return fmt.Errorf("written by an incompatible controllerlite (schema %q, this one reads %q)", v, schemaVersion)
-		}
-		if err := meta.Put(keyVersion, []byte(schemaVersion)); err != nil {
-			return err
-		}
-		_, err = tx.CreateBucketIfNotExists(bucketDevices)
-		return err
-	})
-	if err != nil {
-		db.Close()
-		return nil, fmt.Errorf("open history %s: %w", path, err)
 	}
 	h := &History{
 		db: db, path: path, o: o, log: o.Logger, lim: lograte.New(0, nil),

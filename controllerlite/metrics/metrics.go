@@ -22,11 +22,10 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/collectors"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/thermofleet/thermo/controllerlite/broker"
 	"github.com/thermofleet/thermo/controllerlite/fleet"
+	"github.com/thermofleet/thermo/internal/promreg"
 )
 
 // Namespace is the first word of every metric name of the controller.
@@ -70,7 +69,6 @@ func New(log *slog.Logger) *Metrics {
 		log = slog.Default()
 	}
 	m := &Metrics{
-		reg: prometheus.NewRegistry(),
 		log: log,
 		commit: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Namespace: Namespace, Name: "commit_duration_seconds",
@@ -83,11 +81,7 @@ func New(log *slog.Logger) *Metrics {
 			Buckets: ResyncBuckets,
 		}),
 	}
-	m.reg.MustRegister(
-		collectors.NewGoCollector(),
-		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
-		m.commit, m.resync,
-	)
+	m.reg = promreg.New(m.commit, m.resync)
 	return m
 }
 
@@ -116,11 +110,7 @@ func (m *Metrics) Registry() *prometheus.Registry { return m.reg }
 // (promhttp_metric_handler_requests_total). A collector's error is logged
 // and answered with 500, never half a page. Call it once.
 func (m *Metrics) Handler() http.Handler {
-	return promhttp.InstrumentMetricHandler(m.reg, promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{
-		ErrorLog:      slog.NewLogLogger(m.log.Handler(), slog.LevelError),
-		ErrorHandling: promhttp.HTTPErrorOnError,
-		Registry:      m.reg,
-	}))
+	return promreg.Handler(m.reg, m.log)
 }
 
 func desc(name, help string, labels ...string) *prometheus.Desc {
@@ -146,6 +136,7 @@ var (
 	devAlertsDesc   = desc("device_alerts", "Active alerts of the device, reported by it or seen by the controller.", "device")
 	devAlertDesc    = desc("device_alert", "1 for each alert active on the device, by code (duplicate_identity, sensor_fault, storage_error, tls_refused, or a newer device's own).", "device", "code")
 	devLastSeenDesc = desc("device_last_seen_timestamp_seconds", "When a live message last came from the device, in Unix seconds.", "device")
+	devCertDesc     = desc("device_certificate_expiry_timestamp_seconds", "When the device's certificate ends, as its telemetry reports it, in Unix seconds.", "device")
 
 	clientsDesc  = desc("broker_clients_connected", "Network clients connected to the embedded broker.")
 	retainedDesc = desc("broker_retained_messages", "Retained messages the embedded broker holds.")
@@ -160,21 +151,16 @@ type fleetCollector struct{ f Fleet }
 func (fleetCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{devicesDesc, devicesOnlineDesc, readyDesc, linkUpDesc, receivedDesc, rejectedDesc,
 		propsRejectedDesc, publishedDesc, owedDesc, devOnlineDesc, devTempDesc, devSetpointDesc, devHeatingDesc,
-		devCoolingDesc, devAlertsDesc, devAlertDesc, devLastSeenDesc} {
+		devCoolingDesc, devAlertsDesc, devAlertDesc, devLastSeenDesc, devCertDesc} {
 		ch <- d
 	}
 }
 
 func (c fleetCollector) Collect(ch chan<- prometheus.Metric) {
-	gauge := func(d *prometheus.Desc, v float64, labels ...string) {
-		ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, v, labels...)
-	}
-	counter := func(d *prometheus.Desc, v uint64, labels ...string) {
-		ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, float64(v), labels...)
-	}
+	gauge, counter := promreg.Emit(ch).Gauge, promreg.Emit(ch).Counter
 	st := c.f.Status()
-	gauge(readyDesc, b2f(st.Ready))
-	gauge(linkUpDesc, b2f(st.Connected))
+	gauge(readyDesc, promreg.Bool(st.Ready))
+	gauge(linkUpDesc, promreg.Bool(st.Connected))
 	counter(propsRejectedDesc, st.PropsRejected)
 	counter(publishedDesc, st.Published)
 	gauge(owedDesc, float64(st.Owed))
@@ -192,7 +178,7 @@ func (c fleetCollector) Collect(ch chan<- prometheus.Metric) {
 		if d.Online {
 			online++
 		}
-		gauge(devOnlineDesc, b2f(d.Online), d.ID)
+		gauge(devOnlineDesc, promreg.Bool(d.Online), d.ID)
 		if sp, ok := d.Props.Setpoint(); ok {
 			gauge(devSetpointDesc, sp, d.ID)
 		}
@@ -202,6 +188,9 @@ func (c fleetCollector) Collect(ch chan<- prometheus.Metric) {
 			if i == 0 || a.Code != d.Alerts[i-1].Code {
 				gauge(devAlertDesc, 1, d.ID, a.Code)
 			}
+		}
+		if d.CertExpires != nil {
+			gauge(devCertDesc, float64(d.CertExpires.Unix()), d.ID)
 		}
 		if d.LastSeen != nil {
 			gauge(devLastSeenDesc, float64(d.LastSeen.UnixMilli())/1000, d.ID)
@@ -218,8 +207,8 @@ func (c fleetCollector) Collect(ch chan<- prometheus.Metric) {
 		if t.TempC != nil {
 			gauge(devTempDesc, *t.TempC, d.ID)
 		}
-		gauge(devHeatingDesc, b2f(t.Heat), d.ID)
-		gauge(devCoolingDesc, b2f(t.Cool), d.ID)
+		gauge(devHeatingDesc, promreg.Bool(t.Heat), d.ID)
+		gauge(devCoolingDesc, promreg.Bool(t.Cool), d.ID)
 	}
 	// From the same list as the per-device series, so the two agree.
 	gauge(devicesDesc, float64(len(devs)))
@@ -251,11 +240,4 @@ func (c brokerCollector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(brRecvDesc, prometheus.CounterValue, float64(s.MessagesReceived))
 	ch <- prometheus.MustNewConstMetric(brSentDesc, prometheus.CounterValue, float64(s.MessagesSent))
 	ch <- prometheus.MustNewConstMetric(brDropDesc, prometheus.CounterValue, float64(s.MessagesDropped))
-}
-
-func b2f(b bool) float64 {
-	if b {
-		return 1
-	}
-	return 0
 }

@@ -51,6 +51,9 @@ func temp(c float64) *float64 { return &c }
 // seen is the stub's last_seen: 2026-12-04T20:00:01.5Z, 1796414401.5.
 var seen = time.Date(2026, 12, 4, 20, 0, 1, 500_000_000, time.UTC)
 
+// certEnd is a device certificate's end, 90 days after it was issued.
+var certEnd = time.Date(2027, 3, 4, 0, 0, 0, 0, time.UTC)
+
 func stub(t *testing.T) stubFleet {
 	counts := fleet.Counts{Received: map[string]uint64{}, Rejected: map[string]map[string]uint64{}}
 	for _, k := range fleet.CountedKinds {
@@ -69,7 +72,7 @@ func stub(t *testing.T) stubFleet {
 		st: fleet.Status{Ready: true, Connected: true, Devices: 3, Received: 10, Rejected: 2, PropsRejected: 1, Published: 4, Owed: 1},
 		c:  counts,
 		devs: []fleet.Device{
-			{ID: "heating", Online: true, Props: sp(21), LastSeen: &seen,
+			{ID: "heating", Online: true, Props: sp(21), LastSeen: &seen, CertExpires: &certEnd,
 				Telemetry: telemetry(t, protocol.Telemetry{TempC: temp(19.25), Heat: true, SensorOK: true})},
 			{ID: "faulty", Online: true, Props: protocol.Props{},
 				Telemetry: telemetry(t, protocol.Telemetry{Alerts: []string{protocol.AlertSensorFault}}),
@@ -124,6 +127,9 @@ controllerlite_device_alert{code="storage_error",device="faulty"} 1
 `},
 		{"controllerlite_device_last_seen_timestamp_seconds", `
 controllerlite_device_last_seen_timestamp_seconds{device="heating"} 1796414401.5
+`},
+		{"controllerlite_device_certificate_expiry_timestamp_seconds", `
+controllerlite_device_certificate_expiry_timestamp_seconds{device="heating"} 1804118400
 `},
 		{"controllerlite_broker_clients_connected", "controllerlite_broker_clients_connected 2\n"},
 		{"controllerlite_broker_retained_messages", "controllerlite_broker_retained_messages 6\n"},

@@ -10,13 +10,17 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"os"
+	"os/signal"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/thermofleet/thermo/internal/cli"
 
 	"github.com/thermofleet/thermo/controllerlite/api"
 	"github.com/thermofleet/thermo/controllerlite/hass"
+	"github.com/thermofleet/thermo/controllerlite/ota"
 	"github.com/thermofleet/thermo/protocol"
 	"github.com/thermofleet/thermo/provisioning"
 	"github.com/thermofleet/thermo/systemd"
@@ -52,6 +56,12 @@ func ParseFlags(args []string, stderr io.Writer) (Flags, error) {
 	fs.DurationVar(&cfg.KeepAlive, "keep-alive", transport.DefaultKeepAlive, "MQTT keep-alive of the link to --broker; a broker silent this long is dropped and reconnected")
 	fs.StringVar(&cfg.TopicRoot, "topic-root", protocol.DefaultRoot, "first topic level")
 	fs.StringVar(level, "log-level", "info", "log level: debug, info, warn or error")
+	fs.StringVar(&cfg.SigningKeyFile, "signing-key", "", "the fleet CA's private key `FILE` (the key of --ca): devices renew their certificates through the controller; without it renewal is off")
+	fs.DurationVar(&cfg.DeviceCertLifetime, "device-cert-lifetime", provisioning.DefaultDeviceValidity, "life of the device certificates the controller issues")
+	fs.StringVar(&cfg.EnrollListen, "enroll-listen", "", "HTTPS listen `ADDR` of the enrolment endpoint (EST simple re-enroll) where a device whose certificate expired renews; needs --signing-key")
+	fs.DurationVar(&cfg.EnrollGrace, "enroll-grace", 180*24*time.Hour, "how long after its end an expired device certificate is still taken on --enroll-listen")
+	fs.StringVar(&cfg.EnrollCertFile, "enroll-cert", "", "server certificate `FILE` of --enroll-listen (default --cert)")
+	fs.StringVar(&cfg.EnrollKeyFile, "enroll-key", "", "private key `FILE` of --enroll-cert (default --key)")
 	ha := &cfg.HomeAssistant
 	fs.StringVar(&ha.Broker, "ha-broker", "", "Home Assistant's MQTT broker, mqtt://HOST:PORT or mqtts://HOST:PORT: publish the fleet there with MQTT discovery (docs/home-assistant.md)")
 	fs.StringVar(&ha.Username, "ha-username", "", "user `NAME` on --ha-broker")
@@ -59,6 +69,11 @@ func ParseFlags(args []string, stderr io.Writer) (Flags, error) {
 	fs.StringVar(&ha.CAFile, "ha-ca", "", "CA certificate `FILE` of an mqtts:// --ha-broker with a private CA (default: the system's roots)")
 	fs.StringVar(&ha.Prefix, "ha-prefix", hass.DefaultPrefix, "Home Assistant's discovery prefix")
 	fs.StringVar(&ha.TopicRoot, "ha-topic-root", hass.DefaultTopicRoot, "first topic level of the devices' state and command topics on --ha-broker")
+	fs.StringVar(&cfg.ReleasesDir, "releases-dir", "", "`DIR` of signed thermostat releases (binary and BINARY.manifest.json) to serve and roll out; OTA is off without it")
+	fs.StringVar(&cfg.OTAListen, "ota-listen", "", "HTTPS listen `ADDR` of the release server, mutual TLS with the fleet CA (default "+ota.DefaultListen+" with --releases-dir)")
+	fs.StringVar(&cfg.OTAURL, "ota-url", "", "base `URL` devices fetch releases from (default https://<the device's broker host>:<--ota-listen port>)")
+	fs.StringVar(&cfg.OTACert, "ota-cert", "", "server certificate `FILE` of the release server (default --cert with the embedded broker)")
+	fs.StringVar(&cfg.OTAKey, "ota-key", "", "private key `FILE` of --ota-cert")
 	if pos, err := cli.Parse(fs, args); err != nil {
 		return o, err
 	} else if len(pos) > 0 {
@@ -109,6 +124,12 @@ func Command(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	if err := checkCertificates(cfg, time.Now()); err != nil {
 		return fmt.Errorf("serve: %w", err)
 	}
+	// SIGHUP reloads the certificates: a renewed server certificate
+	// takes over without interrupting the fleet. Caught from here on, so
+	// that one sent while starting does not kill the process.
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
 	s, err := Start(ctx, cfg)
 	if err != nil {
 		return fmt.Errorf("serve: %w", err)
@@ -120,6 +141,27 @@ func Command(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		fmt.Fprintf(stdout, "controllerlite: mqtt broker %s (external)\n", strings.Join(append([]string{cfg.Broker}, cfg.Failover...), ","))
 	}
 	fmt.Fprintf(stdout, "controllerlite: http listening on %s\n", s.HTTPAddr())
+	if a := s.EnrollAddr(); a != nil {
+		fmt.Fprintf(stdout, "controllerlite: enroll listening on %s\n", a)
+	}
+	if !s.RenewalOn() {
+		fmt.Fprintln(stdout, "controllerlite: certificate renewal off (no --signing-key): device certificates will expire")
+	}
+	go func() {
+		for {
+			select {
+			case <-s.Done():
+				return
+			case <-hup:
+				if err := s.Reload(); err != nil {
+					cfg.Logger.Error("SIGHUP: certificates not reloaded, the ones in use stay", "err", err)
+				}
+			}
+		}
+	}()
+	if a := s.OTAAddr(); a != nil {
+		fmt.Fprintf(stdout, "controllerlite: ota listening on %s\n", a)
+	}
 	// Under systemd (Type=notify): READY=1 once the fleet has read the
 	// retained state, WATCHDOG=1 only while it is running; no-op elsewhere.
 	supervised := make(chan struct{})

@@ -7,6 +7,7 @@ package server
 
 import (
 	"context"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -18,12 +19,16 @@ import (
 
 	"github.com/thermofleet/thermo/controllerlite/api"
 	"github.com/thermofleet/thermo/controllerlite/broker"
+	"github.com/thermofleet/thermo/controllerlite/enroll"
 	"github.com/thermofleet/thermo/controllerlite/fleet"
 	"github.com/thermofleet/thermo/controllerlite/hass"
 	"github.com/thermofleet/thermo/controllerlite/history"
 	"github.com/thermofleet/thermo/controllerlite/metrics"
+	"github.com/thermofleet/thermo/controllerlite/ota"
+	"github.com/thermofleet/thermo/controllerlite/renewal"
 	"github.com/thermofleet/thermo/controllerlite/store"
 	"github.com/thermofleet/thermo/controllerlite/store/pgstore"
+	"github.com/thermofleet/thermo/controllerlite/web"
 	"github.com/thermofleet/thermo/protocol"
 	"github.com/thermofleet/thermo/provisioning"
 	"github.com/thermofleet/thermo/transport"
@@ -81,6 +86,25 @@ type Config struct {
 	KeepAlive time.Duration
 	// TopicRoot defaults to protocol.DefaultRoot.
 	TopicRoot string
+	// SigningKeyFile is the CA's private key (the key of CAFile): with it
+	// the controller renews devices' certificates (over MQTT, and on
+	// EnrollListen); without it renewal is off.
+	SigningKeyFile string
+	// DeviceCertLifetime is the life of the certificates it issues;
+	// provisioning.DefaultDeviceValidity when 0.
+	DeviceCertLifetime time.Duration
+	// EnrollListen, when set, is the HTTPS listen address of the
+	// enrolment endpoint (EST simple re-enroll): devices whose
+	// certificate expired less than EnrollGrace ago renew there. It needs
+	// SigningKeyFile.
+	EnrollListen string
+	// EnrollGrace is how long after its end a certificate is still taken
+	// on EnrollListen; enroll.DefaultGrace when 0.
+	EnrollGrace time.Duration
+	// EnrollCertFile and EnrollKeyFile are the endpoint's server
+	// certificate; CertFile and KeyFile when empty (with the embedded
+	// broker they are the fleet's server certificate).
+	EnrollCertFile, EnrollKeyFile string
 	// HomeAssistant, when its Broker is set, bridges the fleet to Home
 	// Assistant's broker (package hass).
 	HomeAssistant hass.Options
@@ -93,6 +117,12 @@ type Config struct {
 	Metrics bool
 	// Logger defaults to slog.Default().
 	Logger *slog.Logger
+
+	// ReleasesDir, when set, turns over-the-air updates on: the release
+	// server on OTAListen (ota.DefaultListen if empty) serves it with
+	// OTACert/OTAKey (CertFile/KeyFile with the embedded broker), and
+	// offers name OTAURL or the device's broker host.
+	ReleasesDir, OTAListen, OTAURL, OTACert, OTAKey string
 }
 
 // Server is a running controller.
@@ -104,8 +134,15 @@ type Server struct {
 	fl     *fleet.Fleet
 	br     *broker.Broker
 	tc     *transport.Client
+	revs   *provisioning.RevocationWatch
+	renew  *renewal.Service
+	enroll *enroll.Server
+	// certs are the server certificates SIGHUP reloads.
+	certs  []*reloadableCert
 	ln     net.Listener
 	http   *http.Server
+	ota    *ota.Manager
+	rel    *ota.ReleaseServer
 	cancel context.CancelFunc
 	wg     sync.WaitGroup // the fleet and transport goroutines
 	errc   chan error     // a fatal error of a part
@@ -149,12 +186,40 @@ func Start(ctx context.Context, cfg Config) (_ *Server, err error) {
 		return nil, err
 	}
 
+	// The revocation lists (`controllerlite pki revoke`) of the data
+	// directory and of the CA's directory (the PKI directory, where `pki
+	// revoke` without --data-dir records), re-read when they change: the
+	// embedded broker refuses and cuts what they name, renewal refuses it.
+	if s.revs, err = provisioning.NewRevocationWatch(s.log.With("part", "revocation"), cfg.DataDir, filepath.Dir(cfg.CAFile)); err != nil {
+		return nil, err
+	}
+	if cfg.ReleasesDir != "" {
+		if err = s.newOTA(); err != nil {
+			return nil, err
+		}
+	}
+
 	runCtx, cancel := context.WithCancel(context.Background())
 	s.cancel = cancel
+	if cfg.SigningKeyFile != "" {
+		signer, err := provisioning.LoadSigner(cfg.CAFile, cfg.SigningKeyFile)
+		if err != nil {
+			return nil, fmt.Errorf("--signing-key: %w", err)
+		}
+		if s.renew, err = renewal.New(renewal.Options{
+			Signer: signer, Revocations: s.revs, DataDir: cfg.DataDir, Root: cfg.TopicRoot,
+			Validity: cfg.DeviceCertLifetime, Logger: s.log.With("part", "renewal"),
+		}); err != nil {
+			return nil, err
+		}
+	} else {
+		s.log.Warn("certificate renewal is off: no --signing-key; devices' certificates will expire and must be replaced by hand")
+	}
 	if cfg.Broker == "" {
 		s.br, err = broker.New(broker.Options{
 			Listen: cfg.Listen, CAFile: cfg.CAFile, CertFile: cfg.CertFile, KeyFile: cfg.KeyFile,
 			DataDir: cfg.BrokerDataDir, TopicRoot: cfg.TopicRoot, Logger: s.log.With("part", "broker"),
+			Revoked: s.revoked,
 		})
 		if err != nil {
 			return nil, err
@@ -169,9 +234,13 @@ func Start(ctx context.Context, cfg Config) (_ *Server, err error) {
 		if err = fleet.AttachBroker(s.fl, s.br); err != nil {
 			return nil, err
 		}
+		if err = s.attachOTA(); err != nil {
+			return nil, err
+		}
 	} else {
 		s.tc, err = fleet.Connect(s.fl, transport.Options{
-			Broker: cfg.Broker, Failover: cfg.Failover, CAFile: cfg.CAFile, CertFile: cfg.CertFile, KeyFile: cfg.KeyFile,
+			Handler: s.otherMessage,
+			Broker:  cfg.Broker, Failover: cfg.Failover, CAFile: cfg.CAFile, CertFile: cfg.CertFile, KeyFile: cfg.KeyFile,
 			KeepAlive: cfg.KeepAlive, Backoff: LinkBackoff, DialStagger: LinkDialStagger,
 			OnTrouble: s.linkTrouble,
 			Logger:    s.log.With("part", "transport"),
@@ -179,11 +248,25 @@ func Start(ctx context.Context, cfg Config) (_ *Server, err error) {
 		if err != nil {
 			return nil, err
 		}
+		if err = s.attachOTA(); err != nil {
+			return nil, err
+		}
 		s.wg.Add(1)
 		go func() { defer s.wg.Done(); s.tc.Run(runCtx) }()
 	}
+	if err = s.startRenewal(runCtx); err != nil {
+		return nil, err
+	}
+	if err = s.startEnroll(); err != nil {
+		return nil, err
+	}
 	s.wg.Add(1)
 	go func() { defer s.wg.Done(); s.fl.Run(runCtx) }()
+	if s.br != nil {
+		s.revs.OnChange(func(*provisioning.Revocations) { s.br.CutRevoked() })
+	}
+	s.wg.Add(1)
+	go func() { defer s.wg.Done(); s.revs.Run(runCtx, 0) }()
 	if cfg.HomeAssistant.Broker != "" {
 		bridge, err := hass.New(s.fl, cfg.HomeAssistant)
 		if err != nil {
@@ -193,7 +276,15 @@ func Start(ctx context.Context, cfg Config) (_ *Server, err error) {
 		go func() { defer s.wg.Done(); bridge.Run(runCtx) }()
 	}
 
-	aopts := api.Options{Token: cfg.HTTPToken, History: s.hist, Logger: s.log.With("part", "api")}
+	// The dashboard shares the API's listener: its pages write through
+	// the API, which takes its session cookie in place of the token.
+	dash := web.New(s.fl, web.Options{Token: cfg.HTTPToken, Logger: s.log.With("part", "web")})
+	aopts := api.Options{Token: cfg.HTTPToken, History: s.hist, Logger: s.log.With("part", "api"),
+		Session: dash.Session, Events: dash.Events(), Delete: s.retire}
+	if s.ota != nil {
+		s.runOTA(runCtx)
+		aopts.OTA = s.ota
+	}
 	if m != nil {
 		var b metrics.Broker
 		if s.br != nil {
@@ -203,12 +294,13 @@ func Start(ctx context.Context, cfg Config) (_ *Server, err error) {
 		aopts.Metrics = m.Handler()
 	}
 	s.http = &http.Server{
-		Handler:           api.NewHandler(s.fl, aopts),
+		Handler:           dash.Handler(api.NewHandler(s.fl, aopts)),
 		ReadHeaderTimeout: 10 * time.Second,
 		ReadTimeout:       30 * time.Second,
 		IdleTimeout:       2 * time.Minute,
 		ErrorLog:          slog.NewLogLogger(s.log.With("part", "http").Handler(), slog.LevelWarn),
 	}
+	s.http.RegisterOnShutdown(dash.Close) // the live feeds would hold Shutdown
 	go func() {
 		if err := s.http.Serve(s.ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			s.errc <- fmt.Errorf("http: %w", err)
@@ -245,6 +337,81 @@ func (s *Server) brokerAlert(id, code string, raised bool, detail string) {
 		return
 	}
 	s.fl.RaiseAlert(id, code, detail)
+}
+
+// startRenewal subscribes the renewal service to the devices' requests
+// and runs it, when there is a signing key.
+func (s *Server) startRenewal(ctx context.Context) error {
+	if s.renew == nil {
+		return nil
+	}
+	var publish renewal.Publisher
+	if s.br != nil {
+		if err := s.br.Subscribe(s.renew.Filter(), s.renew.Receive); err != nil {
+			return fmt.Errorf("renewal: %w", err)
+		}
+		publish = func(_ context.Context, topic string, payload []byte, qos byte, retain bool) error {
+			return s.br.Publish(topic, payload, retain, qos)
+		}
+	} else {
+		if err := s.tc.Subscribe(s.renew.Filter(), 1); err != nil {
+			return fmt.Errorf("renewal: %w", err)
+		}
+		publish = s.tc.Publish
+	}
+	s.wg.Add(1)
+	go func() { defer s.wg.Done(); s.renew.Run(ctx, publish) }()
+	s.log.Info("certificate renewal on", "topic", s.renew.Filter())
+	return nil
+}
+
+// startEnroll starts the enrolment endpoint when asked for.
+func (s *Server) startEnroll() error {
+	cfg := s.cfg
+	if cfg.EnrollListen == "" {
+		return nil
+	}
+	if s.renew == nil {
+		return errors.New("--enroll-listen needs --signing-key: the endpoint signs renewals")
+	}
+	certFile, keyFile := cfg.EnrollCertFile, cfg.EnrollKeyFile
+	if certFile == "" {
+		certFile, keyFile = cfg.CertFile, cfg.KeyFile
+	}
+	cert, err := newReloadableCert(certFile, keyFile)
+	if err != nil {
+		return fmt.Errorf("--enroll-cert: %w", err)
+	}
+	s.certs = append(s.certs, cert)
+	s.enroll, err = enroll.Start(enroll.Options{
+		Listen: cfg.EnrollListen, CAFile: cfg.CAFile, Certificate: cert.get, Renewal: s.renew,
+		Grace: cfg.EnrollGrace, Logger: s.log.With("part", "enroll"),
+	})
+	return err
+}
+
+// EnrollAddr is the enrolment endpoint's address, nil without one.
+func (s *Server) EnrollAddr() net.Addr {
+	if s.enroll == nil {
+		return nil
+	}
+	return s.enroll.Addr()
+}
+
+// RenewalOn reports whether the controller renews certificates.
+func (s *Server) RenewalOn() bool { return s.renew != nil }
+
+// revoked is the embedded broker's Options.Revoked: the list in force.
+func (s *Server) revoked(cert *x509.Certificate) (string, bool) {
+	e, ok := s.revs.Fresh().Check(cert)
+	if !ok {
+		return "", false
+	}
+	why := "revoked " + e.Time.Format(time.RFC3339)
+	if e.Reason != "" {
+		why += ": " + e.Reason
+	}
+	return why, true
 }
 
 // linkTrouble logs the troubles of the link to an external broker that a
@@ -296,6 +463,23 @@ func check(cfg *Config) error {
 	}
 	if cfg.Broker == "" && len(cfg.Failover) > 0 {
 		return errors.New("failover brokers need a first --broker")
+	}
+	if cfg.ReleasesDir != "" {
+		if cfg.OTAListen == "" {
+			cfg.OTAListen = ota.DefaultListen
+		}
+		if cfg.OTACert == "" && cfg.OTAKey == "" && cfg.Broker == "" {
+			cfg.OTACert, cfg.OTAKey = cfg.CertFile, cfg.KeyFile
+		}
+		if cfg.OTACert == "" || cfg.OTAKey == "" {
+			return errors.New("--releases-dir with --broker needs --ota-cert and --ota-key: a server certificate for the release server")
+		}
+	}
+	if cfg.EnrollListen != "" && cfg.Broker != "" && cfg.EnrollCertFile == "" {
+		return errors.New("--enroll-listen with --broker needs --enroll-cert and --enroll-key: a server certificate (controllerlite pki server), since --cert is the controller's client certificate")
+	}
+	if (cfg.EnrollCertFile == "") != (cfg.EnrollKeyFile == "") {
+		return errors.New("--enroll-cert and --enroll-key go together")
 	}
 	if cfg.Broker != "" {
 		if cfg.Listen != "" {
@@ -365,10 +549,18 @@ func (s *Server) shutdown() {
 	if s.ln != nil {
 		s.ln.Close()
 	}
+	if s.enroll != nil {
+		s.enroll.Close()
+	}
 	if s.cancel != nil {
 		s.cancel()
 	}
 	s.wg.Wait()
+	if s.rel != nil {
+		if err := s.rel.Close(); err != nil {
+			s.log.Warn("release server close", "error", err)
+		}
+	}
 	if s.hist != nil {
 		if err := s.hist.Close(); err != nil {
 			s.log.Warn("history close", "error", err)

@@ -34,12 +34,41 @@ const (
 	CureHistory = "the controller starts an empty telemetry history (the charts lose what was recorded)"
 )
 
-// OpenDB opens (creating if needed, 0600) the bbolt database at path with
-// the checks of the controller's own store: every page read before use,
-// ErrCorrupt with cure for a corrupt file, ErrLocked for one held by
-// another process. For the controller's other databases (the history).
-func OpenDB(path, cure string) (*bbolt.DB, error) {
-	return openBolt(path, bbolt.Options{}, cure)
+// OpenVersioned opens (creating if needed, 0600) the bbolt database at
+// path with the checks of the controller's own store (every page read
+// before use, ErrCorrupt with cure for a corrupt file, ErrLocked for one
+// held by another process), refuses one whose "meta" bucket records a
+// schema version other than version, records version, and creates the
+// named top-level buckets. The controller's store and its history open
+// their files with it.
+func OpenVersioned(path, cure, version string, buckets ...[]byte) (*bbolt.DB, error) {
+	db, err := openBolt(path, bbolt.Options{}, cure)
+	if err != nil {
+		return nil, err
+	}
+	err = db.Update(func(tx *bbolt.Tx) error {
+		meta, err := tx.CreateBucketIfNotExists(bucketMeta)
+		if err != nil {
+			return err
+		}
+		if v := meta.Get(keyVersion); v != nil && string(v) != version {
+			return fmt.Errorf("written by an incompatible controllerlite (schema %q, this one reads %q)", v, version)
+		}
+		if err := meta.Put(keyVersion, []byte(version)); err != nil {
+			return err
+		}
+		for _, b := range buckets {
+			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		db.Close()
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	return db, nil
 }
 
 // openBolt opens the bbolt database at path and reads every page of it

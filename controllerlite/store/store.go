@@ -61,6 +61,9 @@ type Device struct {
 	// telemetry payload clears only what the device reported.
 	Reported []protocol.Alert `json:"reported,omitempty"`
 	Raised   []protocol.Alert `json:"raised,omitempty"`
+	// Firmware is the firmware version the device last reported (status
+	// or telemetry), "" if it never did.
+	Firmware string `json:"firmware,omitempty"`
 }
 
 // Store is an open database. It is safe for concurrent use, though the
@@ -83,27 +86,9 @@ func Open(dir string) (*Store, error) {
 		return nil, fmt.Errorf("open store: create data directory: %w", err)
 	}
 	path := filepath.Join(dir, FileName)
-	db, err := openBolt(path, bbolt.Options{}, CureController)
+	db, err := OpenVersioned(path, CureController, schemaVersion, bucketDevices)
 	if err != nil {
 		return nil, fmt.Errorf("open store: %w", err)
-	}
-	err = db.Update(func(tx *bbolt.Tx) error {
-		meta, err := tx.CreateBucketIfNotExists(bucketMeta)
-		if err != nil {
-			return err
-		}
-		if v := meta.Get(keyVersion); v != nil && string(v) != schemaVersion {
-			return fmt.Errorf("written by an incompatible controllerlite (schema %q, this one reads %q)", v, schemaVersion)
-		}
-		if err := meta.Put(keyVersion, []byte(schemaVersion)); err != nil {
-			return err
-		}
-		_, err = tx.CreateBucketIfNotExists(bucketDevices)
-		return err
-	})
-	if err != nil {
-		db.Close()
-		return nil, fmt.Errorf("open store %s: %w", path, err)
 	}
 	return &Store{db: db, path: path}, nil
 }

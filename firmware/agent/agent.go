@@ -118,10 +118,17 @@ type Config struct {
 	// Zone is the board's own time zone, for a schedule without tz;
 	// time.Local when nil.
 	Zone *time.Location
+	// CertExpiry, when set, is when the device's certificate in use ends:
+	// reported in telemetry (cert_expires) and status. It changes when the
+	// certificate is renewed.
+	CertExpiry func() time.Time
 	// Logger gets the agent's lines, marked component=agent; the caller
 	// names the device on it (the runner does, for every part), so each
 	// line carries the id once.
 	Logger *slog.Logger
+	// Firmware is the running firmware's version, reported in the online
+	// status and in telemetry; "" reports none.
+	Firmware string
 }
 
 // Counters count what happened to incoming messages since start.
@@ -632,7 +639,7 @@ func (a *Agent) Connected(context.Context, *transport.Client) { a.connect() }
 func (a *Agent) connect() {
 	a.ops.Push(func() {
 		a.connected.Store(true)
-		a.out.push(action{kind: actStatus, topic: a.Topic(protocol.KindStatus), payload: protocol.Status{Online: true}.Encode(), qos: 1, retain: true})
+		a.out.push(action{kind: actStatus, topic: a.Topic(protocol.KindStatus), payload: protocol.Status{Online: true, Firmware: a.cfg.Firmware}.Encode(), qos: 1, retain: true})
 		m := a.dev.Connect()
 		if a.dev.Rejoining() && a.syncTimer == nil {
 			// Counted from the first connect: before it, nothing could
@@ -851,6 +858,8 @@ func (a *Agent) queueTelemetry(s control.Snapshot) {
 	t := TelemetryOf(s, a.clock.Now())
 	t.Next = a.Next()
 	t.Alerts = a.alerts.Codes()
+	t.CertExpires = a.certExpires()
+	t.Firmware = a.cfg.Firmware
 	payload, err := t.Encode()
 	if err != nil {
 		a.log.Error("telemetry", "err", err)
@@ -929,6 +938,22 @@ type Status struct {
 	Next *protocol.Next `json:"next,omitempty"`
 	// Alerts are the device's conditions that need a person; [] when none.
 	Alerts []protocol.Alert `json:"alerts"`
+	// CertExpires is when the certificate in use ends.
+	CertExpires *time.Time `json:"cert_expires,omitempty"`
+	// Firmware is the running firmware's version (docs/ota.md).
+	Firmware string `json:"firmware,omitempty"`
+}
+
+// certExpires is Config.CertExpiry's answer, nil without one.
+func (a *Agent) certExpires() *time.Time {
+	if a.cfg.CertExpiry == nil {
+		return nil
+	}
+	t := a.cfg.CertExpiry().UTC()
+	if t.IsZero() {
+		return nil
+	}
+	return &t
 }
 
 // Status reports the agent's state. It never waits for the Run goroutine.
@@ -954,6 +979,9 @@ func (a *Agent) Snapshot() Status {
 		Counters:  a.Counters(),
 		Alerts:    a.alerts.List(),
 		Next:      a.Next(),
+		Firmware:  a.cfg.Firmware,
+
+		CertExpires: a.certExpires(),
 	}
 	if s.HasTemperature {
 		c := s.TempC()

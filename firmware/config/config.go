@@ -19,6 +19,7 @@ import (
 	"log/slog"
 	"math"
 	"net"
+	"net/url"
 	"os"
 	"slices"
 	"strconv"
@@ -45,6 +46,7 @@ const (
 	DefaultKey           = "/etc/thermostat/device.key"
 	DefaultStateDir      = "/var/lib/thermostat"
 	DefaultControlSocket = "/run/thermostat/control.sock"
+	DefaultReleaseKey    = "/etc/thermostat/release.pub"
 )
 
 // Boards --hal selects.
@@ -80,9 +82,23 @@ type Config struct {
 	// KeepAlive is the MQTT keep-alive; a broker silent this long is dropped.
 	KeepAlive time.Duration `yaml:"keep_alive"`
 	LogLevel  string        `yaml:"log_level"`
+	// RenewAt is the fraction of its certificate's life at which the
+	// device renews it (a little earlier, by a random jitter).
+	RenewAt float64 `yaml:"renew_at"`
+	// EnrollURL is the controller's enrolment endpoint (serve
+	// --enroll-listen), https://HOST:PORT: a device whose certificate
+	// expired while it was off renews there. Empty: no such recovery.
+	EnrollURL string `yaml:"enroll_url"`
 	// MetricsAddr, if set, serves Prometheus metrics at /metrics on this
 	// host:port, without authentication (firmware/metrics).
 	MetricsAddr string `yaml:"metrics_addr"`
+	// ReleaseKey is the release public key the board trusts for
+	// over-the-air updates (docs/ota.md). The .deb installs it at the
+	// default path; without the file there, updates are off.
+	ReleaseKey string `yaml:"release_key"`
+	// OTATrialDeadline is how long a new release has, at each start, to
+	// prove healthy before it is rolled back.
+	OTATrialDeadline time.Duration `yaml:"ota_trial_deadline"`
 
 	// Sim tunes the simulated board of --hal sim.
 	Sim SimConfig `yaml:"sim"`
@@ -129,12 +145,18 @@ func Default() Config {
 		SyncTimeout:       10 * time.Second,
 		KeepAlive:         transport.DefaultKeepAlive,
 		LogLevel:          "info",
+		RenewAt:           DefaultRenewAt,
+		ReleaseKey:        DefaultReleaseKey,
+		OTATrialDeadline:  3 * time.Minute,
 	}
 }
 
+// DefaultRenewAt: at two thirds of its life, as step-ca does.
+const DefaultRenewAt = 2.0 / 3
+
 // keys are the top-level keys of the file, in the order of Config.
 var keys = []string{"broker", "ca", "cert", "key", "state_dir", "hal", "control_socket", "topic_root",
-	"telemetry_interval", "sync_timeout", "keep_alive", "log_level", "metrics_addr", "sim", "hardware", "control", "presets", "schedule"}
+	"telemetry_interval", "sync_timeout", "keep_alive", "log_level", "metrics_addr", "renew_at", "enroll_url", "release_key", "ota_trial_deadline", "sim", "hardware", "control", "presets", "schedule"}
 
 // Parse reads a configuration file's contents over Default(). name is the
 // file's name, for messages.
@@ -302,6 +324,7 @@ func (c *Config) Validate() error {
 		{"telemetry_interval", c.TelemetryInterval, time.Second, time.Hour},
 		{"sync_timeout", c.SyncTimeout, 100 * time.Millisecond, time.Hour},
 		{"keep_alive", c.KeepAlive, time.Second, 30 * time.Minute},
+		{"ota_trial_deadline", c.OTATrialDeadline, time.Second, time.Hour},
 	} {
 		if d.v < d.min || d.v > d.max {
 			return c.errorf(d.key, "%v is outside %v..%v", d.v, d.min, d.max)
@@ -309,6 +332,14 @@ func (c *Config) Validate() error {
 	}
 	if _, err := ParseLevel(c.LogLevel); err != nil {
 		return c.errorf("log_level", "%v", err)
+	}
+	if math.IsNaN(c.RenewAt) || c.RenewAt < 0.1 || c.RenewAt > 0.95 {
+		return c.errorf("renew_at", "%v is outside 0.1..0.95 (a fraction of the certificate's life)", c.RenewAt)
+	}
+	if c.EnrollURL != "" {
+		if u, err := url.Parse(c.EnrollURL); err != nil || u.Scheme != "https" || u.Host == "" {
+			return c.errorf("enroll_url", "%q: want https://HOST:PORT, the controller's --enroll-listen", c.EnrollURL)
+		}
 	}
 	if c.MetricsAddr != "" {
 		if _, port, err := net.SplitHostPort(c.MetricsAddr); err != nil {
@@ -359,6 +390,8 @@ var flagKeys = map[string]string{
 	"hal": "hal", "control-socket": "control_socket", "topic-root": "topic_root",
 	"telemetry-interval": "telemetry_interval", "sync-timeout": "sync_timeout",
 	"keep-alive": "keep_alive", "log-level": "log_level", "metrics-addr": "metrics_addr", "sim-speed": "sim",
+	"renew-at": "renew_at", "enroll-url": "enroll_url",
+	"release-key": "release_key", "ota-trial-deadline": "ota_trial_deadline",
 }
 
 // RegisterFlags adds the flags of `thermostat run` to fs.
@@ -378,7 +411,11 @@ func RegisterFlags(fs *flag.FlagSet) *Flags {
 	fs.DurationVar(&s.SyncTimeout, "sync-timeout", s.SyncTimeout, "how long a device with lost state waits to hear from the controller")
 	fs.DurationVar(&s.KeepAlive, "keep-alive", s.KeepAlive, "MQTT keep-alive; a broker silent this long is dropped")
 	fs.StringVar(&s.LogLevel, "log-level", s.LogLevel, "debug, info, warn or error")
+	fs.Float64Var(&s.RenewAt, "renew-at", s.RenewAt, "renew the device certificate at this fraction of its life (0.1 to 0.95)")
+	fs.StringVar(&s.EnrollURL, "enroll-url", "", "the controller's enrolment endpoint, https://HOST:PORT (serve --enroll-listen): renews a certificate that expired while the device was off")
 	fs.StringVar(&s.MetricsAddr, "metrics-addr", "", "serve Prometheus metrics at /metrics on this host:port (off when empty; no authentication, so keep it on loopback or a trusted network)")
+	fs.StringVar(&s.ReleaseKey, "release-key", s.ReleaseKey, "release public key trusted for over-the-air updates (updates are off without the default file)")
+	fs.DurationVar(&s.OTATrialDeadline, "ota-trial-deadline", s.OTATrialDeadline, "how long a new release has at each start to prove healthy before it is rolled back")
 	fs.Float64Var(&s.Sim.Speed, "sim-speed", 0, "with --hal sim: run the simulated room this many times faster than real time")
 	return f
 }
@@ -440,6 +477,14 @@ func (f *Flags) Config() (Config, error) {
 			c.MetricsAddr = s.MetricsAddr
 		case "sim":
 			c.Sim.Speed = s.Sim.Speed
+		case "renew_at":
+			c.RenewAt = s.RenewAt
+		case "enroll_url":
+			c.EnrollURL = s.EnrollURL
+		case "release_key":
+			c.ReleaseKey = s.ReleaseKey
+		case "ota_trial_deadline":
+			c.OTATrialDeadline = s.OTATrialDeadline
 		}
 	})
 	return c, nil

@@ -26,12 +26,11 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/collectors"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"periph.io/x/conn/v3/physic"
 
 	"github.com/thermofleet/thermo/firmware/agent"
 	"github.com/thermofleet/thermo/firmware/control"
+	"github.com/thermofleet/thermo/internal/promreg"
 	"github.com/thermofleet/thermo/protocol"
 	"github.com/thermofleet/thermo/transport"
 )
@@ -67,22 +66,12 @@ type Sources struct {
 // New returns a registry of the thermostat's metrics, with the Go
 // runtime's and the process's collectors.
 func New(src Sources) *prometheus.Registry {
-	reg := prometheus.NewRegistry()
-	reg.MustRegister(
-		collectors.NewGoCollector(),
-		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
-		collector{src},
-	)
-	return reg
+	return promreg.New(collector{src})
 }
 
 // Handler serves reg in the Prometheus text format, counting its scrapes.
 func Handler(reg *prometheus.Registry, log *slog.Logger) http.Handler {
-	return promhttp.InstrumentMetricHandler(reg, promhttp.HandlerFor(reg, promhttp.HandlerOpts{
-		ErrorLog:      slog.NewLogLogger(log.Handler(), slog.LevelError),
-		ErrorHandling: promhttp.HTTPErrorOnError,
-		Registry:      reg,
-	}))
+	return promreg.Handler(reg, log)
 }
 
 // Listen opens the metrics listener on addr. The endpoint has no
@@ -179,18 +168,13 @@ func (collector) Describe(ch chan<- *prometheus.Desc) {
 }
 
 func (c collector) Collect(ch chan<- prometheus.Metric) {
-	gauge := func(d *prometheus.Desc, v float64, labels ...string) {
-		ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, v, labels...)
-	}
-	counter := func(d *prometheus.Desc, v uint64, labels ...string) {
-		ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, float64(v), labels...)
-	}
+	gauge, counter := promreg.Emit(ch).Gauge, promreg.Emit(ch).Counter
 
 	snap := c.src.Loop.Snapshot()
 	counts := c.src.Loop.Counts()
 	for i, r := range snap.Sensors {
 		ok := r.OK() && !r.Time.IsZero()
-		gauge(sensorOKDesc, b2f(ok), r.Sensor)
+		gauge(sensorOKDesc, promreg.Bool(ok), r.Sensor)
 		if ok {
 			gauge(sensorTempDesc, r.Temperature.Celsius(), r.Sensor)
 			if r.HasHumidity {
@@ -205,15 +189,15 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 	if snap.HasTemperature && snap.SensorOK {
 		gauge(controlTempDesc, snap.Temperature.Celsius())
 	}
-	gauge(controlOKDesc, b2f(snap.SensorOK))
+	gauge(controlOKDesc, promreg.Bool(snap.SensorOK))
 	counter(iterationsDesc, snap.Iterations)
 	gauge(setpointDesc, snap.Settings.SetpointC)
 	for _, m := range protocol.Modes {
-		gauge(modeDesc, b2f(snap.Settings.Mode == m), m)
+		gauge(modeDesc, promreg.Bool(snap.Settings.Mode == m), m)
 	}
 	on := map[string]bool{"heat": snap.Outputs.Heat, "cool": snap.Outputs.Cool, "fan": snap.Outputs.Fan}
 	for _, o := range counts.Outputs {
-		gauge(outputOnDesc, b2f(on[o.Name]), o.Name)
+		gauge(outputOnDesc, promreg.Bool(on[o.Name]), o.Name)
 		counter(outputSwitchDesc, o.Switches, o.Name)
 		if o.MaxRun > 0 {
 			gauge(outputRunDesc, o.OnFor.Seconds(), o.Name)
@@ -221,7 +205,7 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 		}
 	}
 
-	gauge(connectedDesc, b2f(c.src.Link.Connected()))
+	gauge(connectedDesc, promreg.Bool(c.src.Link.Connected()))
 	ls := c.src.Link.Stats()
 	counter(connectsDesc, uint64(ls.Connects))
 	counter(lossesDesc, uint64(ls.Losses))
@@ -247,11 +231,4 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 	counter(appliedDesc, cs.Applied)
 	counter(discardedDesc, cs.Discarded)
 	counter(eventsSentDesc, cs.EventsSent)
-}
-
-func b2f(b bool) float64 {
-	if b {
-		return 1
-	}
-	return 0
 }

@@ -17,12 +17,14 @@ import (
 	"net"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/thermofleet/thermo/firmware/agent"
 	"github.com/thermofleet/thermo/firmware/config"
 	"github.com/thermofleet/thermo/firmware/control"
 	"github.com/thermofleet/thermo/firmware/localctl"
 	"github.com/thermofleet/thermo/firmware/metrics"
+	"github.com/thermofleet/thermo/firmware/renew"
 	"github.com/thermofleet/thermo/firmware/state"
 	"github.com/thermofleet/thermo/hal"
 	"github.com/thermofleet/thermo/hal/rpi"
@@ -45,6 +47,12 @@ type Options struct {
 	NoControlSocket bool
 	// Backoff overrides transport's reconnect backoff.
 	Backoff transport.Backoff
+	// Firmware is the firmware version the device reports.
+	Firmware string
+	// OnOTA, if set, gets the payload of every message on the device's
+	// ota topic (an update offer; empty when withdrawn), which the
+	// thermostat then subscribes to.
+	OnOTA func(payload []byte)
 }
 
 // Thermostat is one running thermostat: board, control loop, agent,
@@ -60,6 +68,7 @@ type Thermostat struct {
 	agent  *agent.Agent
 	client *transport.Client
 	ctl    *localctl.Server
+	renew  *renew.Renewer
 	// metrics is the listener of --metrics-addr, nil without it.
 	metrics net.Listener
 }
@@ -72,6 +81,13 @@ func New(cfg config.Config, o Options) (_ *Thermostat, err error) {
 	log := o.Logger
 	if log == nil {
 		log = slog.Default()
+	}
+	// A certificate renewal cut short by a kill or a power cut is
+	// finished or undone before the key and certificate are read.
+	if did, err := renew.Recover(cfg.Cert, cfg.Key); err != nil {
+		return nil, err
+	} else if did != "" {
+		log.Warn("certificate swap recovered", "did", did)
 	}
 	id, err := provisioning.DeviceID(cfg.Cert)
 	if err != nil {
@@ -136,7 +152,14 @@ func New(cfg config.Config, o Options) (_ *Thermostat, err error) {
 		FirstValues:       firstValues(cfg),
 		TelemetryInterval: cfg.TelemetryInterval,
 		SyncTimeout:       cfg.SyncTimeout,
-		Logger:            log,
+		CertExpiry: func() time.Time {
+			if t.renew == nil {
+				return time.Time{}
+			}
+			return t.renew.NotAfter()
+		},
+		Logger:   log,
+		Firmware: o.Firmware,
 	}, stored)
 	if err != nil {
 		return nil, err
@@ -147,6 +170,12 @@ func New(cfg config.Config, o Options) (_ *Thermostat, err error) {
 	loop.Notify(t.agent.OutputsChanged, t.agent.ButtonChange)
 	loop.NotifyPresetButton(t.agent.PresetButton)
 
+	if t.renew, err = renew.New(renew.Options{
+		ID: id, Root: cfg.TopicRoot, CAFile: cfg.CA, CertFile: cfg.Cert, KeyFile: cfg.Key,
+		RenewAt: cfg.RenewAt, EnrollURL: cfg.EnrollURL, Alerts: t.agent.Alerts(), Logger: log,
+	}); err != nil {
+		return nil, err
+	}
 	t.client, err = transport.New(transport.Options{
 		Broker:       cfg.Broker,
 		Failover:     cfg.Failover,
@@ -160,11 +189,19 @@ func New(cfg config.Config, o Options) (_ *Thermostat, err error) {
 		OnConnect:    t.agent.Connected,
 		OnDisconnect: t.agent.Disconnected,
 		OnTrouble:    t.agent.LinkTrouble,
-		Handler:      t.agent.Handle,
+		Handler:      t.handler(o.OnOTA),
 		Logger:       log,
 	})
 	if err != nil {
 		return nil, err
+	}
+	if err := t.client.Subscribe(t.renew.Topic(), 1); err != nil {
+		return nil, err
+	}
+	if o.OnOTA != nil {
+		if err := t.client.Subscribe(protocol.Topic(cfg.TopicRoot, id, protocol.KindOTA), 1); err != nil {
+			return nil, fmt.Errorf("ota: %w", err)
+		}
 	}
 	if !o.NoControlSocket {
 		if t.ctl, err = localctl.Listen(cfg.ControlSocket, log); err != nil {
@@ -177,6 +214,35 @@ func New(cfg config.Config, o Options) (_ *Thermostat, err error) {
 		}
 	}
 	return t, nil
+}
+
+// handler routes the device's ota topic to onOTA, its certificate
+// topic to the renewer, the rest to the agent.
+func (t *Thermostat) handler(onOTA func([]byte)) func(transport.Message) {
+	ota := protocol.Topic(t.cfg.TopicRoot, t.ID, protocol.KindOTA)
+	return func(m transport.Message) {
+		switch {
+		case onOTA != nil && m.Topic == ota:
+			onOTA(m.Payload)
+		case !t.renew.Handle(m):
+			t.agent.Handle(m)
+		}
+	}
+}
+
+// Synced reports whether the device has heard from the controller since
+// this start and is not rejoining: its state is in sync.
+func (t *Thermostat) Synced() error {
+	s := t.agent.Snapshot()
+	switch {
+	case !s.Connected:
+		return errors.New("broker not connected")
+	case s.Rejoining:
+		return errors.New("rejoining: waiting for the controller's state")
+	case s.Counters.Received == 0:
+		return errors.New("nothing received from the controller yet")
+	}
+	return nil
 }
 
 // firstValues are the configuration's presets and schedule, the device's
@@ -247,6 +313,7 @@ func (t *Thermostat) Run(ctx context.Context) error {
 	start("control loop", t.loop.Run)
 	start("agent", func(ctx context.Context) error { return t.agent.Run(ctx, t.client) })
 	start("broker connection", t.client.Run)
+	start("certificate renewal", func(ctx context.Context) error { return t.renew.Run(ctx, t.client) })
 	if t.ctl != nil {
 		start("control socket", func(ctx context.Context) error { return t.ctl.Serve(ctx, t.agent) })
 	}

@@ -54,6 +54,9 @@ type MosquittoOptions struct {
 	Global []string
 	// Controllers are further controller CNs (controller-NAME) for the ACL.
 	Controllers []string
+	// CRLFile, when set, is the configuration's crlfile (it must exist
+	// before the broker starts).
+	CRLFile string
 	// Users, when set, make the broker one like Home Assistant's Mosquitto
 	// add-on instead of the fleet's: clients log in with these user names
 	// and passwords (a password_file made by mosquitto_passwd), no client
@@ -144,6 +147,7 @@ func (m *Mosquitto) writeConfig(pki *PKI, o MosquittoOptions) error {
 		KeyFile:     pki.ServerKey,
 		TopicRoot:   o.TopicRoot,
 		Controllers: o.Controllers,
+		CRLFile:     o.CRLFile,
 		Global:      global,
 	})
 	return err
@@ -292,6 +296,9 @@ func (m *Mosquitto) Restart() {
 	m.Terminate()
 	m.Start()
 }
+
+// Hangup sends SIGHUP: Mosquitto reloads its configuration.
+func (m *Mosquitto) Hangup() { m.signal(syscall.SIGHUP) }
 
 // Stop freezes the broker with SIGSTOP: connections stay open but nothing
 // answers (a hung broker). Cont resumes it.

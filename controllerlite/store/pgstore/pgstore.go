@@ -267,6 +267,20 @@ func (s *Store) Put(devs ...store.Device) error {
 	return nil
 }
 
+// Delete removes the records of ids in one transaction; an id without a
+// record is no error.
+func (s *Store) Delete(ids ...string) error {
+	if len(ids) == 0 {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), s.timeout)
+	defer cancel()
+	if _, err := s.pool.Exec(ctx, `DELETE FROM devices WHERE id = ANY($1)`, ids); err != nil {
+		return fmt.Errorf("store delete: %w", err)
+	}
+	return nil
+}
+
 // Load returns every stored record, sorted by id. A record that does not
 // hold a valid replica is an error naming the device.
 func (s *Store) Load() ([]store.Device, error) {

@@ -19,6 +19,7 @@ import (
 type Store interface {
 	Put(devs ...store.Device) error
 	Load() ([]store.Device, error)
+	Delete(ids ...string) error
 	Close() error
 }
 
@@ -57,6 +58,7 @@ func Sample() []store.Device {
 func Run(t *testing.T, fresh func(t *testing.T) Opener) {
 	t.Run("PutLoadReopen", func(t *testing.T) { putLoadReopen(t, fresh(t)) })
 	t.Run("PutRefusesBadRecords", func(t *testing.T) { putRefusesBadRecords(t, fresh) })
+	t.Run("Delete", func(t *testing.T) { deleteRecords(t, fresh(t)) })
 }
 
 func mustOpen(t *testing.T, open Opener) Store {
@@ -131,5 +133,33 @@ func putRefusesBadRecords(t *testing.T, fresh func(t *testing.T) Opener) {
 				t.Fatalf("after a refused Put: %+v, %v", got, err)
 			}
 		})
+	}
+}
+
+// deleteRecords: Delete removes the records named, an unknown id is no
+// error, the others stay, and it lasts across a reopen.
+func deleteRecords(t *testing.T, open Opener) {
+	s := mustOpen(t, open)
+	all := Sample()
+	if err := s.Put(all...); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Delete("d1", "never-seen"); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Delete(); err != nil {
+		t.Fatalf("Delete of nothing: %v", err)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	s = mustOpen(t, open)
+	defer s.Close()
+	got, err := s.Load()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !reflect.DeepEqual(got, all[1:]) {
+		t.Fatalf("after deleting d1: %+v, want %+v", got, all[1:])
 	}
 }
