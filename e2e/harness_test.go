@@ -153,12 +153,14 @@ type world struct {
 	// crlFile, when set before the broker starts, is Mosquitto's crlfile.
 	crlFile string
 
-	port   int
-	mq     *testenv.Mosquitto // kind mosquitto
-	bare   *broker.Broker     // kind embedded without a controller
-	ctlDir string
-	srv    *server.Server
-	api    *api.Client
+	port int
+	mq   *testenv.Mosquitto // kind mosquitto
+	// mqControllers are further controller CNs Mosquitto's ACL lists.
+	mqControllers []string
+	bare          *broker.Broker // kind embedded without a controller
+	ctlDir        string
+	srv           *server.Server
+	api           *api.Client
 }
 
 // newWorld starts a broker of kind and a controller on it.
@@ -184,7 +186,7 @@ func newBareWorld(t *testing.T, kind brokerKind, opts ...func(*world)) *world {
 		// The broker's own certificate may differ from the PKI's; the CA
 		// its clients' certificates must chain to does not.
 		pki := &testenv.PKI{CAFile: w.pki.CAFile, ServerCert: w.serverCert, ServerKey: w.serverKey}
-		w.mq = testenv.StartMosquitto(t, pki, &testenv.MosquittoOptions{Persistence: true, CRLFile: w.crlFile})
+		w.mq = testenv.StartMosquitto(t, pki, &testenv.MosquittoOptions{Persistence: true, CRLFile: w.crlFile, Controllers: w.mqControllers})
 		w.port = w.mq.Port()
 	case embedded:
 		w.port = testenv.FreePort(t)

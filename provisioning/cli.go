@@ -45,7 +45,9 @@ Commands:
                             host name and IP address given (one --host each, or comma-separated)
   device ID                 issue a device bundle in DIR/devices/ID: ca.crt, device.crt (CN=ID),
                             device.key (0600). ID: 1-63 of a-z, 0-9, '_', '-' (no capitals, no '/')
-  controller                issue the controller's client certificate (CN=controller)
+  controller [--name NAME]  issue the controller's client certificate (CN=controller), or with
+                            --name the certificate of one of several controller processes
+                            sharing the fleet (CN=controller-NAME: controller-NAME.crt, .key)
   sign CSRFILE              sign a request made on a device by 'thermostat csr' (the key stays
                             on the device); writes DIR/devices/ID/device.crt, or --out FILE
   mosquitto                 write mosquitto.conf and mosquitto.acl for this PKI
@@ -248,12 +250,17 @@ func printThermostatHint(stdout io.Writer, bundle string) {
 }
 
 func pkiController(args []string, stdout, stderr io.Writer) error {
-	fs := cli.NewFlags("controller", "controllerlite pki controller [--dir DIR] [--force]", stderr)
+	fs := cli.NewFlags("controller", "controllerlite pki controller [--name NAME] [--dir DIR] [--force]", stderr)
 	dir := dirFlag(fs)
+	name := fs.String("name", "", "`NAME` of one of several controller processes sharing the fleet: CN controller-NAME,\nfiles controller-NAME.crt and controller-NAME.key (default: the one controller, CN controller)")
 	force := fs.Bool("force", false, "replace an existing controller certificate")
 	days := newDaysFlag(fs, DefaultControllerValidity)
 	if _, err := cli.ParseN(fs, args); err != nil {
 		return cli.HelpOK(err)
+	}
+	cn, err := controllerCN(*name)
+	if err != nil {
+		return cli.Usagef("--name: %v", err)
 	}
 	opts, err := days.issueOptions()
 	if err != nil {
@@ -264,20 +271,42 @@ func pkiController(args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	certFile, keyFile := filepath.Join(*dir, ControllerCertFile), filepath.Join(*dir, ControllerKeyFile)
+	if cn != ControllerCN {
+		certFile, keyFile = filepath.Join(*dir, cn+".crt"), filepath.Join(*dir, cn+".key")
+	}
 	if err := refuseExisting(*force, certFile, keyFile); err != nil {
 		return err
 	}
-	certPEM, keyPEM, err := ca.IssueClient(ControllerCN, opts)
+	certPEM, keyPEM, err := ca.IssueClient(cn, opts)
 	if err != nil {
 		return err
 	}
 	if err := WriteCertKey(certFile, keyFile, certPEM, keyPEM); err != nil {
 		return err
 	}
-	fmt.Fprintf(stdout, "Controller client certificate (CN=%s): %s, key %s (0600)\n", ControllerCN, certFile, keyFile)
+	fmt.Fprintf(stdout, "Controller client certificate (CN=%s): %s, key %s (0600)\n", cn, certFile, keyFile)
+	if cn != ControllerCN {
+		fmt.Fprintf(stdout, "Mosquitto grants it the controller's rights once listed: controllerlite pki mosquitto --controller %s ...\n", cn)
+	}
 	fmt.Fprintf(stdout, "With an external broker: controllerlite serve --broker mqtts://BROKER_HOST:8883 --ca %s --cert %s --key %s ...\n",
 		filepath.Join(*dir, CACertFile), certFile, keyFile)
 	return nil
+}
+
+// controllerCN is the CN of `pki controller --name name`: "controller"
+// without a name, else "controller-<name>" (PROTOCOL.md, Parties).
+func controllerCN(name string) (string, error) {
+	if name == "" {
+		return ControllerCN, nil
+	}
+	if strings.HasPrefix(name, protocol.ControllerPrefix) {
+		return "", fmt.Errorf("%q: give the name alone (--name %s makes CN %s)", name, strings.TrimPrefix(name, protocol.ControllerPrefix), name)
+	}
+	cn := protocol.ControllerPrefix + name
+	if err := protocol.CheckControllerID(cn); err != nil {
+		return "", err
+	}
+	return cn, nil
 }
 
 func pkiSign(args []string, stdout, stderr io.Writer) error {

@@ -75,6 +75,14 @@ func TestPKICommands(t *testing.T) {
 	if cn := readCert(t, filepath.Join(dir, "controller.crt")).Subject.CommonName; cn != "controller" {
 		t.Errorf("controller CN %q", cn)
 	}
+	// One of several controller processes: CN controller-b, its own files.
+	out = mustPKI(t, "controller", "--dir", dir, "--name", "b")
+	if cn := readCert(t, filepath.Join(dir, "controller-b.crt")).Subject.CommonName; cn != "controller-b" {
+		t.Errorf("controller --name b: CN %q", cn)
+	}
+	if !strings.Contains(out, "--controller controller-b") {
+		t.Errorf("controller --name output does not say how Mosquitto learns it:\n%s", out)
+	}
 	out = mustPKI(t, "mosquitto", "--dir", dir, "--port", "18883", "--topic-root", "site", "--controller", "controller-b")
 	conf, err := os.ReadFile(filepath.Join(dir, "mosquitto.conf"))
 	if err != nil {
@@ -102,15 +110,15 @@ func TestPKICommands(t *testing.T) {
 	keys, _ := filepath.Glob(filepath.Join(dir, "*.key"))
 	more, _ := filepath.Glob(filepath.Join(dir, "devices", "*", "*.key"))
 	keys = append(keys, more...)
-	if len(keys) != 5 {
-		t.Errorf("keys %v, want ca, server, controller, d1, d2", keys)
+	if len(keys) != 6 {
+		t.Errorf("keys %v, want ca, server, controller, controller-b, d1, d2", keys)
 	}
 	for _, k := range keys {
 		if m := fileMode(t, k); m != 0o600 {
 			t.Errorf("%s mode %v, want 0600", k, m)
 		}
 	}
-	for _, c := range []string{"ca.crt", "server.crt", "controller.crt", "devices/d1/device.crt", "devices/d1/ca.crt"} {
+	for _, c := range []string{"ca.crt", "server.crt", "controller.crt", "controller-b.crt", "devices/d1/device.crt", "devices/d1/ca.crt"} {
 		if m := fileMode(t, filepath.Join(dir, c)); m != 0o644 {
 			t.Errorf("%s mode %v, want 0644", c, m)
 		}
@@ -140,6 +148,9 @@ func TestPKIErrors(t *testing.T) {
 		{"server host with port", []string{"server", "--host", "b:8883", "--dir", dir}, "without a port"},
 		{"unknown flag", []string{"device", "d2", "--nope", "--dir", dir}, "nope"},
 		{"mosquitto without server", []string{"mosquitto", "--dir", dir}, "pki server"},
+		{"controller bad name", []string{"controller", "--name", "B/1", "--dir", dir}, "controller name"},
+		{"controller name with prefix", []string{"controller", "--name", "controller-b", "--dir", dir}, "give the name alone"},
+		{"controller without a CA", []string{"controller", "--name", "x", "--dir", empty}, "pki init"},
 		{"sign missing file", []string{"sign", filepath.Join(dir, "none.csr"), "--dir", dir}, "none.csr"},
 	}
 	for _, tt := range tests {

@@ -20,7 +20,7 @@ func (c *Client) SetCertificate(pair tls.Certificate) {
 	}
 	conf := old.Clone()
 	conf.Certificates = []tls.Certificate{pair}
-	conf.ClientSessionCache = tls.NewLRUClientSessionCache(1)
+	conf.ClientSessionCache = tls.NewLRUClientSessionCache(len(c.brokers))
 	c.tls.Store(conf)
 }
 

@@ -49,6 +49,14 @@ type Options struct {
 	// omitted). Only TLS is supported; HOST is verified against the
 	// broker's certificate.
 	Broker string
+	// Failover lists further addresses of the same broker cluster, in the
+	// form of Broker. A connect attempt that fails moves to the next
+	// address, in order and round again, with the same backoff between
+	// attempts as for one broker; a connection that is lost retries its
+	// own broker first (a blip should not move a fleet), and moves on only
+	// if that fails. Nothing here copies state between brokers: the sync
+	// protocol's full state on every connect does.
+	Failover []string
 	// CAFile is the CA that issued the broker's certificate; CertFile and
 	// KeyFile are this client's certificate, whose Common Name is its id.
 	CAFile, CertFile, KeyFile string
@@ -120,6 +128,9 @@ type Options struct {
 
 // Stats are counters of a Client's connection history.
 type Stats struct {
+	// Broker is the address of the last successful connection, or of the
+	// first broker before any.
+	Broker        string
 	Connects      int       // successful connections
 	Losses        int       // connections lost
 	Attempts      int       // connection attempts, successful or not
@@ -133,11 +144,14 @@ type Stats struct {
 // Client is a self-healing MQTT connection. Create it with New, start it
 // with Run.
 type Client struct {
-	opts   Options
-	id     string
-	tls    atomic.Pointer[tls.Config] // replaced by SetCertificate
-	broker *url.URL
-	log    *slog.Logger
+	opts    Options
+	id      string
+	brokers []*url.URL // Broker, then Failover
+	// tls verifies every broker of brokers that is mqtts:// (ServerName,
+	// unless set, is each one's host); nil when none is. Replaced by
+	// SetCertificate.
+	tls atomic.Pointer[tls.Config]
+	log *slog.Logger
 
 	connected atomic.Bool
 	queue     *workq.Queue[func(context.Context)] // handlers, run in order by runQueue
@@ -149,6 +163,7 @@ type Client struct {
 	stats  Stats
 
 	// Only the Run goroutine uses these.
+	next        int // index in brokers of the next attempt
 	takeover    takeoverGuard
 	failures    *lograte.Limiter // connect failures, by kind
 	tlsRefusals int              // TLS refusals since the last connection
@@ -163,35 +178,40 @@ func New(o Options) (*Client, error) {
 	if o.AllowPlain {
 		parse = ParseBrokerOrPlain
 	}
-	u, err := parse(o.Broker)
-	if err != nil {
-		return nil, err
+	var urls []*url.URL
+	for _, b := range append([]string{o.Broker}, o.Failover...) {
+		u, err := parse(b)
+		if err != nil {
+			return nil, err
+		}
+		urls = append(urls, u)
 	}
-	var conf *tls.Config // nil: plain mqtt://
-	switch {
-	case u.Scheme == "mqtt":
-	case o.TLS != nil:
-		conf = o.TLS.Clone()
-		if conf.MinVersion == 0 {
-			conf.MinVersion = tls.VersionTLS12
-		}
-	default:
-		if conf, err = provisioning.LoadClientTLS(o.CAFile, o.CertFile, o.KeyFile); err != nil {
-			return nil, fmt.Errorf("transport: %w", err)
+	var base *tls.Config // nil until a broker needs TLS
+	var err error
+	for _, u := range urls {
+		switch {
+		case u.Scheme == "mqtt" || base != nil:
+		case o.TLS != nil:
+			base = o.TLS.Clone()
+			if base.MinVersion == 0 {
+				base.MinVersion = tls.VersionTLS12
+			}
+		default:
+			if base, err = provisioning.LoadClientTLS(o.CAFile, o.CertFile, o.KeyFile); err != nil {
+				return nil, fmt.Errorf("transport: %w", err)
+			}
 		}
 	}
-	if conf != nil {
-		if conf.ServerName == "" {
-			conf.ServerName = u.Hostname()
-		}
+	if base != nil {
 		// Resumed TLS sessions skip the certificate exchange and
 		// signatures on reconnect: cheaper for the broker when a whole
-		// fleet comes back.
-		conf.ClientSessionCache = tls.NewLRUClientSessionCache(1)
+		// fleet comes back. One entry per broker, so that failing over
+		// and back resumes too.
+		base.ClientSessionCache = tls.NewLRUClientSessionCache(len(urls))
 	}
 	id := o.ClientID
 	if id == "" {
-		if o.CertFile == "" || o.TLS != nil || conf == nil {
+		if o.CertFile == "" || o.TLS != nil || base == nil {
 			return nil, errors.New("transport: no client id: without a client certificate, ClientID is required")
 		}
 		if id, err = provisioning.CommonName(o.CertFile); err != nil {
@@ -227,16 +247,17 @@ func New(o Options) (*Client, error) {
 		o.Logger = slog.Default()
 	}
 	c := &Client{
-		opts: o, id: id, broker: u,
-		log:   o.Logger.With("broker", u.Host, "client", id),
+		opts: o, id: id, brokers: urls,
+		log:   o.Logger.With("client", id),
 		queue: workq.New[func(context.Context)](),
 		subs:  map[string]byte{},
+		stats: Stats{Broker: urls[0].String()},
 
 		takeover: takeoverGuard{backoff: TakeoverBackoff},
 		failures: lograte.New(lograte.DefaultInterval, nil),
 	}
-	if conf != nil {
-		c.tls.Store(conf)
+	if base != nil {
+		c.tls.Store(base)
 	}
 	return c, nil
 }
@@ -418,6 +439,8 @@ func (c *Client) Run(ctx context.Context) error {
 			wait, takeover = c.lost(err)
 		} else if ctx.Err() == nil {
 			c.connectFailed(ctx, attempt, err)
+			// The next attempt goes to the next broker of the cluster.
+			c.next = (c.next + 1) % len(c.brokers)
 		}
 		if ctx.Err() != nil {
 			return nil
@@ -472,7 +495,7 @@ func (c *Client) lost(err error) (wait time.Duration, takeover bool) {
 	c.stats.LastLost = now
 	up := c.stats.LastConnected
 	c.mu.Unlock()
-	c.log.Warn("connection lost", "err", err, "up_for", now.Sub(up).Round(time.Millisecond))
+	c.log.Warn("connection lost", "broker", c.brokers[c.next].Host, "err", err, "up_for", now.Sub(up).Round(time.Millisecond))
 	c.queue.Push(func(context.Context) {
 		if c.opts.OnDisconnect != nil {
 			c.opts.OnDisconnect(err)
@@ -493,7 +516,7 @@ func (c *Client) lost(err error) (wait time.Duration, takeover bool) {
 func (c *Client) connectFailed(ctx context.Context, attempt int, err error) {
 	c.takeover.failed()
 	key := "connect"
-	args := []any{"attempt", attempt, "err", err}
+	args := []any{"broker", c.brokers[c.next].Host, "attempt", attempt, "err", err}
 	if why, ok := tlsRefusal(err); ok {
 		key = "tls"
 		args = append(args, "refused", why)
@@ -541,13 +564,17 @@ func (c *Client) trouble(t Trouble, active bool, detail string) {
 // connect makes one attempt: TLS connection, CONNECT, subscriptions. On
 // success it returns the channel that reports the connection's loss.
 func (c *Client) connect(ctx context.Context) (<-chan error, error) {
+	broker := c.brokers[c.next]
 	lost := make(chan error, 1)
 	c.mu.Lock()
 	c.lostCh = lost
 	c.mu.Unlock()
 	var conn *liveConn
+	// One broker per paho client: with several, paho would try them in
+	// turn inside one Connect, without the backoff, the per-attempt
+	// counters and the TLS refusal accounting of Run.
 	o := mqtt.NewClientOptions().
-		AddBroker(c.broker.String()).
+		AddBroker(broker.String()).
 		SetClientID(c.id).
 		// MQTT 3.1.1 only. Left to guess, paho retries a failed connect
 		// with MQTT 3.1 on a second connection: two attempts where one
@@ -598,7 +625,7 @@ func (c *Client) connect(ctx context.Context) (<-chan error, error) {
 	conn.established.Store(true)
 	c.connectSucceeded(conn.resumed)
 	go conn.monitor(c.opts.KeepAlive, func(silent time.Duration) {
-		c.log.Warn("broker silent, dropping the connection", "silent", silent.Round(time.Millisecond))
+		c.log.Warn("broker silent, dropping the connection", "broker", broker.Host, "silent", silent.Round(time.Millisecond))
 	})
 
 	c.mu.Lock()
@@ -609,6 +636,7 @@ func (c *Client) connect(ctx context.Context) (<-chan error, error) {
 	}
 	c.stats.Connects++
 	c.stats.LastConnected = time.Now()
+	c.stats.Broker = broker.String()
 	c.mu.Unlock()
 	c.connected.Store(true)
 	// OnConnect is queued before subscribing, so it runs before any message
@@ -638,7 +666,7 @@ func (c *Client) connect(ctx context.Context) (<-chan error, error) {
 	c.mu.Lock()
 	c.stats.LastSubscribed = time.Now()
 	c.mu.Unlock()
-	c.log.Info("connected")
+	c.log.Info("connected", "broker", broker.Host)
 	subscribed <- true
 	return lost, nil
 }
@@ -657,10 +685,14 @@ func (c *Client) dial(ctx context.Context, u *url.URL) (*liveConn, error) {
 		tc.SetNoDelay(true)
 	}
 	conf := c.tls.Load()
-	if conf == nil { // plain mqtt://, AllowPlain
+	if conf == nil || u.Scheme == "mqtt" { // plain mqtt://, AllowPlain
 		return newLiveConn(raw, time.Now()), nil
 	}
-	tc := tls.Client(raw, conf.Clone())
+	conf = conf.Clone()
+	if conf.ServerName == "" {
+		conf.ServerName = u.Hostname()
+	}
+	tc := tls.Client(raw, conf)
 	if err := tc.HandshakeContext(ctx); err != nil {
 		raw.Close()
 		return nil, fmt.Errorf("tls: %w", err)

@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"log/slog"
 	"os"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -301,6 +302,9 @@ func TestNewWithoutCertificate(t *testing.T) {
 		{"plain without AllowPlain", Options{Broker: "mqtt://localhost:1883", ClientID: "bridge"}, "plain-text"},
 		{"plain without id", Options{Broker: "mqtt://localhost:1883", AllowPlain: true}, "ClientID is required"},
 		{"TLS config without id", Options{Broker: "mqtts://localhost:8883", TLS: &tls.Config{}}, "ClientID is required"},
+		{"failover plain", Options{Broker: "mqtts://a:8883", Failover: []string{"mqtt://b:1883"}, TLS: &tls.Config{}, ClientID: "c"}, "plain-text"},
+		{"failover bad", Options{Broker: "mqtts://a:8883", Failover: []string{"mqtts://"}, TLS: &tls.Config{}, ClientID: "c"}, "no host"},
+		{"failover list", Options{Broker: "mqtts://a:8883", Failover: []string{"mqtts://b", "tls://c:1"}, TLS: &tls.Config{}, ClientID: "c"}, ""},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			c, err := New(tc.o)
@@ -347,5 +351,49 @@ func TestCheckKeepAlive(t *testing.T) {
 		if err := CheckKeepAlive(tc.d); (err == nil) != tc.ok {
 			t.Errorf("CheckKeepAlive(%v) = %v, want ok %v", tc.d, err, tc.ok)
 		}
+	}
+}
+
+// TestFailover: two Mosquitto brokers sharing nothing, given as Broker and
+// Failover. The client starts on the first, moves to the second when the
+// first is killed, subscribes again there, and moves back when the second
+// dies and the first is up again; a first broker that is down at start is
+// passed over.
+func TestFailover(t *testing.T) {
+	pki := testenv.NewPKI(t)
+	a := testenv.StartMosquitto(t, pki, nil)
+	b := testenv.StartMosquitto(t, pki, nil)
+	cert, key := pki.Client(t, "d1")
+	rec := newRecorder()
+	c := start(t, rec.options(Options{Broker: a.URL(), Failover: []string{b.URL()}, CAFile: pki.CAFile, CertFile: cert, KeyFile: key}))
+	c.Subscribe("thermo/d1/event", 1)
+	for i, step := range []struct {
+		name string
+		do   func()
+		want *testenv.Mosquitto
+	}{
+		{"first broker", func() {}, a},
+		{"first killed: second", a.Kill, b},
+		{"second killed, first back: first", func() { a.Start(); b.Kill() }, a},
+	} {
+		step.do()
+		rec.wait(t, step.name+": connect", 15*time.Second, func() bool { return rec.connects == i+1 })
+		if got := c.Stats().Broker; got != step.want.URL() {
+			t.Fatalf("%s: connected to %s, want %s", step.name, got, step.want.URL())
+		}
+		if err := c.Publish(context.Background(), "thermo/d1/event", []byte{byte(i)}, 1, false); err != nil {
+			t.Fatalf("%s: %v", step.name, err)
+		}
+		// Receiving its own message proves the subscription is on this broker.
+		rec.wait(t, step.name+": own message", 10*time.Second, func() bool { return len(rec.msgs) == i+1 })
+	}
+
+	// A first broker that is down from the start is passed over.
+	rec2 := newRecorder()
+	down := "mqtts://localhost:" + strconv.Itoa(testenv.FreePort(t))
+	c2 := start(t, rec2.options(Options{Broker: down, Failover: []string{a.URL()}, CAFile: pki.CAFile, CertFile: cert, KeyFile: key}))
+	rec2.wait(t, "connect past a dead first broker", 15*time.Second, func() bool { return rec2.connects == 1 })
+	if got := c2.Stats().Broker; got != a.URL() {
+		t.Fatalf("connected to %s, want %s", got, a.URL())
 	}
 }

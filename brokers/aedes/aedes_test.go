@@ -25,6 +25,18 @@ type aedes struct {
 	mu  sync.Mutex
 	log []string
 	new chan struct{}
+
+	cmd    *exec.Cmd
+	exited chan error
+	killed bool
+}
+
+// kill ends the node with SIGKILL, as a crash would, and waits for it.
+func (a *aedes) kill(t *testing.T) {
+	t.Helper()
+	a.killed = true
+	a.cmd.Process.Kill()
+	<-a.exited
 }
 
 func (a *aedes) lines() []string {
@@ -60,7 +72,13 @@ func (a *aedes) waitLog(t *testing.T, parts ...string) {
 // first time.
 func ensureNodeModules(t *testing.T) {
 	t.Helper()
-	if _, err := os.Stat(filepath.Join("node_modules", "aedes", "package.json")); err == nil {
+	missing := false
+	for _, pkg := range []string{"aedes", "mqemitter-redis", "aedes-persistence-redis"} {
+		if _, err := os.Stat(filepath.Join("node_modules", pkg, "package.json")); err != nil {
+			missing = true
+		}
+	}
+	if !missing {
 		return
 	}
 	cmd := exec.Command("npm", "ci", "--no-audit", "--no-fund")
@@ -71,8 +89,8 @@ func ensureNodeModules(t *testing.T) {
 }
 
 // startAedes runs server.js on a free loopback port with pki's server
-// credentials and stops it when the test ends.
-func startAedes(t *testing.T, pki *testenv.PKI) *aedes {
+// credentials (and extra flags) and stops it when the test ends.
+func startAedes(t *testing.T, pki *testenv.PKI, extra ...string) *aedes {
 	t.Helper()
 	if _, err := exec.LookPath("node"); err != nil {
 		t.Skip("node is not installed")
@@ -80,6 +98,7 @@ func startAedes(t *testing.T, pki *testenv.PKI) *aedes {
 	ensureNodeModules(t)
 	cmd := exec.Command("node", "server.js", "--port", "0", "--host", "127.0.0.1",
 		"--ca", pki.CAFile, "--cert", pki.ServerCert, "--key", pki.ServerKey)
+	cmd.Args = append(cmd.Args, extra...)
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -91,7 +110,8 @@ func startAedes(t *testing.T, pki *testenv.PKI) *aedes {
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	a := &aedes{new: make(chan struct{}, 1)}
+	exited := make(chan error, 1)
+	a := &aedes{new: make(chan struct{}, 1), cmd: cmd, exited: exited}
 	logDone := make(chan struct{})
 	go func() {
 		defer close(logDone)
@@ -116,8 +136,10 @@ func startAedes(t *testing.T, pki *testenv.PKI) *aedes {
 		}
 		close(ready)
 	}()
-	exited := make(chan error, 1)
 	t.Cleanup(func() {
+		if a.killed {
+			return
+		}
 		cmd.Process.Signal(syscall.SIGTERM)
 		select {
 		case err := <-exited:
@@ -155,6 +177,8 @@ func TestAedesIdentity(t *testing.T) {
 	foreignCert, foreignKey := pki.ForeignClient(t, "d1")
 	longID := strings.Repeat("a", 63)
 	longCert, longKey := pki.Client(t, longID)
+	ctrlBCert, ctrlBKey := pki.ClientWithCN(t, "controller-b")
+	prefixCert, prefixKey := pki.ClientWithCN(t, "controller-")
 	tests := []struct {
 		name    string
 		opts    testenv.ClientOptions
@@ -164,6 +188,8 @@ func TestAedesIdentity(t *testing.T) {
 		{"device", testenv.ClientOptions{CertFile: d1Cert, KeyFile: d1Key}, false, ""},
 		{"controller", testenv.ClientOptions{CertFile: ctrlCert, KeyFile: ctrlKey}, false, ""},
 		{"63-character device id", testenv.ClientOptions{CertFile: longCert, KeyFile: longKey}, false, ""},
+		{"another controller", testenv.ClientOptions{CertFile: ctrlBCert, KeyFile: ctrlBKey}, false, ""},
+		{"bare controller prefix", testenv.ClientOptions{CertFile: prefixCert, KeyFile: prefixKey}, true, "not a valid device id or controller name"},
 		{"no certificate", testenv.ClientOptions{ClientID: "d1"}, true, "TLS handshake failed"},
 		{"foreign CA", testenv.ClientOptions{CertFile: foreignCert, KeyFile: foreignKey}, true, "TLS handshake failed"},
 		{"client id is not the CN", testenv.ClientOptions{CertFile: d1Cert, KeyFile: d1Key, ClientID: "d2"}, true, "does not match certificate CN"},

@@ -4,18 +4,35 @@
 //
 //   node server.js --port P --ca FILE --cert FILE --key FILE
 //                  [--host 127.0.0.1] [--topic-root thermo]
+//                  [--redis redis://HOST:PORT/DB [--id NODE]]
+//
+// - With --redis it is one node of a cluster: every node given the same
+//   Redis routes messages to the others' clients (mqemitter-redis) and keeps
+//   retained messages, sessions and wills there (aedes-persistence-redis),
+//   so a client may connect to any node and a retained message published on
+//   one is delivered by all. --id names the node (default: a random id,
+//   which is right: a restarted node is a new one to the others).
 //
 // - Clients must present a certificate issued by --ca; its Common Name is
 //   the client's identity and the MQTT client id must equal it.
-// - "controller" may read and write <root>/#; a device only <root>/<id>/#.
+// - "controller" and "controller-<name>" (PROTOCOL.md, Parties) may read
+//   and write <root>/#; a device only <root>/<id>/#.
 // - A publish outside the client's topics is acknowledged and dropped (as
 //   Mosquitto does), not answered by closing the connection, which would
 //   make paho resend it after every reconnect.
 // - When listening it prints one line on stdout: "aedes ready port=<P>".
 //   Logs go to stderr. SIGTERM and SIGINT close it cleanly.
 //
-// State (retained messages, sessions) is in memory: a restart loses it,
-// which is what the harness's kill mode exercises.
+// Without --redis, state (retained messages, sessions) is in memory: a
+// restart loses it, which is what the harness's kill mode exercises.
+//
+// In a cluster, the will of a client whose node died is published by
+// another node (aedes does this some minutes later, from the wills kept in
+// Redis) with no client attached. Such a will is dropped: by then the
+// device has most likely reconnected to another node and said "online",
+// and a stale "offline" would hide it. A device that died with its node
+// stays "online" in its retained status; the controller's last_seen shows
+// its silence.
 
 import fs from 'node:fs'
 import tls from 'node:tls'
@@ -25,6 +42,7 @@ import { Aedes } from 'aedes'
 
 const CONTROLLER = 'controller'
 const DEVICE_ID = /^[a-z0-9][a-z0-9_-]{0,62}$/
+const CONTROLLER_PREFIX = CONTROLLER + '-'
 // Forbidden publishes are moved to this topic: no client may subscribe to
 // it (it is outside every topic root, and '#' does not match '$' topics),
 // so the publish is acknowledged and reaches nobody.
@@ -32,7 +50,8 @@ const DROP_TOPIC = '$thermo/dropped'
 
 function usage (msg) {
   process.stderr.write(`aedes broker: ${msg}\n` +
-    'usage: node server.js --port P --ca FILE --cert FILE --key FILE [--host 127.0.0.1] [--topic-root thermo]\n')
+    'usage: node server.js --port P --ca FILE --cert FILE --key FILE [--host 127.0.0.1] [--topic-root thermo]\n' +
+    '                      [--redis redis://HOST:PORT/DB [--id NODE]]\n')
   process.exit(2)
 }
 
@@ -46,7 +65,9 @@ function parseFlags () {
         ca: { type: 'string' },
         cert: { type: 'string' },
         key: { type: 'string' },
-        'topic-root': { type: 'string', default: 'thermo' }
+        'topic-root': { type: 'string', default: 'thermo' },
+        redis: { type: 'string' },
+        id: { type: 'string' }
       },
       strict: true
     }))
@@ -62,6 +83,11 @@ function parseFlags () {
   if (root === '' || root.startsWith('$') || /[+#%\s\u0000]/.test(root) || root.split('/').includes('')) {
     usage(`--topic-root ${JSON.stringify(root)}: not a valid topic root`)
   }
+  if (values.redis !== undefined && !/^rediss?:\/\/[^/\s]+(\/\d+)?$/.test(values.redis)) {
+    usage(`--redis ${JSON.stringify(values.redis)}: want redis://HOST:PORT[/DB]`)
+  }
+  if (values.id !== undefined && values.redis === undefined) usage('--id names a node of a cluster: it needs --redis')
+  if (values.id !== undefined && !/^[A-Za-z0-9_.-]{1,64}$/.test(values.id)) usage(`--id ${JSON.stringify(values.id)}: 1-64 of A-Z, a-z, 0-9, '_', '.', '-'`)
   return { ...values, port, root }
 }
 
@@ -77,10 +103,28 @@ function underPrefix (prefix, topic) {
   return topic === prefix || topic.startsWith(prefix + '/')
 }
 
+// isController: "controller", or "controller-<name>" for one of several
+// controller processes sharing the fleet (protocol.IsControllerID).
+function isController (id) {
+  return id === CONTROLLER || (id.startsWith(CONTROLLER_PREFIX) && DEVICE_ID.test(id.slice(CONTROLLER_PREFIX.length)))
+}
+
 function mayAccess (root, id, topic) {
-  if (id === CONTROLLER) return underPrefix(root, topic)
+  if (isController(id)) return underPrefix(root, topic)
+  if (id.startsWith(CONTROLLER_PREFIX)) return false
   if (!DEVICE_ID.test(id)) return false
   return underPrefix(`${root}/${id}`, topic)
+}
+
+// redisOptions turns --redis into ioredis options, which both Redis
+// packages take (aedes-persistence-redis has no URL option).
+function redisOptions (s) {
+  const u = new URL(s)
+  const o = { host: u.hostname, port: Number(u.port || 6379), db: Number(u.pathname.slice(1) || 0) }
+  if (u.username) o.username = decodeURIComponent(u.username)
+  if (u.password) o.password = decodeURIComponent(u.password)
+  if (u.protocol === 'rediss:') o.tls = { servername: u.hostname }
+  return o
 }
 
 function readFile (flag, path) {
@@ -91,15 +135,48 @@ function readFile (flag, path) {
   }
 }
 
+// numberAtEmit makes aedes number each publish (brokerCounter) when it is
+// emitted to the subscribers instead of when it arrived. Each client skips
+// a packet whose number is not above the last one it was sent (aedes'
+// dedupe of overlapping subscriptions). A retained publish is emitted only
+// once the persistence has stored it, which with Redis is a round trip: a
+// later publish of the same node, not retained, went out first, and the
+// retained one was then skipped as a duplicate by every subscriber. A
+// device's retained status followed by its telemetry lost the status (the
+// controller never greeted it), and a retained Command or Event followed by
+// anything was lost the same way. Numbered at emit, the numbers follow the
+// order subscribers see on every node.
+function numberAtEmit (aedes) {
+  const emit = aedes.mq.emit.bind(aedes.mq)
+  aedes.mq.emit = (packet, done) => {
+    if (packet.brokerId === aedes.id && typeof packet.brokerCounter === 'number') {
+      packet.brokerCounter = ++aedes.counter
+    }
+    return emit(packet, done)
+  }
+}
+
 async function main () {
   const opts = parseFlags()
   const root = opts.root
 
-  const aedes = await Aedes.createBroker({
+  const brokerOpts = {
     id: 'thermo-aedes',
-    // Device ids are up to 63 characters; aedes' default allows 23 (MQTT 3.1).
-    maxClientsIdLength: 64
-  })
+    // Device ids are up to 63 characters; aedes' default allows 23 (MQTT
+    // 3.1). A controller-<name> is up to 74.
+    maxClientsIdLength: 80
+  }
+  if (opts.redis) {
+    brokerOpts.id = opts.id // undefined: aedes picks a random one
+    // Loaded only for a cluster: a node_modules installed before these
+    // packages were added still runs a single node.
+    const { default: mqemitterRedis } = await import('mqemitter-redis')
+    const { default: aedesPersistenceRedis } = await import('aedes-persistence-redis')
+    brokerOpts.mq = mqemitterRedis(redisOptions(opts.redis))
+    brokerOpts.persistence = aedesPersistenceRedis(redisOptions(opts.redis))
+  }
+  const aedes = await Aedes.createBroker(brokerOpts)
+  numberAtEmit(aedes)
 
   aedes.authenticate = (client, _username, _password, callback) => {
     const fail = (reason) => {
@@ -113,7 +190,7 @@ async function main () {
     const cert = sock.getPeerCertificate()
     const cn = cert && cert.subject && cert.subject.CN
     if (typeof cn !== 'string') return fail('certificate has no single Common Name')
-    if (cn !== CONTROLLER && !DEVICE_ID.test(cn)) return fail(`certificate CN ${JSON.stringify(cn)} is not a valid device id`)
+    if (!isController(cn) && (!DEVICE_ID.test(cn) || cn.startsWith(CONTROLLER_PREFIX))) return fail(`certificate CN ${JSON.stringify(cn)} is not a valid device id or controller name`)
     if (client.id !== cn) return fail(`client id ${JSON.stringify(client.id)} does not match certificate CN ${JSON.stringify(cn)}`)
     // client._will is the CONNECT packet's will, set before authenticate
     // runs; aedes sends wills after authorizePublish, but refusing here
@@ -125,6 +202,13 @@ async function main () {
 
   aedes.authorizePublish = (client, packet, callback) => {
     if (client && mayAccess(root, client.id, packet.topic)) return callback(null)
+    if (!client && packet.brokerId !== undefined) {
+      // A dead node's will, published by this one (see the top).
+      log('will of a client of a dead node dropped', { client: packet.clientId, node: packet.brokerId, topic: packet.topic })
+      packet.topic = DROP_TOPIC
+      packet.retain = false
+      return callback(null)
+    }
     log('publish dropped: topic outside the client\'s topics', {
       client: client ? client.id : '(none)', topic: packet.topic, qos: packet.qos, retain: packet.retain
     })
@@ -180,7 +264,7 @@ async function main () {
 
   server.listen(opts.port, opts.host, () => {
     const addr = server.address()
-    log('listening', { host: addr.address, port: addr.port, topic_root: root })
+    log('listening', { host: addr.address, port: addr.port, topic_root: root, node: aedes.id, redis: opts.redis ? 'yes' : 'no' })
     process.stdout.write(`aedes ready port=${addr.port}\n`)
   })
 }

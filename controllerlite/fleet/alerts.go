@@ -12,6 +12,12 @@ import (
 // see (see protocol.AlertCodes). It never blocks; a device not yet known is
 // recorded. The first raise of a code is logged at ERROR.
 func (f *Fleet) RaiseAlert(id, code, detail string) {
+	if err := protocol.CheckDeviceID(id); err != nil {
+		// A controller's certificate (a broker sees those too) is not a
+		// device: the log is its only place.
+		f.log.Error("alert about a client that is no device", "client", id, "alert", code, "detail", detail, "reason", err)
+		return
+	}
 	f.q.Push(func(context.Context) {
 		rec := f.record(id)
 		i := slices.IndexFunc(rec.Raised, func(a protocol.Alert) bool { return a.Code == code })

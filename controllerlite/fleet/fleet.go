@@ -69,10 +69,26 @@ type Publisher interface {
 	Publish(ctx context.Context, topic string, payload []byte, qos byte, retain bool) error
 }
 
+// Store is what the fleet needs of a database: the bbolt file in the data
+// directory (*store.Store, the default) or PostgreSQL (store/pgstore).
+type Store interface {
+	// Load returns every record, sorted by id; New calls it once.
+	Load() ([]store.Device, error)
+	// Put writes records in one transaction, all or none, durably
+	// before it returns: the fleet publishes a Command only after the
+	// replica it carries is stored.
+	Put(devs ...store.Device) error
+	// Delete removes the records of ids in one transaction; an id
+	// without a record is no error.
+	Delete(ids ...string) error
+	// Path says where the records are, for the log (no secrets).
+	Path() string
+}
+
 // Options configure a Fleet. Store is required.
 type Options struct {
 	// Store holds the replicas; New loads it, and the fleet writes it.
-	Store *store.Store
+	Store Store
 	// TopicRoot defaults to protocol.DefaultRoot.
 	TopicRoot string
 	// QuietPeriod and RetainedTimeout decide when an external broker has
@@ -147,7 +163,7 @@ type Fleet struct {
 	opts Options
 	root string
 	log  *slog.Logger
-	st   *store.Store
+	st   Store
 
 	q       *workq.Queue[func(context.Context)] // work for Run, in order
 	ready   chan struct{}                       // closed when the retained state has been read
@@ -375,7 +391,7 @@ func (f *Fleet) Status() Status {
 // Command is owed and sent when it is back; the write is accepted all the
 // same (Device.Pending says so).
 func (f *Fleet) Set(ctx context.Context, id string, changes map[string]any) (Device, error) {
-	if !protocol.ValidID(id) || id == protocol.ControllerID {
+	if protocol.CheckDeviceID(id) != nil {
 		return Device{}, fmt.Errorf("%w %q", ErrUnknownDevice, id)
 	}
 	if len(changes) == 0 {
@@ -454,8 +470,10 @@ func (f *Fleet) handle(topic string, payload []byte, retained bool) {
 		f.reject(topic, payload, err)
 		return
 	}
-	if id == protocol.ControllerID {
-		f.reject(topic, payload, protocol.ErrReservedID)
+	// "controller" and every "controller-<name>" are the controller's
+	// own certificates, never a device, whatever a broker let through.
+	if err := protocol.CheckDeviceID(id); err != nil {
+		f.reject(topic, payload, err)
 		return
 	}
 	switch kind {

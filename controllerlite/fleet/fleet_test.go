@@ -270,7 +270,7 @@ func TestRejectTopics(t *testing.T) {
 	go func() { defer close(done); f.Run(rctx) }()
 	defer func() { cancel(); <-done }()
 
-	topics := []string{"thermo/Bad/event", "thermo/controller/event", "thermo/d1/other", "other/d1/event", "thermo/d1/x/event", "thermo/d1"}
+	topics := []string{"thermo/Bad/event", "thermo/controller/event", "thermo/controller-b/event", "thermo/controller-b/status", "thermo/d1/other", "other/d1/event", "thermo/d1/x/event", "thermo/d1"}
 	valid := `{"v":1,"vc":[0,1],"props":{}}`
 	for _, tp := range topics {
 		f.Receive(tp, []byte(valid), false)
@@ -279,8 +279,18 @@ func TestRejectTopics(t *testing.T) {
 	if devs := f.Devices(); len(devs) != 0 {
 		t.Fatalf("devices created by rejected messages: %+v", devs)
 	}
-	if !logs.contains("message rejected", "topic=thermo/controller/event", "reserved") {
-		t.Error("no reason logged for the controller's id")
+	for _, tp := range []string{"thermo/controller/event", "thermo/controller-b/status"} {
+		if !logs.contains("message rejected", "topic="+tp, "reserved") {
+			t.Errorf("no reason logged for the controller's id in %s", tp)
+		}
+	}
+	// Nor does an alert the broker raises about a controller's
+	// certificate make it a device.
+	f.RaiseAlert("controller-b", protocol.AlertTLSRefused, "test")
+	f.RaiseAlert("d1", protocol.AlertTLSRefused, "test")
+	testenv.WaitFor(t, "d1's alert", func() bool { _, ok := f.Device("d1"); return ok })
+	if _, ok := f.Device("controller-b"); ok || !logs.contains("alert about a client that is no device", "client=controller-b") {
+		t.Errorf("an alert about controller-b: device %v, logged %v", ok, logs.contains("alert about a client that is no device"))
 	}
 }
 
@@ -307,6 +317,7 @@ func TestSetErrors(t *testing.T) {
 		{"nothing", "d1", map[string]any{}, ErrInvalid, "no property"},
 		{"bad id", "D1", map[string]any{"mode": "off"}, ErrUnknownDevice, "D1"},
 		{"controller", "controller", map[string]any{"mode": "off"}, ErrUnknownDevice, "controller"},
+		{"another controller", "controller-b", map[string]any{"mode": "off"}, ErrUnknownDevice, "controller-b"},
 		{"not ready", "d1", map[string]any{"mode": "off"}, ErrNotReady, "retained"},
 	}
 	for _, tc := range tests {

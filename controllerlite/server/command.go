@@ -33,6 +33,7 @@ type Flags struct {
 	tokenFile      string
 	level          string
 	haPasswordFile string
+	brokers        cli.StringList // --broker, repeated: Broker then Failover
 }
 
 // ParseFlags parses serve's flags; `install` checks its flags with it
@@ -45,12 +46,13 @@ func ParseFlags(args []string, stderr io.Writer) (Flags, error) {
 	fs.StringVar(&cfg.CertFile, "cert", "", "certificate `FILE`: the embedded broker's server certificate, or with --broker the controller's client certificate (CN controller)")
 	fs.StringVar(&cfg.KeyFile, "key", "", "private key `FILE` of --cert")
 	fs.StringVar(&cfg.DataDir, "data-dir", "", "`DIR` of the controller's store (and the embedded broker's, in DIR/broker)")
+	fs.StringVar(&cfg.Store, "store", "", "PostgreSQL `URL` postgres://USER@HOST:PORT/DATABASE of the devices' records instead of DATA-DIR's controller.db\n(password from PGPASSWORD or ~/.pgpass, not the command line; telemetry history stays in DATA-DIR)")
 	fs.StringVar(&cfg.BrokerDataDir, "broker-data-dir", "", "`DIR` of the embedded broker's store (default DATA-DIR/broker)")
 	fs.StringVar(&cfg.HTTPAddr, "http", api.DefaultAddr, "HTTP API listen `ADDR`; off loopback it requires --http-token-file")
 	fs.StringVar(tokenFile, "http-token-file", "", "`FILE` holding the API's bearer token")
 	fs.BoolVar(&cfg.Metrics, "metrics", false, "serve Prometheus metrics at /metrics on the --http listener (with its token)")
 	fs.StringVar(&cfg.Listen, "listen", "", "embedded broker's TLS listen `ADDR` (default :8883 unless --broker)")
-	fs.StringVar(&cfg.Broker, "broker", "", "external broker mqtts://HOST:PORT instead of the embedded one")
+	fs.Var(&o.brokers, "broker", "external broker mqtts://HOST:PORT instead of the embedded one; repeat it (or separate with commas) for the nodes of a broker cluster, tried in turn")
 	fs.DurationVar(&cfg.KeepAlive, "keep-alive", transport.DefaultKeepAlive, "MQTT keep-alive of the link to --broker; a broker silent this long is dropped and reconnected")
 	fs.StringVar(&cfg.TopicRoot, "topic-root", protocol.DefaultRoot, "first topic level")
 	fs.StringVar(level, "log-level", "info", "log level: debug, info, warn or error")
@@ -77,6 +79,9 @@ func ParseFlags(args []string, stderr io.Writer) (Flags, error) {
 	} else if len(pos) > 0 {
 		fs.Usage()
 		return o, fmt.Errorf("%w: serve takes no arguments, got %q", cli.ErrUsage, pos[0])
+	}
+	if len(o.brokers) > 0 {
+		cfg.Broker, cfg.Failover = o.brokers[0], o.brokers[1:]
 	}
 	if ha.Broker == "" && (ha.Username != "" || o.haPasswordFile != "" || ha.CAFile != "") {
 		return o, fmt.Errorf("%w: --ha-username, --ha-password-file and --ha-ca need --ha-broker", cli.ErrUsage)
@@ -133,7 +138,7 @@ func Command(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	if a := s.BrokerAddr(); a != nil {
 		fmt.Fprintf(stdout, "controllerlite: mqtt broker listening on %s\n", a)
 	} else {
-		fmt.Fprintf(stdout, "controllerlite: mqtt broker %s (external)\n", strings.TrimSpace(cfg.Broker))
+		fmt.Fprintf(stdout, "controllerlite: mqtt broker %s (external)\n", strings.Join(append([]string{cfg.Broker}, cfg.Failover...), ","))
 	}
 	fmt.Fprintf(stdout, "controllerlite: http listening on %s\n", s.HTTPAddr())
 	if a := s.EnrollAddr(); a != nil {

@@ -27,6 +27,7 @@ import (
 	"github.com/thermofleet/thermo/controllerlite/ota"
 	"github.com/thermofleet/thermo/controllerlite/renewal"
 	"github.com/thermofleet/thermo/controllerlite/store"
+	"github.com/thermofleet/thermo/controllerlite/store/pgstore"
 	"github.com/thermofleet/thermo/controllerlite/web"
 	"github.com/thermofleet/thermo/protocol"
 	"github.com/thermofleet/thermo/provisioning"
@@ -77,6 +78,9 @@ type Config struct {
 	// Broker is an external broker, mqtts://HOST:PORT: no broker is
 	// embedded.
 	Broker string
+	// Failover lists further nodes of Broker's cluster, tried in turn when
+	// a connect fails (transport.Options.Failover). Only with Broker.
+	Failover []string
 	// KeepAlive of the link to an external broker (transport's default
 	// when zero): a broker silent this long is dropped and reconnected.
 	KeepAlive time.Duration
@@ -104,6 +108,10 @@ type Config struct {
 	// HomeAssistant, when its Broker is set, bridges the fleet to Home
 	// Assistant's broker (package hass).
 	HomeAssistant hass.Options
+	// Store, when set, is a PostgreSQL URL, postgres://USER@HOST:PORT/DB:
+	// the devices' records live there (package store/pgstore) instead of
+	// in DataDir's controller.db. Telemetry history stays in DataDir.
+	Store string
 	// Metrics serves Prometheus metrics at /metrics on the API's listener,
 	// with the API's authentication (package controllerlite/metrics).
 	Metrics bool
@@ -121,7 +129,7 @@ type Config struct {
 type Server struct {
 	cfg    Config
 	log    *slog.Logger
-	st     *store.Store
+	st     deviceStore
 	hist   *history.History
 	fl     *fleet.Fleet
 	br     *broker.Broker
@@ -162,7 +170,7 @@ func Start(ctx context.Context, cfg Config) (_ *Server, err error) {
 	if s.ln, err = api.Listen(cfg.HTTPAddr, cfg.HTTPToken); err != nil {
 		return nil, err
 	}
-	if s.st, err = store.Open(cfg.DataDir); err != nil {
+	if s.st, err = openStore(ctx, cfg); err != nil {
 		return nil, err
 	}
 	if s.hist, err = history.Open(cfg.DataDir, history.Options{Logger: s.log.With("part", "history")}); err != nil {
@@ -232,7 +240,7 @@ func Start(ctx context.Context, cfg Config) (_ *Server, err error) {
 	} else {
 		s.tc, err = fleet.Connect(s.fl, transport.Options{
 			Handler: s.otherMessage,
-			Broker:  cfg.Broker, CAFile: cfg.CAFile, CertFile: cfg.CertFile, KeyFile: cfg.KeyFile,
+			Broker:  cfg.Broker, Failover: cfg.Failover, CAFile: cfg.CAFile, CertFile: cfg.CertFile, KeyFile: cfg.KeyFile,
 			KeepAlive: cfg.KeepAlive, Backoff: LinkBackoff, DialStagger: LinkDialStagger,
 			OnTrouble: s.linkTrouble,
 			Logger:    s.log.With("part", "transport"),
@@ -431,6 +439,9 @@ func check(cfg *Config) error {
 	if cfg.DataDir == "" {
 		return errors.New("--data-dir is required")
 	}
+	if cfg.Store != "" && !pgstore.IsURL(cfg.Store) {
+		return errors.New("--store: want a PostgreSQL URL postgres://USER@HOST:PORT/DATABASE (without --store, the store is the data directory's)")
+	}
 	if cfg.HomeAssistant.Broker != "" {
 		if cfg.HomeAssistant.Logger == nil {
 			cfg.HomeAssistant.Logger = cfg.Logger.With("part", "hass")
@@ -449,6 +460,9 @@ func check(cfg *Config) error {
 		if err := transport.CheckKeepAlive(cfg.KeepAlive); err != nil {
 			return fmt.Errorf("--keep-alive %v: %w", cfg.KeepAlive, err)
 		}
+	}
+	if cfg.Broker == "" && len(cfg.Failover) > 0 {
+		return errors.New("failover brokers need a first --broker")
 	}
 	if cfg.ReleasesDir != "" {
 		if cfg.OTAListen == "" {
@@ -471,15 +485,17 @@ func check(cfg *Config) error {
 		if cfg.Listen != "" {
 			return errors.New("--listen and --broker exclude each other: --listen runs the embedded broker, --broker connects to another")
 		}
-		if _, err := transport.ParseBroker(cfg.Broker); err != nil {
-			return fmt.Errorf("--broker: %w", err)
+		for _, b := range append([]string{cfg.Broker}, cfg.Failover...) {
+			if _, err := transport.ParseBroker(b); err != nil {
+				return fmt.Errorf("--broker: %w", err)
+			}
 		}
 		cn, err := provisioning.CommonName(cfg.CertFile)
 		if err != nil {
 			return fmt.Errorf("--cert: %w", err)
 		}
-		if cn != protocol.ControllerID {
-			return fmt.Errorf("--cert %s has CN %q: with --broker, --cert and --key must be the controller's client certificate (CN %q), made by 'controllerlite pki controller'", cfg.CertFile, cn, protocol.ControllerID)
+		if !protocol.IsControllerID(cn) {
+			return fmt.Errorf("--cert %s has CN %q: with --broker, --cert and --key must be a controller's client certificate (CN %q, or %q<name> for one of several), made by 'controllerlite pki controller [--name NAME]'", cfg.CertFile, cn, protocol.ControllerID, protocol.ControllerPrefix)
 		}
 		return nil
 	}
@@ -490,6 +506,29 @@ func check(cfg *Config) error {
 		cfg.BrokerDataDir = filepath.Join(cfg.DataDir, BrokerDir)
 	}
 	return nil
+}
+
+// deviceStore is the fleet's store, which the server closes.
+type deviceStore interface {
+	fleet.Store
+	Close() error
+}
+
+// openStore opens PostgreSQL for --store, else the bbolt file in the data
+// directory. (A nil *store.Store must not become a non-nil deviceStore.)
+func openStore(ctx context.Context, cfg Config) (deviceStore, error) {
+	if cfg.Store != "" {
+		st, err := pgstore.Open(ctx, cfg.Store)
+		if err != nil {
+			return nil, fmt.Errorf("--store: %w", err)
+		}
+		return st, nil
+	}
+	st, err := store.Open(cfg.DataDir)
+	if err != nil {
+		return nil, err
+	}
+	return st, nil
 }
 
 // shutdown stops the parts in order: no new API requests, then the fleet

@@ -135,6 +135,12 @@ func TestConfigErrors(t *testing.T) {
 		{"no data dir", func(c *Config) { c.DataDir = "" }, "--data-dir"},
 		{"listen and broker", func(c *Config) { c.Broker = "mqtts://localhost:1" }, "exclude each other"},
 		{"plain broker", func(c *Config) { c.Listen = ""; c.Broker = "mqtt://localhost:1883" }, "plain-text"},
+		{"store not PostgreSQL", func(c *Config) { c.Store = "/var/lib/controller.db" }, "--store: want a PostgreSQL URL"},
+		{"store unreachable", func(c *Config) { c.Store = "postgres://thermo@127.0.0.1:1/none?connect_timeout=2" }, "--store: open store postgres://thermo@127.0.0.1:1/none"},
+		{"failover without broker", func(c *Config) { c.Failover = []string{"mqtts://localhost:1"} }, "need a first --broker"},
+		{"plain failover broker", func(c *Config) {
+			c.Listen, c.Broker, c.Failover = "", "mqtts://localhost:1", []string{"mqtts://localhost:2", "mqtt://localhost:1883"}
+		}, "plain-text"},
 		{"server cert as client", func(c *Config) { c.Listen = ""; c.Broker = "mqtts://localhost:1" }, `has CN "localhost"`},
 		{"device cert as client", func(c *Config) {
 			c.Listen, c.Broker, c.CertFile, c.KeyFile = "", "mqtts://localhost:1", d1Cert, d1Key

@@ -1,8 +1,12 @@
 package store
 
 import (
+	"encoding/json"
 	"fmt"
 	"testing"
+	"time"
+
+	"github.com/thermofleet/thermo/protocol"
 )
 
 // BenchmarkPut compares storing 100 device records one transaction each
@@ -11,7 +15,9 @@ import (
 func BenchmarkPut(b *testing.B) {
 	devs := make([]Device, 100)
 	for i := range devs {
-		devs[i] = sample()[0]
+		devs[i] = Device{ID: "d1", Replica: replica(protocol.Clock{4, 2}, protocol.Props{
+			protocol.PropSetpoint: {Val: 21.5, W: protocol.Clock{4, 2}},
+		}), Online: true, LastSeen: time.Now(), Telemetry: json.RawMessage(`{"v":1,"temp_c":20.31}`)}
 		devs[i].ID = fmt.Sprintf("d%03d", i)
 	}
 	for _, bc := range []struct {

@@ -111,7 +111,7 @@ func (s *Store) Put(devs ...Device) error {
 	}
 	vals := make([][]byte, len(devs))
 	for i, d := range devs {
-		if err := check(d); err != nil {
+		if err := Check(d); err != nil {
 			return fmt.Errorf("store put: %w", err)
 		}
 		b, err := json.Marshal(d)
@@ -149,10 +149,10 @@ func (s *Store) Load() ([]Device, error) {
 			if d.ID != string(k) {
 				return fmt.Errorf("device %q: record says id %q", k, d.ID)
 			}
-			if err := check(d); err != nil {
+			if err := Check(d); err != nil {
 				return err
 			}
-			if err := normalize(d.Replica); err != nil {
+			if err := Normalize(d.Replica); err != nil {
 				return fmt.Errorf("device %q: %w", k, err)
 			}
 			devs = append(devs, d)
@@ -176,7 +176,9 @@ func (s *Store) Load() ([]Device, error) {
 	return devs, nil
 }
 
-func check(d Device) error {
+// Check is what every store refuses to write, and to read back: a record
+// whose id is no device id, or that has no replica.
+func Check(d Device) error {
 	if err := protocol.CheckDeviceID(d.ID); err != nil {
 		return err
 	}
@@ -186,9 +188,11 @@ func check(d Device) error {
 	return nil
 }
 
-// normalize puts property values read back from JSON in canonical form and
-// checks them as a received message's would be.
-func normalize(r *protocol.Replica) error {
+// Normalize puts property values read back from JSON in canonical form and
+// checks them as a received message's would be: every store applies it to
+// what it reads, so that a controller never resumes from a clock it cannot
+// trust.
+func Normalize(r *protocol.Replica) error {
 	r.Side = protocol.ControllerSide
 	if r.Props == nil {
 		r.Props = protocol.Props{}

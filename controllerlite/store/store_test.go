@@ -1,15 +1,11 @@
 package store
 
 import (
-	"encoding/json"
 	"fmt"
 	"os"
 	"os/exec"
-	"path/filepath"
-	"reflect"
 	"strings"
 	"testing"
-	"time"
 
 	"go.etcd.io/bbolt"
 
@@ -21,100 +17,8 @@ func replica(vc protocol.Clock, props protocol.Props) *protocol.Replica {
 	return &protocol.Replica{Side: protocol.ControllerSide, VC: vc, Props: props, Src: protocol.SrcController}
 }
 
-func sample() []Device {
-	seen := time.Date(2026, 11, 24, 17, 0, 0, 0, time.UTC)
-	return []Device{
-		{
-			ID: "d1",
-			Replica: replica(protocol.Clock{4, 2}, protocol.Props{
-				protocol.PropSetpoint: {Val: 21.5, W: protocol.Clock{4, 2}},
-				protocol.PropMode:     {Val: "heat", W: protocol.Clock{0, 1}},
-			}),
-			Owed:      true,
-			Online:    true,
-			LastSeen:  seen,
-			Telemetry: json.RawMessage(`{"v":1,"ts":"2026-11-24T17:00:00Z","temp_c":20.31,"heat":true,"cool":false,"sensor_ok":true}`),
-		},
-		{ID: "d2", Replica: replica(protocol.Clock{}, protocol.Props{})},
-	}
-}
-
-func TestPutLoadReopen(t *testing.T) {
-	dir := t.TempDir()
-	s, err := Open(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	want := sample()
-	// Written in reverse order: Load sorts.
-	if err := s.Put(want[1], want[0]); err != nil {
-		t.Fatal(err)
-	}
-	if err := s.Close(); err != nil {
-		t.Fatal(err)
-	}
-	if fi, err := os.Stat(filepath.Join(dir, FileName)); err != nil || fi.Mode().Perm() != 0o600 {
-		t.Fatalf("database file: %v, mode %v", err, fi.Mode())
-	}
-
-	s, err = Open(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
-	got, err := s.Load()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if !reflect.DeepEqual(got, want) {
-		t.Fatalf("after reopen:\n got %+v\nwant %+v", got, want)
-	}
-
-	// A later Put replaces the record.
-	d := want[0]
-	d.Owed = false
-	d.Replica = replica(protocol.Clock{5, 2}, d.Replica.Props)
-	if err := s.Put(d); err != nil {
-		t.Fatal(err)
-	}
-	got, err = s.Load()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if got[0].Owed || got[0].Replica.VC != (protocol.Clock{5, 2}) {
-		t.Fatalf("after replace: %+v", got[0])
-	}
-}
-
-func TestPutRefusesBadRecords(t *testing.T) {
-	s, err := Open(t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
-	tests := []struct {
-		name string
-		dev  Device
-		want string
-	}{
-		{"bad id", Device{ID: "D1", Replica: replica(protocol.Clock{}, nil)}, "invalid id"},
-		{"controller id", Device{ID: "controller", Replica: replica(protocol.Clock{}, nil)}, "reserved"},
-		{"no replica", Device{ID: "d1"}, "no replica"},
-	}
-	for _, tc := range tests {
-		t.Run(tc.name, func(t *testing.T) {
-			// A batch with one bad record stores none of it.
-			err := s.Put(Device{ID: "ok", Replica: replica(protocol.Clock{}, nil)}, tc.dev)
-			if err == nil || !strings.Contains(err.Error(), tc.want) {
-				t.Fatalf("Put: %v, want an error with %q", err, tc.want)
-			}
-			got, err := s.Load()
-			if err != nil || len(got) != 0 {
-				t.Fatalf("after a refused Put: %+v, %v", got, err)
-			}
-		})
-	}
-}
+// TestContract (contract_test.go) runs what every store must do; these are
+// what only the bbolt file does.
 
 func TestLoadRefusesCorruptRecords(t *testing.T) {
 	tests := []struct {

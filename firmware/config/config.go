@@ -30,6 +30,7 @@ import (
 
 	"github.com/thermofleet/thermo/firmware/control"
 	"github.com/thermofleet/thermo/hal/rpi"
+	"github.com/thermofleet/thermo/internal/cli"
 	"github.com/thermofleet/thermo/internal/schedfile"
 	"github.com/thermofleet/thermo/internal/yamlconf"
 	"github.com/thermofleet/thermo/protocol"
@@ -56,8 +57,12 @@ const (
 
 // Config is everything `thermostat run` needs.
 type Config struct {
-	// Broker is mqtts://HOST:PORT. Required.
-	Broker string `yaml:"broker"`
+	// Broker is mqtts://HOST:PORT. Required. In the file, `broker:` is
+	// one address or a list of the nodes of one broker cluster; the first
+	// is Broker, the others Failover, tried in turn when a connect fails
+	// (transport.Options.Failover).
+	Broker   string   `yaml:"broker"`
+	Failover []string `yaml:"-"`
 	// CA verifies the broker's certificate; Cert and Key are the device's,
 	// and the certificate's Common Name is the device id.
 	CA   string `yaml:"ca"`
@@ -194,6 +199,14 @@ func Parse(data []byte, name string) (Config, error) {
 	for i := 0; i+1 < len(root.Content); i += 2 {
 		k, v := root.Content[i], root.Content[i+1]
 		switch k.Value {
+		case "broker":
+			list, err := brokerList(v)
+			if err != nil {
+				return c, fmt.Errorf("%s: %w", name, err)
+			}
+			c.Broker, c.Failover = list[0], list[1:]
+			// The rest of the file decodes as usual, the list as its first.
+			*v = yaml.Node{Kind: yaml.ScalarNode, Tag: "!!str", Value: list[0], Line: v.Line, Column: v.Column}
 		case "sim":
 			if err := yamlconf.CheckKnown("sim", v, &SimConfig{}); err != nil {
 				return c, fmt.Errorf("%s: %w", name, err)
@@ -226,6 +239,30 @@ func Parse(data []byte, name string) (Config, error) {
 	c.lines = yamlconf.Index("", root)
 	return c, nil
 }
+
+// brokerList reads `broker:`: one address or a non-empty list of them.
+func brokerList(v *yaml.Node) ([]string, error) {
+	switch v.Kind {
+	case yaml.ScalarNode:
+		return []string{v.Value}, nil
+	case yaml.SequenceNode:
+		if len(v.Content) == 0 {
+			return nil, fmt.Errorf("line %d: broker: the list is empty", v.Line)
+		}
+		var out []string
+		for _, e := range v.Content {
+			if e.Kind != yaml.ScalarNode || e.Tag != "!!str" {
+				return nil, fmt.Errorf("line %d: broker: each entry must be an address mqtts://HOST:PORT", e.Line)
+			}
+			out = append(out, e.Value)
+		}
+		return out, nil
+	}
+	return nil, fmt.Errorf("line %d: broker: want an address mqtts://HOST:PORT or a list of them", v.Line)
+}
+
+// Brokers returns Broker and Failover: every broker address, in order.
+func (c *Config) Brokers() []string { return append([]string{c.Broker}, c.Failover...) }
 
 // Load reads the configuration file path. When path is DefaultFile and it
 // does not exist, the defaults stand: a board configured by flags alone
@@ -263,8 +300,10 @@ func (c *Config) Validate() error {
 	if c.Broker == "" {
 		return c.errorf("broker", "no broker given: set --broker mqtts://HOST:8883 or broker: in the config file")
 	}
-	if _, err := transport.ParseBroker(c.Broker); err != nil {
-		return c.errorf("broker", "%v", err)
+	for _, b := range c.Brokers() {
+		if _, err := transport.ParseBroker(b); err != nil {
+			return c.errorf("broker", "%v", err)
+		}
 	}
 	for _, f := range []struct{ key, val string }{{"ca", c.CA}, {"cert", c.Cert}, {"key", c.Key}, {"state_dir", c.StateDir}, {"control_socket", c.ControlSocket}} {
 		if strings.TrimSpace(f.val) == "" {
@@ -337,9 +376,10 @@ func (c *Config) sectionErr(err error) error {
 
 // Flags binds the command-line flags of `thermostat run` to a FlagSet.
 type Flags struct {
-	fs     *flag.FlagSet
-	file   string
-	shadow Config
+	fs      *flag.FlagSet
+	file    string
+	shadow  Config
+	brokers cli.StringList // --broker, repeated
 	// byFlag maps each flag name to the key it sets.
 	byFlag map[string]string
 }
@@ -359,7 +399,7 @@ func RegisterFlags(fs *flag.FlagSet) *Flags {
 	f := &Flags{fs: fs, shadow: Default(), byFlag: flagKeys}
 	s := &f.shadow
 	fs.StringVar(&f.file, "config", DefaultFile, "YAML configuration file (every flag is also a key there; flags win)")
-	fs.StringVar(&s.Broker, "broker", "", "broker address, mqtts://HOST:PORT (required)")
+	fs.Var(&f.brokers, "broker", "broker address, mqtts://HOST:PORT (required); repeat it (or separate with commas) for the nodes of a broker cluster, tried in turn")
 	fs.StringVar(&s.CA, "ca", s.CA, "CA certificate that issued the broker's certificate")
 	fs.StringVar(&s.Cert, "cert", s.Cert, "device certificate; its Common Name is the device id")
 	fs.StringVar(&s.Key, "key", s.Key, "device private key")
@@ -407,7 +447,10 @@ func (f *Flags) Config() (Config, error) {
 		c.flags[key] = fl.Name
 		switch key {
 		case "broker":
-			c.Broker = s.Broker
+			c.Broker, c.Failover = "", nil
+			if len(f.brokers) > 0 {
+				c.Broker, c.Failover = f.brokers[0], f.brokers[1:]
+			}
 		case "ca":
 			c.CA = s.CA
 		case "cert":

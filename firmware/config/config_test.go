@@ -272,3 +272,48 @@ schedule:
 		}
 	}
 }
+
+// TestBrokerList: broker: is one address or a list of a cluster's nodes,
+// in the file and as --broker repeated (or comma-separated); the flag
+// replaces the file's whole list, and every address is checked.
+func TestBrokerList(t *testing.T) {
+	one := "mqtts://broker.lan:8883"
+	for _, tc := range []struct {
+		name   string
+		file   string // replaces the broker line of good
+		flags  []string
+		want   []string
+		errHas string
+	}{
+		{"one in the file", "broker: " + one, nil, []string{one}, ""},
+		{"list in the file", "broker:\n  - mqtts://a:8883\n  - mqtts://b:8883", nil, []string{"mqtts://a:8883", "mqtts://b:8883"}, ""},
+		{"flow list", "broker: [mqtts://a, mqtts://b, mqtts://c]", nil, []string{"mqtts://a", "mqtts://b", "mqtts://c"}, ""},
+		{"flag repeated wins", "broker: [mqtts://a, mqtts://b]", []string{"--broker", "mqtts://x", "--broker", "mqtts://y"}, []string{"mqtts://x", "mqtts://y"}, ""},
+		{"flag with commas", "broker: " + one, []string{"--broker", "mqtts://x,mqtts://y"}, []string{"mqtts://x", "mqtts://y"}, ""},
+		{"empty list", "broker: []", nil, nil, "line 2: broker: the list is empty"},
+		{"mapping", "broker: {a: b}", nil, nil, "line 2: broker: want an address"},
+		{"nested list", "broker: [[mqtts://a]]", nil, nil, "each entry must be an address"},
+		{"plain node in the list", "broker: [mqtts://a, mqtt://b]", nil, nil, "plain-text"},
+		{"plain node by flag", "broker: " + one, []string{"--broker", "mqtts://a", "--broker", "mqtt://b"}, nil, "--broker: "},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			file := writeFile(t, strings.Replace(good, "broker: "+one, tc.file, 1))
+			c, err := parseFlags(t, append([]string{"--config", file}, tc.flags...)...)
+			if err == nil {
+				err = c.Validate()
+			}
+			if tc.errHas != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.errHas) {
+					t.Fatalf("error %v, want it to contain %q", err, tc.errHas)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := c.Brokers(); !slices.Equal(got, tc.want) {
+				t.Fatalf("brokers %q, want %q", got, tc.want)
+			}
+		})
+	}
+}

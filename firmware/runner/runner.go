@@ -15,6 +15,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"strings"
 	"sync"
 	"time"
 
@@ -177,6 +178,7 @@ func New(cfg config.Config, o Options) (_ *Thermostat, err error) {
 	}
 	t.client, err = transport.New(transport.Options{
 		Broker:       cfg.Broker,
+		Failover:     cfg.Failover,
 		CAFile:       cfg.CA,
 		CertFile:     cfg.Cert,
 		KeyFile:      cfg.Key,
@@ -284,7 +286,7 @@ func (t *Thermostat) Run(ctx context.Context) error {
 	defer t.close()
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	t.log.Info("thermostat starting", "broker", t.cfg.Broker, "hal", t.cfg.HAL, "state_dir", t.cfg.StateDir,
+	t.log.Info("thermostat starting", "broker", strings.Join(t.cfg.Brokers(), ","), "hal", t.cfg.HAL, "state_dir", t.cfg.StateDir,
 		"control_socket", t.cfg.ControlSocket, "topic_root", t.cfg.TopicRoot)
 
 	var (
