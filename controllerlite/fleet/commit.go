@@ -52,7 +52,7 @@ func (f *Fleet) commit(ctx context.Context) error {
 	cmds := f.batch.pending
 	f.batch.pending = nil
 	clear(f.batch.persist)
-	if err := f.st.Put(recs...); err != nil {
+	if err := f.put(recs); err != nil {
 		for _, r := range recs {
 			f.dirty[r.ID] = true
 		}
@@ -93,7 +93,7 @@ func (f *Fleet) commit(ctx context.Context) error {
 			sent = append(sent, *rec)
 		}
 	}
-	if err := f.st.Put(sent...); err != nil {
+	if err := f.put(sent); err != nil {
 		// The owed marks stay on disk: after a restart these Commands go
 		// out once more, which is harmless.
 		f.log.Warn("store: clear owed marks", "error", err)
@@ -130,7 +130,7 @@ func (f *Fleet) sendOwed() {
 	}
 	var cmds []command
 	for _, id := range slices.Sorted(maps.Keys(f.recs)) {
-		if f.recs[id].Owed {
+		if f.recs[id].Owed && f.acts(id) {
 			// Online is the controller's Send for a known device once
 			// ready: a Command with its current clock and properties.
 			if m := f.ctrl.Online(id); m != nil {
@@ -155,9 +155,17 @@ func (f *Fleet) flush() {
 		rec.Replica = f.ctrl.Replica(id)
 		recs = append(recs, *rec)
 	}
-	if err := f.st.Put(recs...); err != nil {
+	if err := f.put(recs); err != nil {
 		f.log.Error("store: flush", "devices", len(recs), "error", err)
 		return
 	}
 	clear(f.dirty)
+}
+
+// put stores recs: with Put, or for a shared fleet with PutBased.
+func (f *Fleet) put(recs []store.Device) error {
+	if f.sh != nil {
+		return f.putShared(recs)
+	}
+	return f.st.Put(recs...)
 }

@@ -188,6 +188,9 @@ type Fleet struct {
 
 	// resyncs are the devices greeted and not yet back in sync (meter.go).
 	resyncs map[string]resyncWait
+
+	// sh is set when several instances share the store (shard.go).
+	sh *shard
 }
 
 // counters are the fleet's message counts, read by Status.
@@ -284,6 +287,9 @@ func New(opts Options) (*Fleet, error) {
 // Filters are the subscriptions a link must make for the fleet: every
 // device's event, status and telemetry, and the controller's own commands.
 func (f *Fleet) Filters() []string {
+	if f.sh != nil {
+		return f.sharedFilters()
+	}
 	return []string{
 		protocol.Filter(f.root, protocol.KindCmd),
 		protocol.Filter(f.root, protocol.KindEvent),
@@ -431,6 +437,9 @@ func (f *Fleet) Set(ctx context.Context, id string, changes map[string]any) (Dev
 // --- the Run goroutine from here on ---
 
 func (f *Fleet) set(ctx context.Context, id string, changes map[string]any) (Device, error) {
+	if f.sh != nil {
+		return f.setShared(ctx, id, changes)
+	}
 	m, err := f.ctrl.Set(id, changes)
 	if err != nil {
 		if errors.Is(err, ErrUnknownDevice) || errors.Is(err, ErrNotReady) {
@@ -475,6 +484,9 @@ func (f *Fleet) handle(topic string, payload []byte, retained bool) {
 	if err := protocol.CheckDeviceID(id); err != nil {
 		f.reject(topic, payload, err)
 		return
+	}
+	if !f.accept(id) {
+		return // another instance's device
 	}
 	switch kind {
 	case protocol.KindEvent, protocol.KindCmd:

@@ -78,7 +78,7 @@ func (f *Fleet) becomeReady() {
 		cmds = append(cmds, command{id, greet[id]})
 	}
 	for _, id := range slices.Sorted(maps.Keys(f.recs)) {
-		if _, greeted := greet[id]; f.recs[id].Owed && !greeted {
+		if _, greeted := greet[id]; f.recs[id].Owed && !greeted && f.acts(id) {
 			if m := f.ctrl.Online(id); m != nil {
 				cmds = append(cmds, command{id, *m})
 			}

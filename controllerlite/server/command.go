@@ -20,6 +20,7 @@ import (
 
 	"github.com/thermofleet/thermo/controllerlite/api"
 	"github.com/thermofleet/thermo/controllerlite/hass"
+	"github.com/thermofleet/thermo/controllerlite/lease"
 	"github.com/thermofleet/thermo/controllerlite/ota"
 	"github.com/thermofleet/thermo/protocol"
 	"github.com/thermofleet/thermo/provisioning"
@@ -47,6 +48,8 @@ func ParseFlags(args []string, stderr io.Writer) (Flags, error) {
 	fs.StringVar(&cfg.KeyFile, "key", "", "private key `FILE` of --cert")
 	fs.StringVar(&cfg.DataDir, "data-dir", "", "`DIR` of the controller's store (and the embedded broker's, in DIR/broker)")
 	fs.StringVar(&cfg.Store, "store", "", "PostgreSQL `URL` postgres://USER@HOST:PORT/DATABASE of the devices' records instead of DATA-DIR's controller.db\n(password from PGPASSWORD or ~/.pgpass, not the command line; telemetry history stays in DATA-DIR)")
+	fs.StringVar(&cfg.Instance, "instance", "", "`NAME` of this controller among several sharing --store with --broker (default: NAME of the certificate's CN controller-NAME)")
+	fs.DurationVar(&cfg.Lease, "lease", lease.DefaultLease, "with --store and --broker: the instance's lease; a stopped instance's devices move to the others within two leases")
 	fs.StringVar(&cfg.BrokerDataDir, "broker-data-dir", "", "`DIR` of the embedded broker's store (default DATA-DIR/broker)")
 	fs.StringVar(&cfg.HTTPAddr, "http", api.DefaultAddr, "HTTP API listen `ADDR`; off loopback it requires --http-token-file")
 	fs.StringVar(tokenFile, "http-token-file", "", "`FILE` holding the API's bearer token")

@@ -112,6 +112,12 @@ type Config struct {
 	// the devices' records live there (package store/pgstore) instead of
 	// in DataDir's controller.db. Telemetry history stays in DataDir.
 	Store string
+	// Instance and Lease: with Store and Broker, the controller is one of
+	// several sharing the database (instances.go). Instance defaults to
+	// NAME of the certificate's CN controller-NAME, Lease to
+	// lease.DefaultLease.
+	Instance string
+	Lease    time.Duration
 	// Metrics serves Prometheus metrics at /metrics on the API's listener,
 	// with the API's authentication (package controllerlite/metrics).
 	Metrics bool
@@ -138,16 +144,18 @@ type Server struct {
 	renew  *renewal.Service
 	enroll *enroll.Server
 	// certs are the server certificates SIGHUP reloads.
-	certs  []*reloadableCert
-	ln     net.Listener
-	http   *http.Server
-	ota    *ota.Manager
-	rel    *ota.ReleaseServer
-	cancel context.CancelFunc
-	wg     sync.WaitGroup // the fleet and transport goroutines
-	errc   chan error     // a fatal error of a part
-	done   chan struct{}  // closed when everything has stopped
-	err    error
+	certs []*reloadableCert
+	ln    net.Listener
+	http  *http.Server
+	ota   *ota.Manager
+	rel   *ota.ReleaseServer
+	// instance is the name among several controllers (instances.go).
+	instance string
+	cancel   context.CancelFunc
+	wg       sync.WaitGroup // the fleet and transport goroutines
+	errc     chan error     // a fatal error of a part
+	done     chan struct{}  // closed when everything has stopped
+	err      error
 }
 
 // Start checks cfg, starts every part and returns once the broker and the
@@ -246,6 +254,9 @@ func Start(ctx context.Context, cfg Config) (_ *Server, err error) {
 			Logger:    s.log.With("part", "transport"),
 		})
 		if err != nil {
+			return nil, err
+		}
+		if err = s.startInstance(runCtx); err != nil {
 			return nil, err
 		}
 		if err = s.attachOTA(); err != nil {

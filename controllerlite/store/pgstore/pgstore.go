@@ -204,7 +204,23 @@ func (s *Store) migrate(ctx context.Context) error {
 }
 
 // Put writes records in one transaction: all of them are stored, or none.
-func (s *Store) Put(devs ...store.Device) error {
+func (s *Store) Put(devs ...store.Device) error { return s.put(nil, devs) }
+
+// PutBased is Put for one of several controller instances: base holds, per
+// device, the controller counter (the clock's first component) of the
+// record as the writer last read or wrote it, and the write is refused
+// with ErrClockBehind when the stored counter differs (another instance
+// has counted a controller event since: its write would be lost, or two
+// different Commands would carry one clock). A device absent from base
+// must have no record yet.
+func (s *Store) PutBased(base map[string]uint64, devs ...store.Device) error {
+	if base == nil {
+		base = map[string]uint64{}
+	}
+	return s.put(base, devs)
+}
+
+func (s *Store) put(base map[string]uint64, devs []store.Device) error {
 	if len(devs) == 0 {
 		return nil
 	}
@@ -246,18 +262,20 @@ func (s *Store) Put(devs ...store.Device) error {
 			return err
 		}
 		for _, r := range rows {
-			if vc, ok := stored[r.id]; ok && !vc.LessEq(r.vc) {
+			vc, ok := stored[r.id]
+			if ok && !vc.LessEq(r.vc) {
 				return fmt.Errorf("device %s: stored %v, writing %v: %w", r.id, vc, r.vc, ErrClockBehind)
+			}
+			if base == nil {
+				continue
+			}
+			if b, known := base[r.id]; ok != known || (ok && vc[0] != b) {
+				return fmt.Errorf("device %s: stored %v, last read with counter %d (%v): %w", r.id, vc, b, known, ErrClockBehind)
 			}
 		}
 		var b pgx.Batch
 		for _, r := range rows {
-			b.Queue(`INSERT INTO devices (id, vc_c, vc_d, props, src, owed, online, last_seen, telemetry, reported, raised, updated_at)
-				VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, now())
-				ON CONFLICT (id) DO UPDATE SET vc_c = EXCLUDED.vc_c, vc_d = EXCLUDED.vc_d, props = EXCLUDED.props,
-					src = EXCLUDED.src, owed = EXCLUDED.owed, online = EXCLUDED.online, last_seen = EXCLUDED.last_seen,
-					telemetry = EXCLUDED.telemetry, reported = EXCLUDED.reported, raised = EXCLUDED.raised, updated_at = now()`,
-				r.id, int64(r.vc[0]), int64(r.vc[1]), r.props, r.src, r.owed, r.online, r.lastSeen, r.telemetry, r.reported, r.raised)
+			b.Queue(upsertRow, r.id, int64(r.vc[0]), int64(r.vc[1]), r.props, r.src, r.owed, r.online, r.lastSeen, r.telemetry, r.reported, r.raised)
 		}
 		return tx.SendBatch(ctx, &b).Close()
 	})
@@ -266,6 +284,13 @@ func (s *Store) Put(devs ...store.Device) error {
 	}
 	return nil
 }
+
+// upsertRow writes one record, $1 to $11 as Put passes them.
+const upsertRow = `INSERT INTO devices (id, vc_c, vc_d, props, src, owed, online, last_seen, telemetry, reported, raised, updated_at)
+	VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, now())
+	ON CONFLICT (id) DO UPDATE SET vc_c = EXCLUDED.vc_c, vc_d = EXCLUDED.vc_d, props = EXCLUDED.props,
+		src = EXCLUDED.src, owed = EXCLUDED.owed, online = EXCLUDED.online, last_seen = EXCLUDED.last_seen,
+		telemetry = EXCLUDED.telemetry, reported = EXCLUDED.reported, raised = EXCLUDED.raised, updated_at = now()`
 
 // Delete removes the records of ids in one transaction; an id without a
 // record is no error.

@@ -1,0 +1,426 @@
+package fleet
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"maps"
+	"reflect"
+	"slices"
+
+	"github.com/thermofleet/thermo/controllerlite/lease"
+	"github.com/thermofleet/thermo/controllerlite/store"
+	"github.com/thermofleet/thermo/internal/workq"
+	"github.com/thermofleet/thermo/protocol"
+)
+
+// Shares: several controller instances on one database (package lease).
+// A shared fleet acts only for the devices its instance owns: it
+// subscribes to their event, telemetry and cmd topics (and to every
+// device's status, retained and small, so that a new device is found by
+// its owner), processes their messages and publishes their greetings. The
+// other devices' records are read from the database (Refresh) so that every
+// instance serves the whole API and dashboard.
+//
+// The rules that keep instances from undoing each other:
+//   - A controller event (a write, a greeting) increments the device's
+//     controller counter; two instances must never count from the same
+//     value. The owner stores with PutBased, which refuses a write whose
+//     counter was not read from the stored record; on refusal it merges
+//     the stored record and stores again (the Commands of the refused batch
+//     stay owed and go out after, with a fresh count).
+//   - A remote write (Set) on any instance, owner or not, runs in one
+//     transaction holding the device's row (SharedStore.Update): read the
+//     stored record, merge it (owner) or take it (other), stamp the write,
+//     store it, then publish the Command. The owner hears the Command on
+//     the device's cmd topic and merges it.
+//   - On taking a device the owner starts from its stored record; the
+//     retained event and cmd its subscriptions deliver are then applied,
+//     harmlessly if already known. On losing one it unsubscribes and
+//     keeps the record only as a copy for readers.
+
+// SharedStore is a store shared by several instances (*pgstore.Store).
+type SharedStore interface {
+	Store
+	// Get reads one record.
+	Get(id string) (store.Device, bool, error)
+	// PutBased stores records if each stored controller counter is the
+	// one in base (absent: no record), else fails.
+	PutBased(base map[string]uint64, devs ...store.Device) error
+	// Update runs fn on the stored record in a transaction holding its
+	// row and stores what it returns.
+	Update(id string, fn func(stored store.Device, ok bool) (store.Device, error)) error
+}
+
+// Subscriber adds and removes the link's subscriptions
+// (*transport.Client): they are renewed on every connection.
+type Subscriber interface {
+	Subscribe(filter string, qos byte) error
+	Unsubscribe(filter string) error
+}
+
+// shard is a shared fleet's state, owned by the Run goroutine.
+type shard struct {
+	st   SharedStore
+	sub  Subscriber
+	subq *workq.Queue[func(context.Context)] // subscription changes, in order, off the Run goroutine
+	view lease.View
+	// taken are the devices subscribed to and acted for.
+	taken map[string]bool
+	// base is each device's controller counter as last read or stored.
+	base map[string]uint64
+}
+
+// Share makes f one of several instances: st must be its store, and sub
+// the link that Filters' subscriptions are made on. Until the first
+// SetView the fleet owns nothing. Call it before Run.
+func (f *Fleet) Share(sub Subscriber) error {
+	st, ok := f.st.(SharedStore)
+	if !ok {
+		return fmt.Errorf("fleet: the store %s cannot be shared by several instances", f.st.Path())
+	}
+	f.sh = &shard{st: st, sub: sub, subq: workq.New[func(context.Context)](), taken: map[string]bool{}, base: map[string]uint64{}}
+	for id, rec := range f.recs {
+		f.sh.base[id] = rec.Replica.VC[0]
+	}
+	go f.runSubscriptions()
+	return nil
+}
+
+// SetView tells f which instances are live and whether its own may act;
+// f takes and drops devices to match.
+func (f *Fleet) SetView(v lease.View) {
+	f.q.Push(func(ctx context.Context) { f.applyView(ctx, v, true) })
+}
+
+// Refresh reads every record from the store again: the copies of the
+// devices other instances own, and devices they found.
+func (f *Fleet) Refresh() {
+	f.q.Push(func(ctx context.Context) { f.applyView(ctx, f.sh.view, false) })
+}
+
+// Owned returns the devices f acts for now, sorted (nil if not shared).
+func (f *Fleet) Owned() []string {
+	reply := make(chan []string, 1)
+	f.q.Push(func(context.Context) {
+		if f.sh == nil {
+			reply <- nil
+			return
+		}
+		reply <- slices.Sorted(maps.Keys(f.sh.taken))
+	})
+	select {
+	case ids := <-reply:
+		return ids
+	case <-f.stopped:
+		return nil
+	}
+}
+
+func (f *Fleet) runSubscriptions() {
+	for {
+		select {
+		case <-f.sh.subq.Wake():
+			for _, fn := range f.sh.subq.Drain() {
+				fn(context.Background())
+			}
+		case <-f.stopped:
+			return
+		}
+	}
+}
+
+// deviceFilters are the topics subscribed to for an owned device (its
+// status comes with every device's).
+func (f *Fleet) deviceFilters(id string) []string {
+	return []string{protocol.Topic(f.root, id, protocol.KindEvent), protocol.Topic(f.root, id, protocol.KindTelemetry),
+		protocol.Topic(f.root, id, protocol.KindCmd)}
+}
+
+// sharedFilters are a shared fleet's standing subscriptions.
+func (f *Fleet) sharedFilters() []string {
+	return []string{protocol.Filter(f.root, protocol.KindStatus)}
+}
+
+// acts reports whether f acts for device id (always, unless shared).
+func (f *Fleet) acts(id string) bool { return f.sh == nil || f.sh.taken[id] }
+
+// accept is handle's gate for a shared fleet: a message of a device f
+// does not own is dropped; one of a device it owns and has not taken yet
+// (a new device, found by its status) takes it first.
+func (f *Fleet) accept(id string) bool {
+	if f.sh == nil {
+		return true
+	}
+	if !f.sh.view.Owns(id) {
+		return false
+	}
+	if !f.sh.taken[id] {
+		if err := f.take(id); err != nil {
+			f.log.Error("take device: its messages are dropped until it is", "device", id, "error", err)
+			return false
+		}
+	}
+	return true
+}
+
+// applyView takes and drops devices to match v, after reading every
+// record: the copies of devices f does not own are replaced by them.
+func (f *Fleet) applyView(ctx context.Context, v lease.View, changed bool) {
+	sh := f.sh
+	sh.view = v
+	devs, err := f.st.Load()
+	if err != nil {
+		f.log.Error("read the records of the devices", "error", err)
+		devs = nil
+	}
+	rows := make(map[string]store.Device, len(devs))
+	for _, d := range devs {
+		rows[d.ID] = d
+	}
+	ids := map[string]bool{}
+	for id := range f.recs {
+		ids[id] = true
+	}
+	for id := range rows {
+		ids[id] = true
+	}
+	gained := 0
+	for _, id := range slices.Sorted(maps.Keys(ids)) {
+		row, ok := rows[id]
+		switch owns := v.Owns(id); {
+		case owns && !sh.taken[id]:
+			if err != nil {
+				continue // the store is out of reach: take it when it is back
+			}
+			f.adopt(id, row, ok)
+			f.takeSubscribe(id)
+			gained++
+		case !owns && sh.taken[id]:
+			f.drop(id, v.Active)
+			if err == nil {
+				f.adopt(id, row, ok)
+			}
+		case !owns && err == nil:
+			f.adopt(id, row, ok)
+		}
+	}
+	if gained > 0 {
+		// A repeated subscription has the broker send the retained
+		// statuses again: those of the devices just taken count now.
+		filters := f.sharedFilters()
+		sh.subq.Push(func(context.Context) {
+			for _, filter := range filters {
+				if err := sh.sub.Subscribe(filter, 1); err != nil {
+					f.log.Warn("subscribe again", "filter", filter, "error", err)
+				}
+			}
+		})
+	}
+	if changed || gained > 0 {
+		f.log.Info("devices shared", "active", v.Active, "live", v.Live, "owned", len(sh.taken), "gained", gained)
+	}
+}
+
+// adopt replaces f's copy of device id with its stored record (none: it
+// is forgotten, unless f acts for it and holds changes not stored yet).
+func (f *Fleet) adopt(id string, row store.Device, ok bool) {
+	if !ok {
+		if _, have := f.recs[id]; have && !f.acts(id) {
+			f.forget(id)
+		}
+		return
+	}
+	f.sh.base[id] = row.Replica.VC[0]
+	if old, have := f.recs[id]; have && reflect.DeepEqual(*old, row) {
+		return
+	}
+	f.recs[id] = &row
+	f.ctrl.Adopt(id, row.Replica)
+	f.touch(id)
+}
+
+// forget drops a device deleted elsewhere from f's copies.
+func (f *Fleet) forget(id string) {
+	f.ctrl.Forget(id)
+	delete(f.recs, id)
+	delete(f.sh.base, id)
+	f.mu.Lock()
+	if old, ok := f.view[id]; ok && old.Pending {
+		f.owed--
+	}
+	delete(f.view, id)
+	f.notify(id)
+	f.mu.Unlock()
+}
+
+// take reads device id's stored record and subscribes to its topics.
+func (f *Fleet) take(id string) error {
+	row, ok, err := f.sh.st.Get(id)
+	if err != nil {
+		return err
+	}
+	f.adopt(id, row, ok)
+	f.takeSubscribe(id)
+	return nil
+}
+
+func (f *Fleet) takeSubscribe(id string) {
+	f.sh.taken[id] = true
+	f.log.Debug("device taken", "device", id)
+	filters := f.deviceFilters(id)
+	f.sh.subq.Push(func(context.Context) {
+		for _, filter := range filters {
+			if err := f.sh.sub.Subscribe(filter, 1); err != nil {
+				f.log.Warn("subscribe: renewed on the next connection", "filter", filter, "error", err)
+			}
+		}
+	})
+}
+
+// drop stops acting for device id: what f has not stored of it is stored
+// first while f is still active (a handover to an instance that joined),
+// and left (the new owner starts from the record) when it is not.
+func (f *Fleet) drop(id string, active bool) {
+	if active && f.dirty[id] {
+		rec := *f.recs[id]
+		rec.Replica = f.ctrl.Replica(id)
+		if err := f.sh.st.PutBased(f.baseOf(id), rec); err == nil {
+			f.sh.base[id] = rec.Replica.VC[0]
+		}
+	}
+	delete(f.sh.taken, id)
+	delete(f.dirty, id)
+	delete(f.batch.persist, id)
+	delete(f.resyncs, id)
+	f.log.Debug("device dropped", "device", id)
+	filters := f.deviceFilters(id)
+	f.sh.subq.Push(func(context.Context) {
+		for _, filter := range filters {
+			if err := f.sh.sub.Unsubscribe(filter); err != nil {
+				f.log.Warn("unsubscribe", "filter", filter, "error", err)
+			}
+		}
+	})
+}
+
+// baseOf is the base PutBased checks for ids.
+func (f *Fleet) baseOf(ids ...string) map[string]uint64 {
+	out := make(map[string]uint64, len(ids))
+	for _, id := range ids {
+		if c, ok := f.sh.base[id]; ok {
+			out[id] = c
+		}
+	}
+	return out
+}
+
+// putShared stores recs for a shared fleet; on a refusal it merges the
+// stored records, to be stored by the next commit.
+func (f *Fleet) putShared(recs []store.Device) error {
+	ids := make([]string, len(recs))
+	for i, r := range recs {
+		ids[i] = r.ID
+	}
+	err := f.sh.st.PutBased(f.baseOf(ids...), recs...)
+	if err == nil {
+		for _, r := range recs {
+			f.sh.base[r.ID] = r.Replica.VC[0]
+		}
+		return nil
+	}
+	for _, id := range ids {
+		row, ok, gerr := f.sh.st.Get(id)
+		if gerr != nil || !ok {
+			continue
+		}
+		if c, known := f.sh.base[id]; known && c == row.Replica.VC[0] {
+			continue
+		}
+		f.merge(id, row)
+		f.batch.persist[id] = true
+	}
+	return err
+}
+
+// merge takes another instance's stored record of a device f owns into
+// f's replica: the clock rules keep the newer of each property.
+func (f *Fleet) merge(id string, row store.Device) {
+	r := row.Replica
+	m := protocol.Message{V: protocol.Version, VC: r.VC, Props: r.Props.Clone(), Src: r.Src}
+	if _, err := f.ctrl.ReceiveCommand(id, m); err != nil {
+		f.log.Error("merge the stored record", "device", id, "error", err)
+	}
+	f.sh.base[id] = r.VC[0]
+	f.log.Info("merged a write of another instance", "device", id, "stored_vc", r.VC, "vc", f.ctrl.Replica(id).VC)
+}
+
+// errNoChange rolls back an Update that has nothing to write.
+var errNoChange = errors.New("no change")
+
+// setShared is Set for a shared fleet (see the rules above).
+func (f *Fleet) setShared(ctx context.Context, id string, changes map[string]any) (Device, error) {
+	owns := f.acts(id)
+	if owns {
+		// What the batch holds is stored first: the row is then the
+		// owner's latest, bar other instances' writes.
+		if err := f.commit(ctx); err != nil {
+			return Device{}, err
+		}
+	}
+	var m protocol.Message
+	var setErr error
+	err := f.sh.st.Update(id, func(stored store.Device, ok bool) (store.Device, error) {
+		if !ok {
+			setErr = fmt.Errorf("%w %q", ErrUnknownDevice, id)
+			return store.Device{}, setErr
+		}
+		if !owns {
+			f.adopt(id, stored, true)
+		} else if c := f.sh.base[id]; c != stored.Replica.VC[0] {
+			f.merge(id, stored)
+		}
+		if m, setErr = f.ctrl.Set(id, changes); setErr != nil {
+			return store.Device{}, setErr
+		}
+		rec := f.recs[id]
+		rec.Replica = f.ctrl.Replica(id)
+		rec.Owed = true
+		return *rec, nil
+	})
+	switch {
+	case setErr != nil && (errors.Is(setErr, ErrUnknownDevice) || errors.Is(setErr, ErrNotReady)):
+		return Device{}, setErr
+	case setErr != nil && errors.Is(setErr, ErrClockExhausted):
+		f.log.Error("remote write refused: the clock for this device is at its limit", "device", id, "error", setErr)
+		return Device{}, fmt.Errorf("set %s: %w", id, setErr)
+	case setErr != nil:
+		return Device{}, fmt.Errorf("%w: %w", ErrInvalid, setErr)
+	case err != nil:
+		// Not stored, so not published; what the replica counted is
+		// replaced by the stored record on the next read.
+		if rec, ok := f.recs[id]; ok {
+			rec.Owed = false
+		}
+		return Device{}, fmt.Errorf("persist before publish: %w", err)
+	}
+	f.sh.base[id] = m.VC[0]
+	f.log.Info("remote write", "device", id, "changes", changes, "vc", m.VC, "owner", owns)
+	f.touch(id)
+	if f.pub != nil && f.publish(ctx, command{id, m}) {
+		f.recs[id].Owed = false
+		vc := m.VC
+		if err := f.sh.st.Update(id, func(stored store.Device, ok bool) (store.Device, error) {
+			if !ok || stored.Replica.VC != vc {
+				return store.Device{}, errNoChange // newer writes carry their own mark
+			}
+			stored.Owed = false
+			return stored, nil
+		}); err != nil && !errors.Is(err, errNoChange) {
+			f.log.Warn("store: clear the owed mark", "device", id, "error", err)
+		}
+	}
+	f.showTouched()
+	d, _ := f.Device(id)
+	return d, nil
+}
