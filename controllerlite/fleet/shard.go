@@ -7,6 +7,7 @@ import (
 	"maps"
 	"reflect"
 	"slices"
+	"sync/atomic"
 
 	"github.com/thermofleet/thermo/controllerlite/lease"
 	"github.com/thermofleet/thermo/controllerlite/store"
@@ -65,6 +66,10 @@ type shard struct {
 	sub  Subscriber
 	subq *workq.Queue[func(context.Context)] // subscription changes, in order, off the Run goroutine
 	view lease.View
+	// now is the latest view, set as soon as the lease keeper tells it:
+	// the gate on messages reads it, so an instance that must stop
+	// acting does so even while its loop waits on the database.
+	now atomic.Pointer[lease.View]
 	// taken are the devices subscribed to and acted for.
 	taken map[string]bool
 	// base is each device's controller counter as last read or stored.
@@ -90,6 +95,7 @@ func (f *Fleet) Share(sub Subscriber) error {
 // SetView tells f which instances are live and whether its own may act;
 // f takes and drops devices to match.
 func (f *Fleet) SetView(v lease.View) {
+	f.sh.now.Store(&v)
 	f.q.Push(func(ctx context.Context) { f.applyView(ctx, v, true) })
 }
 
@@ -97,6 +103,17 @@ func (f *Fleet) SetView(v lease.View) {
 // devices other instances own, and devices they found.
 func (f *Fleet) Refresh() {
 	f.q.Push(func(ctx context.Context) { f.applyView(ctx, f.sh.view, false) })
+}
+
+// View is the latest view SetView told (the zero View if none).
+func (f *Fleet) View() lease.View {
+	if f.sh == nil {
+		return lease.View{}
+	}
+	if v := f.sh.now.Load(); v != nil {
+		return *v
+	}
+	return lease.View{}
 }
 
 // Owned returns the devices f acts for now, sorted (nil if not shared).
@@ -152,7 +169,7 @@ func (f *Fleet) accept(id string) bool {
 	if f.sh == nil {
 		return true
 	}
-	if !f.sh.view.Owns(id) {
+	if v := f.sh.now.Load(); v == nil || !v.Owns(id) || !f.sh.view.Owns(id) {
 		return false
 	}
 	if !f.sh.taken[id] {
@@ -205,9 +222,11 @@ func (f *Fleet) applyView(ctx context.Context, v lease.View, changed bool) {
 			f.adopt(id, row, ok)
 		}
 	}
-	if gained > 0 {
+	if gained > 0 || (changed && v.Active) {
 		// A repeated subscription has the broker send the retained
-		// statuses again: those of the devices just taken count now.
+		// statuses again: those of the devices just taken count now,
+		// and so do those of devices no instance has a record of yet
+		// that came while this one's share was another's or nobody's.
 		filters := f.sharedFilters()
 		sh.subq.Push(func(context.Context) {
 			for _, filter := range filters {
