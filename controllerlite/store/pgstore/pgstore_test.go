@@ -32,6 +32,8 @@ func TestPostgres(t *testing.T) {
 	t.Run("LoadRefusesCorruptRows", func(t *testing.T) { testLoadRefusesCorruptRows(t, pg) })
 	t.Run("SurvivesServerCrash", func(t *testing.T) { testSurvivesServerCrash(t, pg) })
 	t.Run("ServerDown", func(t *testing.T) { testServerDown(t, pg) })
+	t.Run("PutBased", func(t *testing.T) { testPutBased(t, pg) })
+	t.Run("Leases", func(t *testing.T) { testLeases(t, pg) })
 }
 
 func open(t *testing.T, url string) *Store {
