@@ -2,6 +2,7 @@ package fleet
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"maps"
 	"slices"
@@ -55,6 +56,16 @@ func (f *Fleet) commit(ctx context.Context) error {
 	if err := f.put(recs); err != nil {
 		for _, r := range recs {
 			f.dirty[r.ID] = true
+		}
+		if errors.Is(err, errMerged) {
+			// Another instance wrote first (shard.go): its record is
+			// merged and the batch's Commands go out after, counted
+			// from it.
+			f.log.Info("another instance wrote these devices first: merged, storing again", "devices", len(recs), "commands", len(cmds), "error", err)
+			for _, c := range cmds {
+				f.touch(c.id)
+			}
+			return fmt.Errorf("store: %w", err)
 		}
 		if len(cmds) == 0 {
 			f.log.Error("store the received state", "devices", len(recs), "error", err)

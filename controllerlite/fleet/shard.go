@@ -348,6 +348,7 @@ func (f *Fleet) putShared(recs []store.Device) error {
 		}
 		return nil
 	}
+	merged := 0
 	for _, id := range ids {
 		row, ok, gerr := f.sh.st.Get(id)
 		if gerr != nil || !ok {
@@ -358,9 +359,20 @@ func (f *Fleet) putShared(recs []store.Device) error {
 		}
 		f.merge(id, row)
 		f.batch.persist[id] = true
+		merged++
 	}
-	return err
+	if merged == 0 {
+		return err
+	}
+	// Store the merged records and send what is owed from them now,
+	// not at the next flush.
+	f.q.Push(func(context.Context) { f.sendOwed() })
+	return fmt.Errorf("%w: %w", errMerged, err)
 }
+
+// errMerged: PutBased refused a write because another instance had
+// written, and its records were merged to be stored again.
+var errMerged = errors.New("merged another instance's write")
 
 // merge takes another instance's stored record of a device f owns into
 // f's replica: the clock rules keep the newer of each property.
