@@ -116,6 +116,10 @@ func (f *Fleet) commit(ctx context.Context) error {
 }
 
 func (f *Fleet) publish(ctx context.Context, c command) bool {
+	if !f.mayPublish() {
+		f.log.Warn("not publishing: this instance's lease is not renewed (command owed)", "device", c.id, "vc", c.m.VC)
+		return false
+	}
 	payload, err := c.m.Encode()
 	if err != nil {
 		f.log.Error("encode command", "device", c.id, "error", err)

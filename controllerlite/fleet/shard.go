@@ -159,6 +159,16 @@ func (f *Fleet) sharedFilters() []string {
 	return []string{protocol.Filter(f.root, protocol.KindStatus)}
 }
 
+// mayPublish reports whether f may publish: always, unless it is a shared
+// fleet whose instance has not renewed its lease in time (or not yet).
+func (f *Fleet) mayPublish() bool {
+	if f.sh == nil {
+		return true
+	}
+	v := f.sh.now.Load()
+	return v != nil && v.Active
+}
+
 // acts reports whether f acts for device id (always, unless shared).
 func (f *Fleet) acts(id string) bool { return f.sh == nil || f.sh.taken[id] }
 
@@ -202,6 +212,7 @@ func (f *Fleet) applyView(ctx context.Context, v lease.View, changed bool) {
 	for id := range rows {
 		ids[id] = true
 	}
+	wasStored := func(id string) bool { _, ok := sh.base[id]; return ok }
 	gained := 0
 	for _, id := range slices.Sorted(maps.Keys(ids)) {
 		row, ok := rows[id]
@@ -213,6 +224,13 @@ func (f *Fleet) applyView(ctx context.Context, v lease.View, changed bool) {
 			f.adopt(id, row, ok)
 			f.takeSubscribe(id)
 			gained++
+		case owns && !ok && err == nil && wasStored(id):
+			// Stored before, gone now: deleted through another
+			// instance (controllerlite delete). A message of it
+			// makes it a new device, as with one instance.
+			f.drop(id, false)
+			f.forget(id)
+			f.log.Info("device deleted through another instance", "device", id)
 		case !owns && sh.taken[id]:
 			f.drop(id, v.Active)
 			if err == nil {

@@ -176,17 +176,25 @@ func TestInstancesShareDevices(t *testing.T) {
 	gap := event(gapID, map[string]any{protocol.PropMode: protocol.ModeCool})
 
 	var took time.Time
+	early := false
 	testenv.Eventually(t, 2*leaseDur+testenv.WaitTimeout, "the others to take the cut instance's devices", func() (bool, string) {
 		live := slices.DeleteFunc(slices.Clone(names), func(n string) bool { return n == victim })
+		now := time.Now()
+		taken := 0
 		for _, id := range shares[victim] {
-			o := lease.Owner(id, live)
-			if !slices.Contains(servers[o].Fleet().Owned(), id) {
-				return false, id + " not yet taken by " + o
+			if slices.Contains(servers[lease.Owner(id, live)].Fleet().Owned(), id) {
+				taken++
 			}
 		}
-		took = time.Now()
-		return true, ""
+		if taken > 0 && now.Before(expires) {
+			early = true
+		}
+		took = now
+		return taken == len(shares[victim]), fmt.Sprintf("%d of %d taken", taken, len(shares[victim]))
 	})
+	if early {
+		t.Errorf("a device of %s taken before its lease ended at %v", victim, expires)
+	}
 	t.Logf("lease %v: %s stopped acting %v after the cut, %v before its lease ended; its %d devices taken %v after the cut",
 		leaseDur, victim, stopped.Sub(cut).Round(time.Millisecond), expires.Sub(stopped).Round(time.Millisecond),
 		len(shares[victim]), took.Sub(cut).Round(time.Millisecond))
@@ -209,5 +217,31 @@ func TestInstancesShareDevices(t *testing.T) {
 		cm, _, err := protocol.DecodeMessage(m.Payload)
 		return err == nil && cm.VC == d.VC && cm.Props[protocol.PropMode].Val == protocol.ModeCool
 	})
+
+	// Back in reach of PostgreSQL, the instance joins again and takes
+	// its share back from the others; a write it takes reaches the
+	// device.
 	proxies[victim].Release()
+	testenv.Eventually(t, testenv.WaitTimeout, "each device owned by exactly its hash's instance again", func() (bool, string) {
+		got := map[string][]string{}
+		for _, n := range names {
+			for _, id := range servers[n].Fleet().Owned() {
+				got[id] = append(got[id], n)
+			}
+		}
+		for _, id := range ids {
+			if !slices.Equal(got[id], []string{owner(id)}) {
+				return false, fmt.Sprint(got)
+			}
+		}
+		return true, ""
+	})
+	d, err = servers[victim].Fleet().Set(ctx, gapID, map[string]any{protocol.PropSetpoint: 22})
+	if err != nil {
+		t.Fatal(err)
+	}
+	devs[gapID].c.WaitMatch(t, "the command of the instance back", func(m testenv.Message) bool {
+		cm, _, err := protocol.DecodeMessage(m.Payload)
+		return err == nil && cm.VC == d.VC && cm.Props[protocol.PropSetpoint].Val == 22.0
+	})
 }
