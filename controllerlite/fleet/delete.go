@@ -69,6 +69,7 @@ func (f *Fleet) delete(ctx context.Context, id string) error {
 		return fmt.Errorf("delete %s: %w", id, err)
 	}
 	f.ctrl.Forget(id)
+	f.deletedShared(id)
 	delete(f.recs, id)
 	delete(f.dirty, id)
 	delete(f.batch.persist, id)

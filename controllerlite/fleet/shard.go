@@ -277,6 +277,18 @@ func (f *Fleet) adopt(id string, row store.Device, ok bool) {
 	f.touch(id)
 }
 
+// deletedShared ends what a shared fleet holds of a device deleted
+// through it: it is not taken, and has no record to count from.
+func (f *Fleet) deletedShared(id string) {
+	if f.sh == nil {
+		return
+	}
+	if f.sh.taken[id] {
+		f.drop(id, false)
+	}
+	delete(f.sh.base, id)
+}
+
 // forget drops a device deleted elsewhere from f's copies.
 func (f *Fleet) forget(id string) {
 	f.ctrl.Forget(id)

@@ -2,6 +2,7 @@ package server
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strings"
 	"time"
@@ -58,6 +59,22 @@ func (s *Server) startInstance(ctx context.Context) error {
 		}
 	}()
 	s.log.Info("one of several controller instances", "instance", name, "lease", s.cfg.Lease)
+	return nil
+}
+
+// checkInstance checks --instance and --lease.
+func checkInstance(cfg *Config) error {
+	if cfg.Instance != "" {
+		if cfg.Store == "" || cfg.Broker == "" {
+			return errors.New("--instance needs --store postgres://... and --broker: instances share a PostgreSQL store and an external broker")
+		}
+		if !protocol.ValidID(cfg.Instance) {
+			return fmt.Errorf("--instance %q: want 1-63 characters of a-z, 0-9, '_' or '-'", cfg.Instance)
+		}
+	}
+	if cfg.Lease != 0 && cfg.Lease < lease.MinLease {
+		return fmt.Errorf("--lease %v: at least %v", cfg.Lease, lease.MinLease)
+	}
 	return nil
 }
 

@@ -453,6 +453,9 @@ func check(cfg *Config) error {
 	if cfg.Store != "" && !pgstore.IsURL(cfg.Store) {
 		return errors.New("--store: want a PostgreSQL URL postgres://USER@HOST:PORT/DATABASE (without --store, the store is the data directory's)")
 	}
+	if err := checkInstance(cfg); err != nil {
+		return err
+	}
 	if cfg.HomeAssistant.Broker != "" {
 		if cfg.HomeAssistant.Logger == nil {
 			cfg.HomeAssistant.Logger = cfg.Logger.With("part", "hass")

@@ -151,6 +151,11 @@ func TestConfigErrors(t *testing.T) {
 		{"keep-alive not whole seconds", func(c *Config) { c.KeepAlive = 1500 * time.Millisecond }, "--keep-alive 1.5s"},
 		{"Home Assistant broker not MQTT", func(c *Config) { c.HomeAssistant.Broker = "http://localhost:8123" }, "--ha-broker"},
 		{"missing key", func(c *Config) { c.KeyFile = filepath.Join(t.TempDir(), "none") }, "broker TLS"},
+		{"instance without PostgreSQL", func(c *Config) { c.Instance = "a" }, "--instance needs --store"},
+		{"bad instance name", func(c *Config) {
+			c.Instance, c.Store, c.Listen, c.Broker = "A!", "postgres://thermo@127.0.0.1:1/none", "", "mqtts://localhost:1"
+		}, `--instance "A!"`},
+		{"lease too short", func(c *Config) { c.Lease = 100 * time.Millisecond }, "--lease 100ms: at least 300ms"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
