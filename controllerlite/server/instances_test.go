@@ -244,4 +244,28 @@ func TestInstancesShareDevices(t *testing.T) {
 		cm, _, err := protocol.DecodeMessage(m.Payload)
 		return err == nil && cm.VC == d.VC && cm.Props[protocol.PropSetpoint].Val == 22.0
 	})
+
+	// Deleted through an instance that does not own it: gone from every
+	// instance; its next status makes it a new device of its owner.
+	delID := ids[1]
+	via := names[(slices.Index(names, owner(delID))+1)%len(names)]
+	if err := servers[via].Fleet().Delete(ctx, delID); err != nil {
+		t.Fatal(err)
+	}
+	shown := func(want bool) func() (bool, string) {
+		return func() (bool, string) {
+			for _, n := range names {
+				if _, ok := servers[n].Fleet().Device(delID); ok != want {
+					return false, n
+				}
+			}
+			return true, ""
+		}
+	}
+	testenv.Eventually(t, testenv.WaitTimeout, delID+" gone from every instance", shown(false))
+	devs[delID].c.Publish(t, protocol.Topic(protocol.DefaultRoot, delID, protocol.KindStatus), 1, true, protocol.Status{Online: true}.Encode())
+	testenv.Eventually(t, testenv.WaitTimeout, delID+" back as a new device on every instance", shown(true))
+	if got := servers[owner(delID)].Fleet().Owned(); !slices.Contains(got, delID) {
+		t.Fatalf("%s owns %v, not %s", owner(delID), got, delID)
+	}
 }
