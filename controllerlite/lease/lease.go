@@ -14,9 +14,10 @@
 // renewal stops acting (its View turns inactive: it owns nothing), which is
 // at least Lease/3 before its lease ends at the others, who take its
 // devices only when it has ended. An instance that joins while others are
-// live waits JoinDelay (Lease/2) after its first renewal before it owns
-// anything, so the owners it takes devices from have renewed (every
-// Lease/3) and seen it, and stopped, first.
+// live waits JoinDelay (Lease*2/3, as long as StopAfter) after its first
+// renewal before it owns anything: an owner it takes devices from has by
+// then either renewed since the newcomer registered, seen it and dropped
+// them, or gone StopAfter without a renewal and stopped acting.
 package lease
 
 import (
@@ -138,7 +139,7 @@ func (k *Keeper) StopAfter() time.Duration { return k.o.Lease * 2 / 3 }
 
 // JoinDelay is how long an instance that finds others live waits before
 // owning devices.
-func (k *Keeper) JoinDelay() time.Duration { return k.o.Lease / 2 }
+func (k *Keeper) JoinDelay() time.Duration { return k.StopAfter() }
 
 type renewal struct {
 	sent time.Time
