@@ -68,19 +68,8 @@ func (f *Fleet) delete(ctx context.Context, id string) error {
 	if err := f.st.Delete(id); err != nil {
 		return fmt.Errorf("delete %s: %w", id, err)
 	}
-	f.ctrl.Forget(id)
 	f.deletedShared(id)
-	delete(f.recs, id)
-	delete(f.dirty, id)
-	delete(f.batch.persist, id)
-	delete(f.batch.touched, id)
-	f.mu.Lock()
-	if old, ok := f.view[id]; ok && old.Pending {
-		f.owed--
-	}
-	delete(f.view, id)
-	f.notify(id)
-	f.mu.Unlock()
+	f.forget(id)
 	f.log.Info("device deleted: record and retained messages removed", "device", id)
 	return nil
 }

@@ -289,11 +289,18 @@ func (f *Fleet) deletedShared(id string) {
 	delete(f.sh.base, id)
 }
 
-// forget drops a device deleted elsewhere from f's copies.
+// forget drops a device deleted (here or elsewhere) from f's copies and
+// its view; watchers hear of it.
 func (f *Fleet) forget(id string) {
 	f.ctrl.Forget(id)
 	delete(f.recs, id)
-	delete(f.sh.base, id)
+	delete(f.dirty, id)
+	delete(f.batch.persist, id)
+	delete(f.batch.touched, id)
+	delete(f.resyncs, id)
+	if f.sh != nil {
+		delete(f.sh.base, id)
+	}
 	f.mu.Lock()
 	if old, ok := f.view[id]; ok && old.Pending {
 		f.owed--
