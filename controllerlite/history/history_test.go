@@ -480,7 +480,10 @@ func TestBufferFull(t *testing.T) {
 	if st := h.Stats(); st.Dropped != 9 || st.Pending != 0 || st.Written != 4 {
 		t.Fatalf("stats after a failed write %+v, want 9 dropped and none pending", st)
 	}
-	if !l.has("history: write failed: samples lost samples=3") {
+	// The background writer may take part of the batch first (its failure
+	// is counted the same): the stats above hold the total, the log says
+	// why.
+	if !l.has("history: write failed: samples lost") || !l.has("database not open") {
 		t.Fatalf("the failed write not logged: %v", l.lines)
 	}
 }
