@@ -78,6 +78,16 @@ func exitCode(err error, stderr io.Writer) int {
 func serveMain(args []string) int {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	if len(args) >= 2 && args[0] == harness.ProfileFlag {
+		pctx, cancel := context.WithCancel(ctx)
+		stopProfiles, err := harness.StartProfiles(pctx, args[1], "serve")
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "mttr embedded-serve:", err)
+			return exitFailed
+		}
+		defer func() { cancel(); stopProfiles() }()
+		args = args[2:]
+	}
 	if err := harness.Serve(ctx, args, os.Stdout, os.Stderr); err != nil {
 		fmt.Fprintln(os.Stderr, "mttr embedded-serve:", err)
 		return exitFailed
@@ -98,6 +108,7 @@ type options struct {
 	controllerlite    string
 	strict            bool
 	quiet             bool
+	profileDir        string
 }
 
 const usage = `Usage: mttr [flags]
@@ -155,6 +166,7 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	fs.StringVar(&c.ExternalPKI, "external-pki", "", "`DIR` with ca.crt and ca.key of the CA the external broker trusts")
 	fs.BoolVar(&o.strict, "strict", false, "exit 3 when a recovery target is missed")
 	fs.BoolVar(&o.quiet, "quiet", false, "no progress line")
+	fs.StringVar(&o.profileDir, "profile", "", "write CPU (in 2 s slices), block, mutex and heap profiles of the harness and of the embedded broker's child to `DIR`")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return nil, err
@@ -252,7 +264,19 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) (err erro
 				return fmt.Errorf("find this binary to run the embedded broker: %w", err)
 			}
 			cfg.EmbeddedCmd = []string{exe, harness.ServeCommand}
+			if o.profileDir != "" {
+				cfg.EmbeddedCmd = append(cfg.EmbeddedCmd, harness.ProfileFlag, o.profileDir)
+			}
 		}
+	}
+	if o.profileDir != "" {
+		pctx, cancel := context.WithCancel(ctx)
+		stop, err := harness.StartProfiles(pctx, o.profileDir, "harness")
+		if err != nil {
+			cancel()
+			return err
+		}
+		defer func() { cancel(); stop() }()
 	}
 
 	cfg.WorkDir = o.workDir

@@ -57,7 +57,7 @@ func TestCleanSessionsNotWritten(t *testing.T) {
 	d2.Publish(t, "thermo/d2/event", 1, true, []byte("e2"))
 	// What is in the store while both are connected, read past the
 	// repairs StoredSubscriptions makes at load.
-	subs, err := b.store.Hook.StoredSubscriptions()
+	subs, err := b.store.rawSubscriptions()
 	if err != nil {
 		t.Fatal(err)
 	}

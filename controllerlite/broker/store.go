@@ -1,6 +1,7 @@
 package broker
 
 import (
+	"bytes"
 	"fmt"
 	"log/slog"
 	"strconv"
@@ -14,8 +15,12 @@ import (
 	"github.com/mochi-mqtt/server/v2/system"
 )
 
-// storeHook is mochi's bolt storage hook (v2.7.9) with these repairs:
+// storeHook is the embedded broker's persistence: mochi's bolt storage
+// hook (v2.7.9), same file layout and records, with these repairs:
 //
+//   - Writes are group-committed (kvStore): mochi's hook commits every
+//     client record and retained message in a transaction of its own, one
+//     fsync each, and a returning fleet queued there one device at a time.
 //   - Messages queued for a persistent session are stored without their
 //     packet id, and restored with id 0: mochi then fails the session's
 //     next connection ("resend inflight: protocol violation: missing packet
@@ -36,10 +41,11 @@ import (
 //   - The subscriptions and in-flight messages of a session that ends with
 //     its connection (every client of this product: clean sessions) are
 //     not written at all: they could never be restored (see above), and
-//     each write is a transaction with an fsync, several per device at
-//     every reconnect, all of a returning fleet's in one queue.
+//     each write was a transaction with an fsync, several per device at
+//     every reconnect.
 type storeHook struct {
-	*bolt.Hook
+	mqtt.HookBase
+	kv  *kvStore
 	log *slog.Logger
 
 	// replaced reports whether a newer connection of the same client id
@@ -66,10 +72,153 @@ type restoredWill struct {
 }
 
 func newStoreHook(log *slog.Logger, replaced func(*mqtt.Client) bool) *storeHook {
-	return &storeHook{Hook: new(bolt.Hook), log: log, replaced: replaced}
+	return &storeHook{log: log, replaced: replaced}
 }
 
 func (h *storeHook) ID() string { return "thermo-store" }
+
+// Provides lists the hooks mochi's bolt hook provides.
+func (h *storeHook) Provides(b byte) bool {
+	return bytes.Contains([]byte{
+		mqtt.OnSessionEstablished, mqtt.OnDisconnect, mqtt.OnSubscribed, mqtt.OnUnsubscribed,
+		mqtt.OnRetainMessage, mqtt.OnWillSent, mqtt.OnQosPublish, mqtt.OnQosComplete, mqtt.OnQosDropped,
+		mqtt.OnSysInfoTick, mqtt.OnClientExpired, mqtt.OnRetainedExpired,
+		mqtt.StoredClients, mqtt.StoredInflightMessages, mqtt.StoredRetainedMessages,
+		mqtt.StoredSubscriptions, mqtt.StoredSysInfo,
+	}, []byte{b})
+}
+
+// defaultBucket is mochi's bolt hook's bucket.
+const defaultBucket = "mochi"
+
+// Init opens the store; config is mochi's *bolt.Options (Path, Bucket and
+// bbolt's options).
+func (h *storeHook) Init(config any) error {
+	o, ok := config.(*bolt.Options)
+	if !ok || o == nil || o.Path == "" {
+		return fmt.Errorf("store hook: want *bolt.Options with a Path, got %T", config)
+	}
+	bucket := o.Bucket
+	if bucket == "" {
+		bucket = defaultBucket
+	}
+	kv, err := openKV(o.Path, bucket, o.Options)
+	if err != nil {
+		return err
+	}
+	h.kv = kv
+	return nil
+}
+
+// put stores v under key and waits until it is durable; errors are logged
+// (mochi's hooks cannot return them).
+func (h *storeHook) put(key string, v storage.Serializable) {
+	h.wait(key, h.enqueuePut(key, v))
+}
+
+func (h *storeHook) enqueuePut(key string, v storage.Serializable) <-chan error {
+	data, err := v.MarshalBinary()
+	if err != nil {
+		ch := make(chan error, 1)
+		ch <- err
+		return ch
+	}
+	return h.kv.enqueue(kvOp{key: []byte(key), val: data})
+}
+
+func (h *storeHook) del(key string) { h.wait(key, h.enqueueDel(key)) }
+
+func (h *storeHook) enqueueDel(key string) <-chan error {
+	return h.kv.enqueue(kvOp{key: []byte(key)})
+}
+
+func (h *storeHook) wait(key string, done <-chan error) {
+	if err := <-done; err != nil {
+		h.log.Error("broker store: write failed", "key", key, "error", err)
+	}
+}
+
+// Keys of mochi's layout.
+func clientKey(id string) string { return storage.ClientKey + "_" + id }
+func subscriptionKey(id, filter string) string {
+	return storage.SubscriptionKey + "_" + id + ":" + filter
+}
+func retainedKey(topic string) string { return storage.RetainedKey + "_" + topic }
+func inflightKey(id string, pk packets.Packet) string {
+	return storage.InflightKey + "_" + id + ":" + pk.FormatID()
+}
+
+// clientRecord is mochi's stored client record of cl as it is now.
+func clientRecord(cl *mqtt.Client) *storage.Client {
+	props := cl.Properties.Props.Copy(false)
+	return &storage.Client{
+		ID:              cl.ID,
+		T:               storage.ClientKey,
+		Remote:          cl.Net.Remote,
+		Listener:        cl.Net.Listener,
+		Username:        cl.Properties.Username,
+		Clean:           cl.Properties.Clean,
+		ProtocolVersion: cl.Properties.ProtocolVersion,
+		Properties: storage.ClientProperties{
+			SessionExpiryInterval: props.SessionExpiryInterval,
+			AuthenticationMethod:  props.AuthenticationMethod,
+			AuthenticationData:    props.AuthenticationData,
+			RequestProblemInfo:    props.RequestProblemInfo,
+			RequestResponseInfo:   props.RequestResponseInfo,
+			ReceiveMaximum:        props.ReceiveMaximum,
+			TopicAliasMaximum:     props.TopicAliasMaximum,
+			User:                  props.User,
+			MaximumPacketSize:     props.MaximumPacketSize,
+		},
+		Will: storage.ClientWill(cl.Properties.Will),
+	}
+}
+
+// messageRecord is mochi's stored form of a retained or queued message.
+func messageRecord(key, kind, client string, pk packets.Packet, sent int64) *storage.Message {
+	props := pk.Properties.Copy(false)
+	return &storage.Message{
+		ID:          key,
+		T:           kind,
+		Client:      client,
+		Origin:      pk.Origin,
+		FixedHeader: pk.FixedHeader,
+		TopicName:   pk.TopicName,
+		Payload:     pk.Payload,
+		Sent:        sent,
+		Created:     pk.Created,
+		Properties: storage.MessageProperties{
+			PayloadFormat:          props.PayloadFormat,
+			MessageExpiryInterval:  props.MessageExpiryInterval,
+			ContentType:            props.ContentType,
+			ResponseTopic:          props.ResponseTopic,
+			CorrelationData:        props.CorrelationData,
+			SubscriptionIdentifier: props.SubscriptionIdentifier,
+			TopicAlias:             props.TopicAlias,
+			User:                   props.User,
+		},
+	}
+}
+
+// Hooks mochi's bolt hook implemented, on the group-committed store.
+
+func (h *storeHook) boltSubscribed(cl *mqtt.Client, pk packets.Packet, codes []byte) {
+	for i, f := range pk.Filters {
+		key := subscriptionKey(cl.ID, f.Filter)
+		h.put(key, &storage.Subscription{
+			ID: key, T: storage.SubscriptionKey, Client: cl.ID, Qos: codes[i], Filter: f.Filter,
+			Identifier: f.Identifier, NoLocal: f.NoLocal, RetainHandling: f.RetainHandling, RetainAsPublished: f.RetainAsPublished,
+		})
+	}
+}
+
+func (h *storeHook) boltUnsubscribed(id string, pk packets.Packet) {
+	for _, f := range pk.Filters {
+		h.del(subscriptionKey(id, f.Filter))
+	}
+}
+
+func (h *storeHook) boltQosComplete(id string, pk packets.Packet) { h.del(inflightKey(id, pk)) }
 
 // open runs f unless the hook has been stopped, and keeps Stop waiting
 // until f returns.
@@ -89,7 +238,10 @@ func (h *storeHook) Stop() error {
 		return nil
 	}
 	h.stopped = true
-	return h.Hook.Stop()
+	if h.kv == nil {
+		return nil
+	}
+	return h.kv.close()
 }
 
 // sessionEnds reports whether cl's session ends with its connection.
@@ -111,39 +263,49 @@ func (h *storeHook) OnSubscribed(cl *mqtt.Client, pk packets.Packet, codes []byt
 	if sessionEnds(cl) {
 		return
 	}
-	h.open(func() { h.Hook.OnSubscribed(cl, pk, codes) })
+	h.open(func() { h.boltSubscribed(cl, pk, codes) })
 }
 
 func (h *storeHook) OnUnsubscribed(cl *mqtt.Client, pk packets.Packet) {
 	if sessionEnds(cl) {
 		return
 	}
-	h.open(func() { h.Hook.OnUnsubscribed(cl, pk) })
+	h.open(func() { h.boltUnsubscribed(cl.ID, pk) })
 }
 
 func (h *storeHook) OnRetainMessage(cl *mqtt.Client, pk packets.Packet, r int64) {
-	h.open(func() { h.Hook.OnRetainMessage(cl, pk, r) })
+	h.open(func() {
+		key := retainedKey(pk.TopicName)
+		if r == -1 {
+			h.del(key)
+			return
+		}
+		h.put(key, messageRecord(key, storage.RetainedKey, cl.ID, pk, 0))
+	})
 }
 
 func (h *storeHook) OnQosPublish(cl *mqtt.Client, pk packets.Packet, sent int64, resends int) {
 	if sessionEnds(cl) {
 		return
 	}
-	h.open(func() { h.Hook.OnQosPublish(cl, pk, sent, resends) })
+	h.open(func() {
+		key := inflightKey(cl.ID, pk)
+		h.put(key, messageRecord(key, storage.InflightKey, cl.ID, pk, sent))
+	})
 }
 
 func (h *storeHook) OnQosComplete(cl *mqtt.Client, pk packets.Packet) {
 	if sessionEnds(cl) {
 		return
 	}
-	h.open(func() { h.Hook.OnQosComplete(cl, pk) })
+	h.open(func() { h.boltQosComplete(cl.ID, pk) })
 }
 
 func (h *storeHook) OnQosDropped(cl *mqtt.Client, pk packets.Packet) {
 	if sessionEnds(cl) {
 		return
 	}
-	h.open(func() { h.Hook.OnQosDropped(cl, pk) })
+	h.open(func() { h.boltQosComplete(cl.ID, pk) })
 }
 
 // OnSysInfoTick and StoredSysInfo keep mochi's $SYS counters out of the
@@ -157,20 +319,24 @@ func (h *storeHook) StoredSysInfo() (storage.SystemInfo, error) {
 }
 
 func (h *storeHook) OnClientExpired(cl *mqtt.Client) {
-	h.open(func() { h.Hook.OnClientExpired(cl) })
+	h.open(func() { h.del(clientKey(cl.ID)) })
 }
 
 func (h *storeHook) OnRetainedExpired(filter string) {
-	h.open(func() { h.Hook.OnRetainedExpired(filter) })
+	h.open(func() { h.del(retainedKey(filter)) })
 }
 
 // OnSessionEstablished stores the new connection's client record (its will
-// included).
+// included). The write is queued under recMu, so it is ordered against an
+// older connection's deletion or rewrite, and waited for outside it, so
+// connections share a commit.
 func (h *storeHook) OnSessionEstablished(cl *mqtt.Client, pk packets.Packet) {
 	h.open(func() {
+		key := clientKey(cl.ID)
 		h.recMu.Lock()
-		defer h.recMu.Unlock()
-		h.Hook.OnSessionEstablished(cl, pk)
+		done := h.enqueuePut(key, clientRecord(cl))
+		h.recMu.Unlock()
+		h.wait(key, done)
 	})
 }
 
@@ -180,15 +346,22 @@ func (h *storeHook) OnSessionEstablished(cl *mqtt.Client, pk packets.Packet) {
 // and the will would be taken for a crash's after the next restart.
 func (h *storeHook) OnDisconnect(cl *mqtt.Client, err error, expire bool) {
 	h.open(func() {
+		key := clientKey(cl.ID)
 		h.recMu.Lock()
-		defer h.recMu.Unlock()
 		if h.replaced(cl) {
+			h.recMu.Unlock()
 			return
 		}
-		if expire {
-			h.Hook.OnDisconnect(cl, err, expire)
-		} else {
-			h.Hook.OnWillSent(cl, packets.Packet{}) // rewrites the record as cl is now
+		var done <-chan error
+		switch {
+		case !expire:
+			done = h.enqueuePut(key, clientRecord(cl)) // rewritten as cl is now: no will
+		case cl.StopCause() != packets.ErrSessionTakenOver: // as mochi's hook
+			done = h.enqueueDel(key)
+		}
+		h.recMu.Unlock()
+		if done != nil {
+			h.wait(key, done)
 		}
 		h.log.Debug("stored session ended", "client", cl.ID, "session_kept", !expire)
 	})
@@ -198,20 +371,31 @@ func (h *storeHook) OnDisconnect(cl *mqtt.Client, err error, expire bool) {
 // already passed to a newer connection.
 func (h *storeHook) OnWillSent(cl *mqtt.Client, pk packets.Packet) {
 	h.open(func() {
+		key := clientKey(cl.ID)
 		h.recMu.Lock()
-		defer h.recMu.Unlock()
 		if h.replaced(cl) {
+			h.recMu.Unlock()
 			return
 		}
-		h.Hook.OnWillSent(cl, pk)
+		done := h.enqueuePut(key, clientRecord(cl))
+		h.recMu.Unlock()
+		h.wait(key, done)
 	})
 }
 
 // StoredClients is called first when mochi loads the store.
 func (h *storeHook) StoredClients() ([]storage.Client, error) {
-	clients, err := h.Hook.StoredClients()
-	if err != nil {
-		return clients, err
+	var clients []storage.Client
+	if err := h.kv.iter(storage.ClientKey, func(v []byte) error {
+		var c storage.Client
+		if err := c.UnmarshalBinary(v); err != nil {
+			h.log.Warn("broker store: skipping an unreadable record", "error", err)
+			return nil
+		}
+		clients = append(clients, c)
+		return nil
+	}); err != nil {
+		return clients, fmt.Errorf("stored clients: %w", err)
 	}
 	h.mu.Lock()
 	defer h.mu.Unlock()
@@ -237,7 +421,7 @@ func (h *storeHook) StoredClients() ([]storage.Client, error) {
 // StoredSubscriptions drops the subscriptions of clients whose session did
 // not survive (see storeHook), and deletes them from the store.
 func (h *storeHook) StoredSubscriptions() ([]storage.Subscription, error) {
-	subs, err := h.Hook.StoredSubscriptions()
+	subs, err := h.rawSubscriptions()
 	if err != nil {
 		return subs, err
 	}
@@ -254,9 +438,7 @@ func (h *storeHook) StoredSubscriptions() ([]storage.Subscription, error) {
 			continue
 		}
 		h.log.Debug("dropping stored subscription of an ended session", "client", s.Client, "filter", s.Filter)
-		h.Hook.OnUnsubscribed(&mqtt.Client{ID: s.Client}, packets.Packet{
-			Filters: packets.Subscriptions{{Filter: s.Filter}},
-		})
+		h.del(subscriptionKey(s.Client, s.Filter))
 	}
 	return kept, nil
 }
@@ -264,9 +446,9 @@ func (h *storeHook) StoredSubscriptions() ([]storage.Subscription, error) {
 // StoredInflightMessages restores the packet ids of queued messages, and
 // drops and deletes those queued for sessions that did not survive.
 func (h *storeHook) StoredInflightMessages() ([]storage.Message, error) {
-	msgs, err := h.Hook.StoredInflightMessages()
+	msgs, err := h.storedMessages(storage.InflightKey)
 	if err != nil {
-		return msgs, err
+		return msgs, fmt.Errorf("stored queued messages: %w", err)
 	}
 	h.mu.Lock()
 	persistent := h.persistent
@@ -280,12 +462,52 @@ func (h *storeHook) StoredInflightMessages() ([]storage.Message, error) {
 		}
 		m.PacketID = id
 		if persistent != nil && !persistent[m.Client] {
-			h.Hook.OnQosComplete(&mqtt.Client{ID: m.Client}, packets.Packet{PacketID: m.PacketID})
+			h.boltQosComplete(m.Client, packets.Packet{PacketID: m.PacketID})
 			continue
 		}
 		kept = append(kept, m)
 	}
 	return kept, nil
+}
+
+// rawSubscriptions reads every stored subscription, as stored.
+func (h *storeHook) rawSubscriptions() ([]storage.Subscription, error) {
+	var subs []storage.Subscription
+	if err := h.kv.iter(storage.SubscriptionKey, func(v []byte) error {
+		var s storage.Subscription
+		if err := s.UnmarshalBinary(v); err != nil {
+			h.log.Warn("broker store: skipping an unreadable record", "error", err)
+			return nil
+		}
+		subs = append(subs, s)
+		return nil
+	}); err != nil {
+		return subs, fmt.Errorf("stored subscriptions: %w", err)
+	}
+	return subs, nil
+}
+
+// StoredRetainedMessages returns the stored retained messages.
+func (h *storeHook) StoredRetainedMessages() ([]storage.Message, error) {
+	msgs, err := h.storedMessages(storage.RetainedKey)
+	if err != nil {
+		return msgs, fmt.Errorf("stored retained messages: %w", err)
+	}
+	return msgs, nil
+}
+
+func (h *storeHook) storedMessages(kind string) ([]storage.Message, error) {
+	var msgs []storage.Message
+	err := h.kv.iter(kind, func(v []byte) error {
+		var m storage.Message
+		if err := m.UnmarshalBinary(v); err != nil {
+			h.log.Warn("broker store: skipping an unreadable record", "error", err)
+			return nil
+		}
+		msgs = append(msgs, m)
+		return nil
+	})
+	return msgs, err
 }
 
 // inflightID reads the packet id from the key of a stored queued message:

@@ -209,6 +209,7 @@ type batch struct {
 	persist map[string]bool // records to store before the batch's Commands go out
 	pending []command       // the batch's Commands, in the order made
 	touched map[string]bool // devices whose view the batch changed
+	done    []func(error)   // callers waiting for the batch's commit (Set), told its outcome
 }
 
 // retainedWait is the wait for an external broker's retained messages
@@ -324,7 +325,11 @@ func (f *Fleet) Run(ctx context.Context) error {
 			f.flush()
 			f.sendOwed()
 		}
-		f.commit(ctx)
+		err := f.commit(ctx)
+		for _, done := range f.batch.done {
+			done(err)
+		}
+		f.batch.done = nil
 		if f.ctrl.IsReady() && !f.IsReady() {
 			// After the commit, so a reader woken by Ready sees every
 			// device the retained messages brought in.
@@ -422,7 +427,26 @@ func (f *Fleet) Set(ctx context.Context, id string, changes map[string]any) (Dev
 	reply := make(chan result, 1)
 	f.q.Push(func(ctx context.Context) {
 		d, err := f.set(ctx, id, changes)
-		reply <- result{d, err}
+		switch {
+		case err != nil:
+			reply <- result{Device{}, err}
+			return
+		case d != nil: // done already (setShared)
+			reply <- result{*d, nil}
+			return
+		}
+		// The caller learns whether the write was stored: it is answered
+		// once the batch it is part of is committed, with the other
+		// writes and Events of that batch (one transaction for all of
+		// them, not one each).
+		f.batch.done = append(f.batch.done, func(err error) {
+			if err != nil {
+				reply <- result{Device{}, err}
+				return
+			}
+			d, _ := f.Device(id)
+			reply <- result{d, nil}
+		})
 	})
 	select {
 	case r := <-reply:
@@ -436,29 +460,28 @@ func (f *Fleet) Set(ctx context.Context, id string, changes map[string]any) (Dev
 
 // --- the Run goroutine from here on ---
 
-func (f *Fleet) set(ctx context.Context, id string, changes map[string]any) (Device, error) {
+// set applies a remote write and queues its Command in the batch; the
+// batch's commit stores and publishes it. Shared by several instances, the
+// write is stored and published at once (setShared) and done is nil.
+func (f *Fleet) set(ctx context.Context, id string, changes map[string]any) (done *Device, err error) {
 	if f.sh != nil {
-		return f.setShared(ctx, id, changes)
+		d, err := f.setShared(ctx, id, changes)
+		return &d, err
 	}
 	m, err := f.ctrl.Set(id, changes)
 	if err != nil {
 		if errors.Is(err, ErrUnknownDevice) || errors.Is(err, ErrNotReady) {
-			return Device{}, err
+			return nil, err
 		}
 		if errors.Is(err, ErrClockExhausted) {
 			f.log.Error("remote write refused: the clock for this device is at its limit", "device", id, "error", err)
-			return Device{}, fmt.Errorf("set %s: %w", id, err)
+			return nil, fmt.Errorf("set %s: %w", id, err)
 		}
-		return Device{}, fmt.Errorf("%w: %w", ErrInvalid, err)
+		return nil, fmt.Errorf("%w: %w", ErrInvalid, err)
 	}
 	f.log.Info("remote write", "device", id, "changes", changes, "vc", m.VC)
 	f.send([]command{{id, m}})
-	// The caller learns whether the write was stored: commit the batch now.
-	if err := f.commit(ctx); err != nil {
-		return Device{}, err
-	}
-	d, _ := f.Device(id)
-	return d, nil
+	return nil, nil
 }
 
 // handle processes one message from the broker.
