@@ -82,6 +82,7 @@ func serveMain(args []string) int {
 		pctx, cancel := context.WithCancel(ctx)
 		stopProfiles, err := harness.StartProfiles(pctx, args[1], "serve")
 		if err != nil {
+			cancel()
 			fmt.Fprintln(os.Stderr, "mttr embedded-serve:", err)
 			return exitFailed
 		}
@@ -152,6 +153,7 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	fs.Var(seconds{&c.MaxRecovery}, "max-recovery", "how long (`DURATION` or seconds) a cycle waits at most for every device to recover")
 	fs.StringVar(&o.jsonFile, "json", "", "write every cycle and the summary as JSON to `FILE`")
 	fs.StringVar(&o.svgFile, "svg", "", "write a chart of recovery times per cycle to `FILE`")
+	fs.StringVar(&c.DeviceDir, "device-dir", "", "`DIR` for the simulated devices' state (default WORK-DIR/devices); a tmpfs such as /dev/shm/x keeps their fsyncs off the broker's disk, as a real board's own disk would")
 	fs.StringVar(&o.workDir, "work-dir", "", "`DIR` for certificates, broker files, device state and logs; default a temporary directory, removed after a clean run")
 	fs.BoolVar(&o.keepWorkDir, "keep-work-dir", false, "keep the work directory")
 	fs.StringVar(&o.logFile, "log", "", "components' log `FILE`; default WORK-DIR/mttr.log")
@@ -313,6 +315,11 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) (err erro
 		cfg.TTY = isTerminal(stderr)
 	}
 
+	if n := 2*(cfg.Devices+cfg.BaselineDevices) + 1000; n > 0 {
+		if err := harness.RaiseFileLimit(uint64(n)); err != nil {
+			return err
+		}
+	}
 	res, runErr := harness.Run(ctx, cfg)
 	if res != nil {
 		if err := res.WriteSummary(stdout); err != nil {

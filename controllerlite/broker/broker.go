@@ -288,17 +288,29 @@ func (b *Broker) openStore() error {
 // loss): for those clients the broker's death is an abrupt disconnect, and
 // without this their retained status would say "online" forever.
 func (b *Broker) publishRestoredWills(wills []restoredWill) {
+	// Concurrently (bounded): each retained will is a store write, and one
+	// after another a fleet of 1,000 kept the listener closed for half a
+	// second after a restart; together they share the store's commits.
+	// Each client has one will, so no order between them matters.
+	var wg sync.WaitGroup
+	sem := make(chan struct{}, 64)
 	for _, w := range wills {
 		if !b.auth.mayPublish(w.client, w.topic, w.retain) {
 			b.log.Warn("restored will dropped: not a publish the client may make", "client", w.client, "topic", w.topic, "retain", w.retain)
 			continue
 		}
-		if err := b.srv.Publish(w.topic, w.payload, w.retain, w.qos); err != nil {
-			b.log.Error("publish restored will", "client", w.client, "topic", w.topic, "error", err)
-			continue
-		}
-		b.log.Info("published will of a client connected when the broker last stopped", "client", w.client, "topic", w.topic)
+		sem <- struct{}{}
+		wg.Add(1)
+		go func() {
+			defer func() { <-sem; wg.Done() }()
+			if err := b.srv.Publish(w.topic, w.payload, w.retain, w.qos); err != nil {
+				b.log.Error("publish restored will", "client", w.client, "topic", w.topic, "error", err)
+				return
+			}
+			b.log.Info("published will of a client connected when the broker last stopped", "client", w.client, "topic", w.topic)
+		}()
 	}
+	wg.Wait()
 }
 
 // Addr is the listener's address, nil before Start.

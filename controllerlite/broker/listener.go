@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"runtime"
 	"strings"
 	"sync"
 	"time"
@@ -39,11 +40,26 @@ type tlsListener struct {
 
 	// handshakeFailed reports a failed TLS handshake; set before Serve.
 	handshakeFailed func(remote string, err error)
+
+	// slots admits handshakes: at most cap(slots) run at once, the others
+	// wait for a slot in the order they were accepted (see admit).
+	slots chan struct{}
 }
+
+// maxHandshakes bounds the TLS handshakes running at once. A fleet coming
+// back to a restarted broker arrives as thousands of connections within a
+// second; all handshaking at once, each gets a sliver of the CPU and every
+// one of them finishes late, some after the client's connect timeout,
+// which then retries and costs another handshake. Admitted a few per core
+// at a time (the rest waiting, accepted, in a queue rather than in the
+// kernel's backlog where a full queue drops SYNs), they finish in the
+// order they came at the rate the CPU allows.
+func maxHandshakes() int { return max(8, 4*runtime.GOMAXPROCS(0)) }
 
 func newTLSListener(id string, raw net.Listener, conf *tls.Config, connectTimeout time.Duration, log *slog.Logger) *tlsListener {
 	ctx, cancel := context.WithCancel(context.Background())
-	return &tlsListener{id: id, raw: raw, conf: conf, connectTimeout: connectTimeout, log: log, ctx: ctx, cancel: cancel}
+	return &tlsListener{id: id, raw: raw, conf: conf, connectTimeout: connectTimeout, log: log, ctx: ctx, cancel: cancel,
+		slots: make(chan struct{}, maxHandshakes())}
 }
 
 // ID, Address, Protocol, Init, Serve and Close implement listeners.Listener.
@@ -96,8 +112,13 @@ func (l *tlsListener) handle(conn net.Conn, establish listeners.EstablishFn) {
 		conn.Close()
 		return
 	}
+	if !l.admit(conn) {
+		conn.Close()
+		return
+	}
 	tc := tls.Server(conn, l.conf)
 	err := tc.HandshakeContext(l.ctx) // l.ctx ends pending handshakes at shutdown
+	<-l.slots
 	if err == nil && l.isClosed() {
 		tc.Close()
 		return
@@ -116,6 +137,29 @@ func (l *tlsListener) handle(conn net.Conn, establish listeners.EstablishFn) {
 		l.log.Warn("connection closed: no CONNECT within the connect timeout", "remote", conn.RemoteAddr().String(), "timeout", l.connectTimeout)
 	default:
 		l.log.Debug("client connection ended", "remote", conn.RemoteAddr().String(), "error", err)
+	}
+}
+
+// admit waits for a handshake slot, for as long as the connection's
+// connect deadline leaves (blocked senders on a channel are served first
+// come, first served). It reports false when the deadline passed first or
+// the listener is shutting down; the caller closes the connection.
+func (l *tlsListener) admit(conn net.Conn) bool {
+	select {
+	case l.slots <- struct{}{}:
+		return true
+	default:
+	}
+	t := time.NewTimer(l.connectTimeout)
+	defer t.Stop()
+	select {
+	case l.slots <- struct{}{}:
+		return true
+	case <-t.C:
+		l.log.Warn("connection dropped: no handshake slot within the connect timeout (too many connecting at once)", "remote", conn.RemoteAddr().String(), "timeout", l.connectTimeout, "slots", cap(l.slots))
+		return false
+	case <-l.ctx.Done():
+		return false
 	}
 }
 

@@ -60,6 +60,11 @@ const (
 	BrokerExternal  = "external"
 )
 
+// MaxDevices bounds --devices and --baseline-devices: each device holds
+// two file descriptors in the harness (its connection and its state
+// directory's lock) and one in the broker; see RaiseFileLimit.
+const MaxDevices = 10000
+
 // pollEvery is how often the harness looks at the controller and the
 // devices while it waits for them (10 ms through the HTTP API).
 const pollEvery = 5 * time.Millisecond
@@ -85,6 +90,12 @@ type Config struct {
 	Devices, BaselineDevices int
 	// WorkDir holds the PKI, the broker's files, device state and logs.
 	WorkDir string
+	// DeviceDir holds the devices' state directories (default
+	// WORK-DIR/devices). On a tmpfs (/dev/shm) the simulated devices'
+	// fsyncs leave the disk the broker and the controller use: a real
+	// board has a disk of its own, and thousands of boards sharing one
+	// queue of fsyncs measured the disk, not the fleet.
+	DeviceDir string
 	// AedesDir is brokers/aedes, with its node modules installed.
 	AedesDir string
 	// EmbeddedCmd is a command taking `controllerlite serve` flags that
@@ -149,11 +160,11 @@ func (c *Config) check() error {
 		return fmt.Errorf("--keep-running %v: want a positive duration", c.KeepRunning)
 	}
 	c.MaxRecovery = max(c.MaxRecovery, c.KeepRunning)
-	if c.Devices < 1 || c.Devices > 5000 {
-		return fmt.Errorf("--devices %d: want 1 to 5000", c.Devices)
+	if c.Devices < 1 || c.Devices > MaxDevices {
+		return fmt.Errorf("--devices %d: want 1 to %d", c.Devices, MaxDevices)
 	}
-	if c.BaselineDevices < 0 || c.BaselineDevices > 5000 {
-		return fmt.Errorf("--baseline-devices %d: want 0 to 5000", c.BaselineDevices)
+	if c.BaselineDevices < 0 || c.BaselineDevices > MaxDevices {
+		return fmt.Errorf("--baseline-devices %d: want 0 to %d", c.BaselineDevices, MaxDevices)
 	}
 	if c.WorkDir == "" {
 		return errors.New("no work directory")
@@ -370,6 +381,10 @@ func (r *run) setup(ctx context.Context) error {
 	}
 
 	r.out.status("starting %d devices and %d baseline devices", cfg.Devices, cfg.BaselineDevices)
+	deviceDir := cfg.DeviceDir
+	if deviceDir == "" {
+		deviceDir = filepath.Join(cfg.WorkDir, "devices")
+	}
 	for i := 0; i < cfg.Devices+cfg.BaselineDevices; i++ {
 		client, id := report.ClientOurs, fmt.Sprintf("dev-%04d", i)
 		if i >= cfg.Devices {
@@ -380,7 +395,7 @@ func (r *run) setup(ctx context.Context) error {
 			return err
 		}
 		d, err := startDevice(deviceOptions{
-			ID: id, Client: client, Index: i, Dir: filepath.Join(cfg.WorkDir, "devices", id),
+			ID: id, Client: client, Index: i, Dir: filepath.Join(deviceDir, id),
 			BrokerURL: r.brokerURL, CAFile: r.pki.caFile, CertFile: cert, KeyFile: key,
 			KeepAlive: cfg.KeepAlive, Logger: r.log,
 		})
