@@ -45,8 +45,17 @@ func NewClient(addr, token string) (*Client, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Client{base: u, token: token, http: &http.Client{Timeout: 30 * time.Second}}, nil
+	// Keep up to clientConns connections to the controller idle rather
+	// than net/http's default two: a caller sending many requests at once
+	// (mttr's writes for a whole fleet) otherwise opens and closes a
+	// connection per request.
+	tr := http.DefaultTransport.(*http.Transport).Clone()
+	tr.MaxIdleConnsPerHost = clientConns
+	return &Client{base: u, token: token, http: &http.Client{Timeout: 30 * time.Second, Transport: tr}}, nil
 }
+
+// clientConns is how many idle connections a Client keeps to its controller.
+const clientConns = 64
 
 // BaseURL turns a listen address or URL into the API's base URL.
 func BaseURL(addr string) (*url.URL, error) {

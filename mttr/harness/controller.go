@@ -117,7 +117,8 @@ func (c *localController) close() {
 // remoteController is controllerlite running with its embedded broker in
 // the broker's process, reached through its HTTP API.
 type remoteController struct {
-	c *api.Client
+	c     *api.Client
+	slots chan struct{} // writes in flight (remoteWrites)
 }
 
 func newRemoteController(httpAddr, token string) (*remoteController, error) {
@@ -125,8 +126,17 @@ func newRemoteController(httpAddr, token string) (*remoteController, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &remoteController{c: c}, nil
+	return &remoteController{c: c, slots: make(chan struct{}, remoteWrites)}, nil
 }
+
+// remoteWrites bounds the controller writes in flight at once (the API
+// client keeps as many connections). A write per device for a thousand
+// devices, each retrying every 50 ms on its own connection while the
+// controller was down, made the harness dial the dead port 20,000 times a
+// second and open a thousand connections the moment it came back: load on
+// the machine the return is measured on, and nothing a controller's users
+// would do.
+const remoteWrites = 64
 
 func (r *remoteController) devices(ctx context.Context) (map[string]fleet.Device, error) {
 	ds, err := r.c.Devices(ctx)
@@ -141,6 +151,12 @@ func (r *remoteController) devices(ctx context.Context) (map[string]fleet.Device
 }
 
 func (r *remoteController) set(ctx context.Context, id string, changes map[string]any) (fleet.Device, error) {
+	select {
+	case r.slots <- struct{}{}:
+		defer func() { <-r.slots }()
+	case <-ctx.Done():
+		return fleet.Device{}, fmt.Errorf("set %s: %w", id, ctx.Err())
+	}
 	for {
 		d, err := r.c.Set(ctx, id, changes)
 		var ae *api.Error
