@@ -154,6 +154,7 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	fs.StringVar(&o.jsonFile, "json", "", "write every cycle and the summary as JSON to `FILE`")
 	fs.StringVar(&o.svgFile, "svg", "", "write a chart of recovery times per cycle to `FILE`")
 	fs.StringVar(&c.DeviceDir, "device-dir", "", "`DIR` for the simulated devices' state (default WORK-DIR/devices); a tmpfs such as /dev/shm/x keeps their fsyncs off the broker's disk, as a real board's own disk would")
+	fs.BoolVar(&c.MemoryState, "memory-state", false, "keep the simulated devices' state in memory, not in state directories: no fsync and no file descriptor per device (for thousands of devices; the harness never restarts a device, so nothing reads it back)")
 	fs.StringVar(&o.workDir, "work-dir", "", "`DIR` for certificates, broker files, device state and logs; default a temporary directory, removed after a clean run")
 	fs.BoolVar(&o.keepWorkDir, "keep-work-dir", false, "keep the work directory")
 	fs.StringVar(&o.logFile, "log", "", "components' log `FILE`; default WORK-DIR/mttr.log")
@@ -315,7 +316,11 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) (err erro
 		cfg.TTY = isTerminal(stderr)
 	}
 
-	if n := 2*(cfg.Devices+cfg.BaselineDevices) + 1000; n > 0 {
+	perDevice := 2 // its connection and its state directory's lock
+	if cfg.MemoryState {
+		perDevice = 1
+	}
+	if n := perDevice*(cfg.Devices+cfg.BaselineDevices) + 500; n > 0 {
 		if err := harness.RaiseFileLimit(uint64(n)); err != nil {
 			return err
 		}

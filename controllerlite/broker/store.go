@@ -60,6 +60,11 @@ type storeHook struct {
 	mu         sync.Mutex
 	persistent map[string]bool // stored client id -> its session outlives a disconnect
 	wills      []restoredWill
+	// endedAtLoad: clients whose records StoredClients deleted, all in one
+	// transaction. mochi then calls OnDisconnect for each, one after
+	// another, and a delete each waiting for its own commit kept a broker
+	// with 10,000 clients in its store 11 s from listening.
+	endedAtLoad map[string]bool
 }
 
 // restoredWill is the will of a client whose connection the broker's last
@@ -345,6 +350,9 @@ func (h *storeHook) OnSessionEstablished(cl *mqtt.Client, pk packets.Packet) {
 // holds the will: mochi's hook leaves it there after a clean disconnect,
 // and the will would be taken for a crash's after the next restart.
 func (h *storeHook) OnDisconnect(cl *mqtt.Client, err error, expire bool) {
+	if expire && h.takeEndedAtLoad(cl.ID) {
+		return // its record went with StoredClients' batch
+	}
 	h.open(func() {
 		key := clientKey(cl.ID)
 		h.recMu.Lock()
@@ -365,6 +373,17 @@ func (h *storeHook) OnDisconnect(cl *mqtt.Client, err error, expire bool) {
 		}
 		h.log.Debug("stored session ended", "client", cl.ID, "session_kept", !expire)
 	})
+}
+
+// takeEndedAtLoad reports, once, whether StoredClients deleted id's record.
+func (h *storeHook) takeEndedAtLoad(id string) bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if !h.endedAtLoad[id] {
+		return false
+	}
+	delete(h.endedAtLoad, id)
+	return true
 }
 
 // OnWillSent records that the will went out, unless the session has
@@ -400,8 +419,21 @@ func (h *storeHook) StoredClients() ([]storage.Client, error) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	h.persistent = make(map[string]bool, len(clients))
+	h.endedAtLoad = map[string]bool{}
+	var ended []kvOp
+	defer func() {
+		if len(ended) > 0 {
+			h.wait(fmt.Sprintf("%d ended sessions' records", len(ended)), h.kv.enqueue(ended...))
+		}
+	}()
 	for _, c := range clients {
 		h.persistent[c.ID] = !endsWithConnection(c.ProtocolVersion, c.Properties.SessionExpiryInterval, c.Clean)
+		if !h.persistent[c.ID] {
+			// mochi drops it (loadClients): delete its record now,
+			// with every other one, rather than one by one.
+			ended = append(ended, kvOp{key: []byte(clientKey(c.ID))})
+			h.endedAtLoad[c.ID] = true
+		}
 		// mochi clears a will's flag in the store once the will is sent
 		// (or the client disconnects cleanly), so a set flag means the
 		// client was connected when the broker died.
@@ -427,10 +459,13 @@ func (h *storeHook) StoredSubscriptions() ([]storage.Subscription, error) {
 	}
 	h.mu.Lock()
 	persistent := h.persistent
+	h.endedAtLoad = nil // loadClients is done with them
 	h.mu.Unlock()
 	if persistent == nil { // clients not loaded first: nothing to judge by
 		return subs, nil
 	}
+	var drop []kvOp
+	defer func() { h.dropAll("stored subscriptions of ended sessions", drop) }()
 	kept := subs[:0]
 	for _, s := range subs {
 		if persistent[s.Client] {
@@ -438,7 +473,7 @@ func (h *storeHook) StoredSubscriptions() ([]storage.Subscription, error) {
 			continue
 		}
 		h.log.Debug("dropping stored subscription of an ended session", "client", s.Client, "filter", s.Filter)
-		h.del(subscriptionKey(s.Client, s.Filter))
+		drop = append(drop, kvOp{key: []byte(subscriptionKey(s.Client, s.Filter))})
 	}
 	return kept, nil
 }
@@ -453,6 +488,8 @@ func (h *storeHook) StoredInflightMessages() ([]storage.Message, error) {
 	h.mu.Lock()
 	persistent := h.persistent
 	h.mu.Unlock()
+	var drop []kvOp
+	defer func() { h.dropAll("stored queued messages of ended sessions", drop) }()
 	kept := msgs[:0]
 	for _, m := range msgs {
 		id, err := inflightID(m.ID)
@@ -462,12 +499,19 @@ func (h *storeHook) StoredInflightMessages() ([]storage.Message, error) {
 		}
 		m.PacketID = id
 		if persistent != nil && !persistent[m.Client] {
-			h.boltQosComplete(m.Client, packets.Packet{PacketID: m.PacketID})
+			drop = append(drop, kvOp{key: []byte(inflightKey(m.Client, packets.Packet{PacketID: m.PacketID}))})
 			continue
 		}
 		kept = append(kept, m)
 	}
 	return kept, nil
+}
+
+// dropAll deletes what ops name, in one transaction.
+func (h *storeHook) dropAll(what string, ops []kvOp) {
+	if len(ops) > 0 {
+		h.wait(fmt.Sprintf("%d %s", len(ops), what), h.kv.enqueue(ops...))
+	}
 }
 
 // rawSubscriptions reads every stored subscription, as stored.

@@ -96,6 +96,10 @@ type Config struct {
 	// board has a disk of its own, and thousands of boards sharing one
 	// queue of fsyncs measured the disk, not the fleet.
 	DeviceDir string
+	// MemoryState keeps every device's state in memory rather than in a
+	// state directory: no fsync and no lock descriptor per device, for
+	// runs of thousands (see memoryStore).
+	MemoryState bool
 	// AedesDir is brokers/aedes, with its node modules installed.
 	AedesDir string
 	// EmbeddedCmd is a command taking `controllerlite serve` flags that
@@ -397,7 +401,7 @@ func (r *run) setup(ctx context.Context) error {
 		d, err := startDevice(deviceOptions{
 			ID: id, Client: client, Index: i, Dir: filepath.Join(deviceDir, id),
 			BrokerURL: r.brokerURL, CAFile: r.pki.caFile, CertFile: cert, KeyFile: key,
-			KeepAlive: cfg.KeepAlive, Logger: r.log,
+			KeepAlive: cfg.KeepAlive, Logger: r.log, MemoryState: cfg.MemoryState,
 		})
 		if err != nil {
 			return fmt.Errorf("device %s: %w", id, err)
