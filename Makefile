@@ -100,7 +100,7 @@ MTTR_BROKER ?= mosquitto
 MTTR_OUT    ?= $(BIN)/mttr-out
 MTTR        := $(BIN)/mttr
 
-.PHONY: mttr mttr-short mttr-kill mttr-hang mttr-hang-seed mttr-broker mttr-long-outage mttr-partition
+.PHONY: mttr mttr-short mttr-kill mttr-hang mttr-hang-seed mttr-broker mttr-long-outage mttr-partition mttr-scale mttr-scale-10k
 
 mttr:
 	CGO_ENABLED=0 $(GO) build $(GOFLAGS_BUILD) -o $(MTTR) ./mttr
@@ -156,3 +156,15 @@ mttr-partition: mttr aedes
 	$(MTTR) --broker $(MTTR_BROKER) --fault partition --restart-count 50 --devices 100 \
 		--keep-alive 5s --keep-dead 10s --keep-running 5s --max-recovery 15s \
 		--json $(MTTR_OUT)/partition-$(MTTR_BROKER).json --svg $(MTTR_OUT)/partition-$(MTTR_BROKER).svg
+
+# Scale (docs/scale.md): a fleet returning to a restarted broker, ours
+# only, the issue's settings; MTTR_SCALE devices (1000; 10000 for the
+# 10k target, with the devices' state in memory: see --memory-state).
+MTTR_SCALE ?= 1000
+mttr-scale: mttr
+	@mkdir -p $(MTTR_OUT)
+	$(MTTR) --broker $(MTTR_BROKER) --fault kill --restart-count 3 --devices $(MTTR_SCALE) --baseline-devices 0 \
+		--keep-alive 15s --factor-of-keep-alive 0.34 --keep-running 20s --max-recovery 60s --memory-state \
+		--json $(MTTR_OUT)/scale-$(MTTR_SCALE)-$(MTTR_BROKER).json --svg $(MTTR_OUT)/scale-$(MTTR_SCALE)-$(MTTR_BROKER).svg
+mttr-scale-10k:
+	$(MAKE) mttr-scale MTTR_SCALE=10000

@@ -67,6 +67,12 @@ type MosquittoOptions struct {
 // one after 90 s, 1.5 times a 60 s keep-alive it assumes), and it takes the
 // first CN of a certificate's subject where Go takes the last, so a
 // certificate with two CNs must never be issued.
+// MosquittoMaxQueued is Mosquitto's max_queued_messages in the files
+// MosquittoConfig writes: the messages Mosquitto keeps for one client
+// beyond those in flight, room for a controller's subscription to the
+// retained messages of 30,000 devices.
+const MosquittoMaxQueued = 100000
+
 func MosquittoConfig(o MosquittoOptions) (conf, acl []byte, err error) {
 	if o.Port == 0 {
 		o.Port = DefaultMQTTSPort
@@ -124,6 +130,11 @@ func MosquittoConfig(o MosquittoOptions) (conf, acl []byte, err error) {
 	b.WriteString("# The largest MQTT packet of the protocol: a 4096-byte payload and its topic, with room\n")
 	b.WriteString("# to spare. A client announcing a larger packet is disconnected before it is read.\n")
 	fmt.Fprintf(&b, "max_packet_size %d\n", protocol.MaxPacketSize)
+	b.WriteString("# A controller subscribes to every device's topics: each subscription is sent every\n")
+	b.WriteString("# retained message at once (three per device) and a returning fleet's events come\n")
+	b.WriteString("# together. At Mosquitto's default of 1000 queued messages per client, events beyond\n")
+	b.WriteString("# that were dropped without a word to the client (1,000 devices, docs/scale.md).\n")
+	fmt.Fprintf(&b, "max_queued_messages %d\n", MosquittoMaxQueued)
 	b.WriteString("# Mosquitto 2.0 has no setting for the time a new connection may take to send CONNECT:\n")
 	b.WriteString("# it closes one that sends nothing after 90 s (1.5 times a 60 s keep-alive).\n\n")
 	b.WriteString("# MQTT over TLS with mutual authentication.\n")
