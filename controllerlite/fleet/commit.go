@@ -93,9 +93,24 @@ func (f *Fleet) commit(ctx context.Context) error {
 	}
 	// Every Command carries the device's whole state, so the outcome of
 	// a device's last Command decides whether it still owes one.
+	// A batch publishes at most maxPublishPerBatch Commands; the rest, in
+	// order, wait for the next turn of the loop, which first takes what
+	// arrived meanwhile. Publishing waits for the broker's acknowledgements:
+	// 1,000 owed Commands at once (a controller's writes made while the
+	// broker was down) held every returning device's Event behind them for
+	// ~3 s on Mosquitto. A device with a Command still waiting stays owed.
+	later := map[string]bool{}
+	if len(cmds) > maxPublishPerBatch {
+		f.batch.pending = append(slices.Clone(cmds[maxPublishPerBatch:]), f.batch.pending...)
+		cmds = cmds[:maxPublishPerBatch]
+		for _, c := range f.batch.pending {
+			later[c.id] = true
+		}
+		f.q.Push(func(context.Context) {}) // wake the loop for the rest
+	}
 	devices := f.publishAll(ctx, cmds)
 	for id, ok := range devices {
-		f.recs[id].Owed = !ok
+		f.recs[id].Owed = !ok || later[id]
 		f.touch(id)
 	}
 	var sent []store.Device
@@ -114,6 +129,9 @@ func (f *Fleet) commit(ctx context.Context) error {
 	}
 	return nil
 }
+
+// maxPublishPerBatch bounds the Commands one commit publishes (see commit).
+const maxPublishPerBatch = 256
 
 // publishParallel bounds the devices whose Commands are in flight at once.
 const publishParallel = 64
