@@ -36,6 +36,9 @@ type device struct {
 	// subscribed returns when the connection's subscriptions were last
 	// acknowledged.
 	subscribed func() time.Time
+	// connected returns when the client's last connection was accepted
+	// (its CONNACK; for the baseline, its subscription).
+	connected func() time.Time
 
 	mu     sync.Mutex
 	losses []time.Time // every connection loss noticed
@@ -176,6 +179,7 @@ func startDevice(o deviceOptions) (*device, error) {
 		}
 		conn = tc
 		d.subscribed = func() time.Time { return tc.Stats().LastSubscribed }
+		d.connected = func() time.Time { return tc.Stats().LastConnected }
 		runConn = func(ctx context.Context) { tc.Run(ctx) }
 	case report.ClientBaseline:
 		pc, err := newPahoConn(o, a, d)
@@ -185,6 +189,7 @@ func startDevice(o deviceOptions) (*device, error) {
 		}
 		conn = pc
 		d.subscribed = pc.lastSubscribed
+		d.connected = pc.lastSubscribed
 		runConn = pc.run
 	default:
 		st.Close()

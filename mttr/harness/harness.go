@@ -597,6 +597,16 @@ func (r *run) cycle(ctx context.Context, n, total int, fault string) (report.Cyc
 	if err != nil {
 		return report.Cycle{}, err
 	}
+	// The probe that saw the broker accept again runs in this process,
+	// beside thousands of devices: under that load it was seen to wake up
+	// seconds late (reconnect times came out negative). A device that got
+	// a connection proves the broker accepted by then: the earlier of the
+	// two is the broker's return.
+	if first, ok := r.firstConnect(tracks, tFault); ok && first.Before(tUp) {
+		r.log.Warn("the broker accepted connections before the harness's probe noticed: return taken from the first device connected",
+			"probe", tUp.UTC(), "first_device", first.UTC(), "late_by", tUp.Sub(first))
+		tUp = first
+	}
 	// Let every Set end before judging: a write still in flight would
 	// be judged without its stamp.
 	select {
@@ -630,6 +640,18 @@ func (r *run) cycle(ctx context.Context, n, total int, fault string) (report.Cyc
 		return report.Cycle{}, err
 	}
 	return c, nil
+}
+
+// firstConnect returns the earliest connection any device made after the
+// fault.
+func (r *run) firstConnect(tracks []*track, tFault time.Time) (time.Time, bool) {
+	var first time.Time
+	for _, t := range tracks {
+		if c := t.d.connected(); c.After(tFault) && (first.IsZero() || c.Before(first)) {
+			first = c
+		}
+	}
+	return first, !first.IsZero()
 }
 
 // localWrites makes the step-th local change of cycle n on every device.
