@@ -210,6 +210,11 @@ func TestTLSRefusalsRateLimited(t *testing.T) {
 			t.Errorf("%q: %d WARN lines for 10 refused handshakes, want 1", peer, n)
 		}
 	}
+	// The alert is raised beside the log line, a moment after it.
+	testenv.Eventually(t, waitTimeout, "d1's tls_refused raised", func() (bool, string) {
+		got := alerts.list()
+		return len(got) > 0, fmt.Sprint(got)
+	})
 	if got := alerts.list(); len(got) != 1 || got[0] != "d1 tls_refused raised" {
 		t.Fatalf("alerts %v, want d1's tls_refused raised once", got)
 	}
@@ -221,9 +226,9 @@ func TestTLSRefusalsRateLimited(t *testing.T) {
 	c := testenv.Connect(t, tb.url, testenv.ClientOptions{CAFile: pki.CAFile, CertFile: goodCert, KeyFile: goodKey})
 	defer c.Close()
 	tb.log.waitFor(t, "client connected", "client=d1")
-	if n := alerts.count("d1 tls_refused cleared"); n < 1 {
-		t.Errorf("tls_refused not cleared on a good connection: %v", alerts.list())
-	}
+	testenv.Eventually(t, waitTimeout, "tls_refused cleared on a good connection", func() (bool, string) {
+		return alerts.count("d1 tls_refused cleared") >= 1, fmt.Sprint(alerts.list())
+	})
 }
 
 // refusedHandshakes counts the failed handshakes logged, at any level.
