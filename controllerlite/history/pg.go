@@ -17,6 +17,12 @@ import (
 // lost) or the query rather than holding the writer.
 const pgTimeout = 30 * time.Second
 
+// DefaultPostgresBuffer bounds the samples waiting to be written to
+// PostgreSQL: an instance sharing a database serves far more devices
+// than a single controller (docs/cluster.md plans 200,000 an instance:
+// 6,700 samples a second, 67,000 a flush interval), about 3.2 MB.
+const DefaultPostgresBuffer = 100000
+
 // pgBackend keeps the history in the controller's PostgreSQL database, in
 // the tables of pgstore's migration 0003_history.sql: history_raw and
 // history_buckets keyed by (device, time), values in this package's
@@ -41,6 +47,9 @@ type pgBackend struct {
 func OpenPostgres(pool *pgxpool.Pool, where string, o Options) (*History, error) {
 	if pool == nil {
 		return nil, errors.New("open history: no database")
+	}
+	if o.Buffer <= 0 {
+		o.Buffer = DefaultPostgresBuffer
 	}
 	o = o.defaults()
 	ctx, cancel := context.WithTimeout(context.Background(), pgTimeout)
