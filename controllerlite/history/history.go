@@ -115,6 +115,7 @@ type History struct {
 
 	stop chan struct{}
 	done chan struct{}
+	bg   sync.WaitGroup // the catch-up compaction, when in the background
 }
 
 // Open opens (creating if needed) the history in dir, compacts it, and
@@ -133,7 +134,7 @@ func Open(dir string, o Options) (*History, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open history: %w", err)
 	}
-	return start(&boltBackend{db: db}, path, o), nil
+	return start(&boltBackend{db: db}, path, o, false), nil
 }
 
 // defaults fills in o's zero fields.
@@ -157,7 +158,10 @@ func (o Options) defaults() Options {
 }
 
 // start compacts be and starts the writer and the compaction over it.
-func start(be backend, path string, o Options) *History {
+// The catch-up compaction runs before start returns, or, when background
+// (a database shared by instances, where a catch-up of every device may
+// take minutes), beside the writer, so the controller starts at once.
+func start(be backend, path string, o Options, background bool) *History {
 	h := &History{
 		be: be, path: path, o: o, log: o.Logger, lim: lograte.New(0, nil),
 		pending: make([]sample, 0, o.Buffer), spare: make([]sample, 0, o.Buffer),
@@ -166,7 +170,12 @@ func start(be backend, path string, o Options) *History {
 	// Catch up now, before any sample: after a stop of days the raw
 	// window holds what is due, and a controller restarted more often
 	// than CompactEvery would otherwise never compact.
-	h.compactLogged()
+	if background {
+		h.bg.Add(1)
+		go func() { defer h.bg.Done(); h.compactLogged() }()
+	} else {
+		h.compactLogged()
+	}
 	go h.run()
 	return h
 }
@@ -319,6 +328,7 @@ func (h *History) Close() error {
 	h.mu.Unlock()
 	close(h.stop)
 	<-h.done
+	h.bg.Wait()
 	if err := h.be.close(); err != nil {
 		return fmt.Errorf("close history: %w", err)
 	}

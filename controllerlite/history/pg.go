@@ -41,9 +41,10 @@ type pgBackend struct {
 }
 
 // OpenPostgres opens the history kept in PostgreSQL, in the database of
-// pool (a pgstore.Store's Pool, whose migrations made the tables),
-// compacts it and starts its writer and compaction, as Open does for a
-// file. Close stops them; the pool stays open, its owner's to close.
+// pool (a pgstore.Store's Pool, whose migrations made the tables), and
+// starts its writer and compaction as Open does for a file, the first
+// compaction in the background. Close stops them; the pool stays open,
+// its owner's to close.
 func OpenPostgres(pool *pgxpool.Pool, where string, o Options) (*History, error) {
 	if pool == nil {
 		return nil, errors.New("open history: no database")
@@ -61,7 +62,7 @@ func OpenPostgres(pool *pgxpool.Pool, where string, o Options) (*History, error)
 	if !ok {
 		return nil, errors.New("open history: the database has no history tables (pgstore's migrations make them)")
 	}
-	return start(&pgBackend{pool: pool}, where, o), nil
+	return start(&pgBackend{pool: pool}, where, o, true), nil
 }
 
 func (p *pgBackend) close() error { return nil }
