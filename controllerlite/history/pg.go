@@ -31,7 +31,9 @@ const DefaultPostgresBuffer = 100000
 // With several controller instances, every instance answers every
 // device's history from the database, and only a device's owner writes
 // its samples: an instance subscribes to the telemetry of the devices it
-// owns only (fleet/shard.go), so it hears no other's. Compaction may run
+// owns only (fleet/shard.go), and its fleet drops any message of a device
+// it does not own (Fleet.accept) before telling the sink, so it writes no
+// other's, even while subscriptions move. Compaction may run
 // on every instance: each device is compacted in a transaction holding
 // its history_devices row (FOR UPDATE SKIP LOCKED), and a device already
 // compacted to the cut is not due, so the instances share the work
