@@ -3,6 +3,8 @@ package history
 import (
 	"context"
 	"errors"
+	"fmt"
+	"log/slog"
 	"sync"
 	"testing"
 	"time"
@@ -68,13 +70,15 @@ func TestBolt(t *testing.T) {
 // TestPostgres runs the same tests on a throwaway PostgreSQL cluster, a
 // database each.
 func TestPostgres(t *testing.T) {
-	k := pgKit(testenv.StartPostgres(t))
+	pg := testenv.StartPostgres(t)
+	k := pgKit(pg)
 	for _, tc := range bothTests {
 		t.Run(tc.name, func(t *testing.T) { tc.fn(t, k) })
 	}
 	t.Run("SameMillisecond", func(t *testing.T) { testSameMillisecond(t, k) })
 	t.Run("TwoInstances", func(t *testing.T) { testTwoInstances(t, k) })
 	t.Run("Year", func(t *testing.T) { testPostgresYear(t, k) })
+	t.Run("DatabaseDown", func(t *testing.T) { testDatabaseDown(t, k, pg) })
 }
 
 // open opens a bbolt history in dir on clk (the tests of this backend
@@ -284,5 +288,53 @@ func testPostgresYear(t *testing.T, k *kit) {
 		if len(res.Points) < q.days*int(24*time.Hour/q.step)*9/10 {
 			t.Errorf("%s: %d points", q.name, len(res.Points))
 		}
+	}
+}
+
+// testDatabaseDown: while PostgreSQL is down a flush fails, its samples
+// are counted lost and logged, and nothing waits; once it is back the
+// history writes again.
+func testDatabaseDown(t *testing.T, k *kit, pg *testenv.Postgres) {
+	clk := &clock{t: base.Add(time.Hour)}
+	l := &logs{}
+	h := k.open(t, k.place(t), clk, Options{Logger: slog.New(l), FlushEvery: time.Hour})
+	recordAll(t, h, "d1", base, []in{{0, 20, 20, false, false, ""}})
+	pg.Stop()
+	restarted := false
+	defer func() {
+		if !restarted {
+			pg.Start()
+		}
+	}()
+	for i := range 3 {
+		in{time.Minute + time.Duration(i)*time.Second, 21, 20, false, false, ""}.record(h, "d1", base)
+	}
+	start := time.Now()
+	if err := h.Flush(); err == nil {
+		t.Fatal("a flush with the database down succeeded")
+	}
+	if st := h.Stats(); st.Dropped != 3 || st.Pending != 0 || st.Written != 1 {
+		t.Fatalf("stats %+v, want 3 dropped, 1 written", st)
+	}
+	if !l.has("history: write failed: samples lost samples=3") {
+		t.Fatalf("the failed write not logged: %v", l.lines)
+	}
+	t.Logf("a flush with the database down failed after %v", time.Since(start).Round(time.Millisecond))
+	if err := pg.Start(); err != nil {
+		t.Fatal(err)
+	}
+	restarted = true
+	// The pool's connections died with the server: a write may fail
+	// once more before a fresh one is made.
+	n := 0
+	testenv.Eventually(t, testenv.WaitTimeout, "a write once the database is back", func() (bool, string) {
+		in{2*time.Minute + time.Duration(n)*time.Second, 22, 20, false, false, ""}.record(h, "d1", base)
+		n++
+		err := h.Flush()
+		return err == nil, fmt.Sprint(err)
+	})
+	got := points(t, h, "d1", base, base.Add(time.Hour), time.Hour)
+	if len(got) != 1 || got[0].n != 2 || got[0].max != 22 {
+		t.Fatalf("points %v, want the first sample and the one written after the restart", got)
 	}
 }
