@@ -14,15 +14,16 @@ type backend interface {
 	write(batch []sample) error
 	// remove deletes a device's whole history; an unknown id is no error.
 	remove(id string) error
-	// compactNext compacts the first device after after (in id order)
-	// that is due at cutoff, and returns its id, "" when none is left.
-	// For that device, in one transaction: when it was compacted before
-	// cutoff (unix s), it reads its raw samples before cutoff and the
-	// time of the first one at or after it (-1: none), stores the
-	// buckets fold returns, deletes those samples but the one fold keeps,
-	// and records cutoff; then it deletes buckets and raw samples before
-	// expire (unix s), and the device when nothing is left.
-	compactNext(after string, cutoff, expire int64, fold foldFunc) (string, error)
+	// compactNext compacts, in one transaction, the first n devices
+	// after after (in id order) that are due at cutoff, and returns the
+	// last one's id, "" when none was left (on an error, the one that
+	// failed). For each device: when it was compacted before cutoff (unix
+	// s), it reads its raw samples before cutoff and the time of the
+	// first one at or after it (-1: none), stores the buckets fold
+	// returns, deletes those samples but the one fold keeps, and records
+	// cutoff; then it deletes buckets and raw samples before expire (unix
+	// s), and the device when nothing is left.
+	compactNext(after string, n int, cutoff, expire int64, fold foldFunc) (string, error)
 	// read returns what a query of [startMs, toMs) needs (stored).
 	read(id string, startMs, toMs int64) (stored, error)
 	close() error

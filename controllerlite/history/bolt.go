@@ -80,25 +80,31 @@ func (b *boltBackend) remove(id string) error {
 
 // compactNext: in a bbolt file every device is due at every compaction
 // (a cursor walk is cheap), so retention runs for each.
-func (b *boltBackend) compactNext(after string, cutoff, expire int64, fold foldFunc) (id string, err error) {
+func (b *boltBackend) compactNext(after string, n int, cutoff, expire int64, fold foldFunc) (last string, err error) {
 	err = b.db.Update(func(tx *bbolt.Tx) error {
 		devs := tx.Bucket(bucketDevices)
+		var ids [][]byte
 		c := devs.Cursor()
-		k, v := c.Seek([]byte(after))
-		for k != nil && (v != nil || (after != "" && string(k) <= after)) {
-			k, v = c.Next()
+		for k, v := c.Seek([]byte(after)); k != nil && len(ids) < n; k, v = c.Next() {
+			if v == nil && (after == "" || string(k) > after) {
+				ids = append(ids, slices.Clone(k))
+			}
 		}
-		if k == nil {
-			return nil
+		for _, k := range ids {
+			last = string(k)
+			empty, err := compactBolt(devs.Bucket(k), cutoff, expire, fold)
+			if err != nil {
+				return err
+			}
+			if empty {
+				if err := devs.DeleteBucket(k); err != nil {
+					return err
+				}
+			}
 		}
-		id = string(k)
-		empty, err := compactBolt(devs.Bucket(k), cutoff, expire, fold)
-		if err != nil || !empty {
-			return err
-		}
-		return devs.DeleteBucket(k)
+		return nil
 	})
-	return id, err
+	return last, err
 }
 
 // compactBolt compacts one device's bucket up to cutoff and expires what

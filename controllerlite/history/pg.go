@@ -34,8 +34,8 @@ const DefaultPostgresBuffer = 100000
 // owns only (fleet/shard.go), and its fleet drops any message of a device
 // it does not own (Fleet.accept) before telling the sink, so it writes no
 // other's, even while subscriptions move. Compaction may run
-// on every instance: each device is compacted in a transaction holding
-// its history_devices row (FOR UPDATE SKIP LOCKED), and a device already
+// on every instance: devices are compacted in transactions holding their
+// history_devices rows (FOR UPDATE SKIP LOCKED), and a device already
 // compacted to the cut is not due, so the instances share the work
 // rather than repeat it.
 type pgBackend struct {
@@ -157,68 +157,85 @@ func (p *pgBackend) remove(id string) error {
 	})
 }
 
-// compactNext takes the next device due (compacted before cutoff) that
-// no other instance is compacting, in one transaction: it reads at most
-// the device's raw samples of the last compaction interval and the raw
-// window's first one, so each step is bounded by one device's rows.
-func (p *pgBackend) compactNext(after string, cutoff, expire int64, fold foldFunc) (id string, err error) {
+// compactNext takes the next n devices due (compacted before cutoff)
+// that no other instance is compacting, in one transaction: for each it
+// reads its raw samples of the last compaction interval and the raw
+// window's first one, so a step is bounded by n devices' rows.
+func (p *pgBackend) compactNext(after string, n int, cutoff, expire int64, fold foldFunc) (last string, err error) {
 	ctx, cancel := context.WithTimeout(context.Background(), pgTimeout)
 	defer cancel()
 	err = pgx.BeginFunc(ctx, p.pool, func(tx pgx.Tx) error {
-		var done int64
-		err := tx.QueryRow(ctx, `SELECT device, compacted FROM history_devices
-			WHERE device > $1 AND compacted < $2 ORDER BY device LIMIT 1 FOR UPDATE SKIP LOCKED`, after, cutoff).Scan(&id, &done)
-		if errors.Is(err, pgx.ErrNoRows) {
-			return nil
-		}
+		rows, err := tx.Query(ctx, `SELECT device, compacted FROM history_devices
+			WHERE device > $1 AND compacted < $2 ORDER BY device LIMIT $3 FOR UPDATE SKIP LOCKED`, after, cutoff, n)
 		if err != nil {
 			return err
 		}
-		cutMs := cutoff * 1000
-		rows, err := tx.Query(ctx, `SELECT ms, v FROM history_raw WHERE device = $1 AND ms < $2 ORDER BY ms`, id, cutMs)
-		if err != nil {
+		type due struct {
+			id   string
+			done int64
+		}
+		var dues []due
+		var d due
+		if _, err := pgx.ForEachRow(rows, []any{&d.id, &d.done}, func() error { dues = append(dues, d); return nil }); err != nil {
 			return err
 		}
-		ss, err := scanRaw(rows)
-		if err != nil {
-			return err
-		}
-		next := int64(-1)
-		if err := tx.QueryRow(ctx, `SELECT ms FROM history_raw WHERE device = $1 AND ms >= $2 ORDER BY ms LIMIT 1`, id, cutMs).Scan(&next); err != nil && !errors.Is(err, pgx.ErrNoRows) {
-			return err
-		}
-		accs, keep := fold(done, ss, next)
-		starts := slices.Sorted(maps.Keys(accs))
-		secs, vals := make([]int64, len(starts)), make([][]byte, len(starts))
-		for i, start := range starts {
-			secs[i], vals[i] = start/1000, encodeBucket(nil, *accs[start])
-		}
-		keepMs := int64(-1)
-		if keep >= 0 {
-			keepMs = ss[keep].ms
-		}
-		for _, st := range []struct {
-			q    string
-			args []any
-		}{
-			{`INSERT INTO history_buckets (device, t, v) SELECT $1, * FROM unnest($2::bigint[], $3::bytea[])
-				ON CONFLICT (device, t) DO UPDATE SET v = EXCLUDED.v`, []any{id, secs, vals}},
-			{`DELETE FROM history_raw WHERE device = $1 AND ms < $2 AND ms <> $3`, []any{id, cutMs, keepMs}},
-			{`UPDATE history_devices SET compacted = $2 WHERE device = $1`, []any{id, cutoff}},
-			// Retention: buckets, and a stale raw sample, before expire.
-			{`DELETE FROM history_buckets WHERE device = $1 AND t < $2`, []any{id, expire}},
-			{`DELETE FROM history_raw WHERE device = $1 AND ms < $2`, []any{id, expire * 1000}},
-			{`DELETE FROM history_devices WHERE device = $1
-				AND NOT EXISTS (SELECT 1 FROM history_raw WHERE device = $1)
-				AND NOT EXISTS (SELECT 1 FROM history_buckets WHERE device = $1)`, []any{id}},
-		} {
-			if _, err := tx.Exec(ctx, st.q, st.args...); err != nil {
+		for _, d := range dues {
+			last = d.id
+			if err := p.compactDevice(ctx, tx, d.id, d.done, cutoff, expire, fold); err != nil {
 				return err
 			}
 		}
 		return nil
 	})
-	return id, err
+	return last, err
+}
+
+// compactDevice compacts one device, whose row tx holds, compacted up to
+// done.
+func (p *pgBackend) compactDevice(ctx context.Context, tx pgx.Tx, id string, done, cutoff, expire int64, fold foldFunc) error {
+	cutMs := cutoff * 1000
+	rows, err := tx.Query(ctx, `SELECT ms, v FROM history_raw WHERE device = $1 AND ms < $2 ORDER BY ms`, id, cutMs)
+	if err != nil {
+		return err
+	}
+	ss, err := scanRaw(rows)
+	if err != nil {
+		return err
+	}
+	next := int64(-1)
+	if err := tx.QueryRow(ctx, `SELECT ms FROM history_raw WHERE device = $1 AND ms >= $2 ORDER BY ms LIMIT 1`, id, cutMs).Scan(&next); err != nil && !errors.Is(err, pgx.ErrNoRows) {
+		return err
+	}
+	accs, keep := fold(done, ss, next)
+	starts := slices.Sorted(maps.Keys(accs))
+	secs, vals := make([]int64, len(starts)), make([][]byte, len(starts))
+	for i, start := range starts {
+		secs[i], vals[i] = start/1000, encodeBucket(nil, *accs[start])
+	}
+	keepMs := int64(-1)
+	if keep >= 0 {
+		keepMs = ss[keep].ms
+	}
+	for _, st := range []struct {
+		q    string
+		args []any
+	}{
+		{`INSERT INTO history_buckets (device, t, v) SELECT $1, * FROM unnest($2::bigint[], $3::bytea[])
+			ON CONFLICT (device, t) DO UPDATE SET v = EXCLUDED.v`, []any{id, secs, vals}},
+		{`DELETE FROM history_raw WHERE device = $1 AND ms < $2 AND ms <> $3`, []any{id, cutMs, keepMs}},
+		{`UPDATE history_devices SET compacted = $2 WHERE device = $1`, []any{id, cutoff}},
+		// Retention: buckets, and a stale raw sample, before expire.
+		{`DELETE FROM history_buckets WHERE device = $1 AND t < $2`, []any{id, expire}},
+		{`DELETE FROM history_raw WHERE device = $1 AND ms < $2`, []any{id, expire * 1000}},
+		{`DELETE FROM history_devices WHERE device = $1
+			AND NOT EXISTS (SELECT 1 FROM history_raw WHERE device = $1)
+			AND NOT EXISTS (SELECT 1 FROM history_buckets WHERE device = $1)`, []any{id}},
+	} {
+		if _, err := tx.Exec(ctx, st.q, st.args...); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // scanRaw reads rows of (ms, v) as samples.
