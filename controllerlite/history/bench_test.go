@@ -27,16 +27,30 @@ const yearDays = 365
 
 func fillYear(tb testing.TB, dir string) *year {
 	tb.Helper()
-	t0 := base.Add(-yearDays * 24 * time.Hour)
-	clk := &clock{t: t0}
+	clk := &clock{t: base.Add(-yearDays * 24 * time.Hour)}
 	h, err := Open(dir, Options{Now: clk.Now, Logger: quietLog, FlushEvery: time.Hour})
 	if err != nil {
 		tb.Fatal(err)
 	}
+	db := h.be.(*boltBackend).db
 	// The fill measures space, not durability: no fsync per flush.
 	h.writeMu.Lock()
-	h.db.NoSync = true
+	db.NoSync = true
 	h.writeMu.Unlock()
+	y := fillYearOf(tb, h, clk)
+	h.writeMu.Lock()
+	db.NoSync = false
+	h.writeMu.Unlock()
+	if err := db.Sync(); err != nil {
+		tb.Fatal(err)
+	}
+	return y
+}
+
+// fillYearOf records the year into h, whose clock clk is at its start.
+func fillYearOf(tb testing.TB, h *History, clk *clock) *year {
+	tb.Helper()
+	t0 := clk.Now()
 	y := &year{h: h, clk: clk, end: base}
 	props := protocol.Props{protocol.PropMode: {Val: protocol.ModeHeat}, protocol.PropSetpoint: {Val: 20.5}}
 	heat := false
@@ -73,12 +87,6 @@ func fillYear(tb testing.TB, dir string) *year {
 	if err := h.Compact(); err != nil {
 		tb.Fatal(err)
 	}
-	h.writeMu.Lock()
-	h.db.NoSync = false
-	h.writeMu.Unlock()
-	if err := h.db.Sync(); err != nil {
-		tb.Fatal(err)
-	}
 	return y
 }
 
@@ -100,7 +108,7 @@ func (s size) String() string {
 func (y *year) size(tb testing.TB) size {
 	tb.Helper()
 	var s size
-	err := y.h.db.View(func(tx *bbolt.Tx) error {
+	err := y.h.be.(*boltBackend).db.View(func(tx *bbolt.Tx) error {
 		st := tx.Bucket(bucketDevices).Stats()
 		s.pages = int64(st.BranchAlloc + st.LeafAlloc)
 		s.inuse = int64(st.BranchInuse + st.LeafInuse)
@@ -118,7 +126,7 @@ func (y *year) size(tb testing.TB) size {
 		tb.Fatal(err)
 	}
 	s.file = fi.Size()
-	s.raw, s.buckets = count(tb, y.h, "living-room")
+	s.raw, s.buckets = boltKit.count(tb, y.h, "living-room")
 	return s
 }
 

@@ -28,9 +28,6 @@ import (
 	"sync"
 	"time"
 
-	"go.etcd.io/bbolt"
-	berrors "go.etcd.io/bbolt/errors"
-
 	"github.com/thermofleet/thermo/controllerlite/store"
 	"github.com/thermofleet/thermo/internal/lograte"
 	"github.com/thermofleet/thermo/protocol"
@@ -98,7 +95,7 @@ type Stats struct {
 
 // History is an open history. Its methods are safe for concurrent use.
 type History struct {
-	db   *bbolt.DB
+	be   backend
 	path string
 	o    Options
 	log  *slog.Logger
@@ -118,6 +115,7 @@ type History struct {
 
 	stop chan struct{}
 	done chan struct{}
+	bg   sync.WaitGroup // the catch-up compaction, when in the background
 }
 
 // Open opens (creating if needed) the history in dir, compacts it, and
@@ -127,6 +125,20 @@ func Open(dir string, o Options) (*History, error) {
 	if dir == "" {
 		return nil, errors.New("open history: no data directory")
 	}
+	o = o.defaults()
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("open history: create data directory: %w", err)
+	}
+	path := filepath.Join(dir, FileName)
+	db, err := store.OpenVersioned(path, store.CureHistory, schemaVersion, bucketDevices)
+	if err != nil {
+		return nil, fmt.Errorf("open history: %w", err)
+	}
+	return start(&boltBackend{db: db}, path, o, false), nil
+}
+
+// defaults fills in o's zero fields.
+func (o Options) defaults() Options {
 	if o.Now == nil {
 		o.Now = time.Now
 	}
@@ -142,28 +154,33 @@ func Open(dir string, o Options) (*History, error) {
 	if o.MaxGap <= 0 {
 		o.MaxGap = DefaultMaxGap
 	}
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return nil, fmt.Errorf("open history: create data directory: %w", err)
-	}
-	path := filepath.Join(dir, FileName)
-	db, err := store.OpenVersioned(path, store.CureHistory, schemaVersion, bucketDevices)
-	if err != nil {
-		return nil, fmt.Errorf("open history: %w", err)
-	}
+	return o
+}
+
+// start compacts be and starts the writer and the compaction over it.
+// The catch-up compaction runs before start returns, or, when background
+// (a database shared by instances, where a catch-up of every device may
+// take minutes), beside the writer, so the controller starts at once.
+func start(be backend, path string, o Options, background bool) *History {
 	h := &History{
-		db: db, path: path, o: o, log: o.Logger, lim: lograte.New(0, nil),
+		be: be, path: path, o: o, log: o.Logger, lim: lograte.New(0, nil),
 		pending: make([]sample, 0, o.Buffer), spare: make([]sample, 0, o.Buffer),
 		full: make(chan struct{}, 1), stop: make(chan struct{}), done: make(chan struct{}),
 	}
 	// Catch up now, before any sample: after a stop of days the raw
 	// window holds what is due, and a controller restarted more often
 	// than CompactEvery would otherwise never compact.
-	h.compactLogged()
+	if background {
+		h.bg.Add(1)
+		go func() { defer h.bg.Done(); h.compactLogged() }()
+	} else {
+		h.compactLogged()
+	}
 	go h.run()
-	return h, nil
+	return h
 }
 
-// Path is the database file.
+// Path is the database file, or where the PostgreSQL database is.
 func (h *History) Path() string { return h.path }
 
 // Telemetry records a sample of a live telemetry message (it implements
@@ -271,50 +288,12 @@ func (h *History) Flush() error {
 	return nil
 }
 
-// write stores samples. A sample older than what its device has
-// compacted (a clock stepped back) has no place left and is skipped.
+// write stores samples (backend.write).
 func (h *History) write(batch []sample) error {
 	if len(batch) == 0 {
 		return nil
 	}
-	return h.db.Update(func(tx *bbolt.Tx) error {
-		devs := tx.Bucket(bucketDevices)
-		type dev struct {
-			raw       *bbolt.Bucket
-			compacted int64 // ms
-		}
-		open := map[string]dev{}
-		for _, s := range batch {
-			d, ok := open[s.id]
-			if !ok {
-				b, err := devs.CreateBucketIfNotExists([]byte(s.id))
-				if err != nil {
-					return fmt.Errorf("device %s: %w", s.id, err)
-				}
-				raw, err := b.CreateBucketIfNotExists(subRaw)
-				if err != nil {
-					return fmt.Errorf("device %s: %w", s.id, err)
-				}
-				raw.FillPercent = 1 // appended in time order
-				d = dev{raw: raw, compacted: compactedUntil(b) * 1000}
-				open[s.id] = d
-			}
-			if s.ms < d.compacted {
-				continue
-			}
-			// Two messages in one millisecond: the later one takes the
-			// next free millisecond rather than overwrite the first.
-			key := rawKey(s.ms)
-			for ms := s.ms + 1; d.raw.Get(key) != nil && ms < s.ms+1000; ms++ {
-				key = rawKey(ms)
-			}
-			// A fresh value each time: bbolt keeps it until the commit.
-			if err := d.raw.Put(key, encodeRaw(nil, s)); err != nil {
-				return fmt.Errorf("device %s: %w", s.id, err)
-			}
-		}
-		return nil
-	})
+	return h.be.write(batch)
 }
 
 // Delete removes a device's whole history, including samples not yet
@@ -331,14 +310,7 @@ func (h *History) Delete(id string) error {
 	}
 	h.pending = kept
 	h.mu.Unlock()
-	err := h.db.Update(func(tx *bbolt.Tx) error {
-		err := tx.Bucket(bucketDevices).DeleteBucket([]byte(id))
-		if errors.Is(err, berrors.ErrBucketNotFound) {
-			return nil
-		}
-		return err
-	})
-	if err != nil {
+	if err := h.be.remove(id); err != nil {
 		return fmt.Errorf("history: delete %s: %w", id, err)
 	}
 	return nil
@@ -356,7 +328,8 @@ func (h *History) Close() error {
 	h.mu.Unlock()
 	close(h.stop)
 	<-h.done
-	if err := h.db.Close(); err != nil {
+	h.bg.Wait()
+	if err := h.be.close(); err != nil {
 		return fmt.Errorf("close history: %w", err)
 	}
 	return nil

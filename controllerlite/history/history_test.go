@@ -12,8 +12,6 @@ import (
 	"testing"
 	"time"
 
-	"go.etcd.io/bbolt"
-
 	"github.com/thermofleet/thermo/protocol"
 )
 
@@ -57,21 +55,6 @@ func (l *logs) has(s string) bool {
 		}
 	}
 	return false
-}
-
-// open opens a history in dir on clk, closed when the test ends.
-func open(t testing.TB, dir string, clk *clock, o Options) *History {
-	t.Helper()
-	o.Now = clk.Now
-	if o.Logger == nil {
-		o.Logger = quietLog
-	}
-	h, err := Open(dir, o)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { h.Close() })
-	return h
 }
 
 // in is a telemetry message received at base+at; NaN temp or sp: absent.
@@ -208,27 +191,27 @@ var aggCases = []struct {
 			{t: 30 * time.Minute, n: 1, tn: 1, min: 22, mean: 22, max: 22, spn: 1, sp: 21, spMean: 21, cool: 300}}},
 }
 
-// TestAggregation: raw samples answered at a step of a minute and more.
-func TestAggregation(t *testing.T) {
+// testAggregation: raw samples answered at a step of a minute and more.
+func testAggregation(t *testing.T, k *kit) {
 	for _, tc := range aggCases {
 		t.Run(tc.name, func(t *testing.T) {
 			clk := &clock{t: base.Add(tc.now)}
-			h := open(t, t.TempDir(), clk, Options{})
+			h := k.open(t, k.place(t), clk, Options{})
 			recordAll(t, h, "d1", base, tc.ins)
 			samePoints(t, "points", points(t, h, "d1", base, base.Add(time.Hour), tc.step), tc.want, 0.005)
 		})
 	}
 }
 
-// TestCompactionMatchesRaw: after compaction, 15-minute buckets answer
+// testCompactionMatchesRaw: after compaction, 15-minute buckets answer
 // as the raw samples did, but for the rounding to whole seconds and
 // hundredths; raw samples are gone but for one whose outputs hold past
 // the cut.
-func TestCompactionMatchesRaw(t *testing.T) {
+func testCompactionMatchesRaw(t *testing.T, k *kit) {
 	for _, tc := range aggCases {
 		t.Run(tc.name, func(t *testing.T) {
 			clk := &clock{t: base}
-			h := open(t, t.TempDir(), clk, Options{})
+			h := k.open(t, k.place(t), clk, Options{})
 			recordAll(t, h, "d1", base, tc.ins)
 			clk.Set(base.Add(50 * time.Hour))
 			for _, step := range []time.Duration{15 * time.Minute, time.Hour} {
@@ -239,7 +222,7 @@ func TestCompactionMatchesRaw(t *testing.T) {
 				if err := h.Compact(); err != nil {
 					t.Fatal(err)
 				}
-				raw, buckets := count(t, h, "d1")
+				raw, buckets := k.count(t, h, "d1")
 				if raw != 0 || buckets == 0 {
 					t.Fatalf("after compaction: %d raw samples, %d buckets", raw, buckets)
 				}
@@ -247,28 +230,6 @@ func TestCompactionMatchesRaw(t *testing.T) {
 			}
 		})
 	}
-}
-
-// count returns how many raw samples and buckets a device has stored.
-func count(t testing.TB, h *History, id string) (raw, buckets int) {
-	t.Helper()
-	err := h.db.View(func(tx *bbolt.Tx) error {
-		dev := tx.Bucket(bucketDevices).Bucket([]byte(id))
-		if dev == nil {
-			return nil
-		}
-		if b := dev.Bucket(subRaw); b != nil {
-			raw = b.Stats().KeyN
-		}
-		if b := dev.Bucket(subBuckets); b != nil {
-			buckets = b.Stats().KeyN
-		}
-		return nil
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return raw, buckets
 }
 
 // series is days of 30 s telemetry from t0, with the outputs switching on
@@ -297,14 +258,14 @@ func series(t0 time.Time, days int, seed uint64) []in {
 	return ins
 }
 
-// TestIncrementalCompaction: compacting every 15 minutes while samples
+// testIncrementalCompaction: compacting every 15 minutes while samples
 // arrive (the carry across each cut) answers as one history never
 // compacted.
-func TestIncrementalCompaction(t *testing.T) {
+func testIncrementalCompaction(t *testing.T, k *kit) {
 	ins := series(base, 4, 7)
 	clkA, clkB := &clock{t: base}, &clock{t: base}
-	a := open(t, t.TempDir(), clkA, Options{})
-	b := open(t, t.TempDir(), clkB, Options{})
+	a := k.open(t, k.place(t), clkA, Options{})
+	b := k.open(t, k.place(t), clkB, Options{})
 	i := 0
 	for now := base; now.Before(base.Add(4 * 24 * time.Hour)); now = now.Add(15 * time.Minute) {
 		for ; i < len(ins) && base.Add(ins[i].at).Before(now); i++ {
@@ -331,10 +292,10 @@ func TestIncrementalCompaction(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if raw, buckets := count(t, a, "d1"); raw > 48*120+2 || buckets < 2*24*3 { // 48 h raw; 2 days of buckets but for the silences
+	if raw, buckets := k.count(t, a, "d1"); raw > 48*120+2 || buckets < 2*24*3 { // 48 h raw; 2 days of buckets but for the silences
 		t.Fatalf("compacted: %d raw samples, %d buckets", raw, buckets)
 	}
-	if raw, buckets := count(t, b, "d1"); raw != len(ins) || buckets != 0 {
+	if raw, buckets := k.count(t, b, "d1"); raw != len(ins) || buckets != 0 {
 		t.Fatalf("never compacted: %d raw samples of %d, %d buckets", raw, len(ins), buckets)
 	}
 	for _, step := range []time.Duration{15 * time.Minute, 6 * time.Hour, 24 * time.Hour} {
@@ -353,46 +314,40 @@ func TestIncrementalCompaction(t *testing.T) {
 	}
 }
 
-// TestRetention: buckets older than 400 days are deleted, and a device
+// testRetention: buckets older than 400 days are deleted, and a device
 // with nothing left goes.
-func TestRetention(t *testing.T) {
+func testRetention(t *testing.T, k *kit) {
 	clk := &clock{t: base}
-	h := open(t, t.TempDir(), clk, Options{})
+	h := k.open(t, k.place(t), clk, Options{})
 	recordAll(t, h, "old", base, []in{{0, 20, 20, true, false, ""}, {time.Minute, 20, 20, false, false, ""}})
 	recordAll(t, h, "d1", base, []in{{0, 20, 20, true, false, ""}, {24 * time.Hour, 21, 20, false, false, ""}})
 	clk.Set(base.Add(3*24*time.Hour + 15*time.Minute))
 	if err := h.Compact(); err != nil {
 		t.Fatal(err)
 	}
-	if _, buckets := count(t, h, "d1"); buckets != 2 {
+	if _, buckets := k.count(t, h, "d1"); buckets != 2 {
 		t.Fatalf("%d buckets, want 2", buckets)
 	}
 	clk.Set(base.Add(Retention + 12*time.Hour))
 	if err := h.Compact(); err != nil {
 		t.Fatal(err)
 	}
-	if raw, buckets := count(t, h, "d1"); raw != 0 || buckets != 1 {
+	if raw, buckets := k.count(t, h, "d1"); raw != 0 || buckets != 1 {
 		t.Fatalf("d1 after 400 days: %d raw, %d buckets; want the second day's bucket only", raw, buckets)
 	}
 	got := points(t, h, "d1", base, base.Add(Retention), 24*time.Hour)
 	samePoints(t, "d1", got, []out{{t: 24 * time.Hour, n: 1, tn: 1, min: 21, mean: 21, max: 21, spn: 1, sp: 20, spMean: 20}}, 0)
-	h.db.View(func(tx *bbolt.Tx) error {
-		if tx.Bucket(bucketDevices).Bucket([]byte("old")) != nil {
-			t.Error("a device with nothing left is still there")
-		}
-		return nil
-	})
+	if k.has(t, h, "old") {
+		t.Error("a device with nothing left is still there")
+	}
 }
 
-// TestRestart: what was recorded, flushed at Close or compacted, is there
+// testRestart: what was recorded, flushed at Close or compacted, is there
 // after a reopen; samples told after Close are ignored.
-func TestRestart(t *testing.T) {
-	dir := t.TempDir()
+func testRestart(t *testing.T, k *kit) {
+	dir := k.place(t)
 	clk := &clock{t: base.Add(time.Hour)}
-	h, err := Open(dir, Options{Now: clk.Now, Logger: slog.New(slog.DiscardHandler)})
-	if err != nil {
-		t.Fatal(err)
-	}
+	h := k.open(t, dir, clk, Options{})
 	ins := []in{{0, 20, 20, true, false, ""}, {time.Minute, 21, 20, false, false, ""}}
 	for _, s := range ins { // no Flush: Close writes them
 		s.record(h, "d1", base)
@@ -403,22 +358,22 @@ func TestRestart(t *testing.T) {
 	in{2 * time.Minute, 30, 20, false, false, ""}.record(h, "d1", base)
 	want := []out{{t: 0, n: 2, tn: 2, min: 20, mean: 20.5, max: 21, spn: 2, sp: 20, spMean: 20, heat: 60}}
 
-	h = open(t, dir, clk, Options{})
+	h = k.open(t, dir, clk, Options{})
 	samePoints(t, "after restart", points(t, h, "d1", base, base.Add(time.Hour), time.Hour), want, 0)
 	clk.Set(base.Add(50 * time.Hour))
 	if err := h.Compact(); err != nil {
 		t.Fatal(err)
 	}
 	h.Close()
-	h = open(t, dir, clk, Options{})
+	h = k.open(t, dir, clk, Options{})
 	samePoints(t, "compacted, after restart", points(t, h, "d1", base, base.Add(time.Hour), time.Hour), want, 0)
 }
 
-// TestDelete: Delete removes a device's stored and waiting samples, and
+// testDelete: Delete removes a device's stored and waiting samples, and
 // no other's.
-func TestDelete(t *testing.T) {
+func testDelete(t *testing.T, k *kit) {
 	clk := &clock{t: base.Add(time.Hour)}
-	h := open(t, t.TempDir(), clk, Options{})
+	h := k.open(t, k.place(t), clk, Options{})
 	recordAll(t, h, "d1", base, []in{{0, 20, 20, false, false, ""}})
 	recordAll(t, h, "d2", base, []in{{0, 20, 20, false, false, ""}})
 	in{time.Minute, 21, 20, false, false, ""}.record(h, "d1", base) // waiting
@@ -470,7 +425,7 @@ func TestBufferFull(t *testing.T) {
 
 	// A write that fails (the disk full, here the file gone) loses its
 	// batch, counted and logged; the buffer does not keep it.
-	h.db.Close()
+	h.be.close()
 	for i := range 3 {
 		in{time.Minute + time.Duration(i)*time.Second, 20, 20, false, false, ""}.record(h, "d1", base)
 	}
@@ -571,20 +526,16 @@ func garble(t *testing.T, path string) {
 	}
 }
 
-// TestCompactBadValue: a stored value this version cannot read fails its
+// testCompactBadValue: a stored value this version cannot read fails its
 // device's compaction and query with a reason, and the other devices are
 // compacted all the same.
-func TestCompactBadValue(t *testing.T) {
+func testCompactBadValue(t *testing.T, k *kit) {
 	clk := &clock{t: base}
-	h := open(t, t.TempDir(), clk, Options{})
+	h := k.open(t, k.place(t), clk, Options{})
 	for _, id := range []string{"d1", "d2"} {
 		recordAll(t, h, id, base, []in{{0, 20, 20, false, false, ""}, {time.Minute, 21, 20, false, false, ""}})
 	}
-	if err := h.db.Update(func(tx *bbolt.Tx) error {
-		return tx.Bucket(bucketDevices).Bucket([]byte("d1")).Bucket(subRaw).Put(rawKey(base.Add(time.Second).UnixMilli()), []byte{flagTemp})
-	}); err != nil {
-		t.Fatal(err)
-	}
+	k.putRaw(t, h, "d1", base.Add(time.Second).UnixMilli(), []byte{flagTemp})
 	if _, err := h.Query("d1", base, base.Add(time.Hour), time.Minute); err == nil || !strings.Contains(err.Error(), "bad stored value") {
 		t.Fatalf("query of a bad value: %v", err)
 	}
@@ -592,7 +543,7 @@ func TestCompactBadValue(t *testing.T) {
 	if err := h.Compact(); err == nil || !strings.Contains(err.Error(), "compact d1") || strings.Contains(err.Error(), "d2") {
 		t.Fatalf("compaction: %v, want d1's error only", err)
 	}
-	if raw, buckets := count(t, h, "d2"); raw != 0 || buckets != 1 {
+	if raw, buckets := k.count(t, h, "d2"); raw != 0 || buckets != 1 {
 		t.Fatalf("d2: %d raw, %d buckets; want compacted", raw, buckets)
 	}
 }

@@ -4,8 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"time"
-
-	"go.etcd.io/bbolt"
 )
 
 // The query rules, in one place: the API applies them through Query.
@@ -134,38 +132,15 @@ func (h *History) Query(id string, from, to time.Time, step time.Duration) (Resu
 	at := func(start int64) *acc { return &accs[(start-startMs)/stepMs] }
 	gap := h.o.MaxGap.Milliseconds()
 
-	err = h.db.View(func(tx *bbolt.Tx) error {
-		dev := tx.Bucket(bucketDevices).Bucket([]byte(id))
-		if dev == nil {
-			return nil
-		}
-		doneMs := compactedUntil(dev) * 1000
-		if b := dev.Bucket(subBuckets); b != nil && startMs < doneMs {
-			c := b.Cursor()
-			for k, v := c.Seek(bucketKey(startMs / 1000)); k != nil; k, v = c.Next() {
-				sec, ok := bucketTime(k)
-				if !ok {
-					return fmt.Errorf("bucket key %x: %w", k, errEncoding)
-				}
-				if sec*1000 >= min(doneMs, toMs) {
-					break
-				}
-				a, err := decodeBucket(v)
-				if err != nil {
-					return fmt.Errorf("bucket at %d: %w", sec, err)
-				}
-				at(floorDiv(sec*1000-startMs, stepMs) + startMs).merge(a)
-			}
-		}
-		lo := max(startMs, doneMs)
-		raw := dev.Bucket(subRaw)
-		if raw == nil || lo >= toMs {
-			return nil
-		}
-		return readRaw(raw, lo, toMs, nowMs, gap, stepMs, at)
-	})
+	st, err := h.be.read(id, startMs, toMs)
 	if err != nil {
 		return Result{}, fmt.Errorf("history: query %s: %w", id, err)
+	}
+	for _, b := range st.buckets {
+		at(floorDiv(b.ms-startMs, stepMs) + startMs).merge(b.a)
+	}
+	if lo := max(startMs, st.doneMs); lo < toMs {
+		addRaw(st.raw, lo, toMs, nowMs, gap, stepMs, at)
 	}
 	res.Points = make([]Point, 0, len(accs))
 	for i, a := range accs {
@@ -176,55 +151,31 @@ func (h *History) Query(id string, from, to time.Time, step time.Duration) (Resu
 	return res, nil
 }
 
-// readRaw adds the raw samples of [lo, hi) to their buckets, and the
-// time their outputs held: the sample before lo counts for its time after
-// lo, and the last one's time ends at the next sample, MaxGap or now.
-func readRaw(raw *bbolt.Bucket, lo, hi, now, gap, step int64, at func(int64) *acc) error {
-	c := raw.Cursor()
-	seek := rawKey(lo)
-	k, v := c.Seek(seek)
-	if k == nil {
-		k, v = c.Last()
-	} else {
-		k, v = c.Prev()
-	}
+// addRaw adds the raw samples of [lo, hi) to their buckets, and the
+// time their outputs held: ss may start with the sample before lo, which
+// counts for its time after lo, and end with one at or after hi, which
+// ends the time of the one before; the last one's time ends at MaxGap or
+// now.
+func addRaw(ss []sample, lo, hi, now, gap, step int64, at func(int64) *acc) {
 	var (
 		cur  sample
 		have bool
 	)
-	if k != nil {
-		ms, ok := rawTime(k)
-		if !ok {
-			return fmt.Errorf("raw key %x: %w", k, errEncoding)
-		}
-		s, err := decodeRaw(ms, v)
-		if err != nil {
-			return fmt.Errorf("raw sample at %d: %w", ms, err)
-		}
-		cur, have = s, ms < lo
-	}
-	for k, v = c.Seek(seek); k != nil; k, v = c.Next() {
-		ms, ok := rawTime(k)
-		if !ok {
-			return fmt.Errorf("raw key %x: %w", k, errEncoding)
-		}
+	for _, s := range ss {
 		if have {
-			spread(cur, cur.ms, min(ms, cur.ms+gap), lo, hi, step, at)
+			spread(cur, cur.ms, min(s.ms, cur.ms+gap), lo, hi, step, at)
 		}
-		if ms >= hi {
-			return nil
+		if s.ms >= hi {
+			return
 		}
-		s, err := decodeRaw(ms, v)
-		if err != nil {
-			return fmt.Errorf("raw sample at %d: %w", ms, err)
+		if s.ms >= lo {
+			at(floorDiv(s.ms, step)).addSample(s)
 		}
-		at(floorDiv(ms, step)).addSample(s)
 		cur, have = s, true
 	}
 	if have {
 		spread(cur, cur.ms, min(now, cur.ms+gap), lo, hi, step, at)
 	}
-	return nil
 }
 
 // point is what a query answers of a bucket.

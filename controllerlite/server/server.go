@@ -110,7 +110,8 @@ type Config struct {
 	HomeAssistant hass.Options
 	// Store, when set, is a PostgreSQL URL, postgres://USER@HOST:PORT/DB:
 	// the devices' records live there (package store/pgstore) instead of
-	// in DataDir's controller.db. Telemetry history stays in DataDir.
+	// in DataDir's controller.db, and so does the telemetry history
+	// (history.OpenPostgres), so every instance answers every device's.
 	Store string
 	// Instance and Lease: with Store and Broker, the controller is one of
 	// several sharing the database (instances.go). Instance defaults to
@@ -181,7 +182,7 @@ func Start(ctx context.Context, cfg Config) (_ *Server, err error) {
 	if s.st, err = openStore(ctx, cfg); err != nil {
 		return nil, err
 	}
-	if s.hist, err = history.Open(cfg.DataDir, history.Options{Logger: s.log.With("part", "history")}); err != nil {
+	if s.hist, err = openHistory(s.st, cfg.DataDir, history.Options{Logger: s.log.With("part", "history")}); err != nil {
 		return nil, err
 	}
 	fopts := fleet.Options{Store: s.st, Telemetry: s.hist, TopicRoot: cfg.TopicRoot, Logger: s.log.With("part", "fleet")}
@@ -543,6 +544,19 @@ func openStore(ctx context.Context, cfg Config) (deviceStore, error) {
 		return nil, err
 	}
 	return st, nil
+}
+
+// openHistory keeps the telemetry history in PostgreSQL beside the
+// devices when the store is there, else in the data directory's file.
+func openHistory(st deviceStore, dir string, o history.Options) (*history.History, error) {
+	if pg, ok := st.(*pgstore.Store); ok {
+		h, err := history.OpenPostgres(pg.Pool(), pg.Path(), o)
+		if err != nil {
+			return nil, fmt.Errorf("--store: %w", err)
+		}
+		return h, nil
+	}
+	return history.Open(dir, o)
 }
 
 // shutdown stops the parts in order: no new API requests, then the fleet

@@ -113,6 +113,11 @@ func (u *urlShape) String() string {
 // Path is where the records are: the URL without its password.
 func (s *Store) Path() string { return s.where }
 
+// Pool is the store's connection pool, for what else lives in the same
+// database (the telemetry history, history.OpenPostgres): its tables come
+// with this package's migrations.
+func (s *Store) Pool() *pgxpool.Pool { return s.pool }
+
 // Close closes every connection.
 func (s *Store) Close() error {
 	s.pool.Close()
