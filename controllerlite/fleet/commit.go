@@ -213,9 +213,17 @@ func (f *Fleet) sendOwed() {
 	if f.pub == nil || !f.ctrl.IsReady() {
 		return
 	}
+	// A device whose Command still waits its turn in the batch (a commit
+	// publishes at most maxPublishPerBatch) is owed, and already on its
+	// way: queueing another would grow the batch at every flush faster
+	// than it drains.
+	queued := make(map[string]bool, len(f.batch.pending))
+	for _, c := range f.batch.pending {
+		queued[c.id] = true
+	}
 	var cmds []command
 	for _, id := range slices.Sorted(maps.Keys(f.recs)) {
-		if f.recs[id].Owed && f.acts(id) {
+		if f.recs[id].Owed && f.acts(id) && !queued[id] {
 			// Online is the controller's Send for a known device once
 			// ready: a Command with its current clock and properties.
 			if m := f.ctrl.Online(id); m != nil {

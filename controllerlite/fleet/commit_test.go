@@ -6,10 +6,12 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"slices"
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/thermofleet/thermo/controllerlite/store"
 	"github.com/thermofleet/thermo/internal/testenv"
@@ -210,5 +212,63 @@ func TestOwedWhenPublishFails(t *testing.T) {
 	devs, err := st.Load()
 	if err != nil || len(devs) != 1 || devs[0].Owed {
 		t.Fatalf("stored %+v, %v: want d1 with nothing owed", devs, err)
+	}
+}
+
+// countingPub is a broker link that takes every publish and counts them
+// by topic.
+type countingPub struct {
+	mu sync.Mutex
+	n  map[string]int
+}
+
+func (p *countingPub) Publish(_ context.Context, topic string, _ []byte, _ byte, _ bool) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.n == nil {
+		p.n = map[string]int{}
+	}
+	p.n[topic]++
+	return nil
+}
+
+func (p *countingPub) counts() map[string]int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return maps.Clone(p.n)
+}
+
+// TestManyOwedDrain: more owed Commands than a commit publishes at once
+// (maxPublishPerBatch) all go out when the link is back, each device's
+// once, however often the flush looks for owed devices meanwhile.
+func TestManyOwedDrain(t *testing.T) {
+	st, err := store.Open(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	const n = 3*maxPublishPerBatch + 17
+	f, _ := startFleet(t, st, &countingPub{}, func(f *Fleet) { f.opts.FlushInterval = time.Millisecond })
+	for i := range n {
+		f.Receive(topic(fmt.Sprintf("d%03d", i), protocol.KindEvent), eventPayload(t, 1, 20), false)
+	}
+	testenv.WaitFor(t, "every device known", func() bool { return f.Status().Devices == n })
+	f.LinkDown(errors.New("broker gone"))
+	for i := range n {
+		if _, err := f.Set(context.Background(), fmt.Sprintf("d%03d", i), map[string]any{"setpoint_c": 22.0}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if owed := f.Status().Owed; owed != n {
+		t.Fatalf("%d devices owe a Command with the link down, want %d", owed, n)
+	}
+	pub := &countingPub{}
+	f.LinkUp(pub, true)
+	testenv.WaitFor(t, "every owed Command published", func() bool { return f.Status().Owed == 0 })
+	got := pub.counts()
+	for i := range n {
+		c := topic(fmt.Sprintf("d%03d", i), protocol.KindCmd)
+		if got[c] != 1 {
+			t.Errorf("%s published %d times, want once", c, got[c])
+		}
 	}
 }
