@@ -16,8 +16,10 @@
 package hass
 
 import (
+	"bytes"
 	"context"
 	"crypto/tls"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -142,10 +144,10 @@ type Bridge struct {
 	client *transport.Client
 
 	mu    sync.Mutex
-	dirty map[string]bool // devices to publish again
-	force map[string]bool // devices to publish again, unchanged values too
-	all   bool            // everything to publish again (a connect, a birth)
-	stale map[string]bool // retained discovery topics of this bridge seen on the broker
+	dirty map[string]bool   // devices to publish again
+	force map[string]bool   // devices to publish again, unchanged values too
+	all   bool              // everything to publish again (a connect, a birth)
+	stale map[string][]byte // retained discovery documents of this bridge seen on the broker, by topic
 	wake  chan struct{}
 
 	// Only the Run goroutine uses these.
@@ -160,7 +162,7 @@ func New(f Fleet, o Options) (*Bridge, error) {
 	}
 	b := &Bridge{
 		f: f, t: Topics{Prefix: o.Prefix, Root: o.TopicRoot}, log: o.Logger,
-		dirty: map[string]bool{}, force: map[string]bool{}, stale: map[string]bool{}, wake: make(chan struct{}, 1),
+		dirty: map[string]bool{}, force: map[string]bool{}, stale: map[string][]byte{}, wake: make(chan struct{}, 1),
 		published: map[string]string{}, owned: map[string]map[string][]string{},
 	}
 	if u, _ := url.Parse(o.Broker); u != nil && (u.Scheme == "mqtt" || u.Scheme == "tcp") && o.Password != "" {
@@ -269,7 +271,7 @@ func (b *Bridge) connected(context.Context, *transport.Client) {
 func (b *Bridge) sync(ctx context.Context) (failed bool) {
 	b.mu.Lock()
 	all, dirty, force, stale := b.all, b.dirty, b.force, b.stale
-	b.all, b.dirty, b.force, b.stale = false, map[string]bool{}, map[string]bool{}, map[string]bool{}
+	b.all, b.dirty, b.force, b.stale = false, map[string]bool{}, map[string]bool{}, map[string][]byte{}
 	b.mu.Unlock()
 	if !b.client.Connected() {
 		return false // the next connection publishes everything
@@ -388,9 +390,10 @@ func (b *Bridge) publish(ctx context.Context, topic, payload string) error {
 }
 
 // clearStale removes discovery documents of this bridge that the broker
-// kept (retained) and that no device of the fleet has now: a device
-// deleted while the controller was not running.
-func (b *Bridge) clearStale(ctx context.Context, stale map[string]bool) error {
+// kept (retained) and that no device of the fleet has now (a device
+// deleted while the controller was not running), and the retained states
+// they name under this bridge's root.
+func (b *Bridge) clearStale(ctx context.Context, stale map[string][]byte) error {
 	for _, topic := range slices.Sorted(maps.Keys(stale)) {
 		if b.ownedConfig(topic) {
 			continue
@@ -398,9 +401,59 @@ func (b *Bridge) clearStale(ctx context.Context, stale map[string]bool) error {
 		if err := b.publish(ctx, topic, ""); err != nil {
 			return err
 		}
+		for _, st := range b.stateTopicsOf(stale[topic]) {
+			if b.ownedState(st) {
+				continue // a device still in the fleet (its sensor went)
+			}
+			if err := b.publish(ctx, st, ""); err != nil {
+				return err
+			}
+		}
 		b.log.Info("Home Assistant entity of a device no longer in the fleet removed", "config", topic)
 	}
 	return nil
+}
+
+// stateTopicsOf are the retained topics a discovery document of this
+// bridge names: its state and availability topics under the bridge's
+// root, but not the bridge's own status (other devices share it) nor a
+// command topic (never retained).
+func (b *Bridge) stateTopicsOf(doc []byte) []string {
+	var d map[string]any
+	if json.Unmarshal(doc, &d) != nil {
+		return nil
+	}
+	var topics []string
+	add := func(v any) {
+		if s, ok := v.(string); ok && strings.HasPrefix(s, b.t.Root+"/") && s != b.t.BridgeStatus() && !slices.Contains(topics, s) {
+			topics = append(topics, s)
+		}
+	}
+	for k, v := range d {
+		if strings.HasSuffix(k, "_topic") && !strings.HasSuffix(k, "command_topic") {
+			add(v)
+		}
+	}
+	if av, ok := d["availability"].([]any); ok {
+		for _, a := range av {
+			if m, ok := a.(map[string]any); ok {
+				add(m["topic"])
+			}
+		}
+	}
+	slices.Sort(topics)
+	return topics
+}
+
+func (b *Bridge) ownedState(topic string) bool {
+	for _, cfgs := range b.owned {
+		for _, states := range cfgs {
+			if slices.Contains(states, topic) {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 func (b *Bridge) ownedConfig(topic string) bool {
@@ -427,7 +480,7 @@ func (b *Bridge) receive(m transport.Message) {
 		// before this connection may be of a device since deleted.
 		if m.Retained && len(m.Payload) > 0 {
 			b.mu.Lock()
-			b.stale[m.Topic] = true
+			b.stale[m.Topic] = bytes.Clone(m.Payload)
 			b.mu.Unlock()
 			b.mark(false)
 		}

@@ -256,6 +256,14 @@ func TestBridgeClearsStaleDocuments(t *testing.T) {
 	ghost, _ := json.Marshal(map[string]any{"mode_state_topic": tp.State("ghost", attrMode)})
 	ha.Publish(t, tp.ClimateConfig("ghost"), 1, true, ghost)
 	ha.Publish(t, tp.SensorConfig("ghost", "floor"), 1, true, []byte(`{}`))
+	// The ghost's retained state goes with its document.
+	ha.Publish(t, tp.State("ghost", attrMode), 1, true, []byte("heat"))
+	// A sensor d1 no longer reports: its document goes, d1's own state
+	// (named in the document's availability) stays.
+	gone, _ := json.Marshal(map[string]any{"state_topic": tp.State("d1", "sensor/gone/temperature"),
+		"availability": []any{map[string]any{"topic": tp.BridgeStatus()}, map[string]any{"topic": tp.State("d1", attrAvailability)}}})
+	ha.Publish(t, tp.SensorConfig("d1", "gone"), 1, true, gone)
+	ha.Publish(t, tp.State("d1", "sensor/gone/temperature"), 1, true, []byte("21.5"))
 	// Another bridge's (another root) is not ours to clear.
 	other := Topics{Prefix: DefaultPrefix, Root: "elsewhere"}
 	ha.Publish(t, other.ClimateConfig("ghost"), 1, true, ghost)
@@ -265,8 +273,13 @@ func TestBridgeClearsStaleDocuments(t *testing.T) {
 	startBridge(t, tf, Options{Broker: m.URL()})
 	ha.WaitPayload(t, tp.ClimateConfig("ghost"), "")
 	ha.WaitPayload(t, tp.SensorConfig("ghost", "floor"), "")
+	ha.WaitPayload(t, tp.SensorConfig("d1", "gone"), "")
 	retained(t, m, "", tp.ClimateConfig("ghost"), "")
+	retained(t, m, "", tp.State("ghost", attrMode), "")
+	retained(t, m, "", tp.State("d1", "sensor/gone/temperature"), "")
 	retained(t, m, "", tp.ClimateConfig("d1"), "*")
+	retained(t, m, "", tp.State("d1", attrAvailability), "*")
+	retained(t, m, "", tp.BridgeStatus(), Online)
 	retained(t, m, "", other.ClimateConfig("ghost"), string(ghost))
 }
 
