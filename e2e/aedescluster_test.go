@@ -13,7 +13,6 @@ import (
 
 	"github.com/thermofleet/thermo/internal/testenv"
 	"github.com/thermofleet/thermo/mttr/brokerctl"
-	"github.com/thermofleet/thermo/protocol"
 )
 
 // TestAedesClusterFailover: the real binaries on a broker cluster, three
@@ -79,27 +78,9 @@ func TestAedesClusterFailover(t *testing.T) {
 	killed := time.Now()
 	command(t, ctl.bin, "set", "--http", ctl.apiAddr, "--json", d.id, "--setpoint", "18.5")
 	command(t, d.bin, "set", "--control-socket", d.socket, "--mode", "cool")
-	for _, c := range []struct {
-		p    *process
-		node string
-	}{{ctl.process, urls[1]}, {d.process, urls[2]}} {
-		want := "broker=" + strings.TrimPrefix(c.node, "mqtts://")
-		eventually(t, c.p.name+" on "+c.node, func() (bool, string) {
-			c.p.alive()
-			for _, l := range strings.Split(c.p.logText(), "\n") {
-				if strings.Contains(l, "msg=connected ") && strings.Contains(l, want) {
-					return true, ""
-				}
-			}
-			return false, "no line connected " + want
-		})
-	}
+	ctl.waitConnectedTo(t, strings.TrimPrefix(urls[1], "mqtts://"))
+	d.waitConnectedTo(t, strings.TrimPrefix(urls[2], "mqtts://"))
 	t.Logf("both connected to their next broker %v after the kill (polled)", time.Since(killed).Round(time.Millisecond))
-	eventually(t, "both writes on both sides", func() (bool, string) {
-		st, c := d.synced()
-		sp, _ := setpoint(c.Props)
-		mode, _ := c.Props.Mode()
-		return sp == 18.5 && mode == protocol.ModeCool, fmt.Sprintf("thermostat %v, controller %v", st.Props, c.Props)
-	})
+	bothWrites(t, d)
 	t.Logf("both writes on both sides %v after the kill", time.Since(killed).Round(time.Millisecond))
 }

@@ -38,25 +38,11 @@ func TestBrokerFailover(t *testing.T) {
 	command(t, ctl.bin, "set", "--http", ctl.apiAddr, "--json", d.id, "--setpoint", "18.5")
 	command(t, d.bin, "set", "--control-socket", d.socket, "--mode", "cool")
 
-	secondAddr := "broker=localhost:" + strconv.Itoa(second.Port())
 	for _, p := range []*process{ctl.process, d.process} {
-		eventually(t, p.name+" connected to the second broker", func() (bool, string) {
-			p.alive()
-			for _, l := range strings.Split(p.logText(), "\n") {
-				if strings.Contains(l, "msg=connected ") && strings.Contains(l, secondAddr) {
-					return true, ""
-				}
-			}
-			return false, "no line connected " + secondAddr
-		})
+		p.waitConnectedTo(t, "localhost:"+strconv.Itoa(second.Port()))
 	}
 	t.Logf("both connected to their next broker %v after the kill (polled)", time.Since(killed).Round(time.Millisecond))
-	eventually(t, "both writes on both sides", func() (bool, string) {
-		st, c := d.synced()
-		sp, _ := setpoint(c.Props)
-		mode, _ := c.Props.Mode()
-		return sp == 18.5 && mode == protocol.ModeCool, fmt.Sprintf("thermostat %v, controller %v", st.Props, c.Props)
-	})
+	bothWrites(t, d)
 	t.Logf("both writes on both sides %v after the kill", time.Since(killed).Round(time.Millisecond))
 	// The second broker now holds the device's state as retained: a
 	// controller restarted on it alone would read it.
@@ -94,4 +80,33 @@ func TestNamedController(t *testing.T) {
 	if _, err := w.ctl("controller-b"); err == nil {
 		t.Errorf("controller-b is listed as a device")
 	}
+}
+
+// waitConnectedTo waits until p's log says it connected to the broker at
+// addr (HOST:PORT), failing at once if p died.
+func (p *process) waitConnectedTo(t *testing.T, addr string) {
+	t.Helper()
+	want := "broker=" + addr
+	eventually(t, p.name+" connected to "+addr, func() (bool, string) {
+		p.alive()
+		for _, l := range strings.Split(p.logText(), "\n") {
+			if strings.Contains(l, "msg=connected ") && strings.Contains(l, want) {
+				return true, ""
+			}
+		}
+		return false, "no line connected " + want
+	})
+}
+
+// bothWrites waits until the controller's setpoint 18.5 and the
+// thermostat's mode cool, made on either side of a broker failover, are
+// on both sides.
+func bothWrites(t *testing.T, d *binThermostat) {
+	t.Helper()
+	eventually(t, "both writes on both sides", func() (bool, string) {
+		st, c := d.synced()
+		sp, _ := setpoint(c.Props)
+		mode, _ := c.Props.Mode()
+		return sp == 18.5 && mode == protocol.ModeCool, fmt.Sprintf("thermostat %v, controller %v", st.Props, c.Props)
+	})
 }

@@ -7,14 +7,12 @@ import (
 	"net"
 	"net/http"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/testutil/promlint"
 
-	"github.com/thermofleet/thermo/controllerlite/broker"
 	"github.com/thermofleet/thermo/firmware/config"
 	"github.com/thermofleet/thermo/firmware/localctl"
 	"github.com/thermofleet/thermo/hal/sim"
@@ -55,15 +53,7 @@ func waitMetrics(t *testing.T, url, what string, ws []want) testenv.Metrics {
 // away.
 func TestMetricsOnTheSimulatedBoard(t *testing.T) {
 	pki := testenv.NewPKI(t)
-	b, err := broker.New(broker.Options{Listen: "127.0.0.1:0", CAFile: pki.CAFile, CertFile: pki.ServerCert, KeyFile: pki.ServerKey, Logger: quiet()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := b.Start(); err != nil {
-		t.Fatal(err)
-	}
-	defer b.Close()
-	url := "mqtts://localhost:" + strconv.Itoa(b.Addr().(*net.TCPAddr).Port)
+	b, url := startBroker(t, pki)
 
 	cert, key := pki.Client(t, "t1")
 	dir := t.TempDir()

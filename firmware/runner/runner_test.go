@@ -28,15 +28,7 @@ func quiet() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)
 // clean stop publishes status offline and leaves every output off.
 func TestThermostatOnTheSimulatedBoard(t *testing.T) {
 	pki := testenv.NewPKI(t)
-	b, err := broker.New(broker.Options{Listen: "127.0.0.1:0", CAFile: pki.CAFile, CertFile: pki.ServerCert, KeyFile: pki.ServerKey, Logger: quiet()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := b.Start(); err != nil {
-		t.Fatal(err)
-	}
-	defer b.Close()
-	url := "mqtts://localhost:" + strconv.Itoa(b.Addr().(*net.TCPAddr).Port)
+	_, url := startBroker(t, pki)
 	ctl := pki.Connect(t, url, protocol.ControllerID)
 	ctl.Subscribe(t, "thermo/t1/#", 1)
 
@@ -125,4 +117,20 @@ func TestThermostatOnTheSimulatedBoard(t *testing.T) {
 	if o := board.Outputs(); o != (hal.Outputs{}) {
 		t.Errorf("outputs after stop: %v", o)
 	}
+}
+
+// startBroker runs the embedded broker on a free loopback port with pki's
+// server certificate until the test ends (Close may end it sooner), and
+// returns it with its URL.
+func startBroker(t *testing.T, pki *testenv.PKI) (*broker.Broker, string) {
+	t.Helper()
+	b, err := broker.New(broker.Options{Listen: "127.0.0.1:0", CAFile: pki.CAFile, CertFile: pki.ServerCert, KeyFile: pki.ServerKey, Logger: quiet()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { b.Close() })
+	return b, "mqtts://localhost:" + strconv.Itoa(b.Addr().(*net.TCPAddr).Port)
 }
