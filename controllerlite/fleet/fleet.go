@@ -548,6 +548,9 @@ func (f *Fleet) handle(topic string, payload []byte, retained bool) {
 			f.log.Info("message applied", "topic", topic, "retained", retained, "msg_vc", m.VC, "vc", rec.Replica.VC,
 				"applied", out.Applied, "kept", out.Kept, "conflicts", out.Conflicts)
 			f.batch.persist[id] = true
+			if kind == protocol.KindEvent {
+				f.received(id, m)
+			}
 		}
 		if resync != nil {
 			// The device had seen more of this controller than it remembers:

@@ -24,15 +24,19 @@ import (
 // instance serves the whole API and dashboard.
 //
 // The rules that keep instances from undoing each other:
-//   - A controller event (a write, a greeting) increments the device's
-//     controller counter; two instances must never count from the same
-//     value. The owner stores with PutBased, which refuses a write whose
-//     counter was not read from the stored record; on refusal it merges
-//     the stored record and stores again (the Commands of the refused batch
-//     stay owed and go out after, with a fresh count).
+//   - A controller event (a receive, a write, a greeting) increments the
+//     device's controller counter. The owner counts in memory between
+//     commits, and another instance's write counts from the stored
+//     record, so both may count on from the same value: the same clock
+//     then names two states. Nothing counted is published before it is
+//     stored, and the owner stores with PutBased, which refuses a write
+//     whose counter was not read from the stored record. On refusal the
+//     owner starts again from the stored record, receives again the latest
+//     Event it had taken (rebase), and stores that; the Commands of the
+//     refused batch stay owed and go out after, with a fresh count.
 //   - A remote write (Set) on any instance, owner or not, runs in one
 //     transaction holding the device's row (SharedStore.Update): read the
-//     stored record, merge it (owner) or take it (other), stamp the write,
+//     stored record, rebase on it (owner) or take it (other), stamp the write,
 //     store it, then publish the Command. The owner hears the Command on
 //     the device's cmd topic and merges it.
 //   - On taking a device the owner starts from its stored record; the
@@ -74,6 +78,10 @@ type shard struct {
 	taken map[string]bool
 	// base is each device's controller counter as last read or stored.
 	base map[string]uint64
+	// since is, for each device taken, the latest Event received after
+	// its record was last stored: what rebase receives again when another
+	// instance's write is found in its place.
+	since map[string]protocol.Message
 }
 
 // Share makes f one of several instances: st must be its store, and sub
@@ -84,7 +92,8 @@ func (f *Fleet) Share(sub Subscriber) error {
 	if !ok {
 		return fmt.Errorf("fleet: the store %s cannot be shared by several instances", f.st.Path())
 	}
-	f.sh = &shard{st: st, sub: sub, subq: workq.New[func(context.Context)](), taken: map[string]bool{}, base: map[string]uint64{}}
+	f.sh = &shard{st: st, sub: sub, subq: workq.New[func(context.Context)](), taken: map[string]bool{}, base: map[string]uint64{},
+		since: map[string]protocol.Message{}}
 	for id, rec := range f.recs {
 		f.sh.base[id] = rec.Replica.VC[0]
 	}
@@ -269,6 +278,7 @@ func (f *Fleet) adopt(id string, row store.Device, ok bool) {
 		return
 	}
 	f.sh.base[id] = row.Replica.VC[0]
+	delete(f.sh.since, id)
 	if old, have := f.recs[id]; have && reflect.DeepEqual(*old, row) {
 		return
 	}
@@ -287,6 +297,7 @@ func (f *Fleet) deletedShared(id string) {
 		f.drop(id, false)
 	}
 	delete(f.sh.base, id)
+	delete(f.sh.since, id)
 }
 
 // forget drops a device deleted (here or elsewhere) from f's copies and
@@ -300,6 +311,7 @@ func (f *Fleet) forget(id string) {
 	delete(f.resyncs, id)
 	if f.sh != nil {
 		delete(f.sh.base, id)
+		delete(f.sh.since, id)
 	}
 	f.mu.Lock()
 	if old, ok := f.view[id]; ok && old.Pending {
@@ -346,6 +358,7 @@ func (f *Fleet) drop(id string, active bool) {
 		}
 	}
 	delete(f.sh.taken, id)
+	delete(f.sh.since, id)
 	delete(f.dirty, id)
 	delete(f.batch.persist, id)
 	delete(f.resyncs, id)
@@ -382,6 +395,7 @@ func (f *Fleet) putShared(recs []store.Device) error {
 	if err == nil {
 		for _, r := range recs {
 			f.sh.base[r.ID] = r.Replica.VC[0]
+			delete(f.sh.since, r.ID)
 		}
 		return nil
 	}
@@ -394,7 +408,7 @@ func (f *Fleet) putShared(recs []store.Device) error {
 		if c, known := f.sh.base[id]; known && c == row.Replica.VC[0] {
 			continue
 		}
-		f.merge(id, row)
+		f.rebase(id, row)
 		f.batch.persist[id] = true
 		merged++
 	}
@@ -411,16 +425,38 @@ func (f *Fleet) putShared(recs []store.Device) error {
 // written, and its records were merged to be stored again.
 var errMerged = errors.New("merged another instance's write")
 
-// merge takes another instance's stored record of a device f owns into
-// f's replica: the clock rules keep the newer of each property.
-func (f *Fleet) merge(id string, row store.Device) {
-	r := row.Replica
-	m := protocol.Message{V: protocol.Version, VC: r.VC, Props: r.Props.Clone(), Src: r.Src}
-	if _, err := f.ctrl.ReceiveCommand(id, m); err != nil {
-		f.log.Error("merge the stored record", "device", id, "error", err)
+// received notes an Event f took for a device it owns, until the record
+// is stored: the latest is enough, as every Event carries the device's
+// whole state.
+func (f *Fleet) received(id string, m protocol.Message) {
+	if f.sh == nil {
+		return
 	}
-	f.sh.base[id] = r.VC[0]
-	f.log.Info("merged a write of another instance", "device", id, "stored_vc", r.VC, "vc", f.ctrl.Replica(id).VC)
+	if prev, ok := f.sh.since[id]; !ok || m.VC[1] >= prev.VC[1] {
+		f.sh.since[id] = m
+	}
+}
+
+// rebase takes another instance's stored record of a device f owns, found
+// where f expected its own last one: f starts again from it and receives
+// again the latest Event it took since (protocol.Controller.Rebase says
+// why a merge by the clock rules would lose the other's write). f's own
+// fields (status, telemetry) stand; a Command the other could not
+// publish is owed.
+func (f *Fleet) rebase(id string, row store.Device) {
+	var since *protocol.Message
+	if m, ok := f.sh.since[id]; ok {
+		since = &m
+	}
+	if _, err := f.ctrl.Rebase(id, row.Replica, since); err != nil {
+		f.log.Error("rebase on the stored record: the latest event is not received again", "device", id, "error", err)
+	}
+	f.sh.base[id] = row.Replica.VC[0]
+	rec := f.record(id)
+	rec.Replica = f.ctrl.Replica(id)
+	rec.Owed = rec.Owed || row.Owed
+	f.touch(id)
+	f.log.Info("took another instance's write", "device", id, "stored_vc", row.Replica.VC, "vc", rec.Replica.VC)
 }
 
 // errNoChange rolls back an Update that has nothing to write.
@@ -431,8 +467,14 @@ func (f *Fleet) setShared(ctx context.Context, id string, changes map[string]any
 	owns := f.acts(id)
 	if owns {
 		// What the batch holds is stored first: the row is then the
-		// owner's latest, bar other instances' writes.
-		if err := f.commit(ctx); err != nil {
+		// owner's latest, bar other instances' writes. A commit that
+		// found another's write in its place has rebased on it and
+		// stores again.
+		err := f.commit(ctx)
+		if errors.Is(err, errMerged) {
+			err = f.commit(ctx)
+		}
+		if err != nil {
 			return Device{}, err
 		}
 	}
@@ -446,7 +488,7 @@ func (f *Fleet) setShared(ctx context.Context, id string, changes map[string]any
 		if !owns {
 			f.adopt(id, stored, true)
 		} else if c := f.sh.base[id]; c != stored.Replica.VC[0] {
-			f.merge(id, stored)
+			f.rebase(id, stored)
 		}
 		if m, setErr = f.ctrl.Set(id, changes); setErr != nil {
 			return store.Device{}, setErr
