@@ -692,6 +692,9 @@ func (c *Client) dial(ctx context.Context, u *url.URL) (*liveConn, error) {
 	if conf.ServerName == "" {
 		conf.ServerName = u.Hostname()
 	}
+	if conf.ClientSessionCache != nil {
+		conf.ClientSessionCache = brokerSessions{cache: conf.ClientSessionCache, addr: u.Host}
+	}
 	tc := tls.Client(raw, conf)
 	if err := tc.HandshakeContext(ctx); err != nil {
 		raw.Close()

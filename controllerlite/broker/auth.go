@@ -198,7 +198,11 @@ func (h *authHook) OnWill(cl *mqtt.Client, will mqtt.Will) (mqtt.Will, error) {
 }
 
 func (h *authHook) OnSessionEstablished(cl *mqtt.Client, _ packets.Packet) {
-	h.log.Info("client connected", "client", cl.ID, "remote", cl.Net.Remote, "clean_session", cl.Properties.Clean)
+	resumed := false
+	if tc, ok := cl.Net.Conn.(*tls.Conn); ok {
+		resumed = tc.ConnectionState().DidResume
+	}
+	h.log.Info("client connected", "client", cl.ID, "remote", cl.Net.Remote, "clean_session", cl.Properties.Clean, "tls_resumed", resumed)
 	if h.identity != nil {
 		h.identity.established(cl.ID)
 	}
@@ -226,6 +230,34 @@ func (h *authHook) OnDisconnect(cl *mqtt.Client, err error, _ bool) {
 	if fn := h.onClient.Load(); fn != nil {
 		(*fn)(cl.ID, false)
 	}
+}
+
+// verifyResumed is the listener's tls.Config.VerifyConnection. Go calls
+// it after every handshake, and it is the only check Go calls on a
+// resumed session (VerifyPeerCertificate is not): a device revoked since
+// its ticket was issued is refused here, in the handshake, before it can
+// send anything. Go itself refuses to resume a chain that has expired or
+// whose root the broker no longer trusts (tickets.go); a full handshake is
+// checked as before, revocation at CONNECT (identify), where the reason
+// is logged with the client id.
+func (h *authHook) verifyResumed(cs tls.ConnectionState) error {
+	if !cs.DidResume {
+		return nil
+	}
+	if len(cs.VerifiedChains) == 0 || len(cs.VerifiedChains[0]) == 0 {
+		return errors.New("resumed TLS session without a verified client certificate")
+	}
+	if h.revoked == nil {
+		return nil
+	}
+	leaf := cs.VerifiedChains[0][0]
+	if reason, revoked := h.revoked(leaf); revoked {
+		if reason == "" {
+			reason = "revoked"
+		}
+		return fmt.Errorf("resumed TLS session of %q refused: certificate revoked: %s", leaf.Subject.CommonName, reason)
+	}
+	return nil
 }
 
 // isRevoked returns why the verified client certificate of tc is revoked,

@@ -110,6 +110,11 @@ type Broker struct {
 	identity *identity
 	// cert is the server certificate, replaced by ReloadCertificate.
 	cert atomic.Pointer[tls.Certificate]
+	// handshake is the TLS configuration of each handshake (the client
+	// CAs ReloadCertificate replaces), tickets its session-ticket keys
+	// (reload.go, tickets.go).
+	handshake atomic.Pointer[tls.Config]
+	tickets   *ticketKeys
 
 	mu      sync.Mutex
 	started bool
@@ -194,6 +199,7 @@ func New(opts Options) (*Broker, error) {
 	tlsConf.GetCertificate = func(*tls.ClientHelloInfo) (*tls.Certificate, error) { return b.cert.Load(), nil }
 	b.auth.gate = b.gate
 	b.auth.identity = b.identity
+	b.setupTLS(tlsConf)
 	// The only hook that answers OnConnectAuthenticate and OnACLCheck. mochi
 	// ORs auth hooks, so an allow-all hook added anywhere would open the
 	// broker to everyone.
@@ -238,6 +244,11 @@ func (b *Broker) serve() error {
 		}
 	} else {
 		b.log.Warn("broker has no data directory: retained messages and sessions are kept in memory only")
+	}
+	// Before the listener opens: a restarted broker's first handshakes
+	// already resume the sessions of the run before.
+	if err := b.tickets.start(); err != nil {
+		return err
 	}
 
 	// Serve with no listener yet: it loads the store and starts the
@@ -338,6 +349,7 @@ func (b *Broker) closeLocked() error {
 	}
 	b.closed = true
 	b.identity.stop()
+	b.tickets.stop()
 	if b.ln != nil {
 		// Stop accepting and disconnect clients before mochi's own Close,
 		// which stops the store hook without waiting for client goroutines

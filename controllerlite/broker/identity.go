@@ -319,11 +319,11 @@ func (w *takeoverWatch) sessionStarted(id string) {
 type refusalLog struct {
 	log    *slog.Logger
 	limit  *lograte.Limiter
-	roots  []*x509.Certificate // the CAs client certificates must chain to
 	alerts *alerter
 
 	mu      sync.Mutex
-	refused map[string]bool // devices with tls_refused raised
+	roots   []*x509.Certificate // the CAs client certificates must chain to; replaced by setRoots
+	refused map[string]bool     // devices with tls_refused raised
 }
 
 func newRefusalLog(log *slog.Logger, roots []*x509.Certificate, alerts *alerter) *refusalLog {
@@ -383,12 +383,22 @@ func (r *refusalLog) ownButRefused(verr *tls.CertificateVerificationError) (id, 
 // signedByRoot reports whether one of our CAs signed c. The dates are not
 // checked: they are what was refused. Our PKI has no intermediate CAs.
 func (r *refusalLog) signedByRoot(c *x509.Certificate) bool {
-	for _, ca := range r.roots {
+	r.mu.Lock()
+	roots := r.roots
+	r.mu.Unlock()
+	for _, ca := range roots {
 		if bytes.Equal(c.RawIssuer, ca.RawSubject) && c.CheckSignatureFrom(ca) == nil {
 			return true
 		}
 	}
 	return false
+}
+
+// setRoots replaces the CAs (the broker reloaded its CA file).
+func (r *refusalLog) setRoots(roots []*x509.Certificate) {
+	r.mu.Lock()
+	r.roots = roots
+	r.mu.Unlock()
 }
 
 // connected is called when a device's session is established: a

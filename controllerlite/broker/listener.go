@@ -10,6 +10,7 @@ import (
 	"runtime"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/mochi-mqtt/server/v2/listeners"
@@ -44,6 +45,10 @@ type tlsListener struct {
 	// slots admits handshakes: at most cap(slots) run at once, the others
 	// wait for a slot in the order they were accepted (see admit).
 	slots chan struct{}
+
+	// handshakes counts the completed TLS handshakes, resumed those of
+	// them that resumed an earlier session (Stats).
+	handshakes, resumed atomic.Int64
 }
 
 // maxHandshakes bounds the TLS handshakes running at once. A fleet coming
@@ -130,6 +135,10 @@ func (l *tlsListener) handle(conn net.Conn, establish listeners.EstablishFn) {
 		l.handshakeFailed(conn.RemoteAddr().String(), err)
 		tc.Close()
 		return
+	}
+	l.handshakes.Add(1)
+	if tc.ConnectionState().DidResume {
+		l.resumed.Add(1)
 	}
 	err = establish(l.id, tc)
 	switch {

@@ -15,6 +15,12 @@ type Stats struct {
 	// network clients since start; MessagesDropped those dropped because
 	// a client was too slow to take them.
 	MessagesReceived, MessagesSent, MessagesDropped int64
+	// TLSHandshakes counts the network clients' completed TLS handshakes
+	// since start, TLSResumed those of them that resumed an earlier
+	// session (with the ticket keys kept in the data directory, a device
+	// returning to a restarted broker does) rather than exchanging
+	// certificates.
+	TLSHandshakes, TLSResumed int64
 }
 
 // Stats returns the broker's figures now.
@@ -23,11 +29,19 @@ func (b *Broker) Stats() Stats {
 	// Not i.Retained: mochi updates it only when a client retains a
 	// message, and counts its $SYS topics in it.
 	retained := b.srv.Topics.Retained.Len() - len(b.srv.Topics.Messages(mqtt.SysPrefix+"/#"))
+	var handshakes, resumed int64
+	b.mu.Lock()
+	if b.ln != nil {
+		handshakes, resumed = b.ln.handshakes.Load(), b.ln.resumed.Load()
+	}
+	b.mu.Unlock()
 	return Stats{
 		ClientsConnected: i.ClientsConnected,
 		Retained:         int64(max(retained, 0)),
 		MessagesReceived: i.MessagesReceived,
 		MessagesSent:     i.MessagesSent,
 		MessagesDropped:  i.MessagesDropped,
+		TLSHandshakes:    handshakes,
+		TLSResumed:       resumed,
 	}
 }
