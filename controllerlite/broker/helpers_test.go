@@ -135,12 +135,16 @@ func startBroker(t *testing.T, pki *testenv.PKI, dir string, setup func(*Broker)
 }
 
 // startBrokerWith is startBroker with more options: the listener, the
-// credentials of pki and the logger are set here.
+// credentials of pki (its CA unless o names another CA file) and the
+// logger are set here.
 func startBrokerWith(t *testing.T, pki *testenv.PKI, o Options, setup func(*Broker)) *testBroker {
 	t.Helper()
 	rec := newLogRecorder()
 	o.Listen = "127.0.0.1:0"
-	o.CAFile, o.CertFile, o.KeyFile = pki.CAFile, pki.ServerCert, pki.ServerKey
+	if o.CAFile == "" {
+		o.CAFile = pki.CAFile
+	}
+	o.CertFile, o.KeyFile = pki.ServerCert, pki.ServerKey
 	o.Logger = slog.New(rec)
 	b, err := New(o)
 	if err != nil {
