@@ -623,7 +623,7 @@ func (c *Client) connect(ctx context.Context) (<-chan error, error) {
 		return nil, fmt.Errorf("connect: %w", err)
 	}
 	conn.established.Store(true)
-	c.connectSucceeded(conn.resumed)
+	c.connectSucceeded(conn.resumed && conn.sessions.sameIssuer())
 	go conn.monitor(c.opts.KeepAlive, func(silent time.Duration) {
 		c.log.Warn("broker silent, dropping the connection", "broker", broker.Host, "silent", silent.Round(time.Millisecond))
 	})
@@ -692,8 +692,10 @@ func (c *Client) dial(ctx context.Context, u *url.URL) (*liveConn, error) {
 	if conf.ServerName == "" {
 		conf.ServerName = u.Hostname()
 	}
+	var sessions *brokerSessions
 	if conf.ClientSessionCache != nil {
-		conf.ClientSessionCache = brokerSessions{cache: conf.ClientSessionCache, addr: u.Host}
+		sessions = &brokerSessions{cache: conf.ClientSessionCache, addr: u.Host}
+		conf.ClientSessionCache = sessions
 	}
 	tc := tls.Client(raw, conf)
 	if err := tc.HandshakeContext(ctx); err != nil {
@@ -702,6 +704,7 @@ func (c *Client) dial(ctx context.Context, u *url.URL) (*liveConn, error) {
 	}
 	l := newLiveConn(tc, time.Now())
 	l.resumed = tc.ConnectionState().DidResume
+	l.sessions = sessions
 	return l, nil
 }
 

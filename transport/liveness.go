@@ -28,10 +28,12 @@ type liveConn struct {
 	// then nothing else reads the connection.
 	established atomic.Bool
 	// resumed: the TLS handshake resumed an earlier session with this
-	// broker process (see the takeover policy).
-	resumed bool
-	closed  chan struct{}
-	once    sync.Once
+	// broker; sessions, with the tickets, tells whether the same broker
+	// process issued it (see the takeover policy).
+	resumed  bool
+	sessions *brokerSessions
+	closed   chan struct{}
+	once     sync.Once
 }
 
 func newLiveConn(c net.Conn, now time.Time) *liveConn {

@@ -1,26 +1,78 @@
 package transport
 
-import "crypto/tls"
+import (
+	"bytes"
+	"crypto/tls"
+	"sync"
+)
 
-// brokerSessions is the client's TLS session cache seen from one broker
-// address. crypto/tls files a session under the server name only, so two
-// brokers of one cluster with one name (a host's two ports, a name that
-// resolves to either) would overwrite each other's session and a client
-// failing over and back would never resume; filed under the address as
-// well, each broker keeps its own. The cache itself stays one per
-// certificate: SetCertificate replaces it, so a renewed certificate never
-// resumes the old identity's session.
+// brokerSessions is the client's TLS session cache seen from one
+// connection to one broker address. crypto/tls files a session under the
+// server name only, so two brokers of one cluster with one name (a host's
+// two ports, a name that resolves to either) would overwrite each other's
+// session and a client failing over and back would never resume; filed
+// under the address as well, each broker keeps its own. The cache itself
+// stays one per certificate: SetCertificate replaces it, so a renewed
+// certificate never resumes the old identity's session.
+//
+// It also keeps the ticket this connection offered and the last one the
+// broker issued on it, for sameIssuer.
 type brokerSessions struct {
 	cache tls.ClientSessionCache
 	addr  string // host:port of the broker
+
+	mu      sync.Mutex
+	offered []byte // the ticket offered in the handshake
+	issued  []byte // the last ticket the broker issued on this connection
 }
 
-func (b brokerSessions) Get(key string) (*tls.ClientSessionState, bool) {
-	return b.cache.Get(b.addr + " " + key)
+func (b *brokerSessions) Get(key string) (*tls.ClientSessionState, bool) {
+	cs, ok := b.cache.Get(b.addr + " " + key)
+	if ok && cs != nil {
+		if t, _, err := cs.ResumptionState(); err == nil {
+			b.mu.Lock()
+			b.offered = t
+			b.mu.Unlock()
+		}
+	}
+	return cs, ok
 }
 
-func (b brokerSessions) Put(key string, cs *tls.ClientSessionState) {
+func (b *brokerSessions) Put(key string, cs *tls.ClientSessionState) {
 	b.cache.Put(b.addr+" "+key, cs)
+	if cs == nil {
+		return
+	}
+	if t, _, err := cs.ResumptionState(); err == nil {
+		b.mu.Lock()
+		b.issued = t
+		b.mu.Unlock()
+	}
 }
 
-var _ tls.ClientSessionCache = brokerSessions{}
+// issuerLen is the length of the prefix of a ticket that names the broker
+// process that issued it: the embedded broker's boot id (controllerlite/
+// broker, tickets.go), and OpenSSL's (Mosquitto's) ticket key name, made
+// at random when the process starts.
+const issuerLen = 16
+
+// sameIssuer reports whether the ticket this connection resumed and the
+// one the broker issued on it begin alike: one broker process issued both.
+// Call it once the broker has answered CONNECT (the new ticket comes right
+// after the handshake, before any answer). The takeover policy needs it
+// because resuming alone no longer tells the broker that closed us from a
+// restarted one: the embedded broker keeps its ticket keys across
+// restarts so that a returning fleet resumes. A broker whose tickets carry
+// no such prefix (Go's own format begins with a random IV) never counts
+// as the same process: its takeovers go unnoticed by this client, as
+// with a broker that issues no tickets.
+func (b *brokerSessions) sameIssuer() bool {
+	if b == nil {
+		return false
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return len(b.offered) >= issuerLen && len(b.issued) >= issuerLen && bytes.Equal(b.offered[:issuerLen], b.issued[:issuerLen])
+}
+
+var _ tls.ClientSessionCache = (*brokerSessions)(nil)

@@ -15,8 +15,9 @@ import (
 // TCP, then TLS with c's configuration and session cache), sends an MQTT
 // CONNECT and reads the CONNACK, so that the session tickets the broker
 // sends after the handshake are read and cached, and reports whether the
-// handshake resumed an earlier session.
-func mqttHello(t *testing.T, c *Client, u *url.URL) bool {
+// handshake resumed an earlier session, and whether the ticket it resumed
+// and the one the broker issued came from one broker process.
+func mqttHello(t *testing.T, c *Client, u *url.URL) (resumed, sameIssuer bool) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
@@ -41,7 +42,7 @@ func mqttHello(t *testing.T, c *Client, u *url.URL) bool {
 	if ack[0] != 0x20 || ack[3] != 0 {
 		t.Fatalf("CONNACK from %s: % x, want accepted", u.Host, ack)
 	}
-	return conn.resumed
+	return conn.resumed, conn.sessions.sameIssuer()
 }
 
 // TestSessionResumption: a client resumes its TLS session on every
@@ -49,7 +50,9 @@ func mqttHello(t *testing.T, c *Client, u *url.URL) bool {
 // failover pair on its own (two Mosquittos on one host name: crypto/tls
 // alone files sessions by name, so each broker would offer the other's
 // ticket and never resume); and a renewed certificate never resumes a
-// session of the old one, whose identity it would present again.
+// session of the old one, whose identity it would present again. A
+// resumed session's tickets come from one Mosquitto process (what the
+// takeover policy asks); a restarted Mosquitto resumes nothing.
 func TestSessionResumption(t *testing.T) {
 	pki := testenv.NewPKI(t)
 	a := testenv.StartMosquitto(t, pki, nil)
@@ -88,12 +91,15 @@ func TestSessionResumption(t *testing.T) {
 		{"A after the certificate was renewed", renew, ua, false},
 		{"A again with the new certificate", nil, ua, true},
 		{"B after the renewal", nil, ub, false},
+		{"A restarted", func() { a.Kill(); a.Start() }, ua, false},
+		{"A again", nil, ua, true},
 	} {
 		if step.before != nil {
 			step.before()
 		}
-		if got := mqttHello(t, c, step.to); got != step.resumed {
-			t.Errorf("%s: resumed %v, want %v", step.name, got, step.resumed)
+		resumed, same := mqttHello(t, c, step.to)
+		if resumed != step.resumed || same != step.resumed {
+			t.Errorf("%s: resumed %v, same issuer %v; want %v", step.name, resumed, same, step.resumed)
 		}
 	}
 }

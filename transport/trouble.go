@@ -44,16 +44,16 @@ func (t Trouble) String() string {
 // losses fast reconnects are for: our keep-alive did not condemn the
 // connection (a hung broker, a partition), and the next connection, made
 // with no failed attempt before it, resumed the TLS session of the one
-// before: the broker that closed us is the one that let us straight back
-// in. A broker that restarted has either new session ticket keys
-// (Mosquitto's are made at start), so its first connection after the
-// restart is a full handshake and the loss before it is never counted; or
-// (the embedded broker with a data directory) keys kept across the
-// restart so that a returning fleet resumes, but then its restart takes
-// far longer than the first reconnect wait (DefaultReconnectMin: the
-// controller reopens its stores first), so an attempt fails in between
-// and clears the loss. Either way a broker restart, or several in a row,
-// does not start an episode and its recovery stays fast.
+// before with the broker process that issued it: the broker that closed
+// us is the one that let us straight back in. A broker that restarted
+// either has new session ticket keys (Mosquitto's are made at start), so
+// its first connection after the restart is a full handshake; or (the
+// embedded broker with a data directory) it keeps its keys so that a
+// returning fleet resumes, but the tickets it issues begin with an id of
+// its process, and the ticket resumed and the one issued then differ
+// (brokerSessions.sameIssuer). Either way the loss before is never
+// counted: a broker restart, or several in a row, however quick, never
+// starts an episode and its recovery stays fast.
 //
 // The age of the lost connection is deliberately not a criterion: once
 // one of two boards on one certificate backs off, the other one holds the

@@ -199,7 +199,9 @@ func New(opts Options) (*Broker, error) {
 	tlsConf.GetCertificate = func(*tls.ClientHelloInfo) (*tls.Certificate, error) { return b.cert.Load(), nil }
 	b.auth.gate = b.gate
 	b.auth.identity = b.identity
-	b.setupTLS(tlsConf)
+	if err := b.setupTLS(tlsConf); err != nil {
+		return nil, fmt.Errorf("broker TLS: %w", err)
+	}
 	// The only hook that answers OnConnectAuthenticate and OnACLCheck. mochi
 	// ORs auth hooks, so an allow-all hook added anywhere would open the
 	// broker to everyone.

@@ -14,11 +14,16 @@ import (
 // b.tickets sets on conf itself. Go uses the keys of the configuration
 // GetConfigForClient returns only when that one has keys of its own: ours
 // never do, so rotating them on conf reaches every handshake.
-func (b *Broker) setupTLS(conf *tls.Config) {
+func (b *Broker) setupTLS(conf *tls.Config) error {
 	conf.VerifyConnection = b.auth.verifyResumed
-	b.handshake.Store(conf.Clone())
+	h := conf.Clone()
+	if err := markTickets(h, conf); err != nil {
+		return err
+	}
+	b.handshake.Store(h)
 	conf.GetConfigForClient = func(*tls.ClientHelloInfo) (*tls.Config, error) { return b.handshake.Load(), nil }
 	b.tickets = newTicketKeys(b.opts.DataDir, b.log, conf.SetSessionTicketKeys)
+	return nil
 }
 
 // ReloadCertificate reads the CA file, the server certificate and its key

@@ -2,6 +2,7 @@ package broker
 
 import (
 	"crypto/rand"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -242,4 +243,38 @@ func writeTicketKeys(path string, keys []ticketKey) error {
 		return err
 	}
 	return atomicfile.WriteFile(path, append(data, '\n'), 0o600)
+}
+
+// bootIDLen is the length of the id of this broker process that begins
+// every ticket it issues: transport's takeover policy compares it
+// (transport.issuerLen, the length of OpenSSL's key name too).
+const bootIDLen = 16
+
+// markTickets makes h, the configuration of each handshake, issue tickets
+// that begin with an id of this process, made at random, followed by
+// the ticket keys' encryption by keys (the configuration whose keys
+// ticketKeys sets). A device cannot tell otherwise whether the broker that
+// let it resume is the one that just closed its connection (a session
+// taken over by a second board with its certificate) or a restarted one;
+// the id says so, and is no secret.
+func markTickets(h, keys *tls.Config) error {
+	var boot [bootIDLen]byte
+	if _, err := rand.Read(boot[:]); err != nil {
+		return fmt.Errorf("boot id: %w", err)
+	}
+	h.WrapSession = func(cs tls.ConnectionState, ss *tls.SessionState) ([]byte, error) {
+		t, err := keys.EncryptTicket(cs, ss)
+		if err != nil {
+			return nil, err
+		}
+		return append(boot[:], t...), nil
+	}
+	h.UnwrapSession = func(ticket []byte, cs tls.ConnectionState) (*tls.SessionState, error) {
+		if len(ticket) < bootIDLen {
+			return nil, nil // not ours: a full handshake
+		}
+		// Whatever process issued it: resuming after a restart is the point.
+		return keys.DecryptTicket(ticket[bootIDLen:], cs)
+	}
+	return nil
 }

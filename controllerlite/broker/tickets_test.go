@@ -56,10 +56,48 @@ func hello(addr string, conf *tls.Config, id string) (resumed bool, err error) {
 
 // clientConf is a device's TLS configuration with a session cache, as
 // transport makes it.
-func clientConf(t *testing.T, pki *testenv.PKI, certFile, keyFile string) *tls.Config {
+func clientConf(t *testing.T, pki *testenv.PKI, certFile, keyFile string) (*tls.Config, *ticketLog) {
 	conf := pki.ClientTLS(t, certFile, keyFile)
-	conf.ClientSessionCache = tls.NewLRUClientSessionCache(4)
-	return conf
+	tl := &ticketLog{ClientSessionCache: tls.NewLRUClientSessionCache(4)}
+	conf.ClientSessionCache = tl
+	return conf, tl
+}
+
+// ticketLog is a session cache that keeps the last ticket offered and
+// the last one received.
+type ticketLog struct {
+	tls.ClientSessionCache
+	mu              sync.Mutex
+	offered, issued []byte
+}
+
+func (l *ticketLog) Get(key string) (*tls.ClientSessionState, bool) {
+	cs, ok := l.ClientSessionCache.Get(key)
+	if ok && cs != nil {
+		t, _, _ := cs.ResumptionState()
+		l.mu.Lock()
+		l.offered = t
+		l.mu.Unlock()
+	}
+	return cs, ok
+}
+
+func (l *ticketLog) Put(key string, cs *tls.ClientSessionState) {
+	l.ClientSessionCache.Put(key, cs)
+	if cs != nil {
+		t, _, _ := cs.ResumptionState()
+		l.mu.Lock()
+		l.issued = t
+		l.mu.Unlock()
+	}
+}
+
+// sameBoot reports whether the last ticket offered and the last issued
+// begin with one broker process's id.
+func (l *ticketLog) sameBoot() bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return len(l.offered) > bootIDLen && len(l.issued) > bootIDLen && bytes.Equal(l.offered[:bootIDLen], l.issued[:bootIDLen])
 }
 
 // writeCAFile writes the PEM of cas to a new file and returns its path.
@@ -192,7 +230,7 @@ func TestResumption(t *testing.T) {
 			if tc.cert != nil {
 				certFile, keyFile = tc.cert(t, id)
 			}
-			conf := clientConf(t, pki, certFile, keyFile)
+			conf, tickets := clientConf(t, pki, certFile, keyFile)
 			tb := startBrokerWith(t, pki, o, nil)
 			if resumed, err := hello(tb.Addr().String(), conf, id); err != nil || resumed {
 				t.Fatalf("first connection: resumed %v, %v; want a full handshake", resumed, err)
@@ -217,6 +255,11 @@ func TestResumption(t *testing.T) {
 			}
 			if !tc.resumed {
 				return
+			}
+			// The process that issued the resumed ticket: the same one
+			// unless the broker restarted (transport's takeover policy).
+			if same := tickets.sameBoot(); same != (tb2 == tb) {
+				t.Errorf("tickets of one broker process: %v, want %v", same, tb2 == tb)
 			}
 			st := tb2.Stats()
 			if st.TLSResumed < 1 || st.TLSHandshakes < st.TLSResumed {
