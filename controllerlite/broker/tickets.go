@@ -93,6 +93,7 @@ func newTicketKeys(dataDir string, log *slog.Logger, apply func([][32]byte)) *ti
 func (t *ticketKeys) start() error {
 	t.mu.Lock()
 	defer t.mu.Unlock()
+	rewrite := false
 	if t.path != "" {
 		keys, err := readTicketKeys(t.path)
 		switch {
@@ -101,10 +102,22 @@ func (t *ticketKeys) start() error {
 			t.log.Warn("TLS session-ticket key file unreadable: replaced by a new key (returning devices make a full handshake once)", "file", t.path, "error", err)
 		default:
 			t.keys = keys
+			if st, err := os.Stat(t.path); err == nil && st.Mode().Perm()&0o077 != 0 {
+				// Someone copied or restored it carelessly: close it
+				// again (the keys may have been read meanwhile: a
+				// SIGHUP replaces them).
+				t.log.Warn("TLS session-ticket key file readable by others: rewritten readable by its owner only", "file", t.path, "mode", st.Mode().Perm().String())
+				rewrite = true
+			}
 		}
 	}
 	if err := t.rotateLocked(time.Now(), false); err != nil {
 		return err
+	}
+	if rewrite {
+		if err := writeTicketKeys(t.path, t.keys); err != nil {
+			t.log.Error("TLS session-ticket key file not rewritten", "file", t.path, "error", err)
+		}
 	}
 	t.scheduleLocked()
 	return nil

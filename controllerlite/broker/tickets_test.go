@@ -277,26 +277,33 @@ func TestTicketKeyFile(t *testing.T) {
 	pki := testenv.NewPKI(t)
 	for _, tc := range []struct {
 		name   string
-		before []byte // the file's contents before the start; nil: none
-		warned bool
-		kept   bool // the keys before the start are still there
+		before []byte      // the file's contents before the start; nil: none
+		mode   os.FileMode // its mode
+		warned string      // what the log warns of, if anything
+		kept   bool        // the keys before the start are still there
 	}{
 		{name: "no file"},
-		{name: "keys", before: mustKeys(t, time.Now().Add(-time.Hour)), kept: true},
-		{name: "not JSON", before: []byte("garbage\n"), warned: true},
-		{name: "short key", before: []byte(`{"keys":[{"created":"2026-01-01T00:00:00Z","key":"AAAA"}]}`), warned: true},
+		{name: "keys", before: mustKeys(t, time.Now().Add(-time.Hour)), mode: 0o600, kept: true},
+		{name: "keys readable by others", before: mustKeys(t, time.Now().Add(-time.Hour)), mode: 0o644, kept: true,
+			warned: "session-ticket key file readable by others"},
+		{name: "not JSON", before: []byte("garbage\n"), mode: 0o600, warned: "session-ticket key file unreadable"},
+		{name: "short key", before: []byte(`{"keys":[{"created":"2026-01-01T00:00:00Z","key":"AAAA"}]}`), mode: 0o600,
+			warned: "session-ticket key file unreadable"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			dir := t.TempDir()
 			path := filepath.Join(dir, TicketKeyFile)
 			if tc.before != nil {
-				if err := os.WriteFile(path, tc.before, 0o600); err != nil {
+				if err := os.WriteFile(path, tc.before, tc.mode); err != nil {
+					t.Fatal(err)
+				}
+				if err := os.Chmod(path, tc.mode); err != nil { // past the umask
 					t.Fatal(err)
 				}
 			}
 			tb := startBroker(t, pki, dir, nil)
-			if got := tb.log.has("session-ticket key file unreadable"); got != tc.warned {
-				t.Errorf("warned %v, want %v", got, tc.warned)
+			if got := tb.log.has("WARN", "session-ticket key file"); got != (tc.warned != "") || got && !tb.log.has(tc.warned) {
+				t.Errorf("warnings %q, want %q", tb.log.all(), tc.warned)
 			}
 			st, err := os.Stat(path)
 			if err != nil {
@@ -309,11 +316,10 @@ func TestTicketKeyFile(t *testing.T) {
 			if err != nil || len(after) != 1 {
 				t.Fatalf("file after the start: %d keys, %v; want one", len(after), err)
 			}
-			if tc.kept {
-				before, _ := readTicketKeys(path)
-				if !bytes.Equal(before[0].Key, after[0].Key) {
-					t.Error("the key in the file was replaced")
-				}
+			var before ticketFile
+			_ = json.Unmarshal(tc.before, &before)
+			if kept := len(before.Keys) > 0 && bytes.Equal(before.Keys[0].Key, after[0].Key); kept != tc.kept {
+				t.Errorf("the key before the start kept: %v, want %v", kept, tc.kept)
 			}
 			tb.Close()
 			tb2 := startBroker(t, pki, dir, nil)
