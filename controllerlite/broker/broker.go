@@ -115,6 +115,8 @@ type Broker struct {
 	// (reload.go, tickets.go).
 	handshake atomic.Pointer[tls.Config]
 	tickets   *ticketKeys
+	// handshakes counts the listener's TLS handshakes (Stats).
+	handshakes handshakeCounts
 
 	mu      sync.Mutex
 	started bool
@@ -229,6 +231,7 @@ func (b *Broker) Start() error {
 		return fmt.Errorf("broker: listen on %s: %w", b.opts.Listen, err)
 	}
 	b.ln = newTLSListener(listenerID, raw, b.tls, b.opts.ConnectTimeout, b.log)
+	b.ln.counts = &b.handshakes
 	if err := b.serve(); err != nil {
 		b.closeLocked()
 		return err

@@ -46,9 +46,14 @@ type tlsListener struct {
 	// wait for a slot in the order they were accepted (see admit).
 	slots chan struct{}
 
-	// handshakes counts the completed TLS handshakes, resumed those of
-	// them that resumed an earlier session (Stats).
-	handshakes, resumed atomic.Int64
+	// counts, if set, counts the completed handshakes (Stats).
+	counts *handshakeCounts
+}
+
+// handshakeCounts are the completed TLS handshakes of a listener, and
+// those of them that resumed an earlier session.
+type handshakeCounts struct {
+	all, resumed atomic.Int64
 }
 
 // maxHandshakes bounds the TLS handshakes running at once. A fleet coming
@@ -136,9 +141,11 @@ func (l *tlsListener) handle(conn net.Conn, establish listeners.EstablishFn) {
 		tc.Close()
 		return
 	}
-	l.handshakes.Add(1)
-	if tc.ConnectionState().DidResume {
-		l.resumed.Add(1)
+	if l.counts != nil {
+		l.counts.all.Add(1)
+		if tc.ConnectionState().DidResume {
+			l.counts.resumed.Add(1)
+		}
 	}
 	err = establish(l.id, tc)
 	switch {

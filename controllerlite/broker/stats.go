@@ -29,19 +29,13 @@ func (b *Broker) Stats() Stats {
 	// Not i.Retained: mochi updates it only when a client retains a
 	// message, and counts its $SYS topics in it.
 	retained := b.srv.Topics.Retained.Len() - len(b.srv.Topics.Messages(mqtt.SysPrefix+"/#"))
-	var handshakes, resumed int64
-	b.mu.Lock()
-	if b.ln != nil {
-		handshakes, resumed = b.ln.handshakes.Load(), b.ln.resumed.Load()
-	}
-	b.mu.Unlock()
 	return Stats{
 		ClientsConnected: i.ClientsConnected,
 		Retained:         int64(max(retained, 0)),
 		MessagesReceived: i.MessagesReceived,
 		MessagesSent:     i.MessagesSent,
 		MessagesDropped:  i.MessagesDropped,
-		TLSHandshakes:    handshakes,
-		TLSResumed:       resumed,
+		TLSHandshakes:    b.handshakes.all.Load(),
+		TLSResumed:       b.handshakes.resumed.Load(),
 	}
 }
