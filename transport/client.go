@@ -700,6 +700,7 @@ func (c *Client) dial(ctx context.Context, u *url.URL) (*liveConn, error) {
 	tc := tls.Client(raw, conf)
 	if err := tc.HandshakeContext(ctx); err != nil {
 		raw.Close()
+		sessions.handshakeFailed(err)
 		return nil, fmt.Errorf("tls: %w", err)
 	}
 	l := newLiveConn(tc, time.Now())

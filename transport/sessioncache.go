@@ -2,8 +2,14 @@ package transport
 
 import (
 	"bytes"
+	"context"
 	"crypto/tls"
+	"errors"
+	"io"
+	"net"
+	"os"
 	"sync"
+	"syscall"
 )
 
 // brokerSessions is the client's TLS session cache seen from one
@@ -21,9 +27,11 @@ type brokerSessions struct {
 	cache tls.ClientSessionCache
 	addr  string // host:port of the broker
 
-	mu      sync.Mutex
-	offered []byte // the ticket offered in the handshake
-	issued  []byte // the last ticket the broker issued on this connection
+	mu        sync.Mutex
+	offered   []byte // the ticket offered in the handshake
+	offeredCS *tls.ClientSessionState
+	offeredAt string // its key in the cache
+	issued    []byte // the last ticket the broker issued on this connection
 }
 
 func (b *brokerSessions) Get(key string) (*tls.ClientSessionState, bool) {
@@ -31,7 +39,7 @@ func (b *brokerSessions) Get(key string) (*tls.ClientSessionState, bool) {
 	if ok && cs != nil {
 		if t, _, err := cs.ResumptionState(); err == nil {
 			b.mu.Lock()
-			b.offered = t
+			b.offered, b.offeredCS, b.offeredAt = t, cs, b.addr+" "+key
 			b.mu.Unlock()
 		}
 	}
@@ -73,6 +81,41 @@ func (b *brokerSessions) sameIssuer() bool {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return len(b.offered) >= issuerLen && len(b.issued) >= issuerLen && bytes.Equal(b.offered[:issuerLen], b.issued[:issuerLen])
+}
+
+// handshakeFailed is told why the handshake failed. crypto/tls forgets
+// the session it offered whenever a handshake that offered one fails; but
+// when the broker said nothing (it dropped the connection unanswered: an
+// overloaded broker whose handshake queue was full, a timeout, a reset)
+// the session is as good as before, and forgetting it made every such
+// retry a full handshake, the dearest moment to make one: 10,000 devices
+// returning at once. It is put back then. A broker that answered with an
+// alert (a refused certificate, a ticket it rejects) has the session
+// forgotten, as crypto/tls wants.
+func (b *brokerSessions) handshakeFailed(err error) {
+	if b == nil || !unanswered(err) {
+		return
+	}
+	b.mu.Lock()
+	cs, key := b.offeredCS, b.offeredAt
+	b.mu.Unlock()
+	if cs != nil {
+		b.cache.Put(key, cs)
+	}
+}
+
+// unanswered reports whether err ended a handshake without a word from
+// the broker: a timeout, the connection closed or reset.
+func unanswered(err error) bool {
+	var alert tls.AlertError
+	if errors.As(err, &alert) {
+		return false
+	}
+	var ne net.Error
+	return errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) ||
+		errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) ||
+		errors.Is(err, os.ErrDeadlineExceeded) || errors.Is(err, syscall.ECONNRESET) ||
+		errors.As(err, &ne) && ne.Timeout()
 }
 
 var _ tls.ClientSessionCache = (*brokerSessions)(nil)

@@ -3,11 +3,18 @@ package transport
 import (
 	"context"
 	"crypto/tls"
+	"errors"
+	"fmt"
 	"io"
+	"net"
 	"net/url"
+	"os"
+	"strconv"
+	"syscall"
 	"testing"
 	"time"
 
+	"github.com/thermofleet/thermo/internal/holdproxy"
 	"github.com/thermofleet/thermo/internal/testenv"
 )
 
@@ -100,6 +107,62 @@ func TestSessionResumption(t *testing.T) {
 		resumed, same := mqttHello(t, c, step.to)
 		if resumed != step.resumed || same != step.resumed {
 			t.Errorf("%s: resumed %v, same issuer %v; want %v", step.name, resumed, same, step.resumed)
+		}
+	}
+}
+
+// TestSessionKeptWhenUnanswered: a handshake the broker never answers (an
+// overloaded broker dropping it, a network that holds it past the
+// timeout) does not cost the client its session: the next connection
+// resumes. crypto/tls alone forgets it.
+func TestSessionKeptWhenUnanswered(t *testing.T) {
+	pki := testenv.NewPKI(t)
+	m := testenv.StartMosquitto(t, pki, nil)
+	proxy, err := holdproxy.Listen("127.0.0.1:0", m.Addr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { proxy.Close() })
+	cert, key := pki.Client(t, "d1")
+	c, err := New(Options{Broker: "mqtts://localhost:" + strconv.Itoa(proxy.Addr().(*net.TCPAddr).Port), CAFile: pki.CAFile, CertFile: cert, KeyFile: key})
+	if err != nil {
+		t.Fatal(err)
+	}
+	u := c.brokers[0]
+	if resumed, _ := mqttHello(t, c, u); resumed {
+		t.Fatal("first connection resumed")
+	}
+	proxy.Hold()
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	_, err = c.dial(ctx, u)
+	cancel()
+	if err == nil {
+		t.Fatal("a handshake through a held proxy succeeded")
+	}
+	proxy.Release()
+	if resumed, _ := mqttHello(t, c, u); !resumed {
+		t.Errorf("after a handshake that timed out (%v): not resumed", err)
+	}
+}
+
+// TestUnanswered: which handshake failures keep the session offered.
+func TestUnanswered(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		err  error
+		want bool
+	}{
+		{"closed", io.EOF, true},
+		{"closed mid-record", fmt.Errorf("tls: %w", io.ErrUnexpectedEOF), true},
+		{"timeout", fmt.Errorf("tls: %w", context.DeadlineExceeded), true},
+		{"deadline", &net.OpError{Op: "read", Err: os.ErrDeadlineExceeded}, true},
+		{"reset", &net.OpError{Op: "read", Err: syscall.ECONNRESET}, true},
+		{"alert: bad certificate", &net.OpError{Op: "remote error", Err: tls.AlertError(42)}, false},
+		{"alert: decrypt error", fmt.Errorf("tls: %w", tls.AlertError(51)), false},
+		{"certificate refused here", &tls.CertificateVerificationError{Err: errors.New("x509: expired")}, false},
+	} {
+		if got := unanswered(tc.err); got != tc.want {
+			t.Errorf("%s (%v): %v, want %v", tc.name, tc.err, got, tc.want)
 		}
 	}
 }
