@@ -155,6 +155,9 @@ type Status struct {
 	// devices have one waiting.
 	Published uint64 `json:"published"`
 	Owed      int    `json:"owed"`
+	// Instance is set when several controller instances share the
+	// store (shard.go).
+	Instance *InstanceStatus `json:"instance,omitempty"`
 }
 
 // Fleet is the controller's protocol engine. Create it with New, run it
@@ -392,6 +395,7 @@ func (f *Fleet) Status() Status {
 		PropsRejected: f.count.propsRejected.Load(),
 		Published:     f.count.published.Load(),
 		Owed:          owed,
+		Instance:      f.instanceStatus(),
 	}
 }
 

@@ -74,8 +74,10 @@ type shard struct {
 	// the gate on messages reads it, so an instance that must stop
 	// acting does so even while its loop waits on the database.
 	now atomic.Pointer[lease.View]
-	// taken are the devices subscribed to and acted for.
+	// taken are the devices subscribed to and acted for; owned counts
+	// them for readers off the Run goroutine (Status).
 	taken map[string]bool
+	owned atomic.Int64
 	// base is each device's controller counter as last read or stored.
 	base map[string]uint64
 	// since is, for each device taken, the latest Event received after
@@ -123,6 +125,24 @@ func (f *Fleet) View() lease.View {
 		return *v
 	}
 	return lease.View{}
+}
+
+// InstanceStatus is a shared fleet's part in Status: which instance it
+// is, whether it may act (its lease is renewed), the live instances it
+// shares the devices with, and how many it acts for.
+type InstanceStatus struct {
+	Name   string   `json:"name"`
+	Active bool     `json:"active"`
+	Live   []string `json:"live"`
+	Owned  int      `json:"owned"`
+}
+
+func (f *Fleet) instanceStatus() *InstanceStatus {
+	if f.sh == nil {
+		return nil
+	}
+	v := f.View()
+	return &InstanceStatus{Name: v.Self, Active: v.Active, Live: slices.Clone(v.Live), Owned: int(f.sh.owned.Load())}
 }
 
 // Owned returns the devices f acts for now, sorted (nil if not shared).
@@ -335,6 +355,7 @@ func (f *Fleet) take(id string) error {
 
 func (f *Fleet) takeSubscribe(id string) {
 	f.sh.taken[id] = true
+	f.sh.owned.Store(int64(len(f.sh.taken)))
 	f.log.Debug("device taken", "device", id)
 	filters := f.deviceFilters(id)
 	f.sh.subq.Push(func(context.Context) {
@@ -358,6 +379,7 @@ func (f *Fleet) drop(id string, active bool) {
 		}
 	}
 	delete(f.sh.taken, id)
+	f.sh.owned.Store(int64(len(f.sh.taken)))
 	delete(f.sh.since, id)
 	delete(f.dirty, id)
 	delete(f.batch.persist, id)
