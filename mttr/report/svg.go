@@ -20,7 +20,8 @@ const (
 
 var (
 	clientColor = map[string]string{ClientOurs: "#1f6fb4", ClientBaseline: "#e6780e"}
-	faultShade  = map[string]string{"kill": "#f4f4f4", "hang": "#eef3fa", "partition": "#f7f0f7"}
+	faultShade  = map[string]string{"kill": "#f4f4f4", "hang": "#eef3fa", "partition": "#f7f0f7",
+		"kill-instance": "#f4f4f4", "kill-node": "#eef3fa", "restart-postgres": "#f3f7ee", "partition-postgres": "#f7f0f7"}
 )
 
 // spread is one client's resync times in one cycle.
