@@ -8,6 +8,7 @@ import (
 	"reflect"
 	"slices"
 	"sync/atomic"
+	"time"
 
 	"github.com/thermofleet/thermo/controllerlite/lease"
 	"github.com/thermofleet/thermo/controllerlite/store"
@@ -57,6 +58,17 @@ type SharedStore interface {
 	Update(id string, fn func(stored store.Device, ok bool) (store.Device, error)) error
 }
 
+// ChangeReader reads only the records written since a cursor
+// (*pgstore.Store): a shared fleet's refresh reads those, and every record
+// only each fullEvery-th time (to see records deleted elsewhere) and when
+// the view changes.
+type ChangeReader interface {
+	LoadChanged(since time.Time) ([]store.Device, time.Time, error)
+}
+
+// fullEvery: one refresh in this many reads every record.
+const fullEvery = 10
+
 // Subscriber adds and removes the link's subscriptions
 // (*transport.Client): they are renewed on every connection.
 type Subscriber interface {
@@ -80,6 +92,10 @@ type shard struct {
 	owned atomic.Int64
 	// base is each device's controller counter as last read or stored.
 	base map[string]uint64
+	// cursor is where the next read of changed records starts (zero:
+	// read everything); refreshes counts the refreshes.
+	cursor    time.Time
+	refreshes int
 	// since is, for each device taken, the latest Event received after
 	// its record was last stored: what rebase receives again when another
 	// instance's write is found in its place.
@@ -110,10 +126,33 @@ func (f *Fleet) SetView(v lease.View) {
 	f.q.Push(func(ctx context.Context) { f.applyView(ctx, v, true) })
 }
 
-// Refresh reads every record from the store again: the copies of the
-// devices other instances own, and devices they found.
+// Refresh reads the records other instances wrote since the last read:
+// the copies of the devices they own, and devices they found.
 func (f *Fleet) Refresh() {
-	f.q.Push(func(ctx context.Context) { f.applyView(ctx, f.sh.view, false) })
+	f.q.Push(func(ctx context.Context) { f.refresh(ctx) })
+}
+
+func (f *Fleet) refresh(ctx context.Context) {
+	sh := f.sh
+	sh.refreshes++
+	cr, ok := f.st.(ChangeReader)
+	if !ok || sh.cursor.IsZero() || sh.refreshes%fullEvery == 0 {
+		f.applyView(ctx, sh.view, false)
+		return
+	}
+	devs, next, err := cr.LoadChanged(sh.cursor)
+	if err != nil {
+		f.log.Error("read the records changed by other instances", "error", err)
+		return
+	}
+	sh.cursor = next
+	gained := 0
+	for _, row := range devs {
+		if f.applyRow(row.ID, row, true, sh.view, false) {
+			gained++
+		}
+	}
+	f.viewApplied(sh.view, false, gained)
 }
 
 // View is the latest view SetView told (the zero View if none).
@@ -225,7 +264,16 @@ func (f *Fleet) accept(id string) bool {
 func (f *Fleet) applyView(ctx context.Context, v lease.View, changed bool) {
 	sh := f.sh
 	sh.view = v
-	devs, err := f.st.Load()
+	var devs []store.Device
+	var err error
+	if cr, ok := f.st.(ChangeReader); ok {
+		var next time.Time
+		if devs, next, err = cr.LoadChanged(time.Time{}); err == nil {
+			sh.cursor = next
+		}
+	} else {
+		devs, err = f.st.Load()
+	}
 	if err != nil {
 		f.log.Error("read the records of the devices", "error", err)
 		devs = nil
@@ -241,34 +289,52 @@ func (f *Fleet) applyView(ctx context.Context, v lease.View, changed bool) {
 	for id := range rows {
 		ids[id] = true
 	}
-	wasStored := func(id string) bool { _, ok := sh.base[id]; return ok }
 	gained := 0
 	for _, id := range slices.Sorted(maps.Keys(ids)) {
 		row, ok := rows[id]
-		switch owns := v.Owns(id); {
-		case owns && !sh.taken[id]:
-			if err != nil {
-				continue // the store is out of reach: take it when it is back
-			}
-			f.adopt(id, row, ok)
-			f.takeSubscribe(id)
+		if err != nil && v.Owns(id) && !sh.taken[id] {
+			continue // the store is out of reach: take it when it is back
+		}
+		if f.applyRow(id, row, ok, v, err == nil) {
 			gained++
-		case owns && !ok && err == nil && wasStored(id):
-			// Stored before, gone now: deleted through another
-			// instance (controllerlite delete). A message of it
-			// makes it a new device, as with one instance.
-			f.drop(id, false)
-			f.forget(id)
-			f.log.Info("device deleted through another instance", "device", id)
-		case !owns && sh.taken[id]:
-			f.drop(id, v.Active)
-			if err == nil {
-				f.adopt(id, row, ok)
-			}
-		case !owns && err == nil:
-			f.adopt(id, row, ok)
 		}
 	}
+	f.viewApplied(v, changed, gained)
+}
+
+// applyRow takes, drops or updates device id to match view v and its
+// stored record (ok: there is one; complete: the read saw every record, so
+// a record missing was deleted), and reports whether f took the device.
+func (f *Fleet) applyRow(id string, row store.Device, ok bool, v lease.View, complete bool) bool {
+	sh := f.sh
+	_, wasStored := sh.base[id]
+	switch owns := v.Owns(id); {
+	case owns && !sh.taken[id]:
+		f.adopt(id, row, ok)
+		f.takeSubscribe(id)
+		return true
+	case owns && !ok && complete && wasStored:
+		// Stored before, gone now: deleted through another
+		// instance (controllerlite delete). A message of it
+		// makes it a new device, as with one instance.
+		f.drop(id, false)
+		f.forget(id)
+		f.log.Info("device deleted through another instance", "device", id)
+	case !owns && sh.taken[id]:
+		f.drop(id, v.Active)
+		if complete || ok {
+			f.adopt(id, row, ok)
+		}
+	case !owns && (complete || ok):
+		f.adopt(id, row, ok)
+	}
+	return false
+}
+
+// viewApplied ends a read of the records: the statuses are subscribed
+// again when devices were taken or the view changed.
+func (f *Fleet) viewApplied(v lease.View, changed bool, gained int) {
+	sh := f.sh
 	if gained > 0 || (changed && v.Active) {
 		// A repeated subscription has the broker send the retained
 		// statuses again: those of the devices just taken count now,
