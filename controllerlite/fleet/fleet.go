@@ -189,6 +189,9 @@ type Fleet struct {
 	batch batch
 	wait  retainedWait
 
+	// retry writes again soon what the store refused (storeRetry).
+	retry storeRetry
+
 	// resyncs are the devices greeted and not yet back in sync (meter.go).
 	resyncs map[string]resyncWait
 
@@ -311,6 +314,8 @@ func (f *Fleet) Run(ctx context.Context) error {
 	defer close(f.stopped)
 	f.wait.timer = time.NewTimer(time.Hour)
 	f.wait.timer.Stop()
+	f.retry.timer = time.NewTimer(time.Hour)
+	f.retry.timer.Stop()
 	flush := time.NewTicker(f.opts.FlushInterval)
 	defer flush.Stop()
 	for {
@@ -327,8 +332,13 @@ func (f *Fleet) Run(ctx context.Context) error {
 		case <-flush.C:
 			f.flush()
 			f.sendOwed()
+		case <-f.retry.timer.C:
+			f.retry.armed = false
+			f.flush()
+			f.sendOwed()
 		}
 		err := f.commit(ctx)
+		f.armRetry()
 		for _, done := range f.batch.done {
 			done(err)
 		}
