@@ -74,13 +74,13 @@ func (f *Fleet) commit(ctx context.Context) error {
 		}
 		if len(cmds) == 0 {
 			f.log.Error("store the received state", "devices", len(recs), "error", err)
-			return fmt.Errorf("store: %w", err)
+			return fmt.Errorf("store: %w: %w", ErrStore, err)
 		}
 		f.log.Error("store refused the write: commands not published", "commands", len(cmds), "error", err)
 		for _, c := range cmds {
 			f.touch(c.id)
 		}
-		return fmt.Errorf("persist before publish: %w", err)
+		return fmt.Errorf("persist before publish: %w: %w", ErrStore, err)
 	}
 	for _, r := range recs {
 		delete(f.dirty, r.ID)

@@ -53,6 +53,12 @@ var (
 	ErrClockExhausted = protocol.ErrClockExhausted
 	// ErrStopped: Run has returned.
 	ErrStopped = errors.New("fleet stopped")
+	// ErrStore: the store refused the write (out of reach, a full disk):
+	// nothing was stored or published. With PostgreSQL the write is
+	// dropped; with the single controller's bbolt store it stays in
+	// memory and goes out once the store takes it. Sending the same write
+	// again is harmless either way.
+	ErrStore = errors.New("the store refused the write")
 )
 
 // Defaults of Options.

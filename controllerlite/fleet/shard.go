@@ -566,6 +566,15 @@ func (f *Fleet) setShared(ctx context.Context, id string, changes map[string]any
 			return Device{}, err
 		}
 	}
+	// What the write changes in memory is undone if the store refuses it:
+	// the caller is told it failed, so it must not go out later.
+	savedReplica := f.ctrl.Replica(id)
+	savedBase, hadBase := f.sh.base[id]
+	var savedRec *store.Device
+	if rec, ok := f.recs[id]; ok {
+		c := *rec
+		savedRec = &c
+	}
 	var m protocol.Message
 	var setErr error
 	err := f.sh.st.Update(id, func(stored store.Device, ok bool) (store.Device, error) {
@@ -595,12 +604,20 @@ func (f *Fleet) setShared(ctx context.Context, id string, changes map[string]any
 	case setErr != nil:
 		return Device{}, fmt.Errorf("%w: %w", ErrInvalid, setErr)
 	case err != nil:
-		// Not stored, so not published; what the replica counted is
-		// replaced by the stored record on the next read.
-		if rec, ok := f.recs[id]; ok {
-			rec.Owed = false
+		// Not stored, so not published, and undone here: the write is
+		// dropped (the caller may send it again).
+		if savedReplica != nil {
+			if _, rerr := f.ctrl.Rebase(id, savedReplica, nil); rerr != nil {
+				f.log.Error("undo a write the store refused", "device", id, "error", rerr)
+			}
 		}
-		return Device{}, fmt.Errorf("persist before publish: %w", err)
+		if savedRec != nil {
+			*f.recs[id] = *savedRec
+		}
+		if hadBase {
+			f.sh.base[id] = savedBase
+		}
+		return Device{}, fmt.Errorf("persist before publish: %w: %w", ErrStore, err)
 	}
 	f.sh.base[id] = m.VC[0]
 	f.log.Info("remote write", "device", id, "changes", changes, "vc", m.VC, "owner", owns)
