@@ -330,10 +330,15 @@ func TestBadConfigRefused(t *testing.T) {
 	}{
 		{[]string{"--keep-alive", "500ms"}, "at least 1s"},
 		{[]string{"--keep-alive", "1500ms"}, "whole seconds"},
-		{[]string{"--broker", "hivemq"}, "want mosquitto, aedes, embedded or external"},
+		{[]string{"--broker", "hivemq"}, "want mosquitto, aedes, embedded, external or aedes-cluster"},
 		{[]string{"--devices", "0"}, "--devices 0"},
 		{[]string{"--broker", "external"}, "--external-addr"},
 		{[]string{"--factor-of-keep-alive", "0"}, "--factor-of-keep-alive"},
+		{[]string{"--broker", "aedes-cluster", "--fault", "kill"}, "with --broker aedes-cluster, want kill-instance"},
+		{[]string{"--fault", "kill-node"}, "needs --broker aedes-cluster"},
+		{[]string{"--broker", "aedes-cluster", "--nodes", "1"}, "--nodes 1"},
+		{[]string{"--broker", "aedes-cluster", "--instances", "1"}, "--instances 1"},
+		{[]string{"--broker", "aedes-cluster", "--fault", "kill-instance", "--lease", "3s", "--keep-dead", "5s"}, "at least two leases"},
 	}
 	for _, c := range cases {
 		var out bytes.Buffer
