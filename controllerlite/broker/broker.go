@@ -202,8 +202,8 @@ func New(opts Options) (*Broker, error) {
 		Capabilities: caps,
 		InlineClient: true,
 		Logger:       opts.Logger,
-		// The write buffer is used only while packets queue for a client,
-		// and released once they are written: mochi's default stays.
+		// mochi's write buffer (its default stays) is used only while
+		// packets queue for a client, and let go once they are written.
 		ClientNetReadBufferSize: clientReadBuffer,
 		// $SYS values are of no use to us; each tick also writes the
 		// store (an fsync), so keep them rare.
