@@ -10,7 +10,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
-	"runtime/debug"
 	"strings"
 	"sync"
 	"syscall"
@@ -238,17 +237,6 @@ func TestCLINotRunning(t *testing.T) {
 	}
 }
 
-// TestServeMemoryLimit: --memory-limit sets the Go runtime's soft memory
-// limit of the process (restored when the test ends).
-func TestServeMemoryLimit(t *testing.T) {
-	before := debug.SetMemoryLimit(-1)
-	t.Cleanup(func() { debug.SetMemoryLimit(before) })
-	serve(t, testenv.NewPKI(t), "--memory-limit", "3000")
-	if got, want := debug.SetMemoryLimit(-1), int64(3000)<<20; got != want {
-		t.Fatalf("memory limit %d bytes, want %d (3000 MB)", got, want)
-	}
-}
-
 func TestServeRefuses(t *testing.T) {
 	pki := testenv.NewPKI(t)
 	d1Cert, d1Key := pki.Client(t, "d1")
@@ -275,7 +263,6 @@ func TestServeRefuses(t *testing.T) {
 		{"--ha-ca on a plain broker", append(srv, "--ha-broker", "mqtt://localhost:1883", "--ha-ca", pki.CAFile), "--ha-ca is for an mqtts://"},
 		{"--ha-broker not MQTT", append(srv, "--ha-broker", "http://localhost:8123"), "--ha-broker"},
 		{"--ha-prefix with a wildcard", append(srv, "--ha-broker", "mqtt://localhost:1883", "--ha-prefix", "ha/+"), "--ha-prefix"},
-		{"--memory-limit -1", append(srv, "--memory-limit", "-1"), "--memory-limit -1: want a size in MB"},
 		{"--broker-client-queue 0", append(srv, "--broker-client-queue", "0"), "--broker-client-queue 0: want 1 packet or more"},
 		{"--broker-client-queue not a number", append(srv, "--broker-client-queue", "many"), `invalid value "many" for flag -broker-client-queue`},
 	}

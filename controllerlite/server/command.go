@@ -10,10 +10,8 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"math"
 	"os"
 	"os/signal"
-	"runtime/debug"
 	"strings"
 	"syscall"
 	"time"
@@ -38,7 +36,6 @@ type Flags struct {
 	level          string
 	haPasswordFile string
 	brokers        cli.StringList // --broker, repeated: Broker then Failover
-	memoryLimitMB  int64          // --memory-limit: debug.SetMemoryLimit, for the whole process
 }
 
 // ParseFlags parses serve's flags; `install` checks its flags with it
@@ -56,7 +53,6 @@ func ParseFlags(args []string, stderr io.Writer) (Flags, error) {
 	fs.DurationVar(&cfg.Lease, "lease", lease.DefaultLease, "with --store and --broker: the instance's lease; a stopped instance's devices move to the others within two leases")
 	fs.StringVar(&cfg.BrokerDataDir, "broker-data-dir", "", "`DIR` of the embedded broker's store (default DATA-DIR/broker)")
 	fs.IntVar(&cfg.BrokerClientQueue, "broker-client-queue", broker.DefaultClientQueue, "`PACKETS` the embedded broker queues for each network client; one more is dropped (logged, counted in /metrics).\nA device needs a few; a controller connecting over the network to this broker is sent three per device at once when it subscribes:\ngive it three times the fleet's size (each slot costs 8 bytes per connection)")
-	fs.Int64Var(&o.memoryLimitMB, "memory-limit", 0, "soft limit of the process's memory in `MB` (as GOMEMLIMIT, which 0 leaves in force): the garbage collector runs more often near it\nrather than let the heap grow and keep what it freed; not a cap. Give it room: 10,000 devices on the embedded broker need ~450 MB,\nand a limit under what the process holds makes the collector run all the time (docs/scale.md)")
 	fs.StringVar(&cfg.HTTPAddr, "http", api.DefaultAddr, "HTTP API listen `ADDR`; off loopback it requires --http-token-file")
 	fs.StringVar(tokenFile, "http-token-file", "", "`FILE` holding the API's bearer token")
 	fs.BoolVar(&cfg.Metrics, "metrics", false, "serve Prometheus metrics at /metrics on the --http listener (with its token)")
@@ -95,9 +91,6 @@ func ParseFlags(args []string, stderr io.Writer) (Flags, error) {
 	if ha.Broker == "" && (ha.Username != "" || o.haPasswordFile != "" || ha.CAFile != "") {
 		return o, fmt.Errorf("%w: --ha-username, --ha-password-file and --ha-ca need --ha-broker", cli.ErrUsage)
 	}
-	if o.memoryLimitMB < 0 || o.memoryLimitMB > math.MaxInt64>>20 {
-		return o, fmt.Errorf("%w: --memory-limit %d: want a size in MB, 0 for none", cli.ErrUsage, o.memoryLimitMB)
-	}
 	if cfg.BrokerClientQueue < 1 {
 		return o, fmt.Errorf("%w: --broker-client-queue %d: want 1 packet or more", cli.ErrUsage, cfg.BrokerClientQueue)
 	}
@@ -121,11 +114,6 @@ func Command(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	var lv slog.Level
 	lv.UnmarshalText([]byte(o.level)) // checked by ParseFlags
 	cfg.Logger = slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: lv}))
-	if o.memoryLimitMB > 0 {
-		// The process's, not the controller's: set here rather than in
-		// Start, which tests run several times in one process.
-		debug.SetMemoryLimit(o.memoryLimitMB << 20)
-	}
 	if tokenFile != "" {
 		tok, err := api.ReadTokenFile(tokenFile)
 		if err != nil {
