@@ -263,6 +263,8 @@ func TestServeRefuses(t *testing.T) {
 		{"--ha-ca on a plain broker", append(srv, "--ha-broker", "mqtt://localhost:1883", "--ha-ca", pki.CAFile), "--ha-ca is for an mqtts://"},
 		{"--ha-broker not MQTT", append(srv, "--ha-broker", "http://localhost:8123"), "--ha-broker"},
 		{"--ha-prefix with a wildcard", append(srv, "--ha-broker", "mqtt://localhost:1883", "--ha-prefix", "ha/+"), "--ha-prefix"},
+		{"--broker-client-queue 0", append(srv, "--broker-client-queue", "0"), "--broker-client-queue 0: want 1 packet or more"},
+		{"--broker-client-queue not a number", append(srv, "--broker-client-queue", "many"), `invalid value "many" for flag -broker-client-queue`},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

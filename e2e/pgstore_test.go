@@ -3,6 +3,9 @@ package e2e
 import (
 	"context"
 	"fmt"
+	"io"
+	"net/http"
+	"strings"
 	"syscall"
 	"testing"
 
@@ -55,6 +58,22 @@ func TestPostgresStore(t *testing.T) {
 		m, _ := c.Props.Mode()
 		return m == protocol.ModeCool, fmt.Sprint(c.Props)
 	})
+	// A remote write while the database is down: answered 503 with
+	// Retry-After (not stored, nothing published yet), not as a server
+	// error.
+	req, err := http.NewRequest(http.MethodPut, "http://"+ctl.apiAddr+"/api/devices/d1", strings.NewReader(`{"setpoint_c": 18}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusServiceUnavailable || resp.Header.Get("Retry-After") == "" || !strings.Contains(string(body), "store refused") {
+		t.Errorf("PUT while PostgreSQL is down: %d, Retry-After %q, %s; want 503 with Retry-After, the store named", resp.StatusCode, resp.Header.Get("Retry-After"), body)
+	}
 	if err := pg.Start(); err != nil {
 		t.Fatal(err)
 	}
@@ -65,6 +84,15 @@ func TestPostgresStore(t *testing.T) {
 		v, vc := stored(protocol.PropMode)
 		return v == protocol.ModeCool, fmt.Sprintf("mode %q at %v", v, vc)
 	})
+	// The refused write was dropped: neither side shows it, and the
+	// controller's next Command does not carry it.
+	st, c := d.synced()
+	if sp, _ := st.Props.Setpoint(); sp != 19 {
+		t.Errorf("the thermostat's setpoint %v after the refused write of 18, want 19", st.Props)
+	}
+	if sp, _ := c.Props.Setpoint(); sp != 19 {
+		t.Errorf("the controller's setpoint %v after the refused write of 18, want 19", c.Props)
+	}
 	command(t, ctl.bin, "set", "--http", ctl.apiAddr, "--json", d.id, "--setpoint", "20.5")
 	_, before := d.synced()
 

@@ -138,8 +138,12 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 		fs.PrintDefaults()
 	}
 	c := &o.cfg
-	fs.StringVar(&c.Broker, "broker", harness.BrokerMosquitto, "broker: mosquitto, aedes, embedded (controllerlite's) or external")
-	fs.StringVar(&o.fault, "fault", harness.FaultKill, "fault mode: kill, hang or partition; or a list MODE[:CYCLES],... such as kill:3,hang:2")
+	fs.StringVar(&c.Broker, "broker", harness.BrokerMosquitto, "broker: mosquitto, aedes, embedded (controllerlite's), external, or aedes-cluster (--nodes aedes nodes on Redis, --instances controllers on PostgreSQL)")
+	fs.StringVar(&o.fault, "fault", "", "fault mode: kill, hang or partition; with --broker aedes-cluster kill-instance, kill-node, restart-postgres or partition-postgres; or a list MODE[:CYCLES],... such as kill:3,hang:2 (default kill; with aedes-cluster all four)")
+	fs.IntVar(&c.Nodes, "nodes", 3, "with --broker aedes-cluster: broker nodes sharing one Redis")
+	fs.IntVar(&c.Instances, "instances", 3, "with --broker aedes-cluster: controller instances sharing one PostgreSQL")
+	c.Lease = harness.DefaultLease
+	fs.Var(seconds{&c.Lease}, "lease", "with --broker aedes-cluster: the controller instances' lease (`DURATION` or seconds)")
 	c.KeepAlive = 15 * time.Second
 	fs.Var(seconds{&c.KeepAlive}, "keep-alive", "MQTT keep-alive of every client (KEEP_ALIVE): a `DURATION` (15s) or seconds (15)")
 	fs.Float64Var(&c.FactorOfKeepAlive, "factor-of-keep-alive", 1, "a killed broker stays down factor × keep-alive (FACTOR_OF_KEEP_ALIVE)")
@@ -183,6 +187,12 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	if o.restartCount < 1 {
 		return nil, fmt.Errorf("%w: --restart-count %d: want at least 1", cli.ErrUsage, o.restartCount)
 	}
+	if o.fault == "" {
+		o.fault = harness.FaultKill
+		if c.Broker == harness.BrokerAedesCluster {
+			o.fault = strings.Join([]string{harness.FaultKillInstance, harness.FaultKillNode, harness.FaultRestartPostgres, harness.FaultPartitionPostgres}, ",")
+		}
+	}
 	plans, err := parseFaults(o.fault, o.restartCount)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", cli.ErrUsage, err)
@@ -190,6 +200,10 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	c.Faults = plans
 	if c.KeepDead == 0 {
 		c.KeepDead = 2 * c.KeepAlive
+		if c.Broker == harness.BrokerAedesCluster {
+			// Long enough to see a takeover (two leases) within the fault.
+			c.KeepDead = max(c.KeepDead, 2*c.Lease+2*time.Second)
+		}
 	}
 	c.BaselineDevices = o.baseline
 	if o.baseline < 0 {
@@ -205,9 +219,10 @@ func parseFaults(s string, cycles int) ([]report.Plan, error) {
 		mode, n, hasN := strings.Cut(strings.TrimSpace(part), ":")
 		p := report.Plan{Fault: mode, Cycles: cycles}
 		switch mode {
-		case harness.FaultKill, harness.FaultHang, harness.FaultPartition:
+		case harness.FaultKill, harness.FaultHang, harness.FaultPartition,
+			harness.FaultKillInstance, harness.FaultKillNode, harness.FaultRestartPostgres, harness.FaultPartitionPostgres:
 		default:
-			return nil, fmt.Errorf("--fault %q: %q is not kill, hang or partition", s, mode)
+			return nil, fmt.Errorf("--fault %q: %q is not kill, hang, partition, kill-instance, kill-node, restart-postgres or partition-postgres", s, mode)
 		}
 		if hasN {
 			v, err := strconv.Atoi(n)
@@ -258,7 +273,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) (err erro
 	if cfg.AedesDir == "" {
 		cfg.AedesDir = findAedes()
 	}
-	if cfg.Broker == harness.BrokerEmbedded {
+	if cfg.Broker == harness.BrokerEmbedded || cfg.Broker == harness.BrokerAedesCluster {
 		if o.controllerlite != "" {
 			cfg.EmbeddedCmd = []string{o.controllerlite, "serve"}
 		} else {

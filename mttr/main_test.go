@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/thermofleet/thermo/internal/cli"
+	"github.com/thermofleet/thermo/internal/pgcluster"
 	"github.com/thermofleet/thermo/internal/testenv"
 	"github.com/thermofleet/thermo/mttr/brokerctl"
 	"github.com/thermofleet/thermo/mttr/harness"
@@ -292,7 +293,7 @@ func TestParseFlags(t *testing.T) {
 		}},
 		{"negative seconds", []string{"--keep-alive", "-3"}, "want a number of seconds", nil},
 		{"not a duration", []string{"--keep-running", "soon"}, "want a duration such as 15s", nil},
-		{"unknown fault", []string{"--fault", "explode"}, `"explode" is not kill, hang or partition`, nil},
+		{"unknown fault", []string{"--fault", "explode"}, `"explode" is not kill, hang, partition`, nil},
 		{"bad cycles", []string{"--fault", "kill:0"}, "not a number of cycles", nil},
 		{"bad restart count", []string{"--restart-count", "0"}, "--restart-count 0", nil},
 		{"positional", []string{"extra"}, "takes no arguments", nil},
@@ -329,10 +330,15 @@ func TestBadConfigRefused(t *testing.T) {
 	}{
 		{[]string{"--keep-alive", "500ms"}, "at least 1s"},
 		{[]string{"--keep-alive", "1500ms"}, "whole seconds"},
-		{[]string{"--broker", "hivemq"}, "want mosquitto, aedes, embedded or external"},
+		{[]string{"--broker", "hivemq"}, "want mosquitto, aedes, embedded, external or aedes-cluster"},
 		{[]string{"--devices", "0"}, "--devices 0"},
 		{[]string{"--broker", "external"}, "--external-addr"},
 		{[]string{"--factor-of-keep-alive", "0"}, "--factor-of-keep-alive"},
+		{[]string{"--broker", "aedes-cluster", "--fault", "kill"}, "with --broker aedes-cluster, want kill-instance"},
+		{[]string{"--fault", "kill-node"}, "needs --broker aedes-cluster"},
+		{[]string{"--broker", "aedes-cluster", "--nodes", "1"}, "--nodes 1"},
+		{[]string{"--broker", "aedes-cluster", "--instances", "1"}, "--instances 1"},
+		{[]string{"--broker", "aedes-cluster", "--fault", "kill-instance", "--lease", "3s", "--keep-dead", "5s"}, "at least two leases"},
 	}
 	for _, c := range cases {
 		var out bytes.Buffer
@@ -463,4 +469,80 @@ func TestThousandReturn(t *testing.T) {
 		t.Fatal(err)
 	}
 	checkNoLoss(t, res, 1, devices)
+}
+
+// TestCluster plays the four faults of a cluster, one cycle each: three
+// aedes nodes on one Redis, three controller instances (children of this
+// test binary, see TestMain) on one PostgreSQL. Beyond what every run must
+// hold (no event lost, no wrong winner, all in sync), each fault's own
+// figure is measured and within its target: a killed instance's devices
+// taken over within two leases, a dead node's devices on another node, an
+// instance cut from the database stopped before its lease ended and before
+// the others took its devices.
+func TestCluster(t *testing.T) {
+	if emulated() {
+		t.Skip("emulated (qemu-user): the harness measures recovery times on the host")
+	}
+	if _, err := exec.LookPath("node"); err != nil {
+		t.Skip("node is not installed")
+	}
+	if _, err := os.Stat(filepath.Join(findAedes(), "node_modules", "aedes")); err != nil {
+		t.Skip("aedes's node modules are not installed: run make aedes")
+	}
+	if _, err := pgcluster.BinDir(); err != nil {
+		t.Skip(err)
+	}
+	if _, err := os.Stat(harness.RedisBinary); err != nil {
+		if _, err := exec.LookPath("redis-server"); err != nil {
+			t.Skip("redis-server is not installed")
+		}
+	}
+	const lease = time.Second
+	err, res, out, svg := harnessRun(t, "--broker", "aedes-cluster", "--restart-count", "1",
+		"--keep-alive", "2s", "--lease", lease.String(), "--keep-dead", "4s", "--keep-running", "1s", "--max-recovery", "15s",
+		"--devices", "6", "--baseline-devices", "1", "--quiet")
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkNoLoss(t, res, 4, 6)
+	if res.Config.Instances != 3 || res.Config.Nodes != 3 || float64(res.Config.LeaseS) != lease.Seconds() {
+		t.Errorf("config %+v", res.Config)
+	}
+	for _, c := range res.Cycles {
+		fo := c.Failover
+		if fo == nil {
+			t.Errorf("cycle %d (%s): no failover figures", c.N, c.Fault)
+			continue
+		}
+		switch c.Fault {
+		case "kill-instance":
+			if !fo.TakeoverS.Valid() || float64(fo.TakeoverS) > 2*lease.Seconds() {
+				t.Errorf("kill-instance: takeover %v s, want within two leases", fo.TakeoverS)
+			}
+		case "kill-node":
+			if fo.Moved == 0 || !fo.FailoverMaxS.Valid() {
+				t.Errorf("kill-node: %d moved, failover max %v s", fo.Moved, fo.FailoverMaxS)
+			}
+		case "partition-postgres":
+			if !fo.StoppedS.Valid() || !fo.TakeoverS.Valid() || fo.TwoOwners || fo.StoppedS >= fo.LeaseEndS || fo.TakeoverS <= fo.StoppedS {
+				t.Errorf("partition-postgres: stopped %v s, lease end %v s, taken over %v s, two owners %v", fo.StoppedS, fo.LeaseEndS, fo.TakeoverS, fo.TwoOwners)
+			}
+		case "restart-postgres":
+		default:
+			t.Errorf("cycle %d: fault %q", c.N, c.Fault)
+		}
+	}
+	for _, tg := range res.Targets {
+		if !tg.Met {
+			t.Errorf("target %s: want %s, got %s", tg.Name, tg.Want, tg.Got)
+		}
+	}
+	for _, want := range []string{"kill-instance (6 samples)", "partition-postgres", "taken over", "targets"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("terminal output lacks %q", want)
+		}
+	}
+	if err := xml.Unmarshal(svg, new(struct{})); err != nil {
+		t.Errorf("SVG: %v", err)
+	}
 }

@@ -179,6 +179,12 @@ func (h *handler) put(w http.ResponseWriter, r *http.Request) {
 	case errors.Is(err, fleet.ErrNotReady), errors.Is(err, fleet.ErrStopped),
 		errors.Is(err, context.DeadlineExceeded), errors.Is(err, context.Canceled):
 		writeError(w, http.StatusServiceUnavailable, err.Error())
+	case errors.Is(err, fleet.ErrStore):
+		// The database out of reach (restarting, a failover): nothing was
+		// published, and the same write may be sent again.
+		h.log.Error("api: set: the store refused the write", "device", id, "error", err)
+		w.Header().Set("Retry-After", "1")
+		writeError(w, http.StatusServiceUnavailable, err.Error())
 	default:
 		h.log.Error("api: set", "device", id, "error", err)
 		writeError(w, http.StatusInternalServerError, err.Error())

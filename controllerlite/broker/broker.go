@@ -51,7 +51,21 @@ const (
 	// goroutine, a socket and buffers, and enough of them exhaust the
 	// controller.
 	DefaultConnectTimeout = 10 * time.Second
+	// DefaultClientQueue is how many packets may wait to be written to
+	// one client (Options.ClientQueue). A device is sent its retained
+	// command and event when it subscribes and then a Command at a time:
+	// a few slots. mochi's own default, 8,192, is made up front for every
+	// connection (64 KiB of pointers each): 650 MB of a 10,000-device
+	// fleet's 1 GB heap (docs/scale.md).
+	DefaultClientQueue = 64
 )
+
+// clientReadBuffer is the size of the buffer mochi reads each client's
+// packets through (its default is 2 KiB, 20 MB for 10,000 devices). A
+// device's packets are a few hundred bytes; a longer one is read through
+// it in pieces, or straight into the packet (bufio), so it only costs a
+// read call more. The TLS connection below keeps its own record buffer.
+const clientReadBuffer = 512
 
 // storeFile is the name of the bolt database inside Options.DataDir.
 const storeFile = "broker.db"
@@ -95,6 +109,18 @@ type Options struct {
 	// together: the connection is closed when it passes without a CONNECT.
 	// DefaultConnectTimeout if zero.
 	ConnectTimeout time.Duration
+
+	// ClientQueue is how many packets may wait to be written to one
+	// network client's connection (mochi's MaximumClientWritesPending,
+	// one size for every client, made when it connects); a packet that
+	// finds the queue full is dropped, logged and counted in
+	// Stats.MessagesDropped. DefaultClientQueue if zero. The one client
+	// that needs many is a controller connecting over the network: when
+	// it subscribes it is sent every retained message of the fleet at
+	// once, about three a device, so give it three times the fleet's
+	// size. The controller in this process (Publish, Subscribe) has no
+	// queue.
+	ClientQueue int
 }
 
 // Broker is the embedded MQTT broker. Create it with New, then Start it;
@@ -148,6 +174,12 @@ func New(opts Options) (*Broker, error) {
 	if opts.ConnectTimeout < 0 {
 		return nil, fmt.Errorf("broker: connect timeout %v is negative", opts.ConnectTimeout)
 	}
+	if opts.ClientQueue == 0 {
+		opts.ClientQueue = DefaultClientQueue
+	}
+	if opts.ClientQueue < 1 || opts.ClientQueue > math.MaxInt32 {
+		return nil, fmt.Errorf("broker: client queue %d: want 1 to %d packets", opts.ClientQueue, math.MaxInt32)
+	}
 	if opts.CAFile == "" || opts.CertFile == "" || opts.KeyFile == "" {
 		return nil, errors.New("broker: the CA file, certificate file and key file are all required")
 	}
@@ -171,11 +203,15 @@ func New(opts Options) (*Broker, error) {
 	// the connection as soon as it has read a larger length, before it
 	// allocates the packet; a retained message can never outgrow it either.
 	caps.MaximumPacketSize = protocol.MaxPacketSize
+	caps.MaximumClientWritesPending = int32(opts.ClientQueue)
 
 	srv := mqtt.New(&mqtt.Options{
 		Capabilities: caps,
 		InlineClient: true,
 		Logger:       opts.Logger,
+		// mochi's write buffer (its default stays) is used only while
+		// packets queue for a client, and let go once they are written.
+		ClientNetReadBufferSize: clientReadBuffer,
 		// $SYS values are of no use to us; each tick also writes the
 		// store (an fsync), so keep them rare.
 		SysTopicResendInterval: 60,
@@ -209,6 +245,9 @@ func New(opts Options) (*Broker, error) {
 	// broker to everyone.
 	if err := srv.AddHook(b.auth, nil); err != nil {
 		return nil, fmt.Errorf("add auth hook: %w", err)
+	}
+	if err := srv.AddHook(newDropHook(opts.Logger, opts.ClientQueue), nil); err != nil {
+		return nil, fmt.Errorf("add drop hook: %w", err)
 	}
 	return b, nil
 }

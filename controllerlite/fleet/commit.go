@@ -7,6 +7,7 @@ import (
 	"maps"
 	"slices"
 	"sync"
+	"time"
 
 	"github.com/thermofleet/thermo/controllerlite/store"
 	"github.com/thermofleet/thermo/protocol"
@@ -58,6 +59,9 @@ func (f *Fleet) commit(ctx context.Context) error {
 		for _, r := range recs {
 			f.dirty[r.ID] = true
 		}
+		if !errors.Is(err, errMerged) {
+			f.retry.failed = true
+		}
 		if errors.Is(err, errMerged) {
 			// Another instance wrote first (shard.go): its record is
 			// merged and the batch's Commands go out after, counted
@@ -70,13 +74,13 @@ func (f *Fleet) commit(ctx context.Context) error {
 		}
 		if len(cmds) == 0 {
 			f.log.Error("store the received state", "devices", len(recs), "error", err)
-			return fmt.Errorf("store: %w", err)
+			return fmt.Errorf("store: %w: %w", ErrStore, err)
 		}
 		f.log.Error("store refused the write: commands not published", "commands", len(cmds), "error", err)
 		for _, c := range cmds {
 			f.touch(c.id)
 		}
-		return fmt.Errorf("persist before publish: %w", err)
+		return fmt.Errorf("persist before publish: %w: %w", ErrStore, err)
 	}
 	for _, r := range recs {
 		delete(f.dirty, r.ID)
@@ -240,6 +244,7 @@ func (f *Fleet) sendOwed() {
 // flush writes the records changed since the last flush.
 func (f *Fleet) flush() {
 	if len(f.dirty) == 0 {
+		f.retry.failed = false
 		return
 	}
 	recs := make([]store.Device, 0, len(f.dirty))
@@ -250,9 +255,43 @@ func (f *Fleet) flush() {
 	}
 	if err := f.put(recs); err != nil {
 		f.log.Error("store: flush", "devices", len(recs), "error", err)
+		if !errors.Is(err, errMerged) {
+			f.retry.failed = true
+		}
 		return
 	}
 	clear(f.dirty)
+	f.retry.failed = false
+}
+
+// storeRetry: what the store refused (PostgreSQL restarted, a full disk)
+// is written again 250 ms later, then at twice the wait up to the flush
+// interval, until a flush succeeds: a store that comes back is in use again
+// within a fraction of a second instead of at the next flush, and one that
+// stays away is not tried more often than once a flush interval for long.
+type storeRetry struct {
+	timer  *time.Timer
+	next   time.Duration
+	armed  bool
+	failed bool // the last write of the records refused
+}
+
+// storeRetryFirst is the first wait of storeRetry.
+const storeRetryFirst = 250 * time.Millisecond
+
+// armRetry schedules the next write of what the store refused, if any.
+func (f *Fleet) armRetry() {
+	r := &f.retry
+	if !r.failed {
+		r.next = 0
+		return
+	}
+	if r.armed {
+		return
+	}
+	r.next = min(max(2*r.next, storeRetryFirst), f.opts.FlushInterval)
+	r.timer.Reset(r.next)
+	r.armed = true
 }
 
 // put stores recs: with Put, or for a shared fleet with PutBased.

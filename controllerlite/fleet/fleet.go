@@ -53,6 +53,12 @@ var (
 	ErrClockExhausted = protocol.ErrClockExhausted
 	// ErrStopped: Run has returned.
 	ErrStopped = errors.New("fleet stopped")
+	// ErrStore: the store refused the write (out of reach, a full disk):
+	// nothing was stored or published. With PostgreSQL the write is
+	// dropped; with the single controller's bbolt store it stays in
+	// memory and goes out once the store takes it. Sending the same write
+	// again is harmless either way.
+	ErrStore = errors.New("the store refused the write")
 )
 
 // Defaults of Options.
@@ -155,6 +161,9 @@ type Status struct {
 	// devices have one waiting.
 	Published uint64 `json:"published"`
 	Owed      int    `json:"owed"`
+	// Instance is set when several controller instances share the
+	// store (shard.go).
+	Instance *InstanceStatus `json:"instance,omitempty"`
 }
 
 // Fleet is the controller's protocol engine. Create it with New, run it
@@ -185,6 +194,9 @@ type Fleet struct {
 	pub   Publisher       // nil while the link is down
 	batch batch
 	wait  retainedWait
+
+	// retry writes again soon what the store refused (storeRetry).
+	retry storeRetry
 
 	// resyncs are the devices greeted and not yet back in sync (meter.go).
 	resyncs map[string]resyncWait
@@ -308,6 +320,8 @@ func (f *Fleet) Run(ctx context.Context) error {
 	defer close(f.stopped)
 	f.wait.timer = time.NewTimer(time.Hour)
 	f.wait.timer.Stop()
+	f.retry.timer = time.NewTimer(time.Hour)
+	f.retry.timer.Stop()
 	flush := time.NewTicker(f.opts.FlushInterval)
 	defer flush.Stop()
 	for {
@@ -324,8 +338,13 @@ func (f *Fleet) Run(ctx context.Context) error {
 		case <-flush.C:
 			f.flush()
 			f.sendOwed()
+		case <-f.retry.timer.C:
+			f.retry.armed = false
+			f.flush()
+			f.sendOwed()
 		}
 		err := f.commit(ctx)
+		f.armRetry()
 		for _, done := range f.batch.done {
 			done(err)
 		}
@@ -392,6 +411,7 @@ func (f *Fleet) Status() Status {
 		PropsRejected: f.count.propsRejected.Load(),
 		Published:     f.count.published.Load(),
 		Owed:          owed,
+		Instance:      f.instanceStatus(),
 	}
 }
 

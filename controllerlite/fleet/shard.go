@@ -8,6 +8,7 @@ import (
 	"reflect"
 	"slices"
 	"sync/atomic"
+	"time"
 
 	"github.com/thermofleet/thermo/controllerlite/lease"
 	"github.com/thermofleet/thermo/controllerlite/store"
@@ -57,6 +58,17 @@ type SharedStore interface {
 	Update(id string, fn func(stored store.Device, ok bool) (store.Device, error)) error
 }
 
+// ChangeReader reads only the records written since a cursor
+// (*pgstore.Store): a shared fleet's refresh reads those, and every record
+// only each fullEvery-th time (to see records deleted elsewhere) and when
+// the view changes.
+type ChangeReader interface {
+	LoadChanged(since time.Time) ([]store.Device, time.Time, error)
+}
+
+// fullEvery: one refresh in this many reads every record.
+const fullEvery = 10
+
 // Subscriber adds and removes the link's subscriptions
 // (*transport.Client): they are renewed on every connection.
 type Subscriber interface {
@@ -74,10 +86,16 @@ type shard struct {
 	// the gate on messages reads it, so an instance that must stop
 	// acting does so even while its loop waits on the database.
 	now atomic.Pointer[lease.View]
-	// taken are the devices subscribed to and acted for.
+	// taken are the devices subscribed to and acted for; owned counts
+	// them for readers off the Run goroutine (Status).
 	taken map[string]bool
+	owned atomic.Int64
 	// base is each device's controller counter as last read or stored.
 	base map[string]uint64
+	// cursor is where the next read of changed records starts (zero:
+	// read everything); refreshes counts the refreshes.
+	cursor    time.Time
+	refreshes int
 	// since is, for each device taken, the latest Event received after
 	// its record was last stored: what rebase receives again when another
 	// instance's write is found in its place.
@@ -108,10 +126,33 @@ func (f *Fleet) SetView(v lease.View) {
 	f.q.Push(func(ctx context.Context) { f.applyView(ctx, v, true) })
 }
 
-// Refresh reads every record from the store again: the copies of the
-// devices other instances own, and devices they found.
+// Refresh reads the records other instances wrote since the last read:
+// the copies of the devices they own, and devices they found.
 func (f *Fleet) Refresh() {
-	f.q.Push(func(ctx context.Context) { f.applyView(ctx, f.sh.view, false) })
+	f.q.Push(func(ctx context.Context) { f.refresh(ctx) })
+}
+
+func (f *Fleet) refresh(ctx context.Context) {
+	sh := f.sh
+	sh.refreshes++
+	cr, ok := f.st.(ChangeReader)
+	if !ok || sh.cursor.IsZero() || sh.refreshes%fullEvery == 0 {
+		f.applyView(ctx, sh.view, false)
+		return
+	}
+	devs, next, err := cr.LoadChanged(sh.cursor)
+	if err != nil {
+		f.log.Error("read the records changed by other instances", "error", err)
+		return
+	}
+	sh.cursor = next
+	gained := 0
+	for _, row := range devs {
+		if f.applyRow(row.ID, row, true, sh.view, false) {
+			gained++
+		}
+	}
+	f.viewApplied(sh.view, false, gained)
 }
 
 // View is the latest view SetView told (the zero View if none).
@@ -123,6 +164,24 @@ func (f *Fleet) View() lease.View {
 		return *v
 	}
 	return lease.View{}
+}
+
+// InstanceStatus is a shared fleet's part in Status: which instance it
+// is, whether it may act (its lease is renewed), the live instances it
+// shares the devices with, and how many it acts for.
+type InstanceStatus struct {
+	Name   string   `json:"name"`
+	Active bool     `json:"active"`
+	Live   []string `json:"live"`
+	Owned  int      `json:"owned"`
+}
+
+func (f *Fleet) instanceStatus() *InstanceStatus {
+	if f.sh == nil {
+		return nil
+	}
+	v := f.View()
+	return &InstanceStatus{Name: v.Self, Active: v.Active, Live: slices.Clone(v.Live), Owned: int(f.sh.owned.Load())}
 }
 
 // Owned returns the devices f acts for now, sorted (nil if not shared).
@@ -205,7 +264,16 @@ func (f *Fleet) accept(id string) bool {
 func (f *Fleet) applyView(ctx context.Context, v lease.View, changed bool) {
 	sh := f.sh
 	sh.view = v
-	devs, err := f.st.Load()
+	var devs []store.Device
+	var err error
+	if cr, ok := f.st.(ChangeReader); ok {
+		var next time.Time
+		if devs, next, err = cr.LoadChanged(time.Time{}); err == nil {
+			sh.cursor = next
+		}
+	} else {
+		devs, err = f.st.Load()
+	}
 	if err != nil {
 		f.log.Error("read the records of the devices", "error", err)
 		devs = nil
@@ -221,34 +289,52 @@ func (f *Fleet) applyView(ctx context.Context, v lease.View, changed bool) {
 	for id := range rows {
 		ids[id] = true
 	}
-	wasStored := func(id string) bool { _, ok := sh.base[id]; return ok }
 	gained := 0
 	for _, id := range slices.Sorted(maps.Keys(ids)) {
 		row, ok := rows[id]
-		switch owns := v.Owns(id); {
-		case owns && !sh.taken[id]:
-			if err != nil {
-				continue // the store is out of reach: take it when it is back
-			}
-			f.adopt(id, row, ok)
-			f.takeSubscribe(id)
+		if err != nil && v.Owns(id) && !sh.taken[id] {
+			continue // the store is out of reach: take it when it is back
+		}
+		if f.applyRow(id, row, ok, v, err == nil) {
 			gained++
-		case owns && !ok && err == nil && wasStored(id):
-			// Stored before, gone now: deleted through another
-			// instance (controllerlite delete). A message of it
-			// makes it a new device, as with one instance.
-			f.drop(id, false)
-			f.forget(id)
-			f.log.Info("device deleted through another instance", "device", id)
-		case !owns && sh.taken[id]:
-			f.drop(id, v.Active)
-			if err == nil {
-				f.adopt(id, row, ok)
-			}
-		case !owns && err == nil:
-			f.adopt(id, row, ok)
 		}
 	}
+	f.viewApplied(v, changed, gained)
+}
+
+// applyRow takes, drops or updates device id to match view v and its
+// stored record (ok: there is one; complete: the read saw every record, so
+// a record missing was deleted), and reports whether f took the device.
+func (f *Fleet) applyRow(id string, row store.Device, ok bool, v lease.View, complete bool) bool {
+	sh := f.sh
+	_, wasStored := sh.base[id]
+	switch owns := v.Owns(id); {
+	case owns && !sh.taken[id]:
+		f.adopt(id, row, ok)
+		f.takeSubscribe(id)
+		return true
+	case owns && !ok && complete && wasStored:
+		// Stored before, gone now: deleted through another
+		// instance (controllerlite delete). A message of it
+		// makes it a new device, as with one instance.
+		f.drop(id, false)
+		f.forget(id)
+		f.log.Info("device deleted through another instance", "device", id)
+	case !owns && sh.taken[id]:
+		f.drop(id, v.Active)
+		if complete || ok {
+			f.adopt(id, row, ok)
+		}
+	case !owns && (complete || ok):
+		f.adopt(id, row, ok)
+	}
+	return false
+}
+
+// viewApplied ends a read of the records: the statuses are subscribed
+// again when devices were taken or the view changed.
+func (f *Fleet) viewApplied(v lease.View, changed bool, gained int) {
+	sh := f.sh
 	if gained > 0 || (changed && v.Active) {
 		// A repeated subscription has the broker send the retained
 		// statuses again: those of the devices just taken count now,
@@ -335,6 +421,7 @@ func (f *Fleet) take(id string) error {
 
 func (f *Fleet) takeSubscribe(id string) {
 	f.sh.taken[id] = true
+	f.sh.owned.Store(int64(len(f.sh.taken)))
 	f.log.Debug("device taken", "device", id)
 	filters := f.deviceFilters(id)
 	f.sh.subq.Push(func(context.Context) {
@@ -358,6 +445,7 @@ func (f *Fleet) drop(id string, active bool) {
 		}
 	}
 	delete(f.sh.taken, id)
+	f.sh.owned.Store(int64(len(f.sh.taken)))
 	delete(f.sh.since, id)
 	delete(f.dirty, id)
 	delete(f.batch.persist, id)
@@ -478,6 +566,15 @@ func (f *Fleet) setShared(ctx context.Context, id string, changes map[string]any
 			return Device{}, err
 		}
 	}
+	// What the write changes in memory is undone if the store refuses it:
+	// the caller is told it failed, so it must not go out later.
+	savedReplica := f.ctrl.Replica(id)
+	savedBase, hadBase := f.sh.base[id]
+	var savedRec *store.Device
+	if rec, ok := f.recs[id]; ok {
+		c := *rec
+		savedRec = &c
+	}
 	var m protocol.Message
 	var setErr error
 	err := f.sh.st.Update(id, func(stored store.Device, ok bool) (store.Device, error) {
@@ -507,12 +604,20 @@ func (f *Fleet) setShared(ctx context.Context, id string, changes map[string]any
 	case setErr != nil:
 		return Device{}, fmt.Errorf("%w: %w", ErrInvalid, setErr)
 	case err != nil:
-		// Not stored, so not published; what the replica counted is
-		// replaced by the stored record on the next read.
-		if rec, ok := f.recs[id]; ok {
-			rec.Owed = false
+		// Not stored, so not published, and undone here: the write is
+		// dropped (the caller may send it again).
+		if savedReplica != nil {
+			if _, rerr := f.ctrl.Rebase(id, savedReplica, nil); rerr != nil {
+				f.log.Error("undo a write the store refused", "device", id, "error", rerr)
+			}
 		}
-		return Device{}, fmt.Errorf("persist before publish: %w", err)
+		if savedRec != nil {
+			*f.recs[id] = *savedRec
+		}
+		if hadBase {
+			f.sh.base[id] = savedBase
+		}
+		return Device{}, fmt.Errorf("persist before publish: %w: %w", ErrStore, err)
 	}
 	f.sh.base[id] = m.VC[0]
 	f.log.Info("remote write", "device", id, "changes", changes, "vc", m.VC, "owner", owns)

@@ -19,6 +19,7 @@ import (
 	"github.com/thermofleet/thermo/internal/cli"
 
 	"github.com/thermofleet/thermo/controllerlite/api"
+	"github.com/thermofleet/thermo/controllerlite/broker"
 	"github.com/thermofleet/thermo/controllerlite/hass"
 	"github.com/thermofleet/thermo/controllerlite/lease"
 	"github.com/thermofleet/thermo/controllerlite/ota"
@@ -51,6 +52,7 @@ func ParseFlags(args []string, stderr io.Writer) (Flags, error) {
 	fs.StringVar(&cfg.Instance, "instance", "", "`NAME` of this controller among several sharing --store with --broker (default: NAME of the certificate's CN controller-NAME)")
 	fs.DurationVar(&cfg.Lease, "lease", lease.DefaultLease, "with --store and --broker: the instance's lease; a stopped instance's devices move to the others within two leases")
 	fs.StringVar(&cfg.BrokerDataDir, "broker-data-dir", "", "`DIR` of the embedded broker's store (default DATA-DIR/broker)")
+	fs.IntVar(&cfg.BrokerClientQueue, "broker-client-queue", broker.DefaultClientQueue, "`PACKETS` the embedded broker queues for each network client; one more is dropped (logged, counted in /metrics).\nA device needs a few; a controller connecting over the network to this broker is sent three per device at once when it subscribes:\ngive it three times the fleet's size (each slot costs 8 bytes per connection)")
 	fs.StringVar(&cfg.HTTPAddr, "http", api.DefaultAddr, "HTTP API listen `ADDR`; off loopback it requires --http-token-file")
 	fs.StringVar(tokenFile, "http-token-file", "", "`FILE` holding the API's bearer token")
 	fs.BoolVar(&cfg.Metrics, "metrics", false, "serve Prometheus metrics at /metrics on the --http listener (with its token)")
@@ -88,6 +90,9 @@ func ParseFlags(args []string, stderr io.Writer) (Flags, error) {
 	}
 	if ha.Broker == "" && (ha.Username != "" || o.haPasswordFile != "" || ha.CAFile != "") {
 		return o, fmt.Errorf("%w: --ha-username, --ha-password-file and --ha-ca need --ha-broker", cli.ErrUsage)
+	}
+	if cfg.BrokerClientQueue < 1 {
+		return o, fmt.Errorf("%w: --broker-client-queue %d: want 1 packet or more", cli.ErrUsage, cfg.BrokerClientQueue)
 	}
 	var lv slog.Level
 	if err := lv.UnmarshalText([]byte(*level)); err != nil {

@@ -114,6 +114,13 @@ func TestInstancesShareDevices(t *testing.T) {
 		shares[owner(id)] = append(shares[owner(id)], id)
 	}
 	t.Logf("shares: %v", shares)
+	// /healthz says the same (what the mttr harness reads).
+	for _, n := range names {
+		st := servers[n].Fleet().Status().Instance
+		if st == nil || st.Name != n || !st.Active || !slices.Equal(st.Live, names) || st.Owned != len(shares[n]) {
+			t.Errorf("%s: status %+v, want active among %v owning %d", n, st, names, len(shares[n]))
+		}
+	}
 	testenv.Eventually(t, testenv.WaitTimeout, "every instance to show every device's event, from the database", func() (bool, string) {
 		for _, n := range names {
 			for _, id := range ids {

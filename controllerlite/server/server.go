@@ -67,6 +67,11 @@ type Config struct {
 	DataDir string
 	// BrokerDataDir overrides where the embedded broker keeps its store.
 	BrokerDataDir string
+	// BrokerClientQueue is how many packets may wait for each network
+	// client of the embedded broker (broker.Options.ClientQueue): a
+	// device needs a few, a controller connecting over the network three
+	// per device. broker.DefaultClientQueue when 0.
+	BrokerClientQueue int
 	// HTTPAddr is the API's listen address, api.DefaultAddr if empty.
 	HTTPAddr string
 	// HTTPToken, if set, is required on the API; it must be set when
@@ -228,7 +233,7 @@ func Start(ctx context.Context, cfg Config) (_ *Server, err error) {
 		s.br, err = broker.New(broker.Options{
 			Listen: cfg.Listen, CAFile: cfg.CAFile, CertFile: cfg.CertFile, KeyFile: cfg.KeyFile,
 			DataDir: cfg.BrokerDataDir, TopicRoot: cfg.TopicRoot, Logger: s.log.With("part", "broker"),
-			Revoked: s.revoked,
+			Revoked: s.revoked, ClientQueue: cfg.BrokerClientQueue,
 		})
 		if err != nil {
 			return nil, err
@@ -475,6 +480,9 @@ func check(cfg *Config) error {
 		if err := transport.CheckKeepAlive(cfg.KeepAlive); err != nil {
 			return fmt.Errorf("--keep-alive %v: %w", cfg.KeepAlive, err)
 		}
+	}
+	if cfg.BrokerClientQueue < 0 {
+		return fmt.Errorf("--broker-client-queue %d: want 1 packet or more", cfg.BrokerClientQueue)
 	}
 	if cfg.Broker == "" && len(cfg.Failover) > 0 {
 		return errors.New("failover brokers need a first --broker")

@@ -156,6 +156,7 @@ func TestConfigErrors(t *testing.T) {
 			c.Instance, c.Store, c.Listen, c.Broker = "A!", "postgres://thermo@127.0.0.1:1/none", "", "mqtts://localhost:1"
 		}, `--instance "A!"`},
 		{"lease too short", func(c *Config) { c.Lease = 100 * time.Millisecond }, "--lease 100ms: at least 300ms"},
+		{"negative client queue", func(c *Config) { c.BrokerClientQueue = -1 }, "--broker-client-queue -1: want 1 packet or more"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

@@ -51,8 +51,9 @@ type device struct {
 type deviceOptions struct {
 	ID, Client                string
 	Index                     int
-	Dir                       string // state directory
-	BrokerURL                 string // mqtts://HOST:PORT
+	Dir                       string   // state directory
+	BrokerURL                 string   // mqtts://HOST:PORT
+	Failover                  []string // further brokers, tried in turn (a cluster's other nodes)
 	CAFile, CertFile, KeyFile string
 	KeepAlive                 time.Duration
 	Logger                    *slog.Logger
@@ -160,7 +161,7 @@ func startDevice(o deviceOptions) (*device, error) {
 	case report.ClientOurs:
 		var tc *transport.Client
 		tc, err = transport.New(transport.Options{
-			Broker: o.BrokerURL, CAFile: o.CAFile, CertFile: o.CertFile, KeyFile: o.KeyFile,
+			Broker: o.BrokerURL, Failover: o.Failover, CAFile: o.CAFile, CertFile: o.CertFile, KeyFile: o.KeyFile,
 			KeepAlive: o.KeepAlive,
 			Will:      a.Will(), Farewell: a.Farewell(),
 			OnConnect: a.Connected,
@@ -272,6 +273,15 @@ func newPahoConn(o deviceOptions, a *agent.Agent, d *device) (*pahoConn, error) 
 			d.noteLoss(time.Now())
 			a.Disconnected(err)
 		})
+	// A cluster's other nodes: paho tries its brokers in order on every
+	// (re)connect.
+	for _, f := range o.Failover {
+		fu, err := transport.ParseBroker(f)
+		if err != nil {
+			return nil, err
+		}
+		opts.AddBroker((&url.URL{Scheme: "ssl", Host: fu.Host}).String())
+	}
 	p.c = mqtt.NewClient(opts)
 	return p, nil
 }

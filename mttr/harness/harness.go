@@ -105,6 +105,11 @@ type Config struct {
 	MemoryState bool
 	// AedesDir is brokers/aedes, with its node modules installed.
 	AedesDir string
+	// Nodes, Instances and Lease shape the cluster (--broker
+	// aedes-cluster, cluster.go): broker nodes, controller instances and
+	// their lease.
+	Nodes, Instances int
+	Lease            time.Duration
 	// EmbeddedCmd is a command taking `controllerlite serve` flags that
 	// runs controllerlite with its embedded broker, e.g.
 	// ["bin/controllerlite", "serve"], or the mttr binary's own
@@ -134,18 +139,22 @@ func (c Config) DownTime() time.Duration {
 
 func (c *Config) check() error {
 	switch c.Broker {
-	case BrokerMosquitto, BrokerAedes, BrokerEmbedded, BrokerExternal:
+	case BrokerMosquitto, BrokerAedes, BrokerEmbedded, BrokerExternal, BrokerAedesCluster:
 	default:
-		return fmt.Errorf("--broker %q: want mosquitto, aedes, embedded or external", c.Broker)
+		return fmt.Errorf("--broker %q: want mosquitto, aedes, embedded, external or aedes-cluster", c.Broker)
 	}
 	if len(c.Faults) == 0 {
 		return errors.New("no fault to play")
 	}
 	for _, p := range c.Faults {
-		switch p.Fault {
-		case FaultKill, FaultHang, FaultPartition:
-		default:
-			return fmt.Errorf("--fault %q: want kill, hang or partition", p.Fault)
+		isCluster := slices.Contains(clusterFaults, p.Fault)
+		switch {
+		case c.Broker == BrokerAedesCluster && !isCluster:
+			return fmt.Errorf("--fault %q: with --broker aedes-cluster, want %s", p.Fault, strings.Join(clusterFaults, ", "))
+		case c.Broker != BrokerAedesCluster && isCluster:
+			return fmt.Errorf("--fault %q needs --broker aedes-cluster", p.Fault)
+		case !isCluster && p.Fault != FaultKill && p.Fault != FaultHang && p.Fault != FaultPartition:
+			return fmt.Errorf("--fault %q: want kill, hang or partition (or, with --broker aedes-cluster, %s)", p.Fault, strings.Join(clusterFaults, ", "))
 		}
 		if p.Cycles < 1 {
 			return fmt.Errorf("--fault %s: %d cycles: want at least 1", p.Fault, p.Cycles)
@@ -181,8 +190,13 @@ func (c *Config) check() error {
 			return errors.New("--broker external needs --external-addr mqtts://HOST:PORT and --external-pki DIR (the CA it trusts)")
 		}
 	}
-	if c.Broker == BrokerEmbedded && len(c.EmbeddedCmd) == 0 {
-		return errors.New("--broker embedded needs a command that runs controllerlite serve")
+	if (c.Broker == BrokerEmbedded || c.Broker == BrokerAedesCluster) && len(c.EmbeddedCmd) == 0 {
+		return fmt.Errorf("--broker %s needs a command that runs controllerlite serve", c.Broker)
+	}
+	if c.Broker == BrokerAedesCluster {
+		if err := c.checkCluster(); err != nil {
+			return err
+		}
 	}
 	if c.Progress == nil {
 		c.Progress = io.Discard
@@ -202,6 +216,7 @@ type run struct {
 	ns     *brokerctl.NetNS
 	broker brokerctl.Broker
 	ctrl   controller
+	cl     *cluster // --broker aedes-cluster
 	devs   []*device
 	res    *report.Result
 	// brokerURL is what the clients dial.
@@ -231,6 +246,9 @@ func Run(ctx context.Context, cfg Config) (*report.Result, error) {
 			DownS: report.Dur(cfg.DownTime()), KeepDeadS: report.Dur(cfg.KeepDead), KeepRunningS: report.Dur(cfg.KeepRunning),
 			MaxRecoveryS: report.Dur(cfg.MaxRecovery), Devices: cfg.Devices, BaselineDevices: cfg.BaselineDevices,
 		},
+	}
+	if cfg.Broker == BrokerAedesCluster {
+		r.res.Config.Nodes, r.res.Config.Instances, r.res.Config.LeaseS = cfg.Nodes, cfg.Instances, report.Dur(cfg.Lease)
 	}
 	if cfg.BaselineDevices > 0 {
 		r.res.Config.BaselineClient = baselineClient
@@ -319,6 +337,9 @@ func (r *run) setup(ctx context.Context) error {
 		host, port, httpAddr = r.ns.BrokerIP, 8883, net.JoinHostPort(r.ns.ControlIP, "8080")
 	}
 	var err error
+	if cfg.Broker == BrokerAedesCluster {
+		return r.setupCluster(ctx)
+	}
 	r.out.status("issuing certificates for %d devices", cfg.Devices+cfg.BaselineDevices)
 	if cfg.Broker == BrokerExternal {
 		r.pki, err = loadPKI(cfg.ExternalPKI, filepath.Join(cfg.WorkDir, "pki"))
@@ -394,6 +415,14 @@ func (r *run) setup(ctx context.Context) error {
 	// measured at that size.
 	r.poll = max(r.poll, time.Duration(cfg.Devices+cfg.BaselineDevices)*pollPerDevice)
 
+	return r.startDevices(ctx, nil)
+}
+
+// startDevices starts the devices, each dialling r.brokerURL, or with
+// nodes the node of its index first and the others after, and waits until
+// they are in sync with the controller.
+func (r *run) startDevices(ctx context.Context, nodes []string) error {
+	cfg := r.cfg
 	r.out.status("starting %d devices and %d baseline devices", cfg.Devices, cfg.BaselineDevices)
 	deviceDir := cfg.DeviceDir
 	if deviceDir == "" {
@@ -408,9 +437,17 @@ func (r *run) setup(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
+		brokerURL, failover := r.brokerURL, []string(nil)
+		for j := range nodes {
+			if u := nodes[(i+j)%len(nodes)]; j == 0 {
+				brokerURL = u
+			} else {
+				failover = append(failover, u)
+			}
+		}
 		d, err := startDevice(deviceOptions{
 			ID: id, Client: client, Index: i, Dir: filepath.Join(deviceDir, id),
-			BrokerURL: r.brokerURL, CAFile: r.pki.caFile, CertFile: cert, KeyFile: key,
+			BrokerURL: brokerURL, Failover: failover, CAFile: r.pki.caFile, CertFile: cert, KeyFile: key,
 			KeepAlive: cfg.KeepAlive, Logger: r.log, MemoryState: cfg.MemoryState,
 		})
 		if err != nil {
@@ -484,6 +521,9 @@ func (r *run) teardown() {
 	if r.broker != nil {
 		r.broker.Stop()
 	}
+	if r.cl != nil {
+		r.cl.stop()
+	}
 	if r.ns != nil {
 		r.ns.Close()
 	}
@@ -501,6 +541,10 @@ type track struct {
 
 	resyncAt  time.Time
 	converged bool
+	// from is what the resync is measured from: the broker's (the
+	// part's) return, or for a failover fault the device's last local
+	// change (failoverFault).
+	from time.Time
 }
 
 // values are the changes of one device in cycle n: distinct from cycle to
@@ -529,6 +573,7 @@ func (r *run) cycle(ctx context.Context, n, total int, fault string) (report.Cyc
 	// The fault.
 	tFault := time.Now()
 	var err error
+	var fail *failure
 	switch fault {
 	case FaultKill:
 		err = r.broker.Kill(ctx)
@@ -536,12 +581,21 @@ func (r *run) cycle(ctx context.Context, n, total int, fault string) (report.Cyc
 		err = r.broker.Pause(ctx)
 	case FaultPartition:
 		err = r.ns.Cut()
+	default:
+		fail, err = r.inject(ctx, fault, n, tFault)
 	}
 	if err != nil {
 		return report.Cycle{}, err
 	}
 
-	// Changes during the outage, at fixed points of it.
+	// Changes during the outage, at fixed points of it: for a failover
+	// fault early, while the failover is under way, for the others
+	// spread through the outage.
+	at := [3]time.Duration{down / 4, down * 2 / 5, down * 3 / 5}
+	early := failoverFault(fault)
+	if early {
+		at = [3]time.Duration{down / 20, down / 10, down / 5}
+	}
 	var writers sync.WaitGroup
 	setCtx, cancelSets := context.WithTimeout(ctx, down+r.cfg.MaxRecovery)
 	defer cancelSets()
@@ -549,14 +603,21 @@ func (r *run) cycle(ctx context.Context, n, total int, fault string) (report.Cyc
 		at time.Duration
 		do func()
 	}{
-		{down / 4, func() { r.localWrites(ctx, tracks, n, 1) }},
-		{down * 2 / 5, func() {
+		{at[0], func() { r.localWrites(ctx, tracks, n, 1) }},
+		{at[1], func() {
 			for _, t := range tracks {
 				writers.Add(1)
 				go func() { defer writers.Done(); r.controllerWrite(setCtx, t, n) }()
 			}
 		}},
-		{down * 3 / 5, func() { r.localWrites(ctx, tracks, n, 2) }},
+		{at[2], func() {
+			r.localWrites(ctx, tracks, n, 2)
+			if early {
+				// The devices' changes reach the controller through
+				// the failover: watched from now.
+				fail.watchResync(ctx, r, tracks)
+			}
+		}},
 	}
 	for _, step := range outage {
 		if err := r.waitUntil(ctx, tFault.Add(step.at), func() string {
@@ -572,8 +633,16 @@ func (r *run) cycle(ctx context.Context, n, total int, fault string) (report.Cyc
 		return report.Cycle{}, err
 	}
 
-	// The broker comes back.
+	// The broker (the part) comes back.
 	var tUp time.Time
+	var failover *report.Failover
+	if fail != nil {
+		// What the failover took is measured up to here: the part's
+		// return would end it anyway.
+		failover = r.finish(fail, tracks, tFault)
+		err = fail.restore(ctx)
+		tUp = time.Now()
+	}
 	switch fault {
 	case FaultKill:
 		sctx, cancel := context.WithTimeout(ctx, 30*time.Second)
@@ -589,6 +658,11 @@ func (r *run) cycle(ctx context.Context, n, total int, fault string) (report.Cyc
 	if err != nil {
 		return report.Cycle{}, err
 	}
+	for _, t := range tracks {
+		if !early || t.from.IsZero() {
+			t.from = tUp
+		}
+	}
 
 	// Recovery.
 	setsDone := make(chan struct{})
@@ -602,7 +676,7 @@ func (r *run) cycle(ctx context.Context, n, total int, fault string) (report.Cyc
 	// seconds late (reconnect times came out negative). A device that got
 	// a connection proves the broker accepted by then: the earlier of the
 	// two is the broker's return.
-	if first, ok := r.firstConnect(tracks, tFault); ok && first.Before(tUp) {
+	if first, ok := r.firstConnect(tracks, tFault); ok && first.Before(tUp) && fail == nil {
 		r.log.Warn("the broker accepted connections before the harness's probe noticed: return taken from the first device connected",
 			"probe", tUp.UTC(), "first_device", first.UTC(), "late_by", tUp.Sub(first))
 		tUp = first
@@ -614,7 +688,7 @@ func (r *run) cycle(ctx context.Context, n, total int, fault string) (report.Cyc
 	case <-setCtx.Done():
 	}
 
-	c := report.Cycle{N: n, Fault: fault, FaultAt: tFault.UTC(), UpAt: tUp.UTC(), DownS: report.Dur(tUp.Sub(tFault))}
+	c := report.Cycle{N: n, Fault: fault, FaultAt: tFault.UTC(), UpAt: tUp.UTC(), DownS: report.Dur(tUp.Sub(tFault)), Failover: failover}
 	if lc, ok := r.ctrl.(*localController); ok {
 		link := &report.Link{DetectS: report.NaN, ReconnectS: report.NaN}
 		if at, ok := lc.firstFlip(false, tFault); ok {
@@ -629,8 +703,14 @@ func (r *run) cycle(ctx context.Context, n, total int, fault string) (report.Cyc
 	if err != nil {
 		return report.Cycle{}, fmt.Errorf("read the controller: %w", err)
 	}
+	// Reconnection is measured from the broker's return, or for a
+	// failover fault from the fault (the other nodes never left).
+	back := tUp
+	if early {
+		back = tFault
+	}
 	for _, t := range tracks {
-		c.Samples = append(c.Samples, r.sample(t, view[t.d.id].Props, tFault, tUp, end))
+		c.Samples = append(c.Samples, r.sample(t, view[t.d.id].Props, tFault, back, end))
 	}
 
 	// The broker runs before the next fault.
@@ -678,6 +758,7 @@ func (r *run) localWrites(ctx context.Context, tracks []*track, n, step int) {
 			w := s.Props[protocol.PropSetpoint].W
 			t.mu.Lock()
 			t.local = append(t.local, write{Props: changes, W: w})
+			t.from = time.Now()
 			t.mu.Unlock()
 		}()
 	}
@@ -787,9 +868,9 @@ func (r *run) sample(t *track, ctrl protocol.Props, tFault, tUp, end time.Time) 
 		}
 	}
 	if t.resyncAt.IsZero() {
-		s.ResyncS = report.Dur(end.Sub(tUp))
+		s.ResyncS = report.Dur(end.Sub(t.from))
 	} else {
-		s.ResyncS = report.Dur(t.resyncAt.Sub(tUp))
+		s.ResyncS = report.Dur(t.resyncAt.Sub(t.from))
 		s.Recovered = true
 	}
 	t.mu.Lock()

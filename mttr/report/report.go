@@ -130,6 +130,36 @@ type Sample struct {
 	Note string `json:"note,omitempty"`
 }
 
+// Failover is how a cluster (several broker nodes, several controller
+// instances, one PostgreSQL) rode out the fault of one of its parts,
+// measured from the fault. Figures that do not apply to the fault are
+// null.
+type Failover struct {
+	// Part is what was faulted: "instance b", "node n2", "postgres",
+	// "instance b from postgres".
+	Part string `json:"part"`
+	// TakeoverS: from the fault to the other live instances acting for
+	// every device (kill-instance, partition-postgres).
+	TakeoverS Seconds `json:"takeover_s"`
+	// StoppedS: from the cut to the instance cut from PostgreSQL no
+	// longer acting (partition-postgres); LeaseEndS: to its lease's end
+	// as it last renewed it. Two owners never act at once when it stops
+	// before the others take over.
+	StoppedS  Seconds `json:"stopped_s"`
+	LeaseEndS Seconds `json:"lease_end_s"`
+	// TwoOwners: another instance acted for one of its devices before it
+	// stopped.
+	TwoOwners bool `json:"two_owners"`
+	// Moved devices lost their broker node and connected to another
+	// (kill-node), FailoverP50S and FailoverMaxS after the fault.
+	Moved        int     `json:"moved"`
+	FailoverP50S Seconds `json:"failover_p50_s"`
+	FailoverMaxS Seconds `json:"failover_max_s"`
+	// WritesRetried: remote writes that an instance refused (or could
+	// not be reached for) during the fault and that were retried.
+	WritesRetried int `json:"writes_retried"`
+}
+
 // Link is the controller's own broker connection in a cycle, when it has
 // one (not with the embedded broker, where it is in-process).
 type Link struct {
@@ -148,10 +178,13 @@ type Cycle struct {
 	UpAt    time.Time `json:"up_at"`
 	DownS   Seconds   `json:"down_s"`
 	// Controller is the controller's link, when it has its own.
-	Controller *Link    `json:"controller,omitempty"`
-	Ours       Summary  `json:"ours"`
-	Baseline   *Summary `json:"baseline,omitempty"`
-	Samples    []Sample `json:"devices"`
+	Controller *Link `json:"controller,omitempty"`
+	// Failover is what a fault of one part of a cluster measured (the
+	// cluster's fault modes).
+	Failover *Failover `json:"failover,omitempty"`
+	Ours     Summary   `json:"ours"`
+	Baseline *Summary  `json:"baseline,omitempty"`
+	Samples  []Sample  `json:"devices"`
 }
 
 // Summary condenses samples. The first six fields are the figures the
@@ -264,6 +297,11 @@ type Config struct {
 	BaselineDevices int     `json:"baseline_devices"`
 	// BaselineClient describes the baseline's client and options.
 	BaselineClient string `json:"baseline_client,omitempty"`
+	// Nodes, Instances and LeaseS describe a cluster run: broker nodes,
+	// controller instances and their lease.
+	Nodes     int     `json:"nodes,omitempty"`
+	Instances int     `json:"instances,omitempty"`
+	LeaseS    Seconds `json:"lease_s,omitempty"`
 }
 
 // Target is one recovery target checked against the measurements.

@@ -20,7 +20,8 @@ const (
 
 var (
 	clientColor = map[string]string{ClientOurs: "#1f6fb4", ClientBaseline: "#e6780e"}
-	faultShade  = map[string]string{"kill": "#f4f4f4", "hang": "#eef3fa", "partition": "#f7f0f7"}
+	faultShade  = map[string]string{"kill": "#f4f4f4", "hang": "#eef3fa", "partition": "#f7f0f7",
+		"kill-instance": "#f4f4f4", "kill-node": "#eef3fa", "restart-postgres": "#f3f7ee", "partition-postgres": "#f7f0f7"}
 )
 
 // spread is one client's resync times in one cycle.
@@ -102,9 +103,16 @@ func (r *Result) WriteSVG(w io.Writer) error {
 	if r.Config.BaselineDevices > 0 {
 		title += fmt.Sprintf(" + %d baseline", r.Config.BaselineDevices)
 	}
+	from := "broker accepting again"
+	if r.Config.Instances > 0 {
+		// The cluster's failover faults measure from the device's last
+		// change (docs/mttr.md).
+		from = "the device's last change (restart-postgres: its return)"
+		title += fmt.Sprintf(", %d nodes, %d instances", r.Config.Nodes, r.Config.Instances)
+	}
 	p(`<text x="%d" y="20" font-size="15" font-weight="bold">%s</text>`+"\n", padLeft, esc(title))
 	p(`<text x="%d" y="36" font-size="11" fill="#555">%s</text>`+"\n", padLeft, esc(fmt.Sprintf(
-		"resync: broker accepting again → controller holds every local change made in the outage · keep-alive %s", FormatSeconds(r.Config.KeepAliveS))))
+		"resync: %s → controller holds every local change made in the outage · keep-alive %s", from, FormatSeconds(r.Config.KeepAliveS))))
 
 	// Fault mode bands.
 	for i, c := range r.Cycles {
@@ -165,7 +173,9 @@ func (r *Result) WriteSVG(w io.Writer) error {
 	}
 	p(`<line x1="%d" x2="%d" y1="%d" y2="%d" stroke="#333"/>`+"\n", padLeft, svgW-padRight, svgH-padBott, svgH-padBott)
 	p(`<line x1="%d" x2="%d" y1="%d" y2="%d" stroke="#333"/>`+"\n", padLeft, padLeft, padTop, svgH-padBott)
-	p(`<text x="%.1f" y="%d" text-anchor="middle">cycle</text>`+"\n", padLeft+plotW/2, svgH-padBott+34)
+	// "cycle" at the start of the cycle numbers' line, out of the way of
+	// the fault modes' shades below.
+	p(`<text x="%d" y="%d" text-anchor="end">cycle</text>`+"\n", padLeft-6, svgH-padBott+16)
 	// Legend.
 	lx := float64(padLeft)
 	for _, cl := range clients {
@@ -178,11 +188,21 @@ func (r *Result) WriteSVG(w io.Writer) error {
 	}
 	legend := "dot p50 · box p50–p99 · line fastest–slowest device · ▲ some devices not recovered in the cycle"
 	p(`<text x="%d" y="%d" font-size="11" fill="#555">%s</text>`+"\n", padLeft, svgH-10, esc(legend))
-	for i, f := range r.Faults() {
-		if shade, ok := faultShade[f]; ok {
-			p(`<rect x="%d" y="%d" width="10" height="10" fill="%s" stroke="#999"/><text x="%d" y="%d" font-size="11">%s</text>`+"\n",
-				svgW-padRight-220+i*75, svgH-20, shade, svgW-padRight-206+i*75, svgH-11, esc(f))
+	// The fault modes' shades, right-aligned on a line of their own
+	// above the legend (about 6 px a character at 11 px).
+	var shaded []string
+	width := 0
+	for _, f := range r.Faults() {
+		if _, ok := faultShade[f]; ok {
+			shaded = append(shaded, f)
+			width += 24 + 6*len([]rune(f))
 		}
+	}
+	sx := svgW - padRight - width
+	for _, f := range shaded {
+		p(`<rect x="%d" y="%d" width="10" height="10" fill="%s" stroke="#999"/><text x="%d" y="%d" font-size="11">%s</text>`+"\n",
+			sx, svgH-36, faultShade[f], sx+14, svgH-27, esc(f))
+		sx += 24 + 6*len([]rune(f))
 	}
 	p("</svg>\n")
 	return bw.Flush()

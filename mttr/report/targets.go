@@ -46,11 +46,71 @@ func (r *Result) CheckTargets(keepAlive, keepDead time.Duration) []Target {
 			}
 			ts = append(ts, Target{Name: "hang: detection", Want: want, Got: got, Met: met})
 		}
+		ts = append(ts, r.clusterTargets(f, keepAlive, n)...)
 		ts = append(ts,
 			Target{Name: f + ": lost events", Want: "0", Got: fmt.Sprintf("%d of %d local changes, over %s", s.LostEvents, s.LocalChanges, n), Met: s.LostEvents == 0},
 			Target{Name: f + ": wrong winners", Want: "0", Got: fmt.Sprintf("%d of %d conflicts, over %s", s.WrongWinners, s.Conflicts, n), Met: s.WrongWinners == 0},
 			Target{Name: f + ": out of sync at cycle end", Want: "0", Got: fmt.Sprintf("%d, over %s", s.Diverged, n), Met: s.Diverged == 0},
 		)
+	}
+	return ts
+}
+
+// clusterTargets are the targets of the cluster's fault modes: the other
+// instances take a stopped instance's devices within two leases; one cut
+// from PostgreSQL stops acting before they do; a device whose broker node
+// died is connected to another within the keep-alive.
+func (r *Result) clusterTargets(fault string, keepAlive time.Duration, n string) []Target {
+	var fos []*Failover
+	for _, c := range r.Cycles {
+		if c.Fault == fault && c.Failover != nil {
+			fos = append(fos, c.Failover)
+		}
+	}
+	if len(fos) == 0 {
+		return nil
+	}
+	worst := func(get func(*Failover) Seconds) (Seconds, bool) {
+		w, ok := Seconds(0), true
+		for _, fo := range fos {
+			v := get(fo)
+			if !v.Valid() {
+				ok = false
+				continue
+			}
+			w = max(w, v)
+		}
+		return w, ok
+	}
+	var ts []Target
+	if fault == "kill-instance" || fault == "partition-postgres" {
+		limit := 2 * r.Config.LeaseS
+		w, ok := worst(func(fo *Failover) Seconds { return fo.TakeoverS })
+		got := "max " + FormatSeconds(w) + " over " + n
+		if !ok {
+			got += " (a takeover never completed)"
+		}
+		ts = append(ts, Target{Name: fault + ": takeover", Want: "≤ 2 leases = " + FormatSeconds(limit), Got: got, Met: ok && w <= limit})
+	}
+	if fault == "partition-postgres" {
+		two := 0
+		for _, fo := range fos {
+			if fo.TwoOwners || !fo.StoppedS.Valid() || (fo.LeaseEndS.Valid() && fo.StoppedS >= fo.LeaseEndS) {
+				two++
+			}
+		}
+		ts = append(ts, Target{Name: fault + ": the cut instance stops before its lease ends and before the others take over", Want: "every cycle",
+			Got: fmt.Sprintf("%d of %d cycles not", two, len(fos)), Met: two == 0})
+	}
+	if fault == "kill-node" {
+		limit := Dur(keepAlive)
+		w, ok := worst(func(fo *Failover) Seconds { return fo.FailoverMaxS })
+		moved := 0
+		for _, fo := range fos {
+			moved += fo.Moved
+		}
+		ts = append(ts, Target{Name: fault + ": devices of the dead node connected to another", Want: "each within the keep-alive = " + FormatSeconds(limit),
+			Got: fmt.Sprintf("max %s, %d devices moved, over %s", FormatSeconds(w), moved, n), Met: ok && moved > 0 && w <= limit})
 	}
 	return ts
 }

@@ -47,7 +47,7 @@ func formatRatio(n Number, atMost bool) string {
 
 // CycleHeader is the header of the per-cycle table printed as cycles end.
 func CycleHeader(baseline bool) string {
-	h := fmt.Sprintf("%-5s %-9s %8s │ %-44s", "cycle", "fault", "down", "ours: detect p50 · reconnect p50 · resync p50/p99/max · lost · wrong")
+	h := fmt.Sprintf("%-5s %-18s %8s │ %-44s", "cycle", "fault", "down", "ours: detect p50 · reconnect p50 · resync p50/p99/max · lost · wrong")
 	if baseline {
 		h += " │ baseline: resync p50/max · unrecovered"
 	}
@@ -57,7 +57,7 @@ func CycleHeader(baseline bool) string {
 // CycleLine is one row of the per-cycle table.
 func CycleLine(c Cycle) string {
 	o := c.Ours
-	s := fmt.Sprintf("%-5d %-9s %8s │ %8s · %8s · %8s / %8s / %8s · %d · %d",
+	s := fmt.Sprintf("%-5d %-18s %8s │ %8s · %8s · %8s / %8s / %8s · %d · %d",
 		c.N, c.Fault, FormatSeconds(c.DownS), FormatSeconds(o.DetectP50), FormatSeconds(o.ReconnectP50),
 		FormatSeconds(o.MTTRP50), FormatSeconds(o.MTTRP99), FormatSeconds(o.MTTRMax), o.LostEvents, o.WrongWinners)
 	if o.Diverged > 0 || o.Unrecovered > 0 {
@@ -66,7 +66,31 @@ func CycleLine(c Cycle) string {
 	if b := c.Baseline; b != nil {
 		s += fmt.Sprintf(" │ %8s / %8s · %d", FormatSeconds(b.MTTRP50), FormatSeconds(b.MTTRMax), b.Unrecovered)
 	}
+	if fo := c.Failover; fo != nil {
+		s += " │ " + fo.String()
+	}
 	return s
+}
+
+// String is the failover's figures in a line.
+func (fo *Failover) String() string {
+	parts := []string{fo.Part}
+	if fo.StoppedS.Valid() {
+		parts = append(parts, "stopped acting "+FormatSeconds(fo.StoppedS)+", lease end "+FormatSeconds(fo.LeaseEndS))
+	}
+	if fo.TakeoverS.Valid() {
+		parts = append(parts, "taken over "+FormatSeconds(fo.TakeoverS))
+	}
+	if fo.TwoOwners {
+		parts = append(parts, "TWO OWNERS")
+	}
+	if fo.Moved > 0 {
+		parts = append(parts, fmt.Sprintf("%d moved, failover p50 %s max %s", fo.Moved, FormatSeconds(fo.FailoverP50S), FormatSeconds(fo.FailoverMaxS)))
+	}
+	if fo.WritesRetried > 0 {
+		parts = append(parts, fmt.Sprintf("%d writes retried", fo.WritesRetried))
+	}
+	return strings.Join(parts, " · ")
 }
 
 // WriteSummary prints the run's summary: ours against the baseline per
@@ -110,6 +134,11 @@ func (r *Result) WriteSummary(w io.Writer) error {
 		row("late (device still offline)", fmt.Sprint(o.LateEvents), fmt.Sprint(b.LateEvents), "")
 		row("wrong winners", fmt.Sprintf("%d / %d", o.WrongWinners, o.Conflicts), fmt.Sprintf("%d / %d", b.WrongWinners, b.Conflicts), "")
 		row("out of sync at cycle end", fmt.Sprint(o.Diverged), fmt.Sprint(b.Diverged), "")
+		for _, c := range r.Cycles {
+			if c.Fault == f && c.Failover != nil {
+				fmt.Fprintf(tw, "  cycle %d\t%s\n", c.N, c.Failover)
+			}
+		}
 	}
 	if len(r.Targets) > 0 {
 		fmt.Fprintln(tw, "\ntargets\twant\tgot\t")

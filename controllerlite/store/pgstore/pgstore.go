@@ -314,12 +314,34 @@ func (s *Store) Delete(ids ...string) error {
 // Load returns every stored record, sorted by id. A record that does not
 // hold a valid replica is an error naming the device.
 func (s *Store) Load() ([]store.Device, error) {
+	devs, _, err := s.LoadChanged(time.Time{})
+	return devs, err
+}
+
+// LoadChanged returns the records written at or after since (every record
+// for the zero time), sorted by id, and the cursor to pass next time: the
+// database's time of this read less the longest a write's transaction can
+// last (the store's timeout), because a record's updated_at is when its
+// transaction began, and one that began before this read may commit after
+// it. A record is then read again by the next call or two; never missed.
+// A deleted record is not reported: read everything (the zero time) now
+// and then to see those.
+func (s *Store) LoadChanged(since time.Time) ([]store.Device, time.Time, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), s.timeout)
 	defer cancel()
-	rows, err := s.pool.Query(ctx, `SELECT id, vc_c, vc_d, props, src, owed, online, last_seen, telemetry, reported, raised
-		FROM devices ORDER BY id`)
+	var now time.Time
+	if err := s.pool.QueryRow(ctx, `SELECT now()`).Scan(&now); err != nil {
+		return nil, time.Time{}, fmt.Errorf("load store: %w", err)
+	}
+	q := `SELECT id, vc_c, vc_d, props, src, owed, online, last_seen, telemetry, reported, raised FROM devices`
+	args := []any{}
+	if !since.IsZero() {
+		q += ` WHERE updated_at >= $1`
+		args = append(args, since)
+	}
+	rows, err := s.pool.Query(ctx, q+` ORDER BY id`, args...)
 	if err != nil {
-		return nil, fmt.Errorf("load store: %w", err)
+		return nil, time.Time{}, fmt.Errorf("load store: %w", err)
 	}
 	defer rows.Close()
 	var devs []store.Device
@@ -327,25 +349,25 @@ func (s *Store) Load() ([]store.Device, error) {
 		var r row
 		var c, d int64
 		if err := rows.Scan(&r.id, &c, &d, &r.props, &r.src, &r.owed, &r.online, &r.lastSeen, &r.telemetry, &r.reported, &r.raised); err != nil {
-			return nil, fmt.Errorf("load store: %w", err)
+			return nil, time.Time{}, fmt.Errorf("load store: %w", err)
 		}
 		r.vc = protocol.Clock{uint64(c), uint64(d)}
 		dev, err := r.device()
 		if err != nil {
-			return nil, fmt.Errorf("load store: device %q: %w", r.id, err)
+			return nil, time.Time{}, fmt.Errorf("load store: device %q: %w", r.id, err)
 		}
 		if err := store.Check(dev); err != nil {
-			return nil, fmt.Errorf("load store: %w", err)
+			return nil, time.Time{}, fmt.Errorf("load store: %w", err)
 		}
 		if err := store.Normalize(dev.Replica); err != nil {
-			return nil, fmt.Errorf("load store: device %q: %w", r.id, err)
+			return nil, time.Time{}, fmt.Errorf("load store: device %q: %w", r.id, err)
 		}
 		devs = append(devs, dev)
 	}
 	if err := rows.Err(); err != nil {
-		return nil, fmt.Errorf("load store: %w", err)
+		return nil, time.Time{}, fmt.Errorf("load store: %w", err)
 	}
-	return devs, nil
+	return devs, now.Add(-s.timeout - time.Second), nil
 }
 
 // row is a device record as its columns hold it.

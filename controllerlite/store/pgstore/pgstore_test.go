@@ -4,9 +4,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/thermofleet/thermo/controllerlite/store"
 	"github.com/thermofleet/thermo/controllerlite/store/storetest"
@@ -34,6 +36,63 @@ func TestPostgres(t *testing.T) {
 	t.Run("ServerDown", func(t *testing.T) { testServerDown(t, pg) })
 	t.Run("PutBased", func(t *testing.T) { testPutBased(t, pg) })
 	t.Run("Leases", func(t *testing.T) { testLeases(t, pg) })
+	t.Run("LoadChanged", func(t *testing.T) { testLoadChanged(t, pg) })
+}
+
+// testLoadChanged: the records written since a cursor, not those written
+// long before it; one written in a transaction that began before the read
+// and committed after is read by the next call; the zero time reads all.
+func testLoadChanged(t *testing.T, pg *testenv.Postgres) {
+	s := open(t, pg.NewDatabase(t))
+	ids := func(devs []store.Device) []string {
+		var out []string
+		for _, d := range devs {
+			out = append(out, d.ID)
+		}
+		return out
+	}
+	if err := s.Put(dev("old", protocol.Clock{1, 1}), dev("late", protocol.Clock{1, 1})); err != nil {
+		t.Fatal(err)
+	}
+	exec(t, s, `UPDATE devices SET updated_at = now() - interval '1 hour' WHERE id IN ('old', 'late')`)
+
+	// A write whose transaction begins now and commits after the read.
+	tx, err := s.pool.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tx.Rollback(ctx)
+	if _, err := tx.Exec(ctx, `UPDATE devices SET owed = true, updated_at = now() WHERE id = 'late'`); err != nil {
+		t.Fatal(err)
+	}
+	all, cursor, err := s.LoadChanged(time.Time{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := ids(all); !slices.Equal(got, []string{"late", "old"}) {
+		t.Fatalf("the zero time read %v, want every record", got)
+	}
+	if err := s.Put(dev("new", protocol.Clock{1, 1})); err != nil {
+		t.Fatal(err)
+	}
+	if err := tx.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	changed, next, err := s.LoadChanged(cursor)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := ids(changed); !slices.Equal(got, []string{"late", "new"}) {
+		t.Errorf("changed since the cursor: %v, want late (committed after the read) and new, not old", got)
+	}
+	for _, d := range changed {
+		if d.ID == "late" && !d.Owed {
+			t.Errorf("late read as it was before its transaction committed: %+v", d)
+		}
+	}
+	if !next.After(cursor) {
+		t.Errorf("cursor %v did not move on from %v", next, cursor)
+	}
 }
 
 func open(t *testing.T, url string) *Store {
