@@ -143,6 +143,8 @@ var (
 	brRecvDesc   = desc("broker_messages_received_total", "PUBLISH packets the embedded broker received from network clients.")
 	brSentDesc   = desc("broker_messages_sent_total", "PUBLISH packets the embedded broker sent to network clients.")
 	brDropDesc   = desc("broker_messages_dropped_total", "PUBLISH packets the embedded broker dropped because a client was too slow to take them.")
+	tlsHSDesc    = desc("broker_tls_handshakes_total", "TLS handshakes the embedded broker's network clients completed.")
+	tlsResDesc   = desc("broker_tls_resumed_total", "Of those, the handshakes that resumed an earlier session instead of exchanging certificates.")
 )
 
 // fleetCollector reads the fleet at scrape time.
@@ -228,7 +230,7 @@ type outputs struct {
 type brokerCollector struct{ b Broker }
 
 func (brokerCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{clientsDesc, retainedDesc, brRecvDesc, brSentDesc, brDropDesc} {
+	for _, d := range []*prometheus.Desc{clientsDesc, retainedDesc, brRecvDesc, brSentDesc, brDropDesc, tlsHSDesc, tlsResDesc} {
 		ch <- d
 	}
 }
@@ -240,4 +242,6 @@ func (c brokerCollector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(brRecvDesc, prometheus.CounterValue, float64(s.MessagesReceived))
 	ch <- prometheus.MustNewConstMetric(brSentDesc, prometheus.CounterValue, float64(s.MessagesSent))
 	ch <- prometheus.MustNewConstMetric(brDropDesc, prometheus.CounterValue, float64(s.MessagesDropped))
+	ch <- prometheus.MustNewConstMetric(tlsHSDesc, prometheus.CounterValue, float64(s.TLSHandshakes))
+	ch <- prometheus.MustNewConstMetric(tlsResDesc, prometheus.CounterValue, float64(s.TLSResumed))
 }

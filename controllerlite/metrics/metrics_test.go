@@ -87,7 +87,7 @@ func stub(t *testing.T) stubFleet {
 
 func TestFleetCollector(t *testing.T) {
 	m := New(slog.New(slog.NewTextHandler(io.Discard, nil)))
-	m.Watch(stub(t), stubBroker{ClientsConnected: 2, Retained: 6, MessagesReceived: 9, MessagesSent: 8, MessagesDropped: 1})
+	m.Watch(stub(t), stubBroker{ClientsConnected: 2, Retained: 6, MessagesReceived: 9, MessagesSent: 8, MessagesDropped: 1, TLSHandshakes: 5, TLSResumed: 3})
 	m.Committed(3 * time.Millisecond)
 	m.Resynced("heating", 40*time.Millisecond)
 
@@ -134,6 +134,8 @@ controllerlite_device_certificate_expiry_timestamp_seconds{device="heating"} 180
 		{"controllerlite_broker_clients_connected", "controllerlite_broker_clients_connected 2\n"},
 		{"controllerlite_broker_retained_messages", "controllerlite_broker_retained_messages 6\n"},
 		{"controllerlite_broker_messages_dropped_total", "controllerlite_broker_messages_dropped_total 1\n"},
+		{"controllerlite_broker_tls_handshakes_total", "controllerlite_broker_tls_handshakes_total 5\n"},
+		{"controllerlite_broker_tls_resumed_total", "controllerlite_broker_tls_resumed_total 3\n"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
