@@ -354,15 +354,14 @@ func TestDashboard(t *testing.T) {
 	}).observe(document.getElementById('fleet'), {subtree: true, childList: true, attributes: true}); true`)
 	d2.stop()
 	var offlineAt time.Time
-	for deadline := time.Now().Add(waitTimeout); ; time.Sleep(5 * time.Millisecond) {
-		if d, err := w.ctl("d2"); err == nil && !d.Online {
-			offlineAt = time.Now()
-			break
+	eventually(t, "the controller to see d2 go offline", func() (bool, string) {
+		d, err := w.ctl("d2")
+		if err != nil || d.Online {
+			return false, fmt.Sprint(d.Online, err)
 		}
-		if time.Now().After(deadline) {
-			t.Fatal("the controller never saw d2 go offline")
-		}
-	}
+		offlineAt = time.Now()
+		return true, ""
+	})
 	waitPage(t, ctx, "d2's card greyed out", `document.getElementById('dev-d2').classList.contains('offline')`, `document.getElementById('dev-d2').className`)
 	lag := time.UnixMilli(int64(evalJS[float64](t, ctx, `window.greyAt`))).Sub(offlineAt)
 	t.Logf("d2 greyed out %v after the API reported it offline", lag)

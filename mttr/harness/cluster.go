@@ -188,13 +188,17 @@ func (r *run) startCluster(ctx context.Context) (*cluster, error) {
 			return nil, err
 		}
 		httpAddr := net.JoinHostPort("127.0.0.1", strconv.Itoa(hport))
+		store, err := proxiedURL(dbURL, px.Addr().String())
+		if err != nil {
+			return nil, err
+		}
 		dir := filepath.Join(cfg.WorkDir, "instance-"+name)
 		if err := os.MkdirAll(dir, 0o700); err != nil {
 			return nil, err
 		}
 		args := append(slices.Clone(cfg.EmbeddedCmd), "--ca", r.pki.caFile, "--cert", cert, "--key", key,
 			"--data-dir", filepath.Join(dir, "data"), "--http", httpAddr, "--http-token-file", r.pki.tokenFile,
-			"--store", proxiedURL(dbURL, px.Addr().String()), "--lease", cfg.Lease.String(), "--keep-alive", cfg.KeepAlive.String())
+			"--store", store, "--lease", cfg.Lease.String(), "--keep-alive", cfg.KeepAlive.String())
 		for j := range c.nodeURLs {
 			args = append(args, "--broker", c.nodeURLs[(i+j)%len(c.nodeURLs)])
 		}
@@ -215,13 +219,13 @@ func (r *run) startCluster(ctx context.Context) (*cluster, error) {
 }
 
 // proxiedURL is dbURL with its host replaced by addr.
-func proxiedURL(dbURL, addr string) string {
+func proxiedURL(dbURL, addr string) (string, error) {
 	u, err := url.Parse(dbURL)
 	if err != nil {
-		panic(fmt.Sprintf("pgcluster made a URL that does not parse: %v", err)) // never: pgcluster builds it with net/url
+		return "", fmt.Errorf("database URL: %w", err)
 	}
 	u.Host = addr
-	return u.String()
+	return u.String(), nil
 }
 
 // readLeaseEnd reads when instance name's lease ends, from the table
@@ -340,40 +344,27 @@ func fresher(a, b protocol.Clock) bool {
 }
 
 // set sends a remote write to the live instances in turn: one that cannot
-// be reached, or refuses for a reason of its own (its store out of reach,
-// not ready), is retried on the next, until ctx is done.
+// take it (not reachable, its store out of reach, not ready) is counted
+// and the write tried on the next (retrySet), until ctx is done.
 func (c *cluster) set(ctx context.Context, id string, changes map[string]any) (fleet.Device, error) {
-	select {
-	case c.slots <- struct{}{}:
-		defer func() { <-c.slots }()
-	case <-ctx.Done():
-		return fleet.Device{}, fmt.Errorf("set %s: %w", id, ctx.Err())
-	}
-	var lastErr error
-	for attempt := 0; ; attempt++ {
-		live := c.live()
-		if len(live) > 0 {
-			i := live[int(c.next.Add(1))%len(live)]
-			wctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-			d, err := c.apis[i].Set(wctx, id, changes)
-			cancel()
-			var ae *api.Error
-			retry := errors.Is(err, api.ErrUnreachable) || errors.Is(err, context.DeadlineExceeded) ||
-				errors.As(err, &ae) && ae.Status >= 500
-			if err == nil || !retry {
-				return d, err
-			}
-			lastErr = fmt.Errorf("instance %s: %w", c.names[i], err)
+	tries := 0
+	return retrySet(ctx, c.slots, id, func(ctx context.Context) (fleet.Device, error) {
+		if tries++; tries > 1 {
 			c.retried.Add(1)
 		}
-		t := time.NewTimer(50 * time.Millisecond)
-		select {
-		case <-ctx.Done():
-			t.Stop()
-			return fleet.Device{}, fmt.Errorf("set %s: no instance took it: %w", id, lastErr)
-		case <-t.C:
+		live := c.live()
+		if len(live) == 0 {
+			return fleet.Device{}, fmt.Errorf("set %s: %w: every instance is down", id, api.ErrUnreachable)
 		}
-	}
+		i := live[int(c.next.Add(1))%len(live)]
+		wctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		defer cancel()
+		d, err := c.apis[i].Set(wctx, id, changes)
+		if err != nil {
+			return d, fmt.Errorf("instance %s: %w", c.names[i], err)
+		}
+		return d, nil
+	})
 }
 
 // status reads instance i's /healthz (its part in the cluster).
@@ -407,19 +398,10 @@ func (c *cluster) takenOver(ctx context.Context, victim, n int) bool {
 	return owned >= n
 }
 
-// clusterController is the harness's view of the cluster's controller.
-type clusterController struct{ c *cluster }
-
-func (cc clusterController) devices(ctx context.Context) (map[string]fleet.Device, error) {
-	return cc.c.devices(ctx)
-}
-
-func (cc clusterController) set(ctx context.Context, id string, changes map[string]any) (fleet.Device, error) {
-	return cc.c.set(ctx, id, changes)
-}
-
-func (clusterController) firstFlip(bool, time.Time) (time.Time, bool) { return time.Time{}, false }
-func (clusterController) close()                                      {}
+// The cluster is the harness's controller: devices and set above, and no
+// broker link of its own to time.
+func (*cluster) firstFlip(bool, time.Time) (time.Time, bool) { return time.Time{}, false }
+func (*cluster) close()                                      {}
 
 // failure is one cluster fault in progress: what was faulted, and what
 // its watcher measured.
@@ -646,7 +628,7 @@ func (r *run) setupCluster(ctx context.Context) error {
 		return err
 	}
 	r.brokerURL = c.nodeURLs[0]
-	r.ctrl = clusterController{c}
+	r.ctrl = c
 	r.poll = max(2*pollEvery, time.Duration(cfg.Devices+cfg.BaselineDevices)*pollPerDevice)
 	return r.startDevices(ctx, c.nodeURLs)
 }

@@ -151,24 +151,35 @@ func (r *remoteController) devices(ctx context.Context) (map[string]fleet.Device
 }
 
 func (r *remoteController) set(ctx context.Context, id string, changes map[string]any) (fleet.Device, error) {
+	return retrySet(ctx, r.slots, id, func(ctx context.Context) (fleet.Device, error) {
+		return r.c.Set(ctx, id, changes)
+	})
+}
+
+// retrySet makes a remote write through try, at most cap(slots) in flight
+// at once, and tries again every 50 ms while the controller cannot take it
+// (unreachable or timed out; 503: not ready, or its store out of reach)
+// until ctx is done.
+func retrySet(ctx context.Context, slots chan struct{}, id string, try func(ctx context.Context) (fleet.Device, error)) (fleet.Device, error) {
 	select {
-	case r.slots <- struct{}{}:
-		defer func() { <-r.slots }()
+	case slots <- struct{}{}:
+		defer func() { <-slots }()
 	case <-ctx.Done():
 		return fleet.Device{}, fmt.Errorf("set %s: %w", id, ctx.Err())
 	}
 	for {
-		d, err := r.c.Set(ctx, id, changes)
+		d, err := try(ctx)
 		var ae *api.Error
-		notReady := errors.As(err, &ae) && ae.Status == http.StatusServiceUnavailable
-		if err == nil || !errors.Is(err, api.ErrUnreachable) && !notReady {
+		again := errors.Is(err, api.ErrUnreachable) || errors.Is(err, context.DeadlineExceeded) && ctx.Err() == nil ||
+			errors.As(err, &ae) && ae.Status == http.StatusServiceUnavailable
+		if err == nil || !again {
 			return d, err
 		}
 		t := time.NewTimer(50 * time.Millisecond)
 		select {
 		case <-ctx.Done():
 			t.Stop()
-			return fleet.Device{}, fmt.Errorf("set %s: controller unreachable: %w", id, err)
+			return fleet.Device{}, fmt.Errorf("set %s: the controller did not take it: %w", id, err)
 		case <-t.C:
 		}
 	}
