@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"maps"
 	"slices"
-	"sync"
 	"time"
 
 	"github.com/thermofleet/thermo/controllerlite/store"
@@ -14,8 +13,8 @@ import (
 )
 
 // Batches: what the loop did since it last woke is stored in one
-// transaction, then its Commands are published in order, then readers see
-// the result.
+// transaction, then readers see the result and its Commands go to the
+// outbox, which publishes them in order (outbox.go).
 
 type command struct {
 	id string
@@ -29,13 +28,15 @@ func (f *Fleet) send(cmds []command) {
 		f.record(c.id).Owed = true
 		f.batch.persist[c.id] = true
 		f.batch.pending = append(f.batch.pending, c)
+		f.batch.sends[c.id] = true
 	}
 }
 
 // commit ends a batch: it stores every record the batch changed, with the
-// Commands' devices marked owed, in one transaction, then publishes the
-// Commands in the order they were made and clears the marks of those the
-// broker took. Nothing is published if the store refused the write: a
+// Commands' devices marked owed, in one transaction, then hands the
+// Commands to the outbox in the order they were made (the marks of those
+// the broker takes are cleared as it does). Nothing is published if the
+// store refused the write: a
 // Command must never carry a clock that a crash could forget. A received
 // Event's new state is stored here too, before any Command that depends
 // on it; until then the broker still retains the Event.
@@ -55,6 +56,7 @@ func (f *Fleet) commit(ctx context.Context) error {
 	cmds := f.batch.pending
 	f.batch.pending = nil
 	clear(f.batch.persist)
+	clear(f.batch.sends)
 	if err := f.put(recs); err != nil {
 		for _, r := range recs {
 			f.dirty[r.ID] = true
@@ -85,111 +87,20 @@ func (f *Fleet) commit(ctx context.Context) error {
 	for _, r := range recs {
 		delete(f.dirty, r.ID)
 	}
-	if len(cmds) == 0 {
-		return nil
-	}
-	if f.pub == nil {
-		for _, c := range cmds {
-			f.log.Info("broker link down: command owed", "device", c.id, "vc", c.m.VC)
-			f.touch(c.id)
-		}
-		return nil
-	}
-	// Every Command carries the device's whole state, so the outcome of
-	// a device's last Command decides whether it still owes one.
-	// A batch publishes at most maxPublishPerBatch Commands; the rest, in
-	// order, wait for the next turn of the loop, which first takes what
-	// arrived meanwhile. Publishing waits for the broker's acknowledgements:
-	// 1,000 owed Commands at once (a controller's writes made while the
-	// broker was down) held every returning device's Event behind them for
-	// ~3 s on Mosquitto. A device with a Command still waiting stays owed.
-	later := map[string]bool{}
-	if len(cmds) > maxPublishPerBatch {
-		f.batch.pending = append(slices.Clone(cmds[maxPublishPerBatch:]), f.batch.pending...)
-		cmds = cmds[:maxPublishPerBatch]
-		for _, c := range f.batch.pending {
-			later[c.id] = true
-		}
-		f.q.Push(func(context.Context) {}) // wake the loop for the rest
-	}
-	devices := f.publishAll(ctx, cmds)
-	for id, ok := range devices {
-		f.recs[id].Owed = !ok || later[id]
-		f.touch(id)
-	}
-	var sent []store.Device
-	for _, id := range slices.Sorted(maps.Keys(devices)) {
-		if rec := f.recs[id]; !rec.Owed {
-			sent = append(sent, *rec)
-		}
-	}
-	if err := f.put(sent); err != nil {
-		// The owed marks stay on disk: after a restart these Commands go
-		// out once more, which is harmless.
-		f.log.Warn("store: clear owed marks", "error", err)
-		for _, r := range sent {
-			f.dirty[r.ID] = true
-		}
-	}
+	// The Commands go to the outbox (outbox.go): the loop does not wait
+	// for the broker to take them.
+	f.queue(ctx, cmds)
 	return nil
 }
 
-// maxPublishPerBatch bounds the Commands one commit publishes (see commit).
-const maxPublishPerBatch = 256
-
-// publishParallel bounds the devices whose Commands are in flight at once.
+// publishParallel bounds the Commands in flight at once (outbox.go): a
+// returning fleet's greetings share the embedded broker's store commits,
+// and the broker's queue does not grow past what it takes.
 const publishParallel = 64
 
-// publishAll publishes cmds, each device's in the order made, different
-// devices' concurrently, and returns the outcome of each device's last
-// Command. Each publish waits for the broker's acknowledgement, and the
-// embedded broker stores a retained message before it acknowledges: one
-// after another, a returning fleet's greetings waited for a store commit
-// each (about 2 ms a device). Concurrent, they share the broker's commits.
-// Only the order per device matters: a device's Commands go to its own
-// retained topic, and each carries its whole state.
-func (f *Fleet) publishAll(ctx context.Context, cmds []command) map[string]bool {
-	per := map[string][]command{}
-	var order []string
-	for _, c := range cmds {
-		if _, ok := per[c.id]; !ok {
-			order = append(order, c.id)
-		}
-		per[c.id] = append(per[c.id], c)
-	}
-	out := make(map[string]bool, len(order))
-	if len(order) == 1 {
-		for _, c := range cmds {
-			out[c.id] = f.publish(ctx, c)
-		}
-		return out
-	}
-	var (
-		mu  sync.Mutex
-		wg  sync.WaitGroup
-		sem = make(chan struct{}, publishParallel)
-	)
-	for _, id := range order {
-		sem <- struct{}{}
-		wg.Add(1)
-		go func() {
-			defer func() { <-sem; wg.Done() }()
-			ok := false
-			for _, c := range per[id] {
-				ok = f.publish(ctx, c)
-			}
-			mu.Lock()
-			out[id] = ok
-			mu.Unlock()
-		}()
-	}
-	wg.Wait()
-	return out
-}
-
-// publish sends one Command and waits for the broker's acknowledgement;
-// safe for concurrent use.
-func (f *Fleet) publish(ctx context.Context, c command) bool {
+// publish sends one Command through p and waits for the broker's
+// acknowledgement; safe for concurrent use.
+func (f *Fleet) publish(ctx context.Context, p Publisher, c command) bool {
 	if !f.mayPublish() {
 		f.log.Warn("not publishing: this instance's lease is not renewed (command owed)", "device", c.id, "vc", c.m.VC)
 		return false
@@ -202,7 +113,7 @@ func (f *Fleet) publish(ctx context.Context, c command) bool {
 	ctx, cancel := context.WithTimeout(ctx, f.opts.PublishTimeout)
 	defer cancel()
 	topic := protocol.Topic(f.root, c.id, protocol.KindCmd)
-	if err := f.pub.Publish(ctx, topic, payload, 1, true); err != nil {
+	if err := p.Publish(ctx, topic, payload, 1, true); err != nil {
 		f.log.Warn("publish command failed: owed until the link is back", "device", c.id, "vc", c.m.VC, "error", err)
 		return false
 	}
@@ -217,17 +128,11 @@ func (f *Fleet) sendOwed() {
 	if f.pub == nil || !f.ctrl.IsReady() {
 		return
 	}
-	// A device whose Command still waits its turn in the batch (a commit
-	// publishes at most maxPublishPerBatch) is owed, and already on its
-	// way: queueing another would grow the batch at every flush faster
-	// than it drains.
-	queued := make(map[string]bool, len(f.batch.pending))
-	for _, c := range f.batch.pending {
-		queued[c.id] = true
-	}
+	// A device whose Command is in the batch or the outbox is owed, and
+	// already on its way: another would only repeat it.
 	var cmds []command
 	for _, id := range slices.Sorted(maps.Keys(f.recs)) {
-		if f.recs[id].Owed && f.acts(id) && !queued[id] {
+		if f.recs[id].Owed && f.acts(id) && !f.batch.sends[id] && !f.out.has(id) {
 			// Online is the controller's Send for a known device once
 			// ready: a Command with its current clock and properties.
 			if m := f.ctrl.Online(id); m != nil {

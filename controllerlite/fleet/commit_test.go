@@ -62,12 +62,11 @@ func watchCommands(t *testing.T, e *env) *commands {
 
 // TestBurstStoredAndGreeted: a burst of devices coming back through the
 // embedded broker (one batch or a few) is applied, stored and greeted, each
-// device once (a batch's greetings go out concurrently, each device's in
-// order: see publishAll; more than maxPublishPerBatch of them over several
-// turns of the loop); once the fleet has stopped the store holds every
-// device's Event and no Command owed.
+// device once (the greetings go out through the outbox, publishParallel at
+// a time, each device's in order); once the fleet has stopped the store
+// holds every device's Event and no Command owed.
 func TestBurstStoredAndGreeted(t *testing.T) {
-	for _, n := range []int{20, 3*maxPublishPerBatch + 1} {
+	for _, n := range []int{20, 12*publishParallel + 1} {
 		t.Run(fmt.Sprint(n), func(t *testing.T) { testBurst(t, n) })
 	}
 }
@@ -238,15 +237,15 @@ func (p *countingPub) counts() map[string]int {
 	return maps.Clone(p.n)
 }
 
-// TestManyOwedDrain: more owed Commands than a commit publishes at once
-// (maxPublishPerBatch) all go out when the link is back, each device's
+// TestManyOwedDrain: many more owed Commands than the outbox publishes at
+// once (publishParallel) all go out when the link is back, each device's
 // once, however often the flush looks for owed devices meanwhile.
 func TestManyOwedDrain(t *testing.T) {
 	st, err := store.Open(t.TempDir())
 	if err != nil {
 		t.Fatal(err)
 	}
-	const n = 3*maxPublishPerBatch + 17
+	const n = 12*publishParallel + 17
 	f, _ := startFleet(t, st, &countingPub{}, func(f *Fleet) { f.opts.FlushInterval = time.Millisecond })
 	for i := range n {
 		f.Receive(topic(fmt.Sprintf("d%03d", i), protocol.KindEvent), eventPayload(t, 1, 20), false)

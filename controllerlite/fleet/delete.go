@@ -32,7 +32,7 @@ func (f *Fleet) Delete(ctx context.Context, id string) error {
 		return fmt.Errorf("%w: still reading the broker's retained messages (%v)", ErrNotReady, ctx.Err())
 	}
 	reply := make(chan error, 1)
-	f.q.Push(func(ctx context.Context) { reply <- f.delete(ctx, id) })
+	f.q.Push(func(ctx context.Context) { f.delete(ctx, id, func(err error) { reply <- err }) })
 	select {
 	case err := <-reply:
 		return err
@@ -43,18 +43,34 @@ func (f *Fleet) Delete(ctx context.Context, id string) error {
 	}
 }
 
-// delete runs on the Run goroutine.
-func (f *Fleet) delete(ctx context.Context, id string) error {
+// delete runs on the Run goroutine and tells done its outcome, there too.
+// What the batch holds for id is stored first, and a Command of id's
+// already on its way is let finish (a waiting one is dropped), so nothing
+// of it is published after the clearing.
+func (f *Fleet) delete(ctx context.Context, id string, done func(error)) {
 	if _, ok := f.recs[id]; !ok {
-		return fmt.Errorf("%w %q", ErrUnknownDevice, id)
+		done(fmt.Errorf("%w %q", ErrUnknownDevice, id))
+		return
+	}
+	if f.pub == nil {
+		done(fmt.Errorf("delete %s: %w: its retained messages cannot be removed now, try again", id, ErrLinkDown))
+		return
+	}
+	if err := f.commit(ctx); err != nil {
+		done(fmt.Errorf("delete %s: %w", id, err))
+		return
+	}
+	f.unqueue(id)
+	f.whenIdle(id, func() { done(f.clear(ctx, id)) })
+}
+
+// clear removes device id's retained messages, then its record.
+func (f *Fleet) clear(ctx context.Context, id string) error {
+	if _, ok := f.recs[id]; !ok {
+		return fmt.Errorf("%w %q", ErrUnknownDevice, id) // deleted meanwhile
 	}
 	if f.pub == nil {
 		return fmt.Errorf("delete %s: %w: its retained messages cannot be removed now, try again", id, ErrLinkDown)
-	}
-	// What the batch holds for id goes out (or is stored) first, so
-	// nothing of it is published after the clearing.
-	if err := f.commit(ctx); err != nil {
-		return fmt.Errorf("delete %s: %w", id, err)
 	}
 	for _, k := range []protocol.Kind{protocol.KindCmd, protocol.KindEvent, protocol.KindStatus, protocol.KindTelemetry} {
 		topic := protocol.Topic(f.root, id, k)

@@ -132,8 +132,9 @@ type Device struct {
 	Telemetry json.RawMessage `json:"telemetry"`
 	// LastSeen is when a live message last came from the device, or null.
 	LastSeen *time.Time `json:"last_seen"`
-	// Pending is true while a Command for this device has not been handed
-	// to the broker (the controller's own link is down).
+	// Pending is true until the broker has taken the device's latest
+	// Command: while it is on its way, while the controller's own link is
+	// down, or after the broker refused it (sent again at the next flush).
 	Pending bool `json:"pending"`
 	// Alerts are the device's conditions that need a person: those its
 	// telemetry reports and those the controller sees (duplicate_identity,
@@ -193,6 +194,7 @@ type Fleet struct {
 	dirty map[string]bool // records changed since the last flush
 	pub   Publisher       // nil while the link is down
 	batch batch
+	out   outbox // Commands stored and not yet taken by the broker
 	wait  retainedWait
 
 	// retry writes again soon what the store refused (storeRetry).
@@ -213,15 +215,17 @@ type counters struct {
 }
 
 // batch is the work queued since the loop last woke, done in one go: what
-// it changed is stored in one transaction (one fsync) before its Commands
-// are published, in order, and only then shown to readers. A fleet coming
+// it changed is stored in one transaction (one fsync), then shown to
+// readers, and its Commands handed to the outbox, in order. A fleet coming
 // back after an outage sends a burst; a transaction per message would make
 // the last device of the burst wait for every fsync before it.
 type batch struct {
 	persist map[string]bool // records to store before the batch's Commands go out
 	pending []command       // the batch's Commands, in the order made
+	sends   map[string]bool // devices with a Command in pending
 	touched map[string]bool // devices whose view the batch changed
 	done    []func(error)   // callers waiting for the batch's commit (Set), told its outcome
+	idle    []func()        // whenIdle's callers whose device's publishes are over
 }
 
 // retainedWait is the wait for an external broker's retained messages
@@ -282,7 +286,8 @@ func New(opts Options) (*Fleet, error) {
 		watchers: map[*Watcher]bool{},
 		recs:     map[string]*store.Device{},
 		dirty:    map[string]bool{},
-		batch:    batch{persist: map[string]bool{}, touched: map[string]bool{}},
+		batch:    batch{persist: map[string]bool{}, sends: map[string]bool{}, touched: map[string]bool{}},
+		out:      newOutbox(),
 		resyncs:  map[string]resyncWait{},
 	}
 	for _, d := range devs {
@@ -318,6 +323,8 @@ func (f *Fleet) Run(ctx context.Context) error {
 		return errors.New("fleet: Run called twice")
 	}
 	defer close(f.stopped)
+	// Publishes in flight end with ctx; none outlives Run.
+	defer f.out.running.Wait()
 	f.wait.timer = time.NewTimer(time.Hour)
 	f.wait.timer.Stop()
 	f.retry.timer = time.NewTimer(time.Hour)
@@ -349,6 +356,10 @@ func (f *Fleet) Run(ctx context.Context) error {
 			done(err)
 		}
 		f.batch.done = nil
+		for _, fn := range f.batch.idle {
+			fn()
+		}
+		f.batch.idle = nil
 		if f.ctrl.IsReady() && !f.IsReady() {
 			// After the commit, so a reader woken by Ready sees every
 			// device the retained messages brought in.
@@ -446,26 +457,31 @@ func (f *Fleet) Set(ctx context.Context, id string, changes map[string]any) (Dev
 	}
 	reply := make(chan result, 1)
 	f.q.Push(func(ctx context.Context) {
+		// The caller is answered once the broker has the write's
+		// Command (or it is owed: Device.Pending), with the device as
+		// it is then.
+		answer := func() {
+			d, _ := f.Device(id)
+			reply <- result{d, nil}
+		}
 		d, err := f.set(ctx, id, changes)
 		switch {
 		case err != nil:
 			reply <- result{Device{}, err}
 			return
-		case d != nil: // done already (setShared)
-			reply <- result{*d, nil}
+		case d != nil: // stored already (setShared)
+			f.whenIdle(id, answer)
 			return
 		}
-		// The caller learns whether the write was stored: it is answered
-		// once the batch it is part of is committed, with the other
-		// writes and Events of that batch (one transaction for all of
-		// them, not one each).
+		// The write is stored with the other writes and Events of the
+		// batch it is part of (one transaction for all of them, not one
+		// each).
 		f.batch.done = append(f.batch.done, func(err error) {
 			if err != nil {
 				reply <- result{Device{}, err}
 				return
 			}
-			d, _ := f.Device(id)
-			reply <- result{d, nil}
+			f.whenIdle(id, answer)
 		})
 	})
 	select {

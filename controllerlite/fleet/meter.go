@@ -17,8 +17,8 @@ import (
 // Meter hears the fleet's timings. Its methods run on the fleet's loop:
 // they must not block (a Prometheus histogram's Observe does not).
 type Meter interface {
-	// Committed: a batch was committed in d, its store write and the
-	// publishes of its Commands together (see commit).
+	// Committed: a batch was committed in d: its store write (its
+	// Commands are published after it, by the outbox).
 	Committed(d time.Duration)
 	// Resynced: a device was back in sync d after its live status online
 	// (see resync).

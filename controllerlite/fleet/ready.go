@@ -24,6 +24,7 @@ func (f *Fleet) LinkDown(err error) {
 		f.log.Warn("broker link down: commands are kept until it is back", "error", err)
 		f.pub = nil
 		f.connected.Store(false)
+		f.unqueueAll()
 		if f.wait.waiting {
 			f.wait.waiting = false
 			f.wait.timer.Stop()

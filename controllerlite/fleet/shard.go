@@ -395,6 +395,7 @@ func (f *Fleet) forget(id string) {
 	delete(f.batch.persist, id)
 	delete(f.batch.touched, id)
 	delete(f.resyncs, id)
+	f.unqueue(id)
 	if f.sh != nil {
 		delete(f.sh.base, id)
 		delete(f.sh.since, id)
@@ -450,6 +451,7 @@ func (f *Fleet) drop(id string, active bool) {
 	delete(f.dirty, id)
 	delete(f.batch.persist, id)
 	delete(f.resyncs, id)
+	f.unqueue(id)
 	f.log.Debug("device dropped", "device", id)
 	filters := f.deviceFilters(id)
 	f.sh.subq.Push(func(context.Context) {
@@ -550,6 +552,22 @@ func (f *Fleet) rebase(id string, row store.Device) {
 // errNoChange rolls back an Update that has nothing to write.
 var errNoChange = errors.New("no change")
 
+// clearOwedShared clears the owed mark of device id, which another
+// instance owns, in the store if its record is still the one whose Command
+// (clock vc) the broker took: f writes no other field of a record it does
+// not own.
+func (f *Fleet) clearOwedShared(id string, vc protocol.Clock) {
+	if err := f.sh.st.Update(id, func(stored store.Device, ok bool) (store.Device, error) {
+		if !ok || stored.Replica.VC != vc {
+			return store.Device{}, errNoChange // newer writes carry their own mark
+		}
+		stored.Owed = false
+		return stored, nil
+	}); err != nil && !errors.Is(err, errNoChange) {
+		f.log.Warn("store: clear the owed mark", "device", id, "error", err)
+	}
+}
+
 // setShared is Set for a shared fleet (see the rules above).
 func (f *Fleet) setShared(ctx context.Context, id string, changes map[string]any) (Device, error) {
 	owns := f.acts(id)
@@ -622,19 +640,9 @@ func (f *Fleet) setShared(ctx context.Context, id string, changes map[string]any
 	f.sh.base[id] = m.VC[0]
 	f.log.Info("remote write", "device", id, "changes", changes, "vc", m.VC, "owner", owns)
 	f.touch(id)
-	if f.pub != nil && f.publish(ctx, command{id, m}) {
-		f.recs[id].Owed = false
-		vc := m.VC
-		if err := f.sh.st.Update(id, func(stored store.Device, ok bool) (store.Device, error) {
-			if !ok || stored.Replica.VC != vc {
-				return store.Device{}, errNoChange // newer writes carry their own mark
-			}
-			stored.Owed = false
-			return stored, nil
-		}); err != nil && !errors.Is(err, errNoChange) {
-			f.log.Warn("store: clear the owed mark", "device", id, "error", err)
-		}
-	}
+	// Stored: to the outbox, after whatever of this device's is there;
+	// the owed mark goes when the broker has taken it (published).
+	f.queue(ctx, []command{{id, m}})
 	f.showTouched()
 	d, _ := f.Device(id)
 	return d, nil

@@ -72,7 +72,7 @@ func New(log *slog.Logger) *Metrics {
 		log: log,
 		commit: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Namespace: Namespace, Name: "commit_duration_seconds",
-			Help:    "Time to commit one batch of the fleet: the store transaction and the publishes of its Commands.",
+			Help:    "Time to commit one batch of the fleet: its store transaction (its Commands are published after, without holding the fleet).",
 			Buckets: CommitBuckets,
 		}),
 		resync: prometheus.NewHistogram(prometheus.HistogramOpts{
