@@ -3,6 +3,7 @@ package web_test
 import (
 	"bufio"
 	"context"
+	"errors"
 	"encoding/json"
 	"io"
 	"log/slog"
@@ -388,5 +389,66 @@ func TestEvents(t *testing.T) {
 	// Close (at the server's shutdown) ends the feeds.
 	d.Close()
 	for range ev.ch { // closed when the server ends the response
+	}
+}
+
+// api.Client.Follow reads the live feed of a real controller: the snapshot,
+// a device's change, its removal; a wrong token is refused with the API's
+// error, and the feed's end (the controller stopping) is an error.
+func TestFollow(t *testing.T) {
+	const token = "follow-token"
+	s, dev := controller(t, token)
+	bad, err := api.NewClient(s.HTTPAddr().String(), "wrong")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var apiErr *api.Error
+	if err := bad.Follow(context.Background(), func(api.Change) {}); !errors.As(err, &apiErr) || apiErr.Status != http.StatusUnauthorized {
+		t.Fatalf("follow with a wrong token: %v, want HTTP 401", err)
+	}
+
+	c, err := api.NewClient(s.HTTPAddr().String(), token)
+	if err != nil {
+		t.Fatal(err)
+	}
+	changes := make(chan api.Change, 64)
+	ended := make(chan error, 1)
+	go func() { ended <- c.Follow(context.Background(), func(ch api.Change) { changes <- ch }) }()
+	next := func(what string, match func(api.Change) bool) {
+		t.Helper()
+		for {
+			select {
+			case ch := <-changes:
+				if match(ch) {
+					return
+				}
+			case err := <-ended:
+				t.Fatalf("waiting for %s: the feed ended: %v", what, err)
+			case <-time.After(10 * time.Second):
+				t.Fatalf("no %s", what)
+			}
+		}
+	}
+	next("the snapshot", func(ch api.Change) bool {
+		return len(ch.Snapshot) == 1 && ch.Snapshot[0].ID == "d1" && ch.Snapshot[0].Online && ch.Snapshot[0].Telemetry == nil
+	})
+	event(t, dev, 2, 23.5)
+	next("d1 at 23.5", func(ch api.Change) bool {
+		return ch.Device != nil && ch.Device.ID == "d1" && ch.Device.Props["setpoint_c"].Val == 23.5
+	})
+	dev.Close()
+	if _, err := c.Delete(context.Background(), "d1"); err != nil {
+		t.Fatal(err)
+	}
+	next("d1 removed", func(ch api.Change) bool { return ch.Removed == "d1" })
+
+	s.Close()
+	select {
+	case err := <-ended:
+		if err == nil {
+			t.Fatal("the feed ended with the controller and Follow returned nil")
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Follow still reading after the controller stopped")
 	}
 }

@@ -299,7 +299,7 @@ func (c *cluster) setDown(i int, down bool) {
 // devices reads every live instance and keeps, for each device, the
 // freshest record: the owner's, which has heard the device's latest Event
 // (the others read the database every lease/3).
-func (c *cluster) devices(ctx context.Context) (map[string]fleet.Device, error) {
+func (c *cluster) devices(ctx context.Context) (map[string]seen, error) {
 	live := c.live()
 	views := make([][]fleet.Device, len(live))
 	errs := make([]error, len(live))
@@ -312,7 +312,7 @@ func (c *cluster) devices(ctx context.Context) (map[string]fleet.Device, error) 
 		}()
 	}
 	wg.Wait()
-	out := map[string]fleet.Device{}
+	out := map[string]seen{}
 	answered := 0
 	for k := range live {
 		if errs[k] != nil {
@@ -321,7 +321,7 @@ func (c *cluster) devices(ctx context.Context) (map[string]fleet.Device, error) 
 		answered++
 		for _, d := range views[k] {
 			if old, ok := out[d.ID]; !ok || fresher(d.VC, old.VC) {
-				out[d.ID] = d
+				out[d.ID] = seen{Device: d} // read by a poll: learned now
 			}
 		}
 	}
@@ -434,7 +434,7 @@ func (f *failure) watchResync(_ context.Context, r *run, tracks []*track) {
 			if err == nil {
 				for _, tr := range tracks {
 					if tr.resyncAt.IsZero() {
-						tr.observe(view[tr.d.id].Props, now)
+						tr.observe(view[tr.d.id].Props, view[tr.d.id].when(now))
 					}
 				}
 			}

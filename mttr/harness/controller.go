@@ -17,8 +17,9 @@ import (
 // controller is the real controllerlite the devices sync with, as the
 // harness sees it: the devices it holds, and remote users' writes.
 type controller interface {
-	// devices returns what the controller holds, by device id.
-	devices(ctx context.Context) (map[string]fleet.Device, error)
+	// devices returns what the controller holds, by device id, and when
+	// the harness learned it.
+	devices(ctx context.Context) (map[string]seen, error)
 	// set is a remote user's write; it retries while the controller is
 	// unreachable (its process killed with the embedded broker) until
 	// ctx is done.
@@ -35,6 +36,7 @@ type controller interface {
 type localController struct {
 	s    *server.Server
 	stop context.CancelFunc
+	feed *feed
 
 	mu    sync.Mutex
 	up    bool
@@ -58,8 +60,9 @@ func startLocalController(brokerURL, ca, cert, key, dataDir string, keepAlive ti
 		cancel()
 		return nil, fmt.Errorf("controllerlite: %w", err)
 	}
-	c := &localController{s: s, stop: cancel, done: make(chan struct{})}
+	c := &localController{s: s, stop: cancel, feed: newFeed(), done: make(chan struct{})}
 	go c.watch()
+	go c.feed.followFleet(ctx, s.Fleet())
 	return c, nil
 }
 
@@ -96,12 +99,8 @@ func (c *localController) firstFlip(up bool, t time.Time) (time.Time, bool) {
 	return time.Time{}, false
 }
 
-func (c *localController) devices(context.Context) (map[string]fleet.Device, error) {
-	out := map[string]fleet.Device{}
-	for _, d := range c.s.Fleet().Devices() {
-		out[d.ID] = d
-	}
-	return out, nil
+func (c *localController) devices(context.Context) (map[string]seen, error) {
+	return c.feed.devices()
 }
 
 func (c *localController) set(ctx context.Context, id string, changes map[string]any) (fleet.Device, error) {
@@ -119,6 +118,8 @@ func (c *localController) close() {
 type remoteController struct {
 	c     *api.Client
 	slots chan struct{} // writes in flight (remoteWrites)
+	feed  *feed
+	stop  context.CancelFunc
 }
 
 func newRemoteController(httpAddr, token string) (*remoteController, error) {
@@ -126,7 +127,10 @@ func newRemoteController(httpAddr, token string) (*remoteController, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &remoteController{c: c, slots: make(chan struct{}, remoteWrites)}, nil
+	ctx, cancel := context.WithCancel(context.Background())
+	r := &remoteController{c: c, slots: make(chan struct{}, remoteWrites), feed: newFeed(), stop: cancel}
+	go r.feed.followAPI(ctx, c)
+	return r, nil
 }
 
 // remoteWrites bounds the controller writes in flight at once (the API
@@ -138,16 +142,8 @@ func newRemoteController(httpAddr, token string) (*remoteController, error) {
 // would do.
 const remoteWrites = 64
 
-func (r *remoteController) devices(ctx context.Context) (map[string]fleet.Device, error) {
-	ds, err := r.c.Devices(ctx)
-	if err != nil {
-		return nil, err
-	}
-	out := make(map[string]fleet.Device, len(ds))
-	for _, d := range ds {
-		out[d.ID] = d
-	}
-	return out, nil
+func (r *remoteController) devices(context.Context) (map[string]seen, error) {
+	return r.feed.devices()
 }
 
 func (r *remoteController) set(ctx context.Context, id string, changes map[string]any) (fleet.Device, error) {
@@ -187,4 +183,4 @@ func retrySet(ctx context.Context, slots chan struct{}, id string, try func(ctx 
 
 func (r *remoteController) firstFlip(bool, time.Time) (time.Time, bool) { return time.Time{}, false }
 
-func (r *remoteController) close() {}
+func (r *remoteController) close() { r.stop() }

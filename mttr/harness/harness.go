@@ -407,12 +407,12 @@ func (r *run) setup(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	// Each poll reads every device from the controller (through its HTTP
-	// API for the embedded broker: a JSON document of the whole fleet):
-	// at 10,000 devices, every 10 ms was a tenth of the controller's CPU
-	// during the return it measures. Polls are spaced 10 µs per device at
-	// least (100 ms at 10,000), which is still a small part of the times
-	// measured at that size.
+	// Each poll looks at every device as the controller's change feed
+	// left it (feed.go: the live feed of its HTTP API, or the in-process
+	// fleet's Watch), stamped with when each change arrived, so a resync
+	// is timed from the change, not from the poll. Polls are still spaced
+	// 10 µs per device at least (100 ms at 10,000): each compares every
+	// device's state, CPU the devices and the controller need.
 	r.poll = max(r.poll, time.Duration(cfg.Devices+cfg.BaselineDevices)*pollPerDevice)
 
 	return r.startDevices(ctx, nil)
@@ -811,7 +811,7 @@ func (r *run) recover(ctx context.Context, label string, tracks []*track, tUp ti
 		var oursLeft, baseLeft int
 		for _, tr := range tracks {
 			if err == nil && !tr.converged {
-				tr.observe(view[tr.d.id].Props, now)
+				tr.observe(view[tr.d.id].Props, view[tr.d.id].when(now))
 			}
 			if !tr.converged {
 				pending++
@@ -846,14 +846,15 @@ func (r *run) recover(ctx context.Context, label string, tracks []*track, tUp ti
 	}
 }
 
-// observe notes when the controller first holds every local change, and
-// whether the device and the controller agree now (once they hold it).
-func (t *track) observe(ctrl protocol.Props, now time.Time) {
+// observe notes when the controller first holds every local change (at,
+// when the harness learned the controller's state), and whether the
+// device and the controller agree now (once they hold it).
+func (t *track) observe(ctrl protocol.Props, at time.Time) {
 	t.mu.Lock()
 	local := t.local
 	t.mu.Unlock()
 	if t.resyncAt.IsZero() && resynced(local, ctrl) {
-		t.resyncAt = now
+		t.resyncAt = at
 	}
 	t.converged = !t.resyncAt.IsZero() && difference(t.d.agent.Snapshot().Props, ctrl) == ""
 }
