@@ -32,7 +32,7 @@ type RevocationWatch struct {
 	kick     chan struct{}
 
 	freshMu    sync.Mutex
-	freshStamp fileStamp // what Fresh last loaded
+	freshStamp atomic.Pointer[fileStamp] // what Fresh last loaded
 }
 
 // fileStamp is the size and time of every file, as text.
@@ -52,7 +52,8 @@ func NewRevocationWatch(log *slog.Logger, dirs ...string) (*RevocationWatch, err
 		}
 	}
 	w.stamp = w.stat()
-	w.freshStamp = w.stamp
+	st := w.stamp
+	w.freshStamp.Store(&st)
 	l, err := LoadRevocationsFrom(w.dirs...)
 	if err != nil {
 		return nil, err
@@ -68,20 +69,26 @@ func (w *RevocationWatch) List() *Revocations { return w.list.Load() }
 // and reads it again when it changed, so a decision right after `pki
 // revoke` (a CONNECT, a renewal) does not wait for Run's next poll. Run
 // still notices the change and calls OnChange.
+//
+// The stat is made outside the lock: every TLS handshake of a returning
+// fleet asks, 128 at a time, and they queued on the lock for a stat each.
 func (w *RevocationWatch) Fresh() *Revocations {
+	st := w.stat()
+	if p := w.freshStamp.Load(); p != nil && *p == st {
+		return w.list.Load()
+	}
 	w.freshMu.Lock()
 	defer w.freshMu.Unlock()
-	st := w.stat()
-	if st == w.freshStamp {
-		return w.list.Load()
+	if p := w.freshStamp.Load(); p != nil && *p == st {
+		return w.list.Load() // loaded meanwhile
 	}
 	l, err := LoadRevocationsFrom(w.dirs...)
 	if err != nil {
 		w.log.Error("revocation list not reloaded: the previous one stays in force", "err", err)
 		return w.list.Load()
 	}
-	w.freshStamp = st
 	w.list.Store(l)
+	w.freshStamp.Store(&st)
 	return l
 }
 
