@@ -164,7 +164,8 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	fs.StringVar(&o.logFile, "log", "", "components' log `FILE`; default WORK-DIR/mttr.log")
 	fs.StringVar(&o.logLevel, "log-level", "info", "components' log level: debug, info, warn or error")
 	fs.StringVar(&c.AedesDir, "aedes-dir", "", "the brokers/aedes `DIR` (found from the working directory by default)")
-	fs.StringVar(&o.controllerlite, "controllerlite", "", "with --broker embedded, run `BIN serve` instead of this binary's own copy of controllerlite serve")
+	fs.StringVar(&o.controllerlite, "controllerlite", "", "with --broker embedded or --controller-process, run `BIN serve` instead of this binary's own copy of controllerlite serve")
+	fs.BoolVar(&c.ControllerProcess, "controller-process", false, "with --broker mosquitto, aedes or external: run the controller as a process of its own (serve --broker), not in the harness, so that its CPU and memory are measured apart from the simulated devices'")
 	fs.StringVar(&c.External.Address, "external-addr", "", "external broker's address, mqtts://HOST:PORT")
 	fs.StringVar(&c.External.DownCmd, "external-down", "", "shell command that takes the external broker down (kill)")
 	fs.StringVar(&c.External.UpCmd, "external-up", "", "shell command that brings it back")
@@ -173,7 +174,7 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	fs.StringVar(&c.ExternalPKI, "external-pki", "", "`DIR` with ca.crt and ca.key of the CA the external broker trusts")
 	fs.BoolVar(&o.strict, "strict", false, "exit 3 when a recovery target is missed")
 	fs.BoolVar(&o.quiet, "quiet", false, "no progress line")
-	fs.StringVar(&o.profileDir, "profile", "", "write CPU (in 2 s slices), block, mutex and heap profiles of the harness and of the embedded broker's child to `DIR`")
+	fs.StringVar(&o.profileDir, "profile", "", "write CPU (in 2 s slices), block, mutex and heap profiles of the harness and of the embedded broker's (or the controller's) child to `DIR`")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return nil, err
@@ -273,7 +274,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) (err erro
 	if cfg.AedesDir == "" {
 		cfg.AedesDir = findAedes()
 	}
-	if cfg.Broker == harness.BrokerEmbedded || cfg.Broker == harness.BrokerAedesCluster {
+	if cfg.Broker == harness.BrokerEmbedded || cfg.Broker == harness.BrokerAedesCluster || cfg.ControllerProcess {
 		if o.controllerlite != "" {
 			cfg.EmbeddedCmd = []string{o.controllerlite, "serve"}
 		} else {
@@ -367,7 +368,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) (err erro
 	}
 	if o.strict {
 		for _, t := range res.Targets {
-			if !t.Met {
+			if !t.Met && t.NotEvaluated == "" {
 				return fmt.Errorf("%w: %s: want %s, got %s", errTargets, t.Name, t.Want, t.Got)
 			}
 		}

@@ -121,6 +121,7 @@ func (r *run) startCluster(ctx context.Context) (*cluster, error) {
 		Argv:    []string{bin, "--port", strconv.Itoa(rport), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", rdir},
 		LogFile: filepath.Join(rdir, "redis.log")}
 	r.out.status("starting redis")
+	r.watchProcess("redis", "redis-server: the nodes' shared state", c.redis)
 	if _, err := startPart(ctx, c.redis); err != nil {
 		return nil, err
 	}
@@ -141,6 +142,7 @@ func (r *run) startCluster(ctx context.Context) (*cluster, error) {
 		p.Kind = "node " + id
 		p.Argv = append(p.Argv, "--redis", redisURL, "--id", id)
 		r.out.status("starting broker node %s", id)
+		r.watchProcess("node "+id, "aedes (node) on redis", p)
 		if _, err := startPart(ctx, p); err != nil {
 			return nil, err
 		}
@@ -204,6 +206,7 @@ func (r *run) startCluster(ctx context.Context) (*cluster, error) {
 		}
 		p := &brokerctl.Process{Kind: "instance " + name, Argv: args, Address: httpAddr, LogFile: filepath.Join(dir, "controllerlite.log")}
 		r.out.status("starting controller instance %s", name)
+		r.watchProcess("instance "+name, "controllerlite serve --broker --store postgres", p)
 		if _, err := startPart(ctx, p); err != nil {
 			return nil, err
 		}

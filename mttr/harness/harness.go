@@ -40,6 +40,7 @@ import (
 	"time"
 
 	"github.com/thermofleet/thermo/mttr/brokerctl"
+	"github.com/thermofleet/thermo/mttr/procstat"
 	"github.com/thermofleet/thermo/mttr/report"
 	"github.com/thermofleet/thermo/protocol"
 	"github.com/thermofleet/thermo/transport"
@@ -115,6 +116,11 @@ type Config struct {
 	// ["bin/controllerlite", "serve"], or the mttr binary's own
 	// ["mttr", "embedded-serve"].
 	EmbeddedCmd []string
+	// ControllerProcess runs the controller as a process of its own
+	// (EmbeddedCmd with --broker) rather than in the harness, with
+	// --broker mosquitto, aedes or external: its CPU and memory are
+	// then measured apart from the simulated devices'.
+	ControllerProcess bool
 	// External is the user's broker, for Broker "external": its address
 	// (mqtts://HOST:PORT) and the commands that take it down and up.
 	External brokerctl.External
@@ -193,6 +199,16 @@ func (c *Config) check() error {
 	if (c.Broker == BrokerEmbedded || c.Broker == BrokerAedesCluster) && len(c.EmbeddedCmd) == 0 {
 		return fmt.Errorf("--broker %s needs a command that runs controllerlite serve", c.Broker)
 	}
+	if c.ControllerProcess {
+		switch {
+		case c.Broker == BrokerEmbedded:
+			return errors.New("--controller-process: with --broker embedded the controller already runs in the broker's process")
+		case c.Broker == BrokerAedesCluster:
+			return errors.New("--controller-process: with --broker aedes-cluster the controllers already run as processes of their own")
+		case len(c.EmbeddedCmd) == 0:
+			return errors.New("--controller-process needs a command that runs controllerlite serve")
+		}
+	}
 	if c.Broker == BrokerAedesCluster {
 		if err := c.checkCluster(); err != nil {
 			return err
@@ -217,8 +233,14 @@ type run struct {
 	broker brokerctl.Broker
 	ctrl   controller
 	cl     *cluster // --broker aedes-cluster
-	devs   []*device
-	res    *report.Result
+	// ctrlProc is the controller's own process (--controller-process).
+	ctrlProc *brokerctl.Process
+	// sampler reads the processes' CPU and memory; steady are the
+	// cycles' steady windows (resources.go).
+	sampler *procstat.Sampler
+	steady  []steadyWindow
+	devs    []*device
+	res     *report.Result
 	// brokerURL is what the clients dial.
 	brokerURL string
 	// poll is how often the controller is polled.
@@ -245,6 +267,7 @@ func Run(ctx context.Context, cfg Config) (*report.Result, error) {
 			Broker: cfg.Broker, KeepAliveS: report.Dur(cfg.KeepAlive), FactorOfKeepAlive: cfg.FactorOfKeepAlive,
 			DownS: report.Dur(cfg.DownTime()), KeepDeadS: report.Dur(cfg.KeepDead), KeepRunningS: report.Dur(cfg.KeepRunning),
 			MaxRecoveryS: report.Dur(cfg.MaxRecovery), Devices: cfg.Devices, BaselineDevices: cfg.BaselineDevices,
+			ControllerProcess: cfg.ControllerProcess,
 		},
 	}
 	if cfg.Broker == BrokerAedesCluster {
@@ -257,7 +280,9 @@ func Run(ctx context.Context, cfg Config) (*report.Result, error) {
 	r.res.Config.Faults = r.cfg.Faults
 	var err error
 	if len(r.cfg.Faults) > 0 {
+		r.startSampling()
 		err = r.play(ctx)
+		r.res.Resources = r.resources()
 	}
 	// The cycles played so far are the result, even after an error.
 	r.teardown()
@@ -387,6 +412,9 @@ func (r *run) setup(ctx context.Context) error {
 	}
 	r.brokerURL = "mqtts://" + r.broker.Addr()
 	r.out.status("starting %s at %s", cfg.Broker, r.broker.Addr())
+	if p, ok := r.broker.(*brokerctl.Process); ok {
+		r.watchProcess("broker", brokerRole(cfg.Broker), p)
+	}
 	sctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	_, err = r.broker.Start(sctx)
 	cancel()
@@ -394,10 +422,17 @@ func (r *run) setup(ctx context.Context) error {
 		return err
 	}
 
-	if cfg.Broker == BrokerEmbedded {
+	switch {
+	case cfg.Broker == BrokerEmbedded:
 		r.ctrl, err = newRemoteController(httpAddr, r.pki.token)
 		r.poll = 2 * pollEvery
-	} else {
+	case cfg.ControllerProcess:
+		r.ctrlProc, r.ctrl, err = r.startControllerProcess(ctx)
+		if r.ctrlProc != nil {
+			r.watchProcess("controller", "controllerlite serve --broker: the controller", r.ctrlProc)
+		}
+		r.poll = 2 * pollEvery
+	default:
 		cert, key, cerr := r.pki.client(protocol.ControllerID)
 		if cerr != nil {
 			return cerr
@@ -517,6 +552,9 @@ func (r *run) teardown() {
 	wg.Wait()
 	if r.ctrl != nil {
 		r.ctrl.close()
+	}
+	if r.ctrlProc != nil {
+		r.ctrlProc.Stop()
 	}
 	if r.broker != nil {
 		r.broker.Stop()
@@ -713,7 +751,9 @@ func (r *run) cycle(ctx context.Context, n, total int, fault string) (report.Cyc
 		c.Samples = append(c.Samples, r.sample(t, view[t.d.id].Props, tFault, back, end))
 	}
 
-	// The broker runs before the next fault.
+	// The broker runs before the next fault: the last half of it, after
+	// the recovery, is the cycle's steady state.
+	r.noteSteady(n, tUp)
 	if err := r.waitUntil(ctx, tUp.Add(r.cfg.KeepRunning), func() string {
 		return fmt.Sprintf("%s: recovered; broker running %s/%s", label, fmtDur(time.Since(tUp)), fmtDur(r.cfg.KeepRunning))
 	}); err != nil {

@@ -40,6 +40,10 @@ type Sample struct {
 	// RSS is VmRSS in bytes; RSSAnon and RSSFile its anonymous and
 	// file-backed parts (RssAnon, RssFile).
 	RSS, RSSAnon, RSSFile int64
+	// Since, on the first reading of a process started while it was
+	// sampled (Target.Child), is when it was not running yet (the
+	// sampler's previous tick): all its CPU time was used since.
+	Since time.Time
 }
 
 // Read reads process pid now. A process that is gone gives an error that
@@ -122,13 +126,12 @@ var nan = math.NaN()
 
 // Usage is what a process used over a window.
 type Usage struct {
-	// Samples in the window, and the time from the first to the last
-	// (what CPU is measured over).
+	// Samples in the window, and the time CPU is measured over: from
+	// the first sample to the last (from Since of a child's first).
 	Samples int
 	Span    time.Duration
-	// CPUTime is the CPU time used between the first and the last
-	// sample; CPU the same as a share of one core (1 = one core busy
-	// all the time), NaN with fewer than two samples.
+	// CPUTime is the CPU time used over Span; CPU the same as a share
+	// of one core (1 = one core busy all the time), NaN when Span is 0.
 	CPUTime time.Duration
 	CPU     float64
 	// RSS mean and max over the samples, with the mean anonymous and
@@ -142,19 +145,22 @@ type Usage struct {
 // restarted; while it is not running there is no sample.
 type Series []Sample
 
-// Window condenses the samples taken in [from, to]. CPU is the CPU time
-// between consecutive samples over the time from the first to the last:
-// between two samples of one process, the difference of their CPU times;
-// where the PID changed (the process was restarted in between), the new
-// process's whole CPU time, since it started after the earlier sample (the
-// old one's last moments are lost: at most one sampling interval).
+// Window condenses the samples taken in [from, to]. The CPU time is
+// counted over the intervals between a sample and the one before it, where
+// both are in the window: the difference of their CPU times for one
+// process; where the PID changed (the process was restarted in between),
+// the new process's whole CPU time, since it started after the earlier
+// sample (the old one's last moments are lost: at most one sampling
+// interval). A process's first sample counts its whole CPU time since
+// Since when it has one (a child started while sampled), and is only the
+// starting point otherwise.
 func (s Series) Window(from, to time.Time) Usage {
 	var u Usage
 	var anon, file, rss int64
-	var first, prev *Sample
+	in := func(t time.Time) bool { return !t.IsZero() && !t.Before(from) && !t.After(to) }
 	for i := range s {
 		x := &s[i]
-		if x.At.Before(from) || x.At.After(to) {
+		if !in(x.At) {
 			continue
 		}
 		u.Samples++
@@ -162,14 +168,17 @@ func (s Series) Window(from, to time.Time) Usage {
 		anon += x.RSSAnon
 		file += x.RSSFile
 		u.RSSMax = max(u.RSSMax, x.RSS)
-		if first == nil {
-			first = x
-		} else if x.PID == prev.PID {
-			u.CPUTime += max(0, x.CPU-prev.CPU)
-		} else {
+		switch {
+		case i > 0 && in(s[i-1].At) && s[i-1].PID == x.PID:
+			u.CPUTime += max(0, x.CPU-s[i-1].CPU)
+			u.Span += x.At.Sub(s[i-1].At)
+		case i > 0 && in(s[i-1].At):
 			u.CPUTime += x.CPU
+			u.Span += x.At.Sub(s[i-1].At)
+		case i == 0 && in(x.Since):
+			u.CPUTime += x.CPU
+			u.Span += x.At.Sub(x.Since)
 		}
-		prev = x
 	}
 	u.CPU = nan
 	if u.Samples == 0 {
@@ -177,7 +186,6 @@ func (s Series) Window(from, to time.Time) Usage {
 	}
 	n := int64(u.Samples)
 	u.RSSMean, u.RSSAnonMean, u.RSSFileMean = rss/n, anon/n, file/n
-	u.Span = prev.At.Sub(first.At)
 	if u.Span > 0 {
 		u.CPU = u.CPUTime.Seconds() / u.Span.Seconds()
 	}

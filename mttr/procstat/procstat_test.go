@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -62,13 +63,22 @@ func TestReadSelf(t *testing.T) {
 	}
 }
 
-// TestSampleChild samples a child that burns CPU, then sleeps, and checks
-// what the sampler saw against the child's own accounting (its rusage,
-// read when it is reaped): the window's CPU is the difference of the
-// first and the last reading, which is the child's whole CPU time less
-// what it used before the first; and a process gone reads as
-// os.ErrNotExist.
+// TestSampleChild samples a child, started after the sampler, that burns
+// CPU and then sleeps, and checks what the sampler saw against the
+// child's own accounting (its rusage, read when it is reaped): the window
+// over every sample holds the child's whole CPU time, from before it
+// started; a window from its first sample on holds that less what the
+// first reading had; and a process gone reads as os.ErrNotExist.
 func TestSampleChild(t *testing.T) {
+	var pid atomic.Int64
+	s := Start(20*time.Millisecond, Target{Name: "child", Role: "sh", PID: func() int { return int(pid.Load()) }, Child: true})
+	defer s.Stop()
+	// The sampler ticks with no child yet.
+	testenv.WaitFor(t, "a tick with no child", func() bool {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		return s.lastTick.After(time.Now().Add(-10 * time.Millisecond))
+	})
 	// exec keeps the process (and its CPU time): the sleep is the
 	// same process that counted.
 	cmd := exec.Command("sh", "-c", `i=0; while [ $i -lt 200000 ]; do i=$((i+1)); done; echo burnt; exec sleep 60`)
@@ -80,9 +90,9 @@ func TestSampleChild(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
-	pid := cmd.Process.Pid
-	s := Start(20*time.Millisecond, Target{Name: "child", Role: "sh", PID: func() int { return pid }})
-	defer s.Stop()
+	pid.Store(int64(cmd.Process.Pid))
+	// Since is a moment the target had no process.
+	stored := time.Now()
 	line, err := bufio.NewReader(out).ReadString('\n')
 	if err != nil || line != "burnt\n" {
 		t.Fatalf("child said %q: %v", line, err)
@@ -116,6 +126,13 @@ func TestSampleChild(t *testing.T) {
 	if total < 50*time.Millisecond {
 		t.Errorf("the child used only %v: the burn did not burn", total)
 	}
+	if first.Since.IsZero() || first.Since.After(stored) || !ser[1].Since.IsZero() {
+		t.Errorf("first reading since %v, the child's PID given at %v; the second's since %v", first.Since, stored, ser[1].Since)
+	}
+	whole := ser.Window(time.Time{}, last.At)
+	if d := whole.CPUTime - total; whole.Samples != len(ser) || d < -2*ClockTick || d > 2*ClockTick || whole.Span != last.At.Sub(first.Since) {
+		t.Errorf("window over everything %+v, the child's rusage %v, since %v", whole, total, first.Since)
+	}
 	u := ser.Window(first.At, last.At)
 	if u.Samples != len(ser) || u.CPUTime != last.CPU-first.CPU || u.Span != last.At.Sub(first.At) {
 		t.Errorf("window %+v over %d samples, first %+v, last %+v", u, len(ser), first, last)
@@ -126,7 +143,7 @@ func TestSampleChild(t *testing.T) {
 	if u.RSSMax <= 0 || u.RSSMean <= 0 || u.RSSMean > u.RSSMax {
 		t.Errorf("RSS mean %d, max %d", u.RSSMean, u.RSSMax)
 	}
-	if _, err := Read(pid); !errors.Is(err, os.ErrNotExist) {
+	if _, err := Read(int(pid.Load())); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("reading a reaped child: %v, want ErrNotExist", err)
 	}
 }
@@ -203,6 +220,9 @@ func TestWindow(t *testing.T) {
 	}
 	steady := Series{x(0, 7, 1000, 100), x(1, 7, 1250, 110), x(2, 7, 1500, 120), x(3, 7, 1750, 130), x(4, 7, 2000, 140)}
 	restarted := Series{x(0, 7, 1000, 100), x(1, 7, 1100, 100), x(3, 9, 300, 40), x(4, 9, 500, 60)}
+	// A child first read 1 s after the tick that saw it not running.
+	child := Series{x(1, 7, 400, 10), x(2, 7, 600, 20), x(3, 7, 700, 30)}
+	child[0].Since = at(0)
 	cases := []struct {
 		name     string
 		s        Series
@@ -222,6 +242,10 @@ func TestWindow(t *testing.T) {
 		// since it started, then 200 ms more: 600 ms over 4 s.
 		{"restarted in between", restarted, at(0), at(4), 4, 600 * time.Millisecond, 0.15, 75 * mb, 100 * mb},
 		{"after the restart", restarted, at(3), at(4), 2, 200 * time.Millisecond, 0.2, 50 * mb, 60 * mb},
+		// Its whole 700 ms over the 3 s since it was not running.
+		{"a child, from before it started", child, at(0), at(3), 3, 700 * time.Millisecond, 0.7 / 3, 20 * mb, 30 * mb},
+		{"a child, from its first reading", child, at(1), at(3), 3, 300 * time.Millisecond, 0.15, 20 * mb, 30 * mb},
+		{"a child, later", child, at(2), at(3), 2, 100 * time.Millisecond, 0.1, 25 * mb, 30 * mb},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {

@@ -13,6 +13,10 @@ type Target struct {
 	// Role what it is running.
 	Name, Role string
 	PID        func() int
+	// Child says the process is started after the target is added (the
+	// harness's broker and controller): its first reading counts all
+	// its CPU time, from the tick before (Sample.Since).
+	Child bool
 }
 
 // Sampler reads its targets every interval, all in the same tick, until
@@ -22,15 +26,16 @@ type Sampler struct {
 	stop     chan struct{}
 	done     chan struct{}
 
-	mu      sync.Mutex
-	targets []Target
-	series  []Series
-	stopped bool
+	mu       sync.Mutex
+	targets  []Target
+	series   []Series
+	stopped  bool
+	lastTick time.Time // when the previous tick began, or the start
 }
 
 // Start samples targets (more can be added) every interval, from now.
 func Start(interval time.Duration, targets ...Target) *Sampler {
-	s := &Sampler{interval: interval, stop: make(chan struct{}), done: make(chan struct{})}
+	s := &Sampler{interval: interval, stop: make(chan struct{}), done: make(chan struct{}), lastTick: time.Now()}
 	for _, t := range targets {
 		s.Add(t)
 	}
@@ -64,8 +69,9 @@ func (s *Sampler) loop() {
 // tick reads every target once. A target not running, or gone between
 // its PID and the read, gives no sample.
 func (s *Sampler) tick() {
+	now := time.Now()
 	s.mu.Lock()
-	targets := s.targets
+	targets, since := s.targets, s.lastTick
 	s.mu.Unlock()
 	got := make([]*Sample, len(targets))
 	for i, t := range targets {
@@ -79,10 +85,15 @@ func (s *Sampler) tick() {
 	}
 	s.mu.Lock()
 	for i, x := range got {
-		if x != nil {
-			s.series[i] = append(s.series[i], *x)
+		if x == nil {
+			continue
 		}
+		if targets[i].Child && len(s.series[i]) == 0 {
+			x.Since = since
+		}
+		s.series[i] = append(s.series[i], *x)
 	}
+	s.lastTick = now
 	s.mu.Unlock()
 }
 

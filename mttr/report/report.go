@@ -302,6 +302,9 @@ type Config struct {
 	Nodes     int     `json:"nodes,omitempty"`
 	Instances int     `json:"instances,omitempty"`
 	LeaseS    Seconds `json:"lease_s,omitempty"`
+	// ControllerProcess: the controller ran as a process of its own
+	// (--controller-process), not in the harness.
+	ControllerProcess bool `json:"controller_process,omitempty"`
 }
 
 // Target is one recovery target checked against the measurements.
@@ -310,6 +313,10 @@ type Target struct {
 	Want string `json:"want"`
 	Got  string `json:"got"`
 	Met  bool   `json:"met"`
+	// NotEvaluated says why a target the run could not show was not
+	// checked (Met is then false, and --strict ignores it): the
+	// controller measured inside the harness, too short a steady time.
+	NotEvaluated string `json:"not_evaluated,omitempty"`
 }
 
 // Side is one client's figures over the whole run.
@@ -336,7 +343,9 @@ type Result struct {
 	Targets      []Target          `json:"targets"`
 	// Skipped lists what could not run here, and why.
 	Skipped []string `json:"skipped,omitempty"`
-	Cycles  []Cycle  `json:"cycles"`
+	// Resources is the processes' CPU and memory.
+	Resources *Resources `json:"resources,omitempty"`
+	Cycles    []Cycle    `json:"cycles"`
 }
 
 // Finish fills the summaries and ratios from the cycles.

@@ -16,7 +16,8 @@ const (
 // result (call Finish first): for kill cycles the resync p50 and p99, for
 // hang cycles every detection within 1.5 × keep-alive (a hang long enough
 // to be noticed must be noticed by every device), and for every mode no
-// lost event, no wrong winner and no device left out of sync.
+// lost event, no wrong winner and no device left out of sync; and the
+// steady-state CPU and memory targets (resourceTargets).
 func (r *Result) CheckTargets(keepAlive, keepDead time.Duration) []Target {
 	var ts []Target
 	cycles := map[string]int{}
@@ -53,7 +54,7 @@ func (r *Result) CheckTargets(keepAlive, keepDead time.Duration) []Target {
 			Target{Name: f + ": out of sync at cycle end", Want: "0", Got: fmt.Sprintf("%d, over %s", s.Diverged, n), Met: s.Diverged == 0},
 		)
 	}
-	return ts
+	return append(ts, r.resourceTargets()...)
 }
 
 // clusterTargets are the targets of the cluster's fault modes: the other

@@ -140,11 +140,17 @@ func (r *Result) WriteSummary(w io.Writer) error {
 			}
 		}
 	}
+	if r.Resources != nil {
+		r.Resources.write(tw)
+	}
 	if len(r.Targets) > 0 {
 		fmt.Fprintln(tw, "\ntargets\twant\tgot\t")
 		for _, t := range r.Targets {
 			met := "MET"
-			if !t.Met {
+			switch {
+			case t.NotEvaluated != "":
+				met = "not evaluated: " + t.NotEvaluated
+			case !t.Met:
 				met = "MISSED"
 			}
 			fmt.Fprintf(tw, "  %s\t%s\t%s\t%s\n", t.Name, t.Want, t.Got, met)
