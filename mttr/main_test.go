@@ -213,6 +213,105 @@ func TestBrokers(t *testing.T) {
 			if res.Config.Broker != c.broker {
 				t.Errorf("broker %q", res.Config.Broker)
 			}
+			checkResources(t, res, "harness", "broker")
+		})
+	}
+}
+
+// checkResources asserts that the run's resources section measured each
+// named process: samples over the run, some CPU, an RSS; and that each
+// cycle has its steady window, in the last half of its keep-running
+// period.
+func checkResources(t *testing.T, res *report.Result, processes ...string) {
+	t.Helper()
+	rs := res.Resources
+	if rs == nil {
+		t.Fatal("no resources section")
+	}
+	for _, name := range processes {
+		u, ok := rs.Run.Usage(name)
+		if !ok || u.Samples < 2 || !(u.CPUPct > 0) || !(u.RSSMaxMB > 0) || u.RSSMeanMB > u.RSSMaxMB || !(u.RSSAnonMeanMB > 0) || !(u.RSSFileMeanMB > 0) {
+			t.Errorf("%s over the run: %+v (found %v)", name, u, ok)
+		}
+		if _, ok := rs.Steady.Usage(name); !ok {
+			t.Errorf("%s: no steady figures", name)
+		}
+	}
+	if len(rs.Run.Processes) != len(processes) {
+		t.Errorf("processes sampled: %+v, want %q", rs.Run.Processes, processes)
+	}
+	if len(rs.Cycles) != len(res.Cycles) {
+		t.Fatalf("%d steady windows for %d cycles", len(rs.Cycles), len(res.Cycles))
+	}
+	keepRunning := time.Duration(float64(res.Config.KeepRunningS) * float64(time.Second))
+	for i, w := range rs.Cycles {
+		c := res.Cycles[i]
+		if w.Cycle != c.N || w.To != c.UpAt.Add(keepRunning) || w.From.Before(c.UpAt.Add(keepRunning/2)) || w.From.After(w.To) {
+			t.Errorf("cycle %d (up at %v): steady window %v to %v", c.N, c.UpAt, w.From, w.To)
+		}
+	}
+}
+
+// TestControllerProcess runs the controller as a process of its own
+// (--controller-process) on the brokers the harness runs: the run
+// recovers as with the controller inside the harness, and the resources
+// section holds the harness's, the broker's (killed and restarted: followed
+// to its new process) and the controller's CPU and memory.
+func TestControllerProcess(t *testing.T) {
+	cases := []struct {
+		broker string
+		skip   func() string
+	}{
+		{"mosquitto", func() string {
+			if _, err := os.Stat(brokerctl.MosquittoBinary); err != nil {
+				return "mosquitto is not installed"
+			}
+			return ""
+		}},
+		{"aedes", func() string {
+			if _, err := exec.LookPath("node"); err != nil {
+				return "node is not installed"
+			}
+			if _, err := os.Stat(filepath.Join(findAedes(), "node_modules", "aedes")); err != nil {
+				return "aedes's node modules are not installed: run make aedes"
+			}
+			return ""
+		}},
+	}
+	for _, c := range cases {
+		t.Run(c.broker, func(t *testing.T) {
+			if emulated() {
+				t.Skip("emulated (qemu-user): the harness measures recovery times on the host")
+			}
+			if why := c.skip(); why != "" {
+				t.Skip(why)
+			}
+			// 30 devices: enough TLS handshakes for Mosquitto to use a
+			// few clock ticks of CPU in a five-second run.
+			const devices = 30
+			err, res, out, _ := harnessRun(t, "--broker", c.broker, "--controller-process", "--fault", "kill:1",
+				"--keep-alive", "1s", "--keep-running", "3s", "--max-recovery", "5s",
+				"--devices", strconv.Itoa(devices), "--baseline-devices", "0", "--quiet")
+			if err != nil {
+				t.Fatal(err)
+			}
+			checkNoLoss(t, res, 1, devices)
+			if !res.Config.ControllerProcess || res.Resources.ControllerIn != "controller" {
+				t.Errorf("config %+v, controller in %q", res.Config, res.Resources.ControllerIn)
+			}
+			checkResources(t, res, "harness", "broker", "controller")
+			for _, want := range []string{"resources (from /proc every 1.000 s", "controllerlite serve --broker: the controller", "30 simulated devices "} {
+				if !strings.Contains(out, want) {
+					t.Errorf("terminal output lacks %q", want)
+				}
+			}
+			// A small fleet: the steady targets (10,000 devices) are not
+			// shown.
+			for _, tg := range res.Targets {
+				if strings.HasPrefix(tg.Name, "steady") {
+					t.Errorf("target %+v for %d devices", tg, devices)
+				}
+			}
 		})
 	}
 }
@@ -339,6 +438,8 @@ func TestBadConfigRefused(t *testing.T) {
 		{[]string{"--broker", "aedes-cluster", "--nodes", "1"}, "--nodes 1"},
 		{[]string{"--broker", "aedes-cluster", "--instances", "1"}, "--instances 1"},
 		{[]string{"--broker", "aedes-cluster", "--fault", "kill-instance", "--lease", "3s", "--keep-dead", "5s"}, "at least two leases"},
+		{[]string{"--broker", "embedded", "--controller-process"}, "already runs in the broker's process"},
+		{[]string{"--broker", "aedes-cluster", "--controller-process"}, "already run as processes of their own"},
 	}
 	for _, c := range cases {
 		var out bytes.Buffer
