@@ -133,7 +133,11 @@ func usage(t procstat.Target, u procstat.Usage) report.Usage {
 		}
 		return report.Number(float64(b) / (1 << 20))
 	}
-	return report.Usage{Process: t.Name, Role: t.Role, Samples: u.Samples, CPUPct: report.Number(100 * u.CPU),
+	cpu := report.Number(100 * u.CPU)
+	if u.Span == 0 {
+		cpu = report.Number(report.NaN) // not measured
+	}
+	return report.Usage{Process: t.Name, Role: t.Role, Samples: u.Samples, CPUPct: cpu,
 		RSSMeanMB: mb(u.RSSMean), RSSMaxMB: mb(u.RSSMax), RSSAnonMeanMB: mb(u.RSSAnonMean), RSSFileMeanMB: mb(u.RSSFileMean)}
 }
 
