@@ -632,14 +632,13 @@ func (a *Agent) updateView() {
 }
 
 // Connected is transport's OnConnect: the connection is up and subscribed.
-// The device announces itself (status online), re-sends its full state
-// (unless rejoining), and reports its telemetry.
+// The device re-sends its full state (unless rejoining), announces itself
+// (status online), and reports its telemetry.
 func (a *Agent) Connected(context.Context, *transport.Client) { a.connect() }
 
 func (a *Agent) connect() {
 	a.ops.Push(func() {
 		a.connected.Store(true)
-		a.out.push(action{kind: actStatus, topic: a.Topic(protocol.KindStatus), payload: protocol.Status{Online: true, Firmware: a.cfg.Firmware}.Encode(), qos: 1, retain: true})
 		m := a.dev.Connect()
 		if a.dev.Rejoining() && a.syncTimer == nil {
 			// Counted from the first connect: before it, nothing could
@@ -653,6 +652,13 @@ func (a *Agent) connect() {
 			// the Event goes out once the state is saved again (resync).
 			a.log.Warn("connected, but the device's event is not sent: the state cannot be saved", "err", err)
 		}
+		// The Event goes before the status: the publisher waits for each
+		// acknowledgement, and a broker busy with a returning fleet's
+		// handshakes answered the status ~0.1 s late, holding the Event
+		// (what the controller needs from the device) behind it. The
+		// controller's greeting, sent on the status, then carries what
+		// it took from the Event.
+		a.out.push(action{kind: actStatus, topic: a.Topic(protocol.KindStatus), payload: protocol.Status{Online: true, Firmware: a.cfg.Firmware}.Encode(), qos: 1, retain: true})
 		a.queueTelemetry(a.cfg.Loop.Snapshot())
 	})
 }
