@@ -179,10 +179,8 @@ func decodeProp(name string, raw json.RawMessage, vc Clock) (Prop, error) {
 	if !ok {
 		return Prop{}, errors.New("no val")
 	}
-	dec := json.NewDecoder(bytes.NewReader(rawVal))
-	dec.UseNumber()
-	var val any
-	if err := dec.Decode(&val); err != nil {
+	val, err := decodeValue(rawVal)
+	if err != nil {
 		return Prop{}, fmt.Errorf("val: %v", err)
 	}
 	norm, err := Normalize(name, val)
@@ -192,9 +190,58 @@ func decodeProp(name string, raw json.RawMessage, vc Clock) (Prop, error) {
 	return Prop{Val: norm, W: w}, nil
 }
 
+// decodeValue decodes one JSON value as a json.Decoder with UseNumber
+// does (a number is its json.Number literal), without one: raw is part of
+// a document already parsed, so it is valid JSON, and a decoder per
+// property (its buffer of 512 bytes or more) was most of what decoding a
+// message allocated, and a returning fleet's Events are decoded at once.
+func decodeValue(raw json.RawMessage) (any, error) {
+	raw = bytes.TrimSpace(raw)
+	if len(raw) == 0 {
+		return nil, errors.New("no value")
+	}
+	switch c := raw[0]; {
+	case c == '-' || c >= '0' && c <= '9':
+		return json.Number(raw), nil
+	case c == '"':
+		var s string
+		if err := json.Unmarshal(raw, &s); err != nil {
+			return nil, err
+		}
+		return s, nil
+	case bytes.Equal(raw, []byte("true")):
+		return true, nil
+	case bytes.Equal(raw, []byte("false")):
+		return false, nil
+	case bytes.Equal(raw, []byte("null")):
+		return nil, nil
+	}
+	dec := json.NewDecoder(bytes.NewReader(raw))
+	dec.UseNumber()
+	var v any
+	if err := dec.Decode(&v); err != nil {
+		return nil, err
+	}
+	return v, nil
+}
+
 // decodeClock parses a clock: exactly two non-negative integers. A number
 // written with a fraction or an exponent (2.0, 2e0) is not an integer.
 func decodeClock(raw json.RawMessage) (Clock, error) {
+	// The usual form, "[12,40]", is read without decoding an array.
+	if t := bytes.TrimSpace(raw); len(t) > 2 && t[0] == '[' && t[len(t)-1] == ']' {
+		if a, b, ok := bytes.Cut(t[1:len(t)-1], []byte(",")); ok && onlyDigits(a) && onlyDigits(b) {
+			var c Clock
+			var err error
+			if c[0], err = decodeCounter(a); err != nil {
+				return Clock{}, err
+			}
+			if c[1], err = decodeCounter(b); err != nil {
+				return Clock{}, err
+			}
+			return c, nil
+		}
+	}
 	var parts []json.RawMessage
 	if err := json.Unmarshal(raw, &parts); err != nil || parts == nil {
 		return Clock{}, errors.New("not an array of two integers")
@@ -211,6 +258,20 @@ func decodeClock(raw json.RawMessage) (Clock, error) {
 		c[i] = n
 	}
 	return c, nil
+}
+
+// onlyDigits reports whether b is digits, with JSON's white space around.
+func onlyDigits(b []byte) bool {
+	b = bytes.TrimSpace(b)
+	if len(b) == 0 {
+		return false
+	}
+	for _, c := range b {
+		if c < '0' || c > '9' {
+			return false
+		}
+	}
+	return true
 }
 
 func decodeCounter(raw json.RawMessage) (uint64, error) {

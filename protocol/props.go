@@ -1,7 +1,6 @@
 package protocol
 
 import (
-	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -146,10 +145,8 @@ func (p *Props) UnmarshalJSON(b []byte) error {
 	}
 	out := make(Props, len(raw))
 	for name, r := range raw {
-		dec := json.NewDecoder(bytes.NewReader(r.Val))
-		dec.UseNumber()
-		var v any
-		if err := dec.Decode(&v); err != nil {
+		v, err := decodeValue(r.Val)
+		if err != nil {
 			return fmt.Errorf("property %s: %w", name, err)
 		}
 		if Known(name) {
