@@ -176,6 +176,17 @@ func TestShortRun(t *testing.T) {
 	}
 }
 
+// aedesMissing says why aedes cannot run here, "" when it can.
+func aedesMissing() string {
+	if _, err := exec.LookPath("node"); err != nil {
+		return "node is not installed"
+	}
+	if _, err := os.Stat(filepath.Join(findAedes(), "node_modules", "aedes")); err != nil {
+		return "aedes's node modules are not installed: run make aedes"
+	}
+	return ""
+}
+
 // TestBrokers runs one kill and one hang cycle on aedes and on
 // controllerlite's embedded broker (a child process of this test binary,
 // see TestMain).
@@ -184,15 +195,7 @@ func TestBrokers(t *testing.T) {
 		broker string
 		skip   func() string
 	}{
-		{"aedes", func() string {
-			if _, err := exec.LookPath("node"); err != nil {
-				return "node is not installed"
-			}
-			if _, err := os.Stat(filepath.Join(findAedes(), "node_modules", "aedes")); err != nil {
-				return "aedes's node modules are not installed: run make aedes"
-			}
-			return ""
-		}},
+		{"aedes", aedesMissing},
 		{"embedded", func() string { return "" }},
 	}
 	for _, c := range cases {
@@ -268,15 +271,7 @@ func TestControllerProcess(t *testing.T) {
 			}
 			return ""
 		}},
-		{"aedes", func() string {
-			if _, err := exec.LookPath("node"); err != nil {
-				return "node is not installed"
-			}
-			if _, err := os.Stat(filepath.Join(findAedes(), "node_modules", "aedes")); err != nil {
-				return "aedes's node modules are not installed: run make aedes"
-			}
-			return ""
-		}},
+		{"aedes", aedesMissing},
 	}
 	for _, c := range cases {
 		t.Run(c.broker, func(t *testing.T) {
