@@ -34,8 +34,14 @@ type Message struct {
 
 // Defaults of Options.
 const (
-	DefaultKeepAlive      = 15 * time.Second
-	DefaultConnectTimeout = 10 * time.Second
+	DefaultKeepAlive = 15 * time.Second
+	// DefaultConnectTimeout is how long a device waits for a broker that
+	// accepted its connection: a restarted broker serves a returning
+	// fleet's handshakes a bounded number at a time, in order, and 10,000
+	// devices took it 10-15 s on two cores; a device that gives up first
+	// comes back to the end of the queue. A broker that does not answer
+	// the TCP connect at all is left after DialTimeout.
+	DefaultConnectTimeout = 30 * time.Second
 	DefaultDialTimeout    = 1500 * time.Millisecond
 	DefaultReconnectMin   = 100 * time.Millisecond
 	DefaultReconnectMax   = time.Second

@@ -51,6 +51,13 @@ const (
 	// goroutine, a socket and buffers, and enough of them exhaust the
 	// controller.
 	DefaultConnectTimeout = 10 * time.Second
+	// DefaultAdmitTimeout bounds how long an accepted connection waits for
+	// a handshake slot (Options.AdmitTimeout): as long as a device waits
+	// for a broker that accepted it (transport's connect timeout, 30 s),
+	// so that a returning fleet bigger than the broker handshakes in
+	// 10 s is served in the order it came instead of the back of the
+	// queue being dropped, trying again and queueing anew.
+	DefaultAdmitTimeout = 30 * time.Second
 	// DefaultClientQueue is how many packets may wait to be written to
 	// one client (Options.ClientQueue). A device is sent its retained
 	// command and event when it subscribes and then a Command at a time:
@@ -109,6 +116,14 @@ type Options struct {
 	// together: the connection is closed when it passes without a CONNECT.
 	// DefaultConnectTimeout if zero.
 	ConnectTimeout time.Duration
+
+	// AdmitTimeout bounds the wait for a handshake slot before it (a
+	// bounded number of handshakes run at once; the others wait in the
+	// order they were accepted): under a stampede a connection waits for
+	// its turn, and ConnectTimeout starts when it gets it. A connection
+	// still waiting at AdmitTimeout is closed. DefaultAdmitTimeout if
+	// zero.
+	AdmitTimeout time.Duration
 
 	// ClientQueue is how many packets may wait to be written to one
 	// network client's connection (mochi's MaximumClientWritesPending,
@@ -173,6 +188,12 @@ func New(opts Options) (*Broker, error) {
 	}
 	if opts.ConnectTimeout < 0 {
 		return nil, fmt.Errorf("broker: connect timeout %v is negative", opts.ConnectTimeout)
+	}
+	if opts.AdmitTimeout == 0 {
+		opts.AdmitTimeout = DefaultAdmitTimeout
+	}
+	if opts.AdmitTimeout < 0 {
+		return nil, fmt.Errorf("broker: admit timeout %v is negative", opts.AdmitTimeout)
 	}
 	if opts.ClientQueue == 0 {
 		opts.ClientQueue = DefaultClientQueue
@@ -269,7 +290,7 @@ func (b *Broker) Start() error {
 	if err != nil {
 		return fmt.Errorf("broker: listen on %s: %w", b.opts.Listen, err)
 	}
-	b.ln = newTLSListener(listenerID, raw, b.tls, b.opts.ConnectTimeout, b.log)
+	b.ln = newTLSListener(listenerID, raw, b.tls, b.opts.ConnectTimeout, b.opts.AdmitTimeout, b.log)
 	b.ln.counts = &b.handshakes
 	if err := b.serve(); err != nil {
 		b.closeLocked()

@@ -2,6 +2,7 @@ package broker
 
 import (
 	"bytes"
+	"crypto/tls"
 	"net"
 	"runtime"
 	"strings"
@@ -186,5 +187,67 @@ func TestConnectTimeoutDefault(t *testing.T) {
 	}
 	if caps := capabilities(t); caps.MaximumPacketSize != protocol.MaxPacketSize {
 		t.Errorf("mochi's MaximumPacketSize %d, want %d", caps.MaximumPacketSize, protocol.MaxPacketSize)
+	}
+}
+
+// TestAdmission: with every handshake slot taken, a connection waits for
+// its turn; its connect timeout starts when it gets a slot, so a client
+// queued longer than the connect timeout still connects (before, its
+// deadline was spent in the queue and it was dropped); one still waiting
+// at the admit timeout is closed, and the log says why.
+func TestAdmission(t *testing.T) {
+	const connectTimeout = 500 * time.Millisecond
+	tests := []struct {
+		name     string
+		admit    time.Duration
+		connects bool
+	}{
+		{"queued past the connect timeout, within the admit timeout", 10 * time.Second, true},
+		{"still queued at the admit timeout", 200 * time.Millisecond, false},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			pki := testenv.NewPKI(t)
+			tb := startBrokerWith(t, pki, Options{ConnectTimeout: connectTimeout, AdmitTimeout: tc.admit}, nil)
+			addr := tb.Addr().String()
+			// Silent TCP connections take every slot, each until its
+			// connect timeout ends its handshake; as many again queue
+			// behind them and take the slots next, so the client queued
+			// after them waits about two connect timeouts.
+			for range maxHandshakes() {
+				testenv.DialTCP(t, addr)
+			}
+			testenv.WaitFor(t, "every slot taken", func() bool { return len(tb.ln.slots) == cap(tb.ln.slots) })
+			for range maxHandshakes() {
+				testenv.DialTCP(t, addr)
+			}
+			cert, key := pki.Client(t, "d1")
+			start := time.Now()
+			c := tls.Client(testenv.DialTCP(t, addr), pki.ClientTLS(t, cert, key))
+			if err := c.SetDeadline(start.Add(5 * time.Second)); err != nil {
+				t.Fatal(err)
+			}
+			err := c.Handshake()
+			waited := time.Since(start)
+			c.SetDeadline(time.Time{})
+			switch {
+			case tc.connects && err != nil:
+				t.Fatalf("handshake after waiting %v: %v", waited, err)
+			case tc.connects:
+				defer c.Close()
+				testenv.RawConnect(t, c, "d1")
+				if err := testenv.RawPing(c); err != nil {
+					t.Fatal(err)
+				}
+				if waited <= connectTimeout {
+					t.Errorf("connected after %v: it did not wait past the %v connect timeout", waited, connectTimeout)
+				}
+			case err == nil:
+				c.Close()
+				t.Fatalf("handshake done after %v: want the connection closed while still queued", waited)
+			default:
+				tb.log.waitFor(t, "no handshake slot within the admit timeout")
+			}
+		})
 	}
 }

@@ -23,13 +23,15 @@ import (
 // own listeners it completes the TLS handshake itself (so a refused
 // certificate is logged with its reason before MQTT starts) and tracks the
 // connection goroutines it starts, so Close can wait for them before the
-// store is closed. A connection must complete its TLS handshake and send
-// CONNECT within connectTimeout of being accepted.
+// store is closed. A connection must get a handshake slot within
+// admitTimeout of being accepted, then complete its TLS handshake and send
+// CONNECT within connectTimeout.
 type tlsListener struct {
 	id             string
 	raw            net.Listener
 	conf           *tls.Config
 	connectTimeout time.Duration
+	admitTimeout   time.Duration
 	log            *slog.Logger
 
 	ctx    context.Context // canceled by shutdown: ends pending handshakes
@@ -69,9 +71,9 @@ type handshakeCounts struct {
 // the rate without a bound; at 64 per core it no longer limited them.
 func maxHandshakes() int { return max(128, 64*runtime.GOMAXPROCS(0)) }
 
-func newTLSListener(id string, raw net.Listener, conf *tls.Config, connectTimeout time.Duration, log *slog.Logger) *tlsListener {
+func newTLSListener(id string, raw net.Listener, conf *tls.Config, connectTimeout, admitTimeout time.Duration, log *slog.Logger) *tlsListener {
 	ctx, cancel := context.WithCancel(context.Background())
-	return &tlsListener{id: id, raw: raw, conf: conf, connectTimeout: connectTimeout, log: log, ctx: ctx, cancel: cancel,
+	return &tlsListener{id: id, raw: raw, conf: conf, connectTimeout: connectTimeout, admitTimeout: admitTimeout, log: log, ctx: ctx, cancel: cancel,
 		slots: make(chan struct{}, maxHandshakes())}
 }
 
@@ -114,18 +116,23 @@ func (l *tlsListener) Serve(establish listeners.EstablishFn) {
 	}
 }
 
-// handle runs one connection: the TLS handshake, then mochi. One deadline
-// covers the handshake and the wait for CONNECT: mochi v2.7.9 reads CONNECT
-// with none of its own and replaces the deadline only after it has read
-// CONNECT (with the client's keep-alive), so a peer that connects and says
-// nothing, or stops halfway, is closed after connectTimeout.
+// handle runs one connection: its turn for a handshake slot, the TLS
+// handshake, then mochi. One deadline, set when the connection gets its
+// slot, covers the handshake and the wait for CONNECT: mochi v2.7.9 reads
+// CONNECT with none of its own and replaces the deadline only after it has
+// read CONNECT (with the client's keep-alive), so a peer that connects and
+// says nothing, or stops halfway, is closed after connectTimeout. The wait
+// for the slot is not counted in it: when it was, under a stampede the
+// connections at the back of the queue got their slot with their
+// deadline spent, or none before it, and came back to queue again.
 func (l *tlsListener) handle(conn net.Conn, establish listeners.EstablishFn) {
-	if err := conn.SetDeadline(time.Now().Add(l.connectTimeout)); err != nil {
-		l.log.Warn("connection dropped: cannot set its connect deadline", "remote", conn.RemoteAddr().String(), "error", err)
+	if !l.admit(conn) {
 		conn.Close()
 		return
 	}
-	if !l.admit(conn) {
+	if err := conn.SetDeadline(time.Now().Add(l.connectTimeout)); err != nil {
+		<-l.slots
+		l.log.Warn("connection dropped: cannot set its connect deadline", "remote", conn.RemoteAddr().String(), "error", err)
 		conn.Close()
 		return
 	}
@@ -159,23 +166,23 @@ func (l *tlsListener) handle(conn net.Conn, establish listeners.EstablishFn) {
 	}
 }
 
-// admit waits for a handshake slot, for as long as the connection's
-// connect deadline leaves (blocked senders on a channel are served first
-// come, first served). It reports false when the deadline passed first or
-// the listener is shutting down; the caller closes the connection.
+// admit waits for a handshake slot, at most admitTimeout (blocked senders
+// on a channel are served first come, first served). It reports false when
+// the time passed first or the listener is shutting down; the caller
+// closes the connection.
 func (l *tlsListener) admit(conn net.Conn) bool {
 	select {
 	case l.slots <- struct{}{}:
 		return true
 	default:
 	}
-	t := time.NewTimer(l.connectTimeout)
+	t := time.NewTimer(l.admitTimeout)
 	defer t.Stop()
 	select {
 	case l.slots <- struct{}{}:
 		return true
 	case <-t.C:
-		l.log.Warn("connection dropped: no handshake slot within the connect timeout (too many connecting at once)", "remote", conn.RemoteAddr().String(), "timeout", l.connectTimeout, "slots", cap(l.slots))
+		l.log.Warn("connection dropped: no handshake slot within the admit timeout (too many connecting at once)", "remote", conn.RemoteAddr().String(), "timeout", l.admitTimeout, "slots", cap(l.slots))
 		return false
 	case <-l.ctx.Done():
 		return false
