@@ -52,12 +52,11 @@ const (
 	// controller.
 	DefaultConnectTimeout = 10 * time.Second
 	// DefaultAdmitTimeout bounds how long an accepted connection waits for
-	// a handshake slot (Options.AdmitTimeout): as long as a device waits
-	// for a broker that accepted it (transport's connect timeout, 30 s),
-	// so that a returning fleet bigger than the broker handshakes in
-	// 10 s is served in the order it came instead of the back of the
-	// queue being dropped, trying again and queueing anew.
-	DefaultAdmitTimeout = 30 * time.Second
+	// a handshake slot (Options.AdmitTimeout): as long as our devices wait
+	// for a broker that accepted them (transport's connect timeout), after
+	// which the client has gone and its turn would be a handshake for
+	// nobody.
+	DefaultAdmitTimeout = 10 * time.Second
 	// DefaultClientQueue is how many packets may wait to be written to
 	// one client (Options.ClientQueue). A device is sent its retained
 	// command and event when it subscribes and then a Command at a time:
