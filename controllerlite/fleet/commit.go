@@ -36,10 +36,10 @@ func (f *Fleet) send(cmds []command) {
 // Commands' devices marked owed, in one transaction, then hands the
 // Commands to the outbox in the order they were made (the marks of those
 // the broker takes are cleared as it does). Nothing is published if the
-// store refused the write: a
-// Command must never carry a clock that a crash could forget. A received
-// Event's new state is stored here too, before any Command that depends
-// on it; until then the broker still retains the Event.
+// store refused the write: a Command must never carry a clock that a
+// crash could forget. A received Event's new state is stored here too,
+// before any Command that depends on it; until then the broker still
+// retains the Event.
 func (f *Fleet) commit(ctx context.Context) error {
 	defer f.showTouched()
 	if len(f.batch.persist) == 0 && len(f.batch.pending) == 0 {

@@ -37,10 +37,9 @@ import (
 type outbox struct {
 	next    map[string]command  // each device's newest Command not yet handed to a publish
 	order   []string            // devices with a next Command, in the order queued
-	busy    map[string]bool     // devices with a publish in flight
+	busy    map[string]bool     // devices with a publish in flight (one each)
 	waiters map[string][]func() // run once the device has nothing waiting or in flight
-	running sync.WaitGroup      // publishes in flight
-	n       int                 // publishes in flight, as the loop counts them
+	running sync.WaitGroup      // publishes in flight, for Run to wait for
 }
 
 func newOutbox() outbox {
@@ -80,7 +79,7 @@ func (f *Fleet) pump(ctx context.Context) {
 	}
 	kept := f.out.order[:0]
 	for i, id := range f.out.order {
-		if f.out.n >= publishParallel {
+		if len(f.out.busy) >= publishParallel {
 			kept = append(kept, f.out.order[i:]...)
 			break
 		}
@@ -103,7 +102,6 @@ func (f *Fleet) pump(ctx context.Context) {
 func (f *Fleet) start(ctx context.Context, c command) {
 	p := f.pub
 	f.out.busy[c.id] = true
-	f.out.n++
 	f.out.running.Add(1)
 	go func() {
 		defer f.out.running.Done()
@@ -118,7 +116,6 @@ func (f *Fleet) start(ctx context.Context, c command) {
 // next flush.
 func (f *Fleet) published(ctx context.Context, c command, ok bool) {
 	delete(f.out.busy, c.id)
-	f.out.n--
 	if rec := f.recs[c.id]; rec != nil {
 		if ok && !f.out.has(c.id) && !f.batch.sends[c.id] {
 			rec.Owed = false
