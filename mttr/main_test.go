@@ -43,12 +43,33 @@ func TestMain(m *testing.M) {
 // not for the board.
 func needMosquitto(t *testing.T) {
 	t.Helper()
+	need(t, mosquittoMissing)
+}
+
+// needHost skips under qemu-user (make test-arm): the harness measures
+// recovery times on the host.
+func needHost(t *testing.T) {
+	t.Helper()
 	if emulated() {
 		t.Skip("emulated (qemu-user): the harness measures recovery times on the host")
 	}
-	if _, err := os.Stat(brokerctl.MosquittoBinary); errors.Is(err, os.ErrNotExist) {
-		t.Skipf("%s not installed (apt-get install mosquitto)", brokerctl.MosquittoBinary)
+}
+
+// need skips under qemu-user, and where missing says what is missing.
+func need(t *testing.T, missing func() string) {
+	t.Helper()
+	needHost(t)
+	if why := missing(); why != "" {
+		t.Skip(why)
 	}
+}
+
+// mosquittoMissing says why Mosquitto cannot run here, "" when it can.
+func mosquittoMissing() string {
+	if _, err := os.Stat(brokerctl.MosquittoBinary); errors.Is(err, os.ErrNotExist) {
+		return fmt.Sprintf("%s not installed (apt-get install mosquitto)", brokerctl.MosquittoBinary)
+	}
+	return ""
 }
 
 // emulated reports whether this test binary runs under qemu-user (make
@@ -200,12 +221,7 @@ func TestBrokers(t *testing.T) {
 	}
 	for _, c := range cases {
 		t.Run(c.broker, func(t *testing.T) {
-			if emulated() {
-				t.Skip("emulated (qemu-user): the harness measures recovery times on the host")
-			}
-			if why := c.skip(); why != "" {
-				t.Skip(why)
-			}
+			need(t, c.skip)
 			err, res, _, _ := harnessRun(t, "--broker", c.broker, "--fault", "kill:1,hang:1",
 				"--keep-alive", "1s", "--keep-running", "1s", "--max-recovery", "5s",
 				"--devices", "3", "--baseline-devices", "1", "--quiet")
@@ -265,22 +281,12 @@ func TestControllerProcess(t *testing.T) {
 		broker string
 		skip   func() string
 	}{
-		{"mosquitto", func() string {
-			if _, err := os.Stat(brokerctl.MosquittoBinary); err != nil {
-				return "mosquitto is not installed"
-			}
-			return ""
-		}},
+		{"mosquitto", mosquittoMissing},
 		{"aedes", aedesMissing},
 	}
 	for _, c := range cases {
 		t.Run(c.broker, func(t *testing.T) {
-			if emulated() {
-				t.Skip("emulated (qemu-user): the harness measures recovery times on the host")
-			}
-			if why := c.skip(); why != "" {
-				t.Skip(why)
-			}
+			need(t, c.skip)
 			// 30 devices: enough TLS handshakes for Mosquitto to use a
 			// few clock ticks of CPU in a five-second run.
 			const devices = 30
@@ -534,9 +540,7 @@ func TestThousandReturn(t *testing.T) {
 	if testing.Short() {
 		t.Skip("-short: 1,000 devices take half a minute")
 	}
-	if emulated() {
-		t.Skip("emulated (qemu-user): the harness measures recovery times on the host")
-	}
+	needHost(t)
 	devices := 1000
 	if raceBuild {
 		devices = 200
@@ -576,15 +580,7 @@ func TestThousandReturn(t *testing.T) {
 // instance cut from the database stopped before its lease ended and before
 // the others took its devices.
 func TestCluster(t *testing.T) {
-	if emulated() {
-		t.Skip("emulated (qemu-user): the harness measures recovery times on the host")
-	}
-	if _, err := exec.LookPath("node"); err != nil {
-		t.Skip("node is not installed")
-	}
-	if _, err := os.Stat(filepath.Join(findAedes(), "node_modules", "aedes")); err != nil {
-		t.Skip("aedes's node modules are not installed: run make aedes")
-	}
+	need(t, aedesMissing)
 	if _, err := pgcluster.BinDir(); err != nil {
 		t.Skip(err)
 	}
