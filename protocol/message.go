@@ -228,9 +228,12 @@ func decodeValue(raw json.RawMessage) (any, error) {
 // decodeClock parses a clock: exactly two non-negative integers. A number
 // written with a fraction or an exponent (2.0, 2e0) is not an integer.
 func decodeClock(raw json.RawMessage) (Clock, error) {
-	// The usual form, "[12,40]", is read without decoding an array.
+	// Two scalars, the usual "[12,40]", are read without decoding an
+	// array: with no nested value or string, the one comma splits them
+	// as the decoder would.
 	if t := bytes.TrimSpace(raw); len(t) > 2 && t[0] == '[' && t[len(t)-1] == ']' {
-		if a, b, ok := bytes.Cut(t[1:len(t)-1], []byte(",")); ok && onlyDigits(a) && onlyDigits(b) {
+		inner := t[1 : len(t)-1]
+		if a, b, ok := bytes.Cut(inner, []byte(",")); ok && bytes.Count(inner, []byte(",")) == 1 && !bytes.ContainsAny(inner, `[{"`) {
 			var c Clock
 			var err error
 			if c[0], err = decodeCounter(a); err != nil {
@@ -258,20 +261,6 @@ func decodeClock(raw json.RawMessage) (Clock, error) {
 		c[i] = n
 	}
 	return c, nil
-}
-
-// onlyDigits reports whether b is digits, with JSON's white space around.
-func onlyDigits(b []byte) bool {
-	b = bytes.TrimSpace(b)
-	if len(b) == 0 {
-		return false
-	}
-	for _, c := range b {
-		if c < '0' || c > '9' {
-			return false
-		}
-	}
-	return true
 }
 
 func decodeCounter(raw json.RawMessage) (uint64, error) {
