@@ -6,6 +6,8 @@ import (
 	"sync"
 
 	"go.etcd.io/bbolt"
+
+	"github.com/thermofleet/thermo/controllerlite/store"
 )
 
 // kvStore is the embedded broker's bbolt file, in mochi's layout (one
@@ -107,6 +109,8 @@ func (s *kvStore) commitLoop() {
 		for _, w := range waiters {
 			w <- err
 		}
+		// Memory only: a page not released stays mapped until the next.
+		_ = store.ReleaseMapped(s.db)
 	}
 }
 

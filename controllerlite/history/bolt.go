@@ -9,6 +9,8 @@ import (
 
 	"go.etcd.io/bbolt"
 	berrors "go.etcd.io/bbolt/errors"
+
+	"github.com/thermofleet/thermo/controllerlite/store"
 )
 
 // boltBackend keeps the history in a bbolt file of its own: one bucket
@@ -29,8 +31,18 @@ func compactedUntil(dev *bbolt.Bucket) int64 {
 
 func (b *boltBackend) close() error { return b.db.Close() }
 
+// update runs fn in a write transaction, then gives back the pages of the
+// file's memory map it touched (store.ReleaseMapped): every device's
+// samples go to a leaf of their own, so a fleet's flushes touch the whole
+// file within a telemetry interval.
+func (b *boltBackend) update(fn func(tx *bbolt.Tx) error) error {
+	err := b.db.Update(fn)
+	_ = store.ReleaseMapped(b.db) // memory only
+	return err
+}
+
 func (b *boltBackend) write(batch []sample) error {
-	return b.db.Update(func(tx *bbolt.Tx) error {
+	return b.update(func(tx *bbolt.Tx) error {
 		devs := tx.Bucket(bucketDevices)
 		type dev struct {
 			raw       *bbolt.Bucket
@@ -69,7 +81,7 @@ func (b *boltBackend) write(batch []sample) error {
 }
 
 func (b *boltBackend) remove(id string) error {
-	return b.db.Update(func(tx *bbolt.Tx) error {
+	return b.update(func(tx *bbolt.Tx) error {
 		err := tx.Bucket(bucketDevices).DeleteBucket([]byte(id))
 		if errors.Is(err, berrors.ErrBucketNotFound) {
 			return nil
@@ -81,7 +93,7 @@ func (b *boltBackend) remove(id string) error {
 // compactNext: in a bbolt file every device is due at every compaction
 // (a cursor walk is cheap), so retention runs for each.
 func (b *boltBackend) compactNext(after string, n int, cutoff, expire int64, fold foldFunc) (last string, err error) {
-	err = b.db.Update(func(tx *bbolt.Tx) error {
+	err = b.update(func(tx *bbolt.Tx) error {
 		devs := tx.Bucket(bucketDevices)
 		var ids [][]byte
 		c := devs.Cursor()

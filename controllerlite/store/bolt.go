@@ -137,6 +137,8 @@ func openBolt(path string, opts bbolt.Options, cure string) (*bbolt.DB, error) {
 			done <- result{err: corrupt(path, err, cure)}
 			return
 		}
+		// The walk has read every page: give them back (memory only).
+		_ = ReleaseMapped(db)
 		done <- result{db: db}
 	}()
 	r := <-done

@@ -132,6 +132,8 @@ func (s *Store) Put(devs ...Device) error {
 	if err != nil {
 		return fmt.Errorf("store put: %w", err)
 	}
+	// Memory only: a page not released stays mapped until the next.
+	_ = ReleaseMapped(s.db)
 	return nil
 }
 
