@@ -148,6 +148,9 @@ type Broker struct {
 	gate *sessionGate
 	// identity sees duplicate certificates and refused ones (identity.go).
 	identity *identity
+	// retained keeps mochi's retained-expiry ticker stopped until a
+	// retained message can expire (retained.go); nil if it was not found.
+	retained *retainedExpiry
 	// cert is the server certificate, replaced by ReloadCertificate.
 	cert atomic.Pointer[tls.Certificate]
 	// handshake is the TLS configuration of each handshake (the client
@@ -268,6 +271,13 @@ func New(opts Options) (*Broker, error) {
 	}
 	if err := srv.AddHook(newDropHook(opts.Logger, opts.ClientQueue), nil); err != nil {
 		return nil, fmt.Errorf("add drop hook: %w", err)
+	}
+	if re, err := newRetainedExpiry(srv); err != nil {
+		opts.Logger.Warn("broker: mochi copies its retained messages every second: its retained-expiry ticker was not found", "error", err)
+	} else if err := srv.AddHook(re, nil); err != nil {
+		return nil, fmt.Errorf("add retained-expiry hook: %w", err)
+	} else {
+		b.retained = re
 	}
 	return b, nil
 }
