@@ -24,8 +24,9 @@ import (
 // and a profile of the return showed every connection's attach waiting in
 // that queue. See docs/scale.md.
 type kvStore struct {
-	db     *bbolt.DB
-	bucket []byte
+	db      *bbolt.DB
+	bucket  []byte
+	release *store.MapReleaser // gives back the file's mapped pages
 
 	mu      sync.Mutex
 	pending []kvOp
@@ -51,7 +52,7 @@ func openKV(path, bucket string, opts *bbolt.Options) (*kvStore, error) {
 		db.Close()
 		return nil, err
 	}
-	return &kvStore{db: db, bucket: []byte(bucket)}, nil
+	return &kvStore{db: db, bucket: []byte(bucket), release: store.NewMapReleaser(db)}, nil
 }
 
 // enqueue adds ops to the next transaction, in order, and returns the
@@ -109,8 +110,7 @@ func (s *kvStore) commitLoop() {
 		for _, w := range waiters {
 			w <- err
 		}
-		// Memory only: a page not released stays mapped until the next.
-		_ = store.ReleaseMapped(s.db)
+		s.release.AfterWrite()
 	}
 }
 

@@ -17,7 +17,10 @@ import (
 // per device holding its raw samples (keys: big-endian unix ms), its
 // 15-minute buckets (keys: big-endian unix s) and how far it has been
 // compacted, so any range is one cursor seek.
-type boltBackend struct{ db *bbolt.DB }
+type boltBackend struct {
+	db      *bbolt.DB
+	release *store.MapReleaser
+}
 
 // compactedUntil is the unix second up to which a device's samples have
 // been folded into buckets; 0 if never.
@@ -32,12 +35,12 @@ func compactedUntil(dev *bbolt.Bucket) int64 {
 func (b *boltBackend) close() error { return b.db.Close() }
 
 // update runs fn in a write transaction, then gives back the pages of the
-// file's memory map it touched (store.ReleaseMapped): every device's
-// samples go to a leaf of their own, so a fleet's flushes touch the whole
-// file within a telemetry interval.
+// file's memory map (store.MapReleaser): every device's samples go to a
+// leaf of their own, so a fleet's flushes touch the whole file within a
+// telemetry interval.
 func (b *boltBackend) update(fn func(tx *bbolt.Tx) error) error {
 	err := b.db.Update(fn)
-	_ = store.ReleaseMapped(b.db) // memory only
+	b.release.AfterWrite()
 	return err
 }
 

@@ -134,7 +134,7 @@ func Open(dir string, o Options) (*History, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open history: %w", err)
 	}
-	return start(&boltBackend{db: db}, path, o, false), nil
+	return start(&boltBackend{db: db, release: store.NewMapReleaser(db)}, path, o, false), nil
 }
 
 // defaults fills in o's zero fields.

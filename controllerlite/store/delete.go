@@ -21,6 +21,6 @@ func (s *Store) Delete(ids ...string) error {
 	if err != nil {
 		return fmt.Errorf("store delete: %w", err)
 	}
-	_ = ReleaseMapped(s.db) // memory only
+	s.release.AfterWrite()
 	return nil
 }

@@ -45,16 +45,19 @@ func mappedKB(t *testing.T, path string) int {
 	return kb
 }
 
-// TestReleaseMapped: the pages a walk of the file made resident are given
-// back, and every value reads the same afterwards, from the page cache.
-func TestReleaseMapped(t *testing.T) {
-	path := filepath.Join(t.TempDir(), "mapped.db")
+const mappedN, mappedSize = 2000, 2048 // ~4 MB of values
+
+// mappedDB is a bbolt file of ~4 MB of values, and a function that reads
+// every value and checks it.
+func mappedDB(t *testing.T) (db *bbolt.DB, path string, readAll func() error) {
+	t.Helper()
+	path = filepath.Join(t.TempDir(), "mapped.db")
 	db, err := bbolt.Open(path, 0o600, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer db.Close()
-	const n, size = 2000, 2048 // ~4 MB of values
+	t.Cleanup(func() { db.Close() })
+	const n, size = mappedN, mappedSize
 	value := func(i int) []byte { return bytes.Repeat([]byte{byte(i)}, size) }
 	if err := db.Update(func(tx *bbolt.Tx) error {
 		b, err := tx.CreateBucket([]byte("b"))
@@ -70,7 +73,7 @@ func TestReleaseMapped(t *testing.T) {
 	}); err != nil {
 		t.Fatal(err)
 	}
-	readAll := func() error {
+	readAll = func() error {
 		return db.View(func(tx *bbolt.Tx) error {
 			b := tx.Bucket([]byte("b"))
 			for i := range n {
@@ -81,6 +84,14 @@ func TestReleaseMapped(t *testing.T) {
 			return nil
 		})
 	}
+	return db, path, readAll
+}
+
+// TestReleaseMapped: the pages a walk of the file made resident are given
+// back, and every value reads the same afterwards, from the page cache.
+func TestReleaseMapped(t *testing.T) {
+	const n, size = mappedN, mappedSize
+	db, path, readAll := mappedDB(t)
 	if err := readAll(); err != nil {
 		t.Fatal(err)
 	}
@@ -99,5 +110,30 @@ func TestReleaseMapped(t *testing.T) {
 	}
 	if again := mappedKB(t, path); again < n*size/1024 {
 		t.Errorf("reading again made %d KB resident, want the values' %d KB back", again, n*size/1024)
+	}
+}
+
+// TestMapReleaserAtMostOncePerInterval: the first write releases, one
+// right after it does not (a fleet's return commits hundreds of times a
+// second).
+func TestMapReleaserAtMostOncePerInterval(t *testing.T) {
+	const want = mappedN * mappedSize / 1024
+	db, path, readAll := mappedDB(t)
+	r := NewMapReleaser(db)
+	for i, tc := range []struct {
+		what     string
+		released bool
+	}{
+		{"the first write", true},
+		{"a write right after it", false},
+	} {
+		if err := readAll(); err != nil {
+			t.Fatal(err)
+		}
+		r.AfterWrite()
+		kb := mappedKB(t, path)
+		if tc.released && kb >= want/10 || !tc.released && kb < want {
+			t.Errorf("%d: after %s %d KB of the map are resident (the values: %d KB); released: want %v", i, tc.what, kb, want, tc.released)
+		}
 	}
 }

@@ -69,8 +69,9 @@ type Device struct {
 // Store is an open database. It is safe for concurrent use, though the
 // controller writes from one goroutine.
 type Store struct {
-	db   *bbolt.DB
-	path string
+	db      *bbolt.DB
+	path    string
+	release *MapReleaser
 }
 
 // Open opens (creating if needed) the database in dir, which is created
@@ -90,7 +91,7 @@ func Open(dir string) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open store: %w", err)
 	}
-	return &Store{db: db, path: path}, nil
+	return &Store{db: db, path: path, release: NewMapReleaser(db)}, nil
 }
 
 // Path is the database file.
@@ -132,8 +133,7 @@ func (s *Store) Put(devs ...Device) error {
 	if err != nil {
 		return fmt.Errorf("store put: %w", err)
 	}
-	// Memory only: a page not released stays mapped until the next.
-	_ = ReleaseMapped(s.db)
+	s.release.AfterWrite()
 	return nil
 }
 
