@@ -3,11 +3,15 @@ package transport
 import (
 	"context"
 	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
 	"log/slog"
 	"os"
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -336,6 +340,40 @@ func TestBackoff(t *testing.T) {
 		b := Backoff{Min: 100 * time.Millisecond, Max: time.Second, Rand: func() float64 { return tc.r }}
 		if d := b.Delay(tc.n); d < tc.min || d > tc.max {
 			t.Errorf("Delay(%d) with r=%v = %v, want in [%v, %v]", tc.n, tc.r, d, tc.min, tc.max)
+		}
+	}
+}
+
+// TestRefusedWaitsHalf: an attempt the broker's host refuses (nothing
+// listening: a broker restarting) is retried after half the backoff; a
+// lost connection or another failure waits the whole of it. The refusal
+// is a real one, through paho and the dialler, so a change that hid the
+// error's cause would fail here.
+func TestRefusedWaitsHalf(t *testing.T) {
+	pki := testenv.NewPKI(t)
+	cert, key := pki.Client(t, "d1")
+	c, err := New(Options{
+		Broker: fmt.Sprintf("mqtts://127.0.0.1:%d", testenv.FreePort(t)), CAFile: pki.CAFile, CertFile: cert, KeyFile: key,
+		Backoff: Backoff{Min: 400 * time.Millisecond, Max: 400 * time.Millisecond, Rand: func() float64 { return 0.5 }},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, refused := c.connect(context.Background())
+	if !errors.Is(refused, syscall.ECONNREFUSED) {
+		t.Fatalf("connect to a closed port: %v, want an error that is ECONNREFUSED", refused)
+	}
+	for _, tc := range []struct {
+		name string
+		err  error
+		want time.Duration
+	}{
+		{"refused by the host", refused, 150 * time.Millisecond},
+		{"connection lost", io.EOF, 300 * time.Millisecond},
+		{"handshake timed out", fmt.Errorf("connect: %w", os.ErrDeadlineExceeded), 300 * time.Millisecond},
+	} {
+		if got := c.retryWait(0, tc.err); got != tc.want {
+			t.Errorf("%s: wait %v, want %v", tc.name, got, tc.want)
 		}
 	}
 }
