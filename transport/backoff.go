@@ -1,7 +1,9 @@
 package transport
 
 import (
+	"errors"
 	"math/rand/v2"
+	"syscall"
 	"time"
 )
 
@@ -28,4 +30,21 @@ func (b Backoff) Delay(n int) time.Duration {
 		r = b.Rand
 	}
 	return d/2 + time.Duration(r()*float64(d/2))
+}
+
+// After returns the wait before reconnect attempt n after the attempt
+// before it failed with err (or the connection was lost with err): Delay,
+// halved when the broker's host refused the connection. A refused
+// connection means the host is up and nothing listens on the port, a
+// broker restarting; each attempt costs the host a TCP reset and does not
+// wake the broker, so a device may look twice as often and find the broker
+// back ~0.2 s sooner on average at the default backoff (docs/scale.md, step
+// 17). A host that does not answer and a refused handshake wait the whole
+// Delay.
+func (b Backoff) After(n int, err error) time.Duration {
+	d := b.Delay(n)
+	if errors.Is(err, syscall.ECONNREFUSED) {
+		d /= 2
+	}
+	return d
 }

@@ -10,7 +10,6 @@ import (
 	"net/url"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"time"
 
 	mqtt "github.com/eclipse/paho.mqtt.golang"
@@ -113,10 +112,7 @@ type Options struct {
 	// Backoff between reconnect attempts; zero fields take DefaultReconnectMin
 	// and DefaultReconnectMax. After an attempt the broker's host refused
 	// (nothing listens on the port: a broker restarting) the wait is half
-	// as long: such an attempt costs the host a TCP reset and no more, and
-	// a device finds the broker back ~0.2 s sooner on average at the
-	// default backoff (docs/scale.md, step 17). A host that does not answer
-	// (DialTimeout) and a refused handshake wait the whole backoff.
+	// as long (Backoff.After).
 	Backoff Backoff
 	// Will is published by the broker if the connection dies; QoS and Retained apply.
 	Will *Message
@@ -458,7 +454,7 @@ func (c *Client) Run(ctx context.Context) error {
 			return nil
 		}
 		if !takeover {
-			wait = c.retryWait(attempt, err)
+			wait = c.opts.Backoff.After(attempt, err)
 			attempt++
 		}
 		t := time.NewTimer(wait)
@@ -469,17 +465,6 @@ func (c *Client) Run(ctx context.Context) error {
 		case <-t.C:
 		}
 	}
-}
-
-// retryWait is the wait before reconnect attempt n after err (the failed
-// attempt's error, or why the connection was lost): the backoff, halved
-// when the broker's host refused the connection (see Options.Backoff).
-func (c *Client) retryWait(n int, err error) time.Duration {
-	wait := c.opts.Backoff.Delay(n)
-	if errors.Is(err, syscall.ECONNREFUSED) {
-		wait /= 2
-	}
-	return wait
 }
 
 // await waits for the connection to be lost, and returns why, or for ctx

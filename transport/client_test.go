@@ -345,8 +345,9 @@ func TestBackoff(t *testing.T) {
 }
 
 // TestRefusedWaitsHalf: an attempt the broker's host refuses (nothing
-// listening: a broker restarting) is retried after half the backoff; a
-// lost connection or another failure waits the whole of it. The refusal
+// listening: a broker restarting) is retried after half the backoff
+// (Backoff.After); a lost connection or another failure waits the whole
+// of it. The refusal
 // is a real one, through paho and the dialler, so a change that hid the
 // error's cause would fail here.
 func TestRefusedWaitsHalf(t *testing.T) {
@@ -372,7 +373,7 @@ func TestRefusedWaitsHalf(t *testing.T) {
 		{"connection lost", io.EOF, 300 * time.Millisecond},
 		{"handshake timed out", fmt.Errorf("connect: %w", os.ErrDeadlineExceeded), 300 * time.Millisecond},
 	} {
-		if got := c.retryWait(0, tc.err); got != tc.want {
+		if got := c.opts.Backoff.After(0, tc.err); got != tc.want {
 			t.Errorf("%s: wait %v, want %v", tc.name, got, tc.want)
 		}
 	}

@@ -3,6 +3,7 @@ package harness
 import (
 	"math/rand/v2"
 	"slices"
+	"syscall"
 	"time"
 
 	"github.com/thermofleet/thermo/transport"
@@ -24,10 +25,11 @@ type FleetReturn struct {
 
 // SimulateReturn plays n devices losing their broker at the same instant
 // and retrying with backoff b (package transport's reconnect loop: attempt
-// k waits b.Delay(k), from 0 at every outage), for outage long, and
+// k waits b.After(k, err), from 0 at every outage), for outage long, and
 // reports the retry load on the dead broker and how the devices' first
 // attempts spread once it is back. Connection attempts are taken to fail
-// at once (a refused connect); seed makes it repeatable when b.Rand is
+// at once, refused by the broker's host (ECONNREFUSED: the broker's
+// process is down, its host up); seed makes it repeatable when b.Rand is
 // nil.
 func SimulateReturn(b transport.Backoff, n int, outage time.Duration, seed uint64) FleetReturn {
 	if b.Rand == nil {
@@ -38,7 +40,7 @@ func SimulateReturn(b transport.Backoff, n int, outage time.Duration, seed uint6
 	for i := range firsts {
 		t, k := time.Duration(0), 0
 		for {
-			t += b.Delay(k)
+			t += b.After(k, syscall.ECONNREFUSED)
 			k++
 			if t >= outage {
 				break
