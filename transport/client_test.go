@@ -347,15 +347,14 @@ func TestBackoff(t *testing.T) {
 // TestRefusedWaitsHalf: an attempt the broker's host refuses (nothing
 // listening: a broker restarting) is retried after half the backoff
 // (Backoff.After); a lost connection or another failure waits the whole
-// of it. The refusal
-// is a real one, through paho and the dialler, so a change that hid the
-// error's cause would fail here.
+// of it. The refusal is a real one, through paho and the dialler, so a
+// change that hid the error's cause would fail here.
 func TestRefusedWaitsHalf(t *testing.T) {
 	pki := testenv.NewPKI(t)
 	cert, key := pki.Client(t, "d1")
+	b := Backoff{Min: 400 * time.Millisecond, Max: 400 * time.Millisecond, Rand: func() float64 { return 0.5 }}
 	c, err := New(Options{
 		Broker: fmt.Sprintf("mqtts://127.0.0.1:%d", testenv.FreePort(t)), CAFile: pki.CAFile, CertFile: cert, KeyFile: key,
-		Backoff: Backoff{Min: 400 * time.Millisecond, Max: 400 * time.Millisecond, Rand: func() float64 { return 0.5 }},
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -373,7 +372,7 @@ func TestRefusedWaitsHalf(t *testing.T) {
 		{"connection lost", io.EOF, 300 * time.Millisecond},
 		{"handshake timed out", fmt.Errorf("connect: %w", os.ErrDeadlineExceeded), 300 * time.Millisecond},
 	} {
-		if got := c.opts.Backoff.After(0, tc.err); got != tc.want {
+		if got := b.After(0, tc.err); got != tc.want {
 			t.Errorf("%s: wait %v, want %v", tc.name, got, tc.want)
 		}
 	}

@@ -68,6 +68,8 @@ func OpenVersioned(path, cure, version string, buckets ...[]byte) (*bbolt.DB, er
 		db.Close()
 		return nil, fmt.Errorf("%s: %w", path, err)
 	}
+	// openBolt's walk has read every page: give them back (memory only).
+	_ = ReleaseMapped(db)
 	return db, nil
 }
 
@@ -137,8 +139,6 @@ func openBolt(path string, opts bbolt.Options, cure string) (*bbolt.DB, error) {
 			done <- result{err: corrupt(path, err, cure)}
 			return
 		}
-		// The walk has read every page: give them back (memory only).
-		_ = ReleaseMapped(db)
 		done <- result{db: db}
 	}()
 	r := <-done
