@@ -144,7 +144,7 @@ func startAedes(t *testing.T, pki *testenv.PKI, extra ...string) *aedes {
 		select {
 		case err := <-exited:
 			if err != nil {
-				t.Errorf("aedes exit after SIGTERM: %v", err)
+				t.Errorf("aedes exit after SIGTERM: %v; log:\n%s", err, strings.Join(a.lines(), "\n"))
 			}
 		case <-time.After(5 * time.Second):
 			cmd.Process.Kill()

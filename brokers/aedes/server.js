@@ -120,7 +120,18 @@ function mayAccess (root, id, topic) {
 // packages take (aedes-persistence-redis has no URL option).
 function redisOptions (s) {
   const u = new URL(s)
-  const o = { host: u.hostname, port: Number(u.port || 6379), db: Number(u.pathname.slice(1) || 0) }
+  // disableClientInfo: since ioredis 5.8.2 the CLIENT SETINFO round trip
+  // comes before the ready check's INFO, and a SUBSCRIBE made meanwhile
+  // puts the connection in subscriber mode first: the ready check fails and
+  // mqemitter-redis emits an error (ioredis issue #2037, fixed in 6.0.0,
+  // which mqemitter-redis 7 does not take). Without the round trip the
+  // INFO goes out before any SUBSCRIBE can.
+  const o = {
+    host: u.hostname,
+    port: Number(u.port || 6379),
+    db: Number(u.pathname.slice(1) || 0),
+    disableClientInfo: true
+  }
   if (u.username) o.username = decodeURIComponent(u.username)
   if (u.password) o.password = decodeURIComponent(u.password)
   if (u.protocol === 'rediss:') o.tls = { servername: u.hostname }
@@ -173,6 +184,10 @@ async function main () {
     const { default: mqemitterRedis } = await import('mqemitter-redis')
     const { default: aedesPersistenceRedis } = await import('aedes-persistence-redis')
     brokerOpts.mq = mqemitterRedis(redisOptions(opts.redis))
+    // mqemitter-redis re-emits its connections' errors; with no listener
+    // the node would exit. ioredis reconnects (and subscribes again) by
+    // itself, so a Redis fault is logged and the node lives on.
+    brokerOpts.mq.state.on('error', (err) => log('redis error', { error: err.message }))
     brokerOpts.persistence = aedesPersistenceRedis(redisOptions(opts.redis))
   }
   const aedes = await Aedes.createBroker(brokerOpts)
