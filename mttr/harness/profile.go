@@ -49,12 +49,18 @@ func StartProfiles(ctx context.Context, dir, name string) (stop func(), err erro
 		}
 		cur = f
 	}
-	end := func() {
+	stopCPU := func() {
 		if cur != nil {
 			pprof.StopCPUProfile()
 			cur.Close()
 			cur = nil
 		}
+	}
+	// snapshots come after the next CPU slice has begun, so that the CPU
+	// profiles cover the run without gaps: a goroutine profile of 50,000
+	// goroutines takes long enough to hide a whole return otherwise. What
+	// the snapshots cost shows in the CPU profile, under runtime/pprof.
+	snapshots := func() {
 		for _, p := range []string{"block", "mutex", "heap", "goroutine"} {
 			writeProfile(filepath.Join(dir, fmt.Sprintf("%s-%s-%d.pprof", p, name, pid)), p)
 		}
@@ -68,11 +74,13 @@ func StartProfiles(ctx context.Context, dir, name string) (stop func(), err erro
 		for {
 			select {
 			case <-ctx.Done():
-				end()
+				stopCPU()
+				snapshots()
 				return
 			case <-t.C:
-				end()
+				stopCPU()
 				begin()
+				snapshots()
 			}
 		}
 	}()
