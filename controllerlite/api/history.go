@@ -89,6 +89,10 @@ func (h *handler) history(w http.ResponseWriter, r *http.Request) {
 	case errors.Is(err, history.ErrInvalid):
 		writeError(w, http.StatusBadRequest, err.Error())
 		return
+	case errors.Is(err, history.ErrChecking):
+		w.Header().Set("Retry-After", "5")
+		writeError(w, http.StatusServiceUnavailable, err.Error())
+		return
 	case err != nil:
 		h.log.Error("api: history", "device", id, "error", err)
 		writeError(w, http.StatusInternalServerError, err.Error())

@@ -1,6 +1,7 @@
 package history
 
 import (
+	"flag"
 	"fmt"
 	"math"
 	"os"
@@ -243,4 +244,103 @@ func TestYearIsBounded(t *testing.T) {
 	if s.file > bound {
 		t.Errorf("file %d B, over the %d B stated", s.file, bound)
 	}
+}
+
+// fleetYears is how many devices BenchmarkOpenFleetYear gives a year
+// each: ~1.3 MB a device, so the default makes a ~130 MB file and
+// -history-devices 3000 one of ~4 GB (a year of 10,000 is ~13 GB).
+var fleetYears = flag.Int("history-devices", 100, "devices with a year of history each in BenchmarkOpenFleetYear")
+
+// BenchmarkOpenFleetYear opens a history of a year of -history-devices
+// devices (copies of one filled year) as a controller's start does, and
+// reports how long Open kept the start waiting (s/open) and how long the
+// check of every page took (s/check): past DefaultCheckWait the check
+// goes on in the background and Open returns.
+func BenchmarkOpenFleetYear(b *testing.B) {
+	y := sharedYear(b)
+	dir := b.TempDir()
+	src := y.h.be.(*boltBackend).db
+	dst, err := bbolt.Open(dir+"/"+FileName, 0o600, &bbolt.Options{NoSync: true})
+	if err != nil {
+		b.Fatal(err)
+	}
+	err = src.View(func(stx *bbolt.Tx) error {
+		one := stx.Bucket(bucketDevices).Bucket([]byte("living-room"))
+		if err := dst.Update(func(tx *bbolt.Tx) error {
+			meta, err := tx.CreateBucketIfNotExists([]byte("meta"))
+			if err != nil {
+				return err
+			}
+			if err := meta.Put([]byte("version"), []byte(schemaVersion)); err != nil {
+				return err
+			}
+			_, err = tx.CreateBucketIfNotExists(bucketDevices)
+			return err
+		}); err != nil {
+			return err
+		}
+		for i := 0; i < *fleetYears; i += 50 {
+			if err := dst.Update(func(tx *bbolt.Tx) error {
+				for j := i; j < min(i+50, *fleetYears); j++ {
+					dev, err := tx.Bucket(bucketDevices).CreateBucket(fmt.Appendf(nil, "d%05d", j))
+					if err != nil {
+						return err
+					}
+					if err := copyBucket(dev, one); err != nil {
+						return err
+					}
+				}
+				return nil
+			}); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err == nil {
+		err = dst.Sync()
+	}
+	dst.Close()
+	if err != nil {
+		b.Fatal(err)
+	}
+	fi, err := os.Stat(dir + "/" + FileName)
+	if err != nil {
+		b.Fatal(err)
+	}
+	var open, check time.Duration
+	b.ResetTimer()
+	for range b.N {
+		began := time.Now()
+		h, err := Open(dir, Options{Now: y.clk.Now, Logger: quietLog})
+		if err != nil {
+			b.Fatal(err)
+		}
+		open += time.Since(began)
+		<-h.ready
+		check += time.Since(began)
+		if h.openErr != nil {
+			b.Fatal(h.openErr)
+		}
+		h.bg.Wait() // the catch-up compaction
+		h.Close()
+	}
+	b.ReportMetric(open.Seconds()/float64(b.N), "s/open")
+	b.ReportMetric(check.Seconds()/float64(b.N), "s/check")
+	b.ReportMetric(float64(fi.Size())/1e9, "GB")
+	b.ReportMetric(0, "ns/op")
+}
+
+// copyBucket copies src's keys, values and nested buckets into dst.
+func copyBucket(dst, src *bbolt.Bucket) error {
+	return src.ForEach(func(k, v []byte) error {
+		if v != nil {
+			return dst.Put(k, v)
+		}
+		child, err := dst.CreateBucket(k)
+		if err != nil {
+			return err
+		}
+		return copyBucket(child, src.Bucket(k))
+	})
 }

@@ -59,6 +59,9 @@ func spread(s sample, a, b, lo, hi, step int64, at func(start int64) *acc) {
 // fsyncs.) A chunk that fails is done again a device per transaction, so
 // a device that fails leaves the others compacted.
 func (h *History) Compact() error {
+	if ok, _ := h.usable(); !ok {
+		return nil // being checked (compacted when it ends), or failed (logged then)
+	}
 	now := h.o.Now()
 	cutoff := floorDiv(now.Add(-RawWindow).Unix(), int64(BucketSize.Seconds()))
 	expire := max(now.Add(-Retention).Unix(), 0)

@@ -20,6 +20,7 @@
 package history
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -27,6 +28,8 @@ import (
 	"path/filepath"
 	"sync"
 	"time"
+
+	"go.etcd.io/bbolt"
 
 	"github.com/thermofleet/thermo/controllerlite/store"
 	"github.com/thermofleet/thermo/internal/lograte"
@@ -58,7 +61,17 @@ const (
 	DefaultFlushEvery = 10 * time.Second
 	// CompactEvery is how often compaction runs (and once at start).
 	CompactEvery = BucketSize
+	// DefaultCheckWait is how long Open waits for the check of every page
+	// of the file before it lets the controller start and finishes the
+	// check in the background: a year's history of 10,000 devices is
+	// ~13 GB, seconds to read from the page cache and minutes from an SD
+	// card after a reboot, and the fleet must not wait for its charts.
+	DefaultCheckWait = time.Second
 )
+
+// ErrChecking is the error of a query while the history's file is still
+// being checked after a start (the API answers 503 with Retry-After).
+var ErrChecking = errors.New("the telemetry history is being checked after the controller's start; try again in a moment")
 
 // schemaVersion is written in the meta bucket; a file of another layout is
 // refused rather than misread.
@@ -84,6 +97,8 @@ type Options struct {
 	FlushEvery time.Duration
 	// MaxGap defaults to DefaultMaxGap.
 	MaxGap time.Duration
+	// CheckWait defaults to DefaultCheckWait.
+	CheckWait time.Duration
 }
 
 // Stats are counters for logs and metrics.
@@ -95,7 +110,15 @@ type Stats struct {
 
 // History is an open history. Its methods are safe for concurrent use.
 type History struct {
-	be   backend
+	// be is set once, before ready is closed; read it after ready.
+	be backend
+	// ready is closed when the file has been checked and opened (be set)
+	// or could not be (openErr set). Until then samples wait in the
+	// buffer, queries get ErrChecking and deletions wait in deletes.
+	ready   chan struct{}
+	openErr error
+	cancel  context.CancelFunc // stops the check; Close calls it
+
 	path string
 	o    Options
 	log  *slog.Logger
@@ -104,6 +127,7 @@ type History struct {
 	mu      sync.Mutex // guards the fields below; held briefly by Telemetry
 	pending []sample
 	spare   []sample
+	deletes []string // devices deleted while the file was being checked
 	closed  bool
 	dropped uint64 // buffer full
 	lost    uint64 // write failed
@@ -115,12 +139,19 @@ type History struct {
 
 	stop chan struct{}
 	done chan struct{}
-	bg   sync.WaitGroup // the catch-up compaction, when in the background
+	bg   sync.WaitGroup // the check and the catch-up compaction, when in the background
 }
 
 // Open opens (creating if needed) the history in dir, compacts it, and
-// starts its writer and compaction. A corrupt file is refused with store.ErrCorrupt and the
-// cure; Close flushes and closes.
+// starts its writer and compaction. A corrupt file is refused with
+// store.ErrCorrupt and the cure; Close flushes and closes.
+//
+// Every page of the file is read and checked before it is used (see
+// store.OpenVersioned). When that takes longer than CheckWait, Open
+// returns at once and the check goes on in the background: samples wait
+// in the buffer (bounded, as ever), queries get ErrChecking, and a file
+// found corrupt then is logged with its cure and leaves the controller
+// running without history (its queries and writes fail with the error).
 func Open(dir string, o Options) (*History, error) {
 	if dir == "" {
 		return nil, errors.New("open history: no data directory")
@@ -130,11 +161,92 @@ func Open(dir string, o Options) (*History, error) {
 		return nil, fmt.Errorf("open history: create data directory: %w", err)
 	}
 	path := filepath.Join(dir, FileName)
-	db, err := store.OpenVersioned(path, store.CureHistory, schemaVersion, bucketDevices)
-	if err != nil {
-		return nil, fmt.Errorf("open history: %w", err)
+	ctx, cancel := context.WithCancel(context.Background())
+	opened := make(chan opened, 1)
+	began := time.Now()
+	go func() {
+		db, err := store.OpenVersioned(ctx, path, store.CureHistory, schemaVersion, bucketDevices)
+		opened <- openedBolt(db, err)
+	}()
+	wait := time.NewTimer(o.CheckWait)
+	defer wait.Stop()
+	select {
+	case r := <-opened:
+		cancel()
+		if r.err != nil {
+			return nil, fmt.Errorf("open history: %w", r.err)
+		}
+		return start(r.be, path, o, false), nil
+	case <-wait.C:
 	}
-	return start(&boltBackend{db: db, release: store.NewMapReleaser(db)}, path, o, false), nil
+	h := newHistory(path, o)
+	h.cancel = cancel
+	var size int64
+	if fi, err := os.Stat(path); err == nil {
+		size = fi.Size()
+	}
+	h.log.Info("history: checking every page of the file in the background; the charts come back when it ends",
+		"file", path, "bytes", size)
+	h.bg.Add(1)
+	go func() { defer h.bg.Done(); h.attach(began, opened) }()
+	go h.run()
+	return h, nil
+}
+
+// opened is the outcome of opening a backend.
+type opened struct {
+	be  backend
+	err error
+}
+
+func openedBolt(db *bbolt.DB, err error) opened {
+	if err != nil {
+		return opened{err: err}
+	}
+	return opened{be: &boltBackend{db: db, release: store.NewMapReleaser(db)}}
+}
+
+// attach waits for the check Open left running, then lets the history be
+// used: the deletions made meanwhile first, then the catch-up compaction.
+func (h *History) attach(began time.Time, ch <-chan opened) {
+	r := <-ch
+	h.writeMu.Lock()
+	if r.err != nil {
+		h.openErr = fmt.Errorf("open history: %w", r.err)
+		if !errors.Is(r.err, context.Canceled) {
+			h.log.Error("history: the file cannot be used: the controller runs without telemetry history", "error", r.err)
+		}
+		close(h.ready)
+		h.writeMu.Unlock()
+		return
+	}
+	h.be = r.be
+	h.mu.Lock()
+	deletes := h.deletes
+	h.deletes = nil
+	h.mu.Unlock()
+	for _, id := range deletes {
+		if err := h.be.remove(id); err != nil {
+			h.log.Error("history: delete of a retired device failed", "device", id, "error", err)
+		}
+	}
+	// Closed under writeMu: a Delete either saw the history not ready and
+	// queued its id above, or sees it ready.
+	close(h.ready)
+	h.writeMu.Unlock()
+	h.log.Info("history: check done; the charts are back", "file", h.path, "took", time.Since(began).Round(time.Millisecond))
+	h.compactLogged()
+}
+
+// usable says whether the backend may be used: false while the file is
+// being checked; err when it could not be opened.
+func (h *History) usable() (ok bool, err error) {
+	select {
+	case <-h.ready:
+		return h.openErr == nil, h.openErr
+	default:
+		return false, nil
+	}
 }
 
 // defaults fills in o's zero fields.
@@ -154,6 +266,9 @@ func (o Options) defaults() Options {
 	if o.MaxGap <= 0 {
 		o.MaxGap = DefaultMaxGap
 	}
+	if o.CheckWait <= 0 {
+		o.CheckWait = DefaultCheckWait
+	}
 	return o
 }
 
@@ -162,11 +277,9 @@ func (o Options) defaults() Options {
 // (a database shared by instances, where a catch-up of every device may
 // take minutes), beside the writer, so the controller starts at once.
 func start(be backend, path string, o Options, background bool) *History {
-	h := &History{
-		be: be, path: path, o: o, log: o.Logger, lim: lograte.New(0, nil),
-		pending: make([]sample, 0, o.Buffer), spare: make([]sample, 0, o.Buffer),
-		full: make(chan struct{}, 1), stop: make(chan struct{}), done: make(chan struct{}),
-	}
+	h := newHistory(path, o)
+	h.be = be
+	close(h.ready)
 	// Catch up now, before any sample: after a stop of days the raw
 	// window holds what is due, and a controller restarted more often
 	// than CompactEvery would otherwise never compact.
@@ -178,6 +291,16 @@ func start(be backend, path string, o Options, background bool) *History {
 	}
 	go h.run()
 	return h
+}
+
+// newHistory is a History without its backend yet (not ready).
+func newHistory(path string, o Options) *History {
+	return &History{
+		ready: make(chan struct{}), cancel: func() {},
+		path: path, o: o, log: o.Logger, lim: lograte.New(0, nil),
+		pending: make([]sample, 0, o.Buffer), spare: make([]sample, 0, o.Buffer),
+		full: make(chan struct{}, 1), stop: make(chan struct{}), done: make(chan struct{}),
+	}
 }
 
 // Path is the database file, or where the PostgreSQL database is.
@@ -221,6 +344,13 @@ func (h *History) Stats() Stats {
 // is half full) and compacts every CompactEvery, and flushes at Close.
 func (h *History) run() {
 	defer close(h.done)
+	select {
+	case <-h.ready:
+	case <-h.stop:
+		<-h.ready // Close has stopped the check
+		h.Flush()
+		return
+	}
 	flush := time.NewTicker(h.o.FlushEvery)
 	defer flush.Stop()
 	compact := time.NewTicker(CompactEvery)
@@ -250,8 +380,12 @@ func (h *History) compactLogged() {
 
 // Flush writes the samples waiting, in one transaction. A batch that
 // cannot be written (disk full, I/O error) is dropped and counted, not
-// kept: the buffer stays bounded. It returns the write's error.
+// kept: the buffer stays bounded. It returns the write's error. While the
+// file is being checked the samples stay waiting.
 func (h *History) Flush() error {
+	if ok, err := h.usable(); !ok && err == nil {
+		return nil
+	}
 	h.writeMu.Lock()
 	defer h.writeMu.Unlock()
 	h.mu.Lock()
@@ -293,6 +427,9 @@ func (h *History) write(batch []sample) error {
 	if len(batch) == 0 {
 		return nil
 	}
+	if _, err := h.usable(); err != nil {
+		return err
+	}
 	return h.be.write(batch)
 }
 
@@ -309,7 +446,16 @@ func (h *History) Delete(id string) error {
 		}
 	}
 	h.pending = kept
+	ok, err := h.usable()
+	if !ok && err == nil {
+		h.deletes = append(h.deletes, id)
+		h.mu.Unlock()
+		return nil
+	}
 	h.mu.Unlock()
+	if err != nil {
+		return fmt.Errorf("history: delete %s: %w", id, err)
+	}
 	if err := h.be.remove(id); err != nil {
 		return fmt.Errorf("history: delete %s: %w", id, err)
 	}
@@ -327,8 +473,12 @@ func (h *History) Close() error {
 	h.closed = true
 	h.mu.Unlock()
 	close(h.stop)
+	h.cancel()
 	<-h.done
 	h.bg.Wait()
+	if h.be == nil {
+		return nil
+	}
 	if err := h.be.close(); err != nil {
 		return fmt.Errorf("close history: %w", err)
 	}

@@ -132,6 +132,12 @@ func (h *History) Query(id string, from, to time.Time, step time.Duration) (Resu
 	at := func(start int64) *acc { return &accs[(start-startMs)/stepMs] }
 	gap := h.o.MaxGap.Milliseconds()
 
+	if ok, err := h.usable(); !ok {
+		if err == nil {
+			err = ErrChecking
+		}
+		return Result{}, fmt.Errorf("history: query %s: %w", id, err)
+	}
 	st, err := h.be.read(id, startMs, toMs)
 	if err != nil {
 		return Result{}, fmt.Errorf("history: query %s: %w", id, err)

@@ -1,6 +1,7 @@
 package store
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"hash/crc32"
@@ -40,9 +41,11 @@ const (
 // held by another process), refuses one whose "meta" bucket records a
 // schema version other than version, records version, and creates the
 // named top-level buckets. The controller's store and its history open
-// their files with it.
-func OpenVersioned(path, cure, version string, buckets ...[]byte) (*bbolt.DB, error) {
-	db, err := openBolt(path, bbolt.Options{}, cure)
+// their files with it. When ctx ends during the walk of every page, the
+// file is closed and ctx's error returned: a history of gigabytes takes
+// seconds to walk, and a controller told to stop must not wait for it.
+func OpenVersioned(ctx context.Context, path, cure, version string, buckets ...[]byte) (*bbolt.DB, error) {
+	db, err := openBolt(ctx, path, bbolt.Options{}, cure)
 	if err != nil {
 		return nil, err
 	}
@@ -85,7 +88,7 @@ func OpenVersioned(path, cure, version string, buckets ...[]byte) (*bbolt.DB, er
 //
 // Not caught: a branch page pointing back at its ancestor makes bbolt loop;
 // garbage forms that only by a very unlucky chance.
-func openBolt(path string, opts bbolt.Options, cure string) (*bbolt.DB, error) {
+func openBolt(ctx context.Context, path string, opts bbolt.Options, cure string) (*bbolt.DB, error) {
 	type result struct {
 		db  *bbolt.DB
 		err error
@@ -134,8 +137,12 @@ func openBolt(path string, opts bbolt.Options, cure string) (*bbolt.DB, error) {
 			done <- result{err: fmt.Errorf("%s: %w", path, err)}
 			return
 		}
-		if err := verify(db); err != nil {
+		if err := verify(ctx, db); err != nil {
 			db.Close()
+			if ctx.Err() != nil {
+				done <- result{err: fmt.Errorf("%s: check stopped: %w", path, ctx.Err())}
+				return
+			}
 			done <- result{err: corrupt(path, err, cure)}
 			return
 		}
@@ -157,7 +164,7 @@ func CheckFile(path, cure string) error {
 	if err != nil {
 		return fmt.Errorf("check store: %w", err)
 	}
-	db, err := openBolt(path, bbolt.Options{ReadOnly: true}, cure)
+	db, err := openBolt(context.Background(), path, bbolt.Options{ReadOnly: true}, cure)
 	if err != nil {
 		return fmt.Errorf("check store: %w", err)
 	}
@@ -178,12 +185,17 @@ func corrupt(path string, why error, cure string) error {
 const maxCheckErrors = 3
 
 // verify reads every key and value of every bucket, on the calling
-// goroutine (see openBolt), then runs bbolt's consistency check.
-func verify(db *bbolt.DB) error {
+// goroutine (see openBolt), then runs bbolt's consistency check. It stops
+// early, with ctx's error, when ctx ends.
+func verify(ctx context.Context, db *bbolt.DB) error {
 	return db.View(func(tx *bbolt.Tx) error {
+		w := walker{ctx: ctx}
 		if err := tx.ForEach(func(name []byte, b *bbolt.Bucket) error {
-			return walk(b)
+			return w.walk(b)
 		}); err != nil {
+			return err
+		}
+		if err := ctx.Err(); err != nil {
 			return err
 		}
 		var (
@@ -205,20 +217,35 @@ func verify(db *bbolt.DB) error {
 	})
 }
 
+// walker reads every page of a file before bbolt trusts it.
+type walker struct {
+	ctx context.Context
+	n   int // entries read, for checking ctx every ctxEvery
+	sum uint32
+}
+
+// ctxEvery is how many entries the walk reads between looks at its
+// context: cheap against crc32 over the entries themselves.
+const ctxEvery = 4096
+
 // walk touches every byte of every key and value in b and its nested
 // buckets: a page bbolt would read out of bounds faults here, first.
-func walk(b *bbolt.Bucket) error {
-	var sum uint32
+func (w *walker) walk(b *bbolt.Bucket) error {
 	return b.ForEach(func(k, v []byte) error {
-		sum = crc32.Update(sum, crc32.IEEETable, k)
+		if w.n++; w.n%ctxEvery == 0 {
+			if err := w.ctx.Err(); err != nil {
+				return err
+			}
+		}
+		w.sum = crc32.Update(w.sum, crc32.IEEETable, k)
 		if v != nil {
-			sum = crc32.Update(sum, crc32.IEEETable, v)
+			w.sum = crc32.Update(w.sum, crc32.IEEETable, v)
 			return nil
 		}
 		child := b.Bucket(k)
 		if child == nil {
 			return fmt.Errorf("key %q: neither a value nor a bucket", k)
 		}
-		return walk(child)
+		return w.walk(child)
 	})
 }

@@ -1,6 +1,7 @@
 package store
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"math/rand"
@@ -184,4 +185,29 @@ func TestCheckFile(t *testing.T) {
 			t.Errorf("page %d spoilt: %v, want ErrCorrupt naming the file and the cure", pg, err)
 		}
 	}
+}
+
+// TestOpenStopped: a walk stopped by its context ends with the context's
+// error, not ErrCorrupt, and leaves the file closed: it opens again. The
+// fleet is larger than ctxEvery entries, so the walk looks at its context
+// midway as well as at the end.
+func TestOpenStopped(t *testing.T) {
+	data, _, _ := fleetFile(t, 2*ctxEvery)
+	path := filepath.Join(t.TempDir(), FileName)
+	if err := os.WriteFile(path, data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if db, err := OpenVersioned(ctx, path, CureController, schemaVersion, bucketDevices); !errors.Is(err, context.Canceled) || errors.Is(err, ErrCorrupt) {
+		if db != nil {
+			db.Close()
+		}
+		t.Fatalf("OpenVersioned with its context done: %v, want context.Canceled", err)
+	}
+	db, err := OpenVersioned(context.Background(), path, CureController, schemaVersion, bucketDevices)
+	if err != nil {
+		t.Fatalf("open again: %v", err)
+	}
+	db.Close()
 }

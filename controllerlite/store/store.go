@@ -10,6 +10,7 @@
 package store
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -87,7 +88,7 @@ func Open(dir string) (*Store, error) {
 		return nil, fmt.Errorf("open store: create data directory: %w", err)
 	}
 	path := filepath.Join(dir, FileName)
-	db, err := OpenVersioned(path, CureController, schemaVersion, bucketDevices)
+	db, err := OpenVersioned(context.Background(), path, CureController, schemaVersion, bucketDevices)
 	if err != nil {
 		return nil, fmt.Errorf("open store: %w", err)
 	}

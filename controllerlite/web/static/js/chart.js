@@ -48,9 +48,16 @@ export class HistoryChart {
     this.msg('loading…', 'busy');
     const res = await api('GET', `/api/devices/${encodeURIComponent(this.id)}/history?${q}`);
     if (!res.ok) {
-      this.msg('No history: ' + res.error, 'error');
+      // 503: the history is being checked after a start; it comes back
+      // by itself, so ask again rather than leave the error up.
+      const busy = res.status === 503;
+      this.msg((busy ? '' : 'No history: ') + res.error, busy ? 'busy' : 'error');
       this.hist = null;
       this.redraw();
+      if (busy) {
+        clearTimeout(this.retry);
+        this.retry = setTimeout(() => this.load(), 5000);
+      }
       return;
     }
     this.hist = res.data;
