@@ -239,6 +239,7 @@ type run struct {
 	// cycles' steady windows (resources.go).
 	sampler *procstat.Sampler
 	steady  []steadyWindow
+	returns []returnWindow
 	devs    []*device
 	res     *report.Result
 	// brokerURL is what the clients dial.
@@ -751,6 +752,8 @@ func (r *run) cycle(ctx context.Context, n, total int, fault string) (report.Cyc
 		c.Samples = append(c.Samples, r.sample(t, view[t.d.id].Props, tFault, back, end))
 	}
 
+	// What the return cost: from the broker's return to the recovery's end.
+	r.noteReturn(n, tUp, end, c.Samples)
 	// The broker runs before the next fault: the last half of it, after
 	// the recovery, is the cycle's steady state.
 	r.noteSteady(n, tUp)

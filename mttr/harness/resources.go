@@ -6,6 +6,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strconv"
 	"time"
@@ -86,6 +87,25 @@ func (r *run) noteSteady(n int, tUp time.Time) {
 	r.steady = append(r.steady, steadyWindow{n, from, to})
 }
 
+// returnWindow is one cycle's return: from the broker's return to the
+// end of the recovery, and how many devices recovered in it.
+type returnWindow struct {
+	n        int
+	from, to time.Time
+	devices  int
+}
+
+// noteReturn records cycle n's return, from tUp to end.
+func (r *run) noteReturn(n int, tUp, end time.Time, samples []report.Sample) {
+	recovered := 0
+	for _, s := range samples {
+		if s.Recovered {
+			recovered++
+		}
+	}
+	r.returns = append(r.returns, returnWindow{n, tUp, end, recovered})
+}
+
 // forever is a window's end past any sample.
 var forever = time.Date(9999, 1, 1, 0, 0, 0, 0, time.UTC)
 
@@ -122,6 +142,14 @@ func (r *run) resources() *report.Resources {
 		res.Steady.Processes = append(res.Steady.Processes, usage(t, steady[i]))
 	}
 	res.Steady.SpanS = report.Dur(span)
+	for _, rw := range r.returns {
+		rt := report.Return{Cycle: rw.n, From: rw.from.UTC(), To: rw.to.UTC(), SpanS: report.Dur(rw.to.Sub(rw.from)),
+			Devices: rw.devices, CPUs: runtime.NumCPU()}
+		for i, t := range targets {
+			rt.Processes = append(rt.Processes, report.NewReturnCost(t.Name, series[i].CPUBetween(rw.from, rw.to), rw.devices))
+		}
+		res.Returns = append(res.Returns, rt)
+	}
 	return res
 }
 

@@ -41,8 +41,9 @@ type Sample struct {
 	// file-backed parts (RssAnon, RssFile).
 	RSS, RSSAnon, RSSFile int64
 	// Since, on the first reading of a process started while it was
-	// sampled (Target.Child), is when it was not running yet (the
-	// sampler's previous tick): all its CPU time was used since.
+	// sampled (Target.Child, and each restart of it), is when it was not
+	// running yet (the sampler's previous tick): all its CPU time was
+	// used since.
 	Since time.Time
 }
 
@@ -190,6 +191,43 @@ func (s Series) Window(from, to time.Time) Usage {
 		u.CPU = u.CPUTime.Seconds() / u.Span.Seconds()
 	}
 	return u
+}
+
+// CPUBetween is the CPU time the process used in [from, to]. Each
+// interval between two readings counts in proportion to its overlap
+// with the window, its CPU taken as spread evenly over it: a window of a
+// few seconds sampled every second would otherwise gain or lose up to an
+// interval at each end. A reading with Since counts all its CPU time over
+// [Since, At]; a process's first reading without it is only a starting
+// point.
+func (s Series) CPUBetween(from, to time.Time) time.Duration {
+	var total float64
+	for i, x := range s {
+		var lo time.Time
+		var cpu time.Duration
+		switch {
+		case !x.Since.IsZero():
+			lo, cpu = x.Since, x.CPU
+		case i > 0 && s[i-1].PID == x.PID:
+			lo, cpu = s[i-1].At, max(0, x.CPU-s[i-1].CPU)
+		default:
+			continue
+		}
+		if !x.At.After(lo) {
+			continue
+		}
+		a, b := lo, x.At
+		if a.Before(from) {
+			a = from
+		}
+		if b.After(to) {
+			b = to
+		}
+		if b.After(a) {
+			total += float64(cpu) * float64(b.Sub(a)) / float64(x.At.Sub(lo))
+		}
+	}
+	return time.Duration(total)
 }
 
 // Add combines two windows' usage (the steady windows of several

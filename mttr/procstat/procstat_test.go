@@ -271,3 +271,41 @@ func TestWindow(t *testing.T) {
 		t.Errorf("adding an empty window: %+v", got)
 	}
 }
+
+// TestCPUBetween: a window's CPU time with its edges inside intervals,
+// prorated, and a restart's whole CPU time spread over [Since, At].
+func TestCPUBetween(t *testing.T) {
+	t0 := time.Date(2026, 12, 5, 3, 0, 0, 0, time.UTC)
+	at := func(ms int) time.Time { return t0.Add(time.Duration(ms) * time.Millisecond) }
+	x := func(ms, pid, cpuMS int) Sample {
+		return Sample{At: at(ms), PID: pid, CPU: time.Duration(cpuMS) * time.Millisecond}
+	}
+	steady := Series{x(0, 7, 1000), x(1000, 7, 1400), x(2000, 7, 1600)}
+	// Killed after 1000, restarted; first read at 4000, its tick before at 3000.
+	restarted := Series{x(0, 7, 1000), x(1000, 7, 1100), x(4000, 9, 500), x(5000, 9, 900)}
+	restarted[2].Since = at(3000)
+	cases := []struct {
+		name     string
+		s        Series
+		from, to int // ms
+		want     time.Duration
+	}{
+		{"whole", steady, 0, 2000, 600 * time.Millisecond},
+		{"inside one interval: a quarter of its 400 ms", steady, 250, 500, 100 * time.Millisecond},
+		{"across a reading: half of 400 and half of 200", steady, 500, 1500, 300 * time.Millisecond},
+		{"before the first reading: nothing", steady, -1000, 0, 0},
+		{"past the last reading: nothing", steady, 2000, 9000, 0},
+		{"the harness's first reading is a starting point only", Series{x(1000, 7, 5000)}, 0, 2000, 0},
+		{"down: nothing", restarted, 1000, 3000, 0},
+		{"the restart's 500 ms over [3000, 4000], then 400 ms", restarted, 3500, 5000, 650 * time.Millisecond},
+		{"from the return", restarted, 3000, 4500, 700 * time.Millisecond},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			got := c.s.CPUBetween(at(c.from), at(c.to))
+			if d := got - c.want; d < -time.Microsecond || d > time.Microsecond {
+				t.Fatalf("CPUBetween(%d ms, %d ms) = %v, want %v", c.from, c.to, got, c.want)
+			}
+		})
+	}
+}

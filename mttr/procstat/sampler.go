@@ -88,8 +88,8 @@ func (s *Sampler) tick() {
 		if x == nil {
 			continue
 		}
-		if targets[i].Child && len(s.series[i]) == 0 {
-			x.Since = since
+		if ser := s.series[i]; targets[i].Child && (len(ser) == 0 || ser[len(ser)-1].PID != x.PID) {
+			x.Since = since // first reading of the process, or of its restart
 		}
 		s.series[i] = append(s.series[i], *x)
 	}

@@ -193,6 +193,40 @@ func TestTargets(t *testing.T) {
 		{"wrong winner", func(r *Result) { r.Cycles[2].Samples[0].WrongWinners = 1 }, 4 * time.Second, []string{"hang: wrong winners"}},
 		{"diverged", func(r *Result) { r.Cycles[2].Samples[0].Diverged = true }, 4 * time.Second, []string{"hang: out of sync at cycle end"}},
 		{"baseline losses do not count", func(r *Result) { r.Cycles[0].Samples[2].LostEvents = 5 }, 4 * time.Second, nil},
+		// Issue 15's targets for fleets: 1,000 devices p50 ≤ 1 s and
+		// p99 ≤ 3 s; 10,000 p50 ≤ 5 s and every device within 15 s.
+		{"1,000 devices: p50 0.9 s and p99 2.5 s are met", func(r *Result) {
+			r.Config.Devices = 1000
+			for i := range r.Cycles[0].Samples {
+				r.Cycles[0].Samples[i].ResyncS = 0.9
+			}
+			r.Cycles[1].Samples[0].ResyncS = 0.9
+			r.Cycles[1].Samples[1].ResyncS = 2.5
+		}, 4 * time.Second, nil},
+		{"1,000 devices: p50 1.2 s and p99 3.5 s are missed", func(r *Result) {
+			r.Config.Devices = 1000
+			for i := range r.Cycles[0].Samples {
+				r.Cycles[0].Samples[i].ResyncS = 1.2
+			}
+			r.Cycles[1].Samples[0].ResyncS = 1.2
+			r.Cycles[1].Samples[1].ResyncS = 3.5
+		}, 4 * time.Second, []string{"kill: resync p50", "kill: resync p99"}},
+		{"10,000 devices: p50 4 s is met, one device at 16 s misses the max", func(r *Result) {
+			r.Config.Devices = 10000
+			for i := range r.Cycles[0].Samples {
+				r.Cycles[0].Samples[i].ResyncS = 4
+			}
+			r.Cycles[1].Samples[0].ResyncS = 4
+			r.Cycles[1].Samples[1].ResyncS = 16
+		}, 4 * time.Second, []string{"kill: resync max"}},
+		{"10,000 devices: p50 4 s and max 14 s are met", func(r *Result) {
+			r.Config.Devices = 10000
+			for i := range r.Cycles[0].Samples {
+				r.Cycles[0].Samples[i].ResyncS = 4
+			}
+			r.Cycles[1].Samples[0].ResyncS = 4
+			r.Cycles[1].Samples[1].ResyncS = 14
+		}, 4 * time.Second, nil},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {

@@ -29,6 +29,67 @@ type Resources struct {
 	Steady Window   `json:"steady"`
 	Run    Window   `json:"run"`
 	Cycles []Window `json:"cycles"`
+	// Returns are what each cycle's return cost (ReturnWindowText).
+	Returns []Return `json:"returns,omitempty"`
+}
+
+// ReturnWindowText says which part of a cycle a Return is of.
+const ReturnWindowText = "from the broker's return to the end of the cycle's recovery (every device resynced, or --max-recovery)"
+
+// Return is the CPU each process used in one cycle's return, in all and
+// per device that recovered in it: the cost of a returning device, the
+// simulated devices' own (the harness) beside the broker's and the
+// controller's.
+type Return struct {
+	Cycle int       `json:"cycle"`
+	From  time.Time `json:"from"`
+	To    time.Time `json:"to"`
+	SpanS Seconds   `json:"span_s"`
+	// Devices is how many devices recovered in the cycle; CPUs how many
+	// the machine has (the CPU it had to give is SpanS × CPUs).
+	Devices   int          `json:"devices"`
+	CPUs      int          `json:"cpus"`
+	Processes []ReturnCost `json:"processes"`
+}
+
+// ReturnCost is one process's CPU in a return. Its CPU time is counted
+// in proportion where a sampling interval crosses the window's edges
+// (procstat.Series.CPUBetween).
+type ReturnCost struct {
+	Process        string  `json:"process"`
+	CPUS           Seconds `json:"cpu_s"`
+	CPUMsPerDevice Number  `json:"cpu_ms_per_device"`
+}
+
+// Total is every process's CPU in the return.
+func (rt Return) Total() Seconds {
+	var sum Seconds
+	for _, p := range rt.Processes {
+		sum += p.CPUS
+	}
+	return sum
+}
+
+// Busy is the share of the machine's CPU (SpanS × CPUs) the processes
+// used in the return, in %.
+func (rt Return) Busy() Number {
+	if rt.SpanS <= 0 || rt.CPUs <= 0 {
+		return Number(NaN)
+	}
+	return Number(100 * float64(rt.Total()) / (float64(rt.SpanS) * float64(rt.CPUs)))
+}
+
+// perDevice is cpu in ms per device of n.
+func perDevice(cpu Seconds, n int) Number {
+	if n <= 0 {
+		return Number(NaN)
+	}
+	return Number(1000 * float64(cpu) / float64(n))
+}
+
+// NewReturnCost is a process's cost in a return of n devices.
+func NewReturnCost(process string, cpu time.Duration, n int) ReturnCost {
+	return ReturnCost{Process: process, CPUS: Dur(cpu), CPUMsPerDevice: perDevice(Dur(cpu), n)}
 }
 
 // Window is the processes' use of CPU and memory over one window.
@@ -174,4 +235,29 @@ func (res *Resources) write(w io.Writer) {
 	if res.ControllerIn == "harness" {
 		fmt.Fprintf(w, "  %s\n", strings.TrimSpace(controllerInHarnessReason))
 	}
+	if len(res.Returns) == 0 {
+		return
+	}
+	fmt.Fprintf(w, "\nreturn cost (CPU %s; per device recovered)\n", ReturnWindowText)
+	fmt.Fprintf(w, "  cycle\tspan\tdevices")
+	for _, p := range res.Returns[0].Processes {
+		fmt.Fprintf(w, "\t%s", p.Process)
+	}
+	fmt.Fprintf(w, "\tall\tof the machine\t\n")
+	for _, rt := range res.Returns {
+		fmt.Fprintf(w, "  %d\t%s\t%d", rt.Cycle, FormatSeconds(rt.SpanS), rt.Devices)
+		for _, p := range rt.Processes {
+			fmt.Fprintf(w, "\t%s (%s)", FormatSeconds(p.CPUS), formatMs(p.CPUMsPerDevice))
+		}
+		all := rt.Total()
+		fmt.Fprintf(w, "\t%s (%s)\t%s of %d CPUs\t\n", FormatSeconds(all), formatMs(perDevice(all, rt.Devices)), formatPct(rt.Busy()), rt.CPUs)
+	}
+}
+
+// formatMs renders a cost per device: "1.57 ms".
+func formatMs(n Number) string {
+	if !valid(n) {
+		return "—"
+	}
+	return fmt.Sprintf("%.2f ms", float64(n))
 }

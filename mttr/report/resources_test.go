@@ -139,3 +139,57 @@ func TestResourcesText(t *testing.T) {
 		t.Errorf("last target %+v", last)
 	}
 }
+
+// TestReturnCost: each cycle's return, in all and per device, each
+// process beside the others, and how busy the machine was; in the text
+// and in the JSON.
+func TestReturnCost(t *testing.T) {
+	r := steadyRun("mosquitto", 10000, "controller", 49, use("harness", 42, 1900, 1950), use("broker", 4.8, 266, 270), use("controller", 5, 130, 140))
+	t0 := time.Date(2026, 12, 5, 3, 0, 0, 0, time.UTC)
+	r.Resources.Returns = []Return{{Cycle: 1, From: t0, To: t0.Add(15700 * time.Millisecond), SpanS: 15.7, Devices: 10000, CPUs: 2,
+		Processes: []ReturnCost{
+			NewReturnCost("harness", 14970*time.Millisecond, 10000),
+			NewReturnCost("broker", 10620*time.Millisecond, 10000),
+			NewReturnCost("controller", 3310*time.Millisecond, 10000),
+		}}}
+	rt := r.Resources.Returns[0]
+	if got := float64(rt.Total()); got < 28.899 || got > 28.901 {
+		t.Errorf("total %v s, want 28.9", got)
+	}
+	if got := float64(rt.Busy()); got < 92.0 || got > 92.1 {
+		t.Errorf("busy %v %%, want 28.9 / (15.7 × 2) = 92.0 %%", got)
+	}
+	var b bytes.Buffer
+	if err := r.WriteSummary(&b); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"return cost (CPU from the broker's return to the end of the cycle's recovery",
+		"harness", "15.0 s (1.50 ms)", "10.6 s (1.06 ms)", "3.310 s (0.33 ms)", "28.9 s (2.89 ms)", "92.0 % of 2 CPUs"} {
+		if !strings.Contains(b.String(), want) {
+			t.Errorf("summary lacks %q:\n%s", want, b.String())
+		}
+	}
+	if got := NewReturnCost("broker", time.Second, 0).CPUMsPerDevice; valid(got) {
+		t.Errorf("per device of no device: %v, want not a number", got)
+	}
+	var j bytes.Buffer
+	if err := r.WriteJSON(&j); err != nil {
+		t.Fatal(err)
+	}
+	var back struct {
+		Resources struct {
+			Returns []struct {
+				Devices   int              `json:"devices"`
+				CPUs      int              `json:"cpus"`
+				Processes []map[string]any `json:"processes"`
+			} `json:"returns"`
+		} `json:"resources"`
+	}
+	if err := json.Unmarshal(j.Bytes(), &back); err != nil {
+		t.Fatal(err)
+	}
+	if rs := back.Resources.Returns; len(rs) != 1 || rs[0].Devices != 10000 || rs[0].CPUs != 2 || len(rs[0].Processes) != 3 ||
+		rs[0].Processes[1]["process"] != "broker" || rs[0].Processes[1]["cpu_s"] != 10.62 || rs[0].Processes[1]["cpu_ms_per_device"] != 1.062 {
+		t.Errorf("returns in JSON: %+v", rs)
+	}
+}

@@ -7,7 +7,9 @@ import (
 	"io"
 	"math"
 	"slices"
+	"strconv"
 	"strings"
+	"time"
 
 	"github.com/thermofleet/thermo/mttr/stats"
 )
@@ -77,8 +79,9 @@ func (r *Result) WriteSVG(w io.Writer) error {
 		}
 	}
 	hasKill := slices.Contains(r.Faults(), "kill")
+	p50T, tailName, tailT, _ := killTargets(r.Config.Devices, Summary{})
 	if hasKill {
-		lo, hi = math.Min(lo, TargetKillP50.Seconds()), math.Max(hi, TargetKillP99.Seconds())
+		lo, hi = math.Min(lo, p50T.Seconds()), math.Max(hi, tailT.Seconds())
 	}
 	if math.IsInf(lo, 0) {
 		lo, hi = 0.01, 10
@@ -133,7 +136,7 @@ func (r *Result) WriteSVG(w io.Writer) error {
 		for _, t := range []struct {
 			v     float64
 			label string
-		}{{TargetKillP50.Seconds(), "kill target p50 ≤ 0.5 s"}, {TargetKillP99.Seconds(), "kill target p99 ≤ 2 s"}} {
+		}{{p50T.Seconds(), "kill target p50 ≤ " + trimSeconds(p50T)}, {tailT.Seconds(), "kill target " + tailName + " ≤ " + trimSeconds(tailT)}} {
 			yy := y(t.v)
 			p(`<line x1="%d" x2="%d" y1="%.1f" y2="%.1f" stroke="#c0392b" stroke-dasharray="6 4"/>`+"\n", padLeft, svgW-padRight, yy, yy)
 			p(`<text x="%d" y="%.1f" text-anchor="end" fill="#c0392b" font-size="11">%s</text>`+"\n", svgW-padRight-4, yy-4, esc(t.label))
@@ -206,4 +209,9 @@ func (r *Result) WriteSVG(w io.Writer) error {
 	}
 	p("</svg>\n")
 	return bw.Flush()
+}
+
+// trimSeconds renders a target: "0.5 s", "15 s".
+func trimSeconds(d time.Duration) string {
+	return strconv.FormatFloat(d.Seconds(), 'f', -1, 64) + " s"
 }
