@@ -116,13 +116,7 @@ func TestCheckInTheBackground(t *testing.T) {
 // its cure are logged, queries and writes fail with it, samples are
 // counted as lost rather than kept, and Close succeeds.
 func TestCorruptFoundInTheBackground(t *testing.T) {
-	dir := t.TempDir()
-	clk := &clock{t: base}
-	h := open(t, dir, clk, Options{})
-	recordAll(t, h, "d1", base, []in{{0, 20, 20, false, false, ""}})
-	h.Close()
-	garble(t, h.Path())
-
+	dir, clk := garbledHistory(t)
 	l := &logs{}
 	h, release := checking(t, dir, clk, l)
 	(in{time.Minute, 21, 20, false, false, ""}).record(h, "d1", base)

@@ -494,16 +494,24 @@ func TestQueryRules(t *testing.T) {
 
 // TestCorruptFile: a garbage history file is refused with the cure.
 func TestCorruptFile(t *testing.T) {
-	dir := t.TempDir()
-	clk := &clock{t: base}
-	h := open(t, dir, clk, Options{})
-	recordAll(t, h, "d1", base, []in{{0, 20, 20, false, false, ""}})
-	h.Close()
-	garble(t, h.Path())
+	dir, clk := garbledHistory(t)
 	_, err := Open(dir, Options{Now: clk.Now})
 	if err == nil || !strings.Contains(err.Error(), "corrupt") || !strings.Contains(err.Error(), "empty telemetry history") {
 		t.Fatalf("Open of a corrupt file: %v", err)
 	}
+}
+
+// garbledHistory is a directory whose history (one sample of d1) has
+// been overwritten with garbage, and the clock it was written on.
+func garbledHistory(t *testing.T) (dir string, clk *clock) {
+	t.Helper()
+	dir = t.TempDir()
+	clk = &clock{t: base}
+	h := open(t, dir, clk, Options{})
+	recordAll(t, h, "d1", base, []in{{0, 20, 20, false, false, ""}})
+	h.Close()
+	garble(t, h.Path())
+	return dir, clk
 }
 
 // garble overwrites the file at path with garbage of the same size.
