@@ -76,8 +76,8 @@ func TestCheckInTheBackground(t *testing.T) {
 	if err := h.Flush(); err != nil {
 		t.Fatalf("Flush while checking: %v", err)
 	}
-	if s := h.Stats(); s.Pending != 2 || s.Written != 0 || s.Dropped != 0 {
-		t.Fatalf("while checking: %+v, want 2 samples waiting", s)
+	if s := h.Stats(); s.Pending != 2 || s.Written != 0 || s.Dropped != 0 || !s.Checking || s.Failed {
+		t.Fatalf("while checking: %+v, want 2 samples waiting, checking", s)
 	}
 	if _, err := h.Query("kept", base, base.Add(time.Hour), time.Minute); !errors.Is(err, ErrChecking) {
 		t.Fatalf("Query while checking: %v, want ErrChecking", err)
@@ -98,6 +98,9 @@ func TestCheckInTheBackground(t *testing.T) {
 	}
 	if err := h.Flush(); err != nil {
 		t.Fatal(err)
+	}
+	if s := h.Stats(); s.Pending != 0 || s.Written != 1 || s.Checking || s.Failed {
+		t.Fatalf("after the check: %+v, want the sample written", s)
 	}
 	res, err := h.Query("kept", base, base.Add(time.Hour), time.Minute)
 	if err != nil {
@@ -133,7 +136,7 @@ func TestCorruptFoundInTheBackground(t *testing.T) {
 	if err := h.Flush(); err == nil || !strings.Contains(err.Error(), "corrupt") {
 		t.Errorf("Flush into a corrupt history: %v", err)
 	}
-	if s := h.Stats(); s.Pending != 0 || s.Dropped != 1 {
+	if s := h.Stats(); s.Pending != 0 || s.Dropped != 1 || !s.Failed || s.Checking {
 		t.Errorf("after the Flush: %+v, want the sample counted as lost", s)
 	}
 	if err := h.Delete("d1"); err == nil || !strings.Contains(err.Error(), "corrupt") {

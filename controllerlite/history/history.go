@@ -106,6 +106,9 @@ type Stats struct {
 	Pending int    // samples waiting to be written
 	Written uint64 // samples written since Open
 	Dropped uint64 // samples lost since Open: buffer full or write failed
+	// Checking is true while the file is checked after a start (Open);
+	// Failed once it could not be opened then (logged with the cure).
+	Checking, Failed bool
 }
 
 // History is an open history. Its methods are safe for concurrent use.
@@ -335,9 +338,11 @@ func (h *History) Telemetry(id string, at time.Time, t protocol.Telemetry, props
 
 // Stats returns the counters.
 func (h *History) Stats() Stats {
+	ok, err := h.usable()
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	return Stats{Pending: len(h.pending), Written: h.written, Dropped: h.dropped + h.lost}
+	return Stats{Pending: len(h.pending), Written: h.written, Dropped: h.dropped + h.lost,
+		Checking: !ok && err == nil, Failed: err != nil}
 }
 
 // run is the writer: it flushes every FlushEvery (sooner when the buffer

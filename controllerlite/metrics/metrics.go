@@ -25,6 +25,7 @@ import (
 
 	"github.com/thermofleet/thermo/controllerlite/broker"
 	"github.com/thermofleet/thermo/controllerlite/fleet"
+	"github.com/thermofleet/thermo/controllerlite/history"
 	"github.com/thermofleet/thermo/internal/promreg"
 )
 
@@ -42,6 +43,12 @@ type Fleet interface {
 // one.
 type Broker interface {
 	Stats() broker.Stats
+}
+
+// History is the telemetry history as the metrics see it;
+// *history.History is one.
+type History interface {
+	Stats() history.Stats
 }
 
 // Buckets of the two histograms, in seconds. A commit is one bbolt
@@ -102,6 +109,11 @@ func (m *Metrics) Watch(f Fleet, b Broker) {
 	}
 }
 
+// WatchHistory registers the collector that reads h.
+func (m *Metrics) WatchHistory(h History) {
+	m.reg.MustRegister(historyCollector{h})
+}
+
 // Registry is the registry, for tests and for adding collectors.
 func (m *Metrics) Registry() *prometheus.Registry { return m.reg }
 
@@ -145,6 +157,12 @@ var (
 	brDropDesc   = desc("broker_messages_dropped_total", "PUBLISH packets the embedded broker dropped because a client was too slow to take them.")
 	tlsHSDesc    = desc("broker_tls_handshakes_total", "TLS handshakes the embedded broker's network clients completed.")
 	tlsResDesc   = desc("broker_tls_resumed_total", "Of those, the handshakes that resumed an earlier session instead of exchanging certificates.")
+
+	histUpDesc       = desc("history_up", "1 while the telemetry history takes samples; 0 while its file is checked after a start, or when it could not be opened then (logged with the cure).")
+	histCheckingDesc = desc("history_checking", "1 while the telemetry history's file is checked after a start, else 0.")
+	histWrittenDesc  = desc("history_samples_written_total", "Telemetry samples written to the history.")
+	histDroppedDesc  = desc("history_samples_dropped_total", "Telemetry samples lost: the buffer was full (a slow, full or failing disk, or a long check after a start) or their write failed.")
+	histPendingDesc  = desc("history_samples_pending", "Telemetry samples waiting to be written.")
 )
 
 // fleetCollector reads the fleet at scrape time.
@@ -244,4 +262,22 @@ func (c brokerCollector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(brDropDesc, prometheus.CounterValue, float64(s.MessagesDropped))
 	ch <- prometheus.MustNewConstMetric(tlsHSDesc, prometheus.CounterValue, float64(s.TLSHandshakes))
 	ch <- prometheus.MustNewConstMetric(tlsResDesc, prometheus.CounterValue, float64(s.TLSResumed))
+}
+
+// historyCollector reads the telemetry history at scrape time.
+type historyCollector struct{ h History }
+
+func (historyCollector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{histUpDesc, histCheckingDesc, histWrittenDesc, histDroppedDesc, histPendingDesc} {
+		ch <- d
+	}
+}
+
+func (c historyCollector) Collect(ch chan<- prometheus.Metric) {
+	s := c.h.Stats()
+	ch <- prometheus.MustNewConstMetric(histUpDesc, prometheus.GaugeValue, promreg.Bool(!s.Checking && !s.Failed))
+	ch <- prometheus.MustNewConstMetric(histCheckingDesc, prometheus.GaugeValue, promreg.Bool(s.Checking))
+	ch <- prometheus.MustNewConstMetric(histWrittenDesc, prometheus.CounterValue, float64(s.Written))
+	ch <- prometheus.MustNewConstMetric(histDroppedDesc, prometheus.CounterValue, float64(s.Dropped))
+	ch <- prometheus.MustNewConstMetric(histPendingDesc, prometheus.GaugeValue, float64(s.Pending))
 }

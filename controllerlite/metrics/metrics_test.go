@@ -16,6 +16,7 @@ import (
 
 	"github.com/thermofleet/thermo/controllerlite/broker"
 	"github.com/thermofleet/thermo/controllerlite/fleet"
+	"github.com/thermofleet/thermo/controllerlite/history"
 	"github.com/thermofleet/thermo/protocol"
 )
 
@@ -35,6 +36,10 @@ func (s stubFleet) Devices() []fleet.Device { return s.devs }
 type stubBroker broker.Stats
 
 func (s stubBroker) Stats() broker.Stats { return broker.Stats(s) }
+
+type stubHistory history.Stats
+
+func (s stubHistory) Stats() history.Stats { return history.Stats(s) }
 
 func telemetry(t *testing.T, tm protocol.Telemetry) json.RawMessage {
 	t.Helper()
@@ -88,6 +93,7 @@ func stub(t *testing.T) stubFleet {
 func TestFleetCollector(t *testing.T) {
 	m := New(slog.New(slog.NewTextHandler(io.Discard, nil)))
 	m.Watch(stub(t), stubBroker{ClientsConnected: 2, Retained: 6, MessagesReceived: 9, MessagesSent: 8, MessagesDropped: 1, TLSHandshakes: 5, TLSResumed: 3})
+	m.WatchHistory(stubHistory{Pending: 7, Written: 120, Dropped: 4, Checking: true})
 	m.Committed(3 * time.Millisecond)
 	m.Resynced("heating", 40*time.Millisecond)
 
@@ -136,6 +142,11 @@ controllerlite_device_certificate_expiry_timestamp_seconds{device="heating"} 180
 		{"controllerlite_broker_messages_dropped_total", "controllerlite_broker_messages_dropped_total 1\n"},
 		{"controllerlite_broker_tls_handshakes_total", "controllerlite_broker_tls_handshakes_total 5\n"},
 		{"controllerlite_broker_tls_resumed_total", "controllerlite_broker_tls_resumed_total 3\n"},
+		{"controllerlite_history_up", "controllerlite_history_up 0\n"},
+		{"controllerlite_history_checking", "controllerlite_history_checking 1\n"},
+		{"controllerlite_history_samples_written_total", "controllerlite_history_samples_written_total 120\n"},
+		{"controllerlite_history_samples_dropped_total", "controllerlite_history_samples_dropped_total 4\n"},
+		{"controllerlite_history_samples_pending", "controllerlite_history_samples_pending 7\n"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -174,6 +185,7 @@ controllerlite_device_certificate_expiry_timestamp_seconds{device="heating"} 180
 func TestLint(t *testing.T) {
 	m := New(slog.New(slog.NewTextHandler(io.Discard, nil)))
 	m.Watch(stub(t), stubBroker{})
+	m.WatchHistory(stubHistory{})
 	problems, err := testutil.GatherAndLint(m.Registry())
 	if err != nil {
 		t.Fatal(err)
@@ -182,7 +194,7 @@ func TestLint(t *testing.T) {
 		t.Errorf("%s: %s", p.Metric, p.Text)
 	}
 	reg := prometheus.NewPedanticRegistry()
-	reg.MustRegister(fleetCollector{stub(t)}, brokerCollector{stubBroker{}})
+	reg.MustRegister(fleetCollector{stub(t)}, brokerCollector{stubBroker{}}, historyCollector{stubHistory{Failed: true}})
 	if _, err := reg.Gather(); err != nil {
 		t.Fatal(err)
 	}
@@ -210,6 +222,7 @@ func documented(t *testing.T, prefix string) []string {
 func TestDocumented(t *testing.T) {
 	m := New(slog.New(slog.NewTextHandler(io.Discard, nil)))
 	m.Watch(stub(t), stubBroker{})
+	m.WatchHistory(stubHistory{})
 	fams, err := m.Registry().Gather()
 	if err != nil {
 		t.Fatal(err)

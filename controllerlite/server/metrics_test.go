@@ -122,6 +122,8 @@ func TestMetrics(t *testing.T) {
 		{"controllerlite_resync_duration_seconds", "", 1},
 		{"controllerlite_broker_clients_connected", "", 1},
 		{"controllerlite_broker_retained_messages", "", 3}, // d1's status, event and cmd
+		{"controllerlite_history_up", "", 1},
+		{"controllerlite_history_checking", "", 0},
 	}
 	var fams testenv.Metrics
 	testenv.Eventually(t, testenv.WaitTimeout, "the metrics to show every message", func() (bool, string) {

@@ -308,6 +308,9 @@ func Start(ctx context.Context, cfg Config) (_ *Server, err error) {
 			b = s.br
 		}
 		m.Watch(s.fl, b)
+		if s.hist != nil {
+			m.WatchHistory(s.hist)
+		}
 		aopts.Metrics = m.Handler()
 	}
 	s.http = &http.Server{
