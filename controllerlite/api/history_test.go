@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
-	"net/http/httptest"
 	"strings"
 	"testing"
 	"time"
@@ -167,26 +166,5 @@ func TestHistoryErrors(t *testing.T) {
 	}
 	if code, _ := do(t, NewHandler(f, Options{History: hist, Logger: quiet}), "POST", "/api/devices/d1/history", ""); code != http.StatusMethodNotAllowed {
 		t.Fatalf("POST: %d", code)
-	}
-}
-
-// checkingHistory answers every query as a history still being checked
-// after a start does.
-type checkingHistory struct{}
-
-func (checkingHistory) Query(id string, _, _ time.Time, _ time.Duration) (history.Result, error) {
-	return history.Result{}, fmt.Errorf("history: query %s: %w", id, history.ErrChecking)
-}
-
-// TestHistoryChecking: while the history's file is checked after a start,
-// a query is 503 with Retry-After, which the dashboard's chart retries.
-func TestHistoryChecking(t *testing.T) {
-	f, _ := newFleet(t, true)
-	hdl := NewHandler(f, Options{Logger: quiet, History: checkingHistory{}})
-	req := httptest.NewRequest("GET", "/api/devices/d1/history", nil)
-	w := httptest.NewRecorder()
-	hdl.ServeHTTP(w, req)
-	if w.Code != http.StatusServiceUnavailable || w.Header().Get("Retry-After") != "5" || !strings.Contains(w.Body.String(), "being checked") {
-		t.Fatalf("%d Retry-After %q %s; want 503, 5 and the reason", w.Code, w.Header().Get("Retry-After"), w.Body)
 	}
 }

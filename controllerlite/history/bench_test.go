@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"math"
 	"os"
+	"path/filepath"
 	"sync"
 	"testing"
 	"time"
@@ -260,7 +261,8 @@ func BenchmarkOpenFleetYear(b *testing.B) {
 	y := sharedYear(b)
 	dir := b.TempDir()
 	src := y.h.be.(*boltBackend).db
-	dst, err := bbolt.Open(dir+"/"+FileName, 0o600, &bbolt.Options{NoSync: true})
+	path := filepath.Join(dir, FileName)
+	dst, err := bbolt.Open(path, 0o600, &bbolt.Options{NoSync: true})
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -304,7 +306,7 @@ func BenchmarkOpenFleetYear(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	fi, err := os.Stat(dir + "/" + FileName)
+	fi, err := os.Stat(path)
 	if err != nil {
 		b.Fatal(err)
 	}

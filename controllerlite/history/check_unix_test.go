@@ -5,43 +5,21 @@ package history
 import (
 	"errors"
 	"log/slog"
-	"os"
+	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
-)
 
-// holdLock takes the file lock bbolt takes on path, as another process
-// would: Open's check then waits for it (up to the store's lock timeout,
-// 2 s), which keeps the history in its checking state for as long as the
-// test needs. release lets the check go on.
-func holdLock(t *testing.T, path string) (release func()) {
-	t.Helper()
-	f, err := os.Open(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
-		t.Fatal(err)
-	}
-	released := false
-	release = func() {
-		if !released {
-			released = true
-			f.Close() // the lock goes with the file
-		}
-	}
-	t.Cleanup(release)
-	return release
-}
+	"github.com/thermofleet/thermo/internal/testenv"
+)
 
 // checking opens the history in dir while its file is locked, so that
 // Open gives up waiting after CheckWait and the check goes on in the
-// background. The test must release the lock within 2 s.
+// background. The test must release the lock within the store's lock
+// timeout (2 s), or the check ends with ErrLocked.
 func checking(t *testing.T, dir string, clk *clock, l *logs) (*History, func()) {
 	t.Helper()
-	release := holdLock(t, dir+"/"+FileName)
+	release := testenv.HoldFileLock(t, filepath.Join(dir, FileName))
 	h, err := Open(dir, Options{Now: clk.Now, CheckWait: 10 * time.Millisecond, Logger: slog.New(l)})
 	if err != nil {
 		t.Fatalf("Open while the file is being checked: %v", err)
@@ -51,7 +29,7 @@ func checking(t *testing.T, dir string, clk *clock, l *logs) (*History, func()) 
 		t.Fatalf("history usable before its check ended: %v %v", ok, err)
 	}
 	if !l.has("checking every page of the file in the background") {
-		t.Errorf("no log line says the check goes on in the background: %q", l.lines)
+		t.Errorf("no log line says the check goes on in the background: %q", l.all())
 	}
 	return h, release
 }
@@ -110,7 +88,7 @@ func TestCheckInTheBackground(t *testing.T) {
 		t.Fatalf("kept's points after the check: %+v, want 3 ending at 22 °C", res.Points)
 	}
 	if !l.has("check done") {
-		t.Errorf("no log line says the check is done: %q", l.lines)
+		t.Errorf("no log line says the check is done: %q", l.all())
 	}
 }
 
@@ -127,7 +105,7 @@ func TestCorruptFoundInTheBackground(t *testing.T) {
 	<-h.ready
 	for _, want := range []string{"ERROR history: the file cannot be used", "corrupt", "empty telemetry history"} {
 		if !l.has(want) {
-			t.Errorf("no log line with %q: %q", want, l.lines)
+			t.Errorf("no log line with %q: %q", want, l.all())
 		}
 	}
 	if _, err := h.Query("d1", base, base.Add(time.Hour), time.Minute); err == nil || !strings.Contains(err.Error(), "corrupt") {

@@ -165,16 +165,16 @@ func Open(dir string, o Options) (*History, error) {
 	}
 	path := filepath.Join(dir, FileName)
 	ctx, cancel := context.WithCancel(context.Background())
-	opened := make(chan opened, 1)
+	result := make(chan opened, 1)
 	began := time.Now()
 	go func() {
 		db, err := store.OpenVersioned(ctx, path, store.CureHistory, schemaVersion, bucketDevices)
-		opened <- openedBolt(db, err)
+		result <- openedBolt(db, err)
 	}()
 	wait := time.NewTimer(o.CheckWait)
 	defer wait.Stop()
 	select {
-	case r := <-opened:
+	case r := <-result:
 		cancel()
 		if r.err != nil {
 			return nil, fmt.Errorf("open history: %w", r.err)
@@ -191,7 +191,7 @@ func Open(dir string, o Options) (*History, error) {
 	h.log.Info("history: checking every page of the file in the background; the charts come back when it ends",
 		"file", path, "bytes", size)
 	h.bg.Add(1)
-	go func() { defer h.bg.Done(); h.attach(began, opened) }()
+	go func() { defer h.bg.Done(); h.attach(began, result) }()
 	go h.run()
 	return h, nil
 }

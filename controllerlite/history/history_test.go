@@ -46,6 +46,14 @@ func (l *logs) Handle(_ context.Context, r slog.Record) error {
 }
 func (l *logs) WithAttrs([]slog.Attr) slog.Handler { return l }
 func (l *logs) WithGroup(string) slog.Handler      { return l }
+
+// all is every line logged so far, for a failure's message.
+func (l *logs) all() []string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return append([]string(nil), l.lines...)
+}
+
 func (l *logs) has(s string) bool {
 	l.mu.Lock()
 	defer l.mu.Unlock()
@@ -414,7 +422,7 @@ func TestBufferFull(t *testing.T) {
 		t.Fatal(err)
 	}
 	if !l.has("history: samples dropped") || !l.has("dropped=6") {
-		t.Fatalf("no warning logged: %v", l.lines)
+		t.Fatalf("no warning logged: %v", l.all())
 	}
 	if got := points(t, h, "d1", base, base.Add(time.Hour), time.Hour); len(got) != 1 || got[0].n != 4 {
 		t.Fatalf("points %v, want the 4 buffered samples", got)
@@ -439,7 +447,7 @@ func TestBufferFull(t *testing.T) {
 	// is counted the same): the stats above hold the total, the log says
 	// why.
 	if !l.has("history: write failed: samples lost") || !l.has("database not open") {
-		t.Fatalf("the failed write not logged: %v", l.lines)
+		t.Fatalf("the failed write not logged: %v", l.all())
 	}
 }
 

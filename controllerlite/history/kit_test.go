@@ -317,7 +317,7 @@ func testDatabaseDown(t *testing.T, k *kit, pg *testenv.Postgres) {
 		t.Fatalf("stats %+v, want 3 dropped, 1 written", st)
 	}
 	if !l.has("history: write failed: samples lost samples=3") {
-		t.Fatalf("the failed write not logged: %v", l.lines)
+		t.Fatalf("the failed write not logged: %v", l.all())
 	}
 	t.Logf("a flush with the database down failed after %v", time.Since(start).Round(time.Millisecond))
 	if err := pg.Start(); err != nil {

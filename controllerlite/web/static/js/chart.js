@@ -40,6 +40,7 @@ export class HistoryChart {
   }
 
   async load() {
+    clearTimeout(this.retry); // a load now makes a retry pending unneeded
     this.loadedAt = Date.now();
     const r = RANGES[this.range];
     const to = new Date();
@@ -54,10 +55,7 @@ export class HistoryChart {
       this.msg((busy ? '' : 'No history: ') + res.error, busy ? 'busy' : 'error');
       this.hist = null;
       this.redraw();
-      if (busy) {
-        clearTimeout(this.retry);
-        this.retry = setTimeout(() => this.load(), 5000);
-      }
+      if (busy) this.retry = setTimeout(() => this.load(), 5000);
       return;
     }
     this.hist = res.data;
